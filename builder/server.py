@@ -1,0 +1,319 @@
+"""Start, watch and stop a real Triton Inference Server.
+
+`tritonserver` comes from PATH when present (an NGC container, a GPU host), else from the CPU build
+inside the `nvidia-pytriton` wheel. That build needs three things arranged (all checked here):
+a backends directory holding the Python backend *and* the stub for this interpreter, the wheel's
+bundled libraries on LD_LIBRARY_PATH, and this interpreter's libpython first on it (the stub links
+`libpython3.11.so.1.0`; Debian's copy would meet pyenv's stdlib and fail to import ssl).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tritonforge.errors import UserError
+
+
+@dataclass(frozen=True)
+class Ports:
+    http: int = 8000
+    grpc: int = 8001
+    metrics: int = 8002
+
+    def all(self) -> tuple[int, int, int]:
+        return (self.http, self.grpc, self.metrics)
+
+
+@dataclass
+class TritonInstall:
+    """Where a runnable tritonserver and its backends are, and the environment it needs."""
+
+    binary: Path
+    backend_dir: Path | None = None
+    cache_dir: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    source: str = "PATH"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("TRITONFORGE_CACHE") or Path.home() / ".cache" / "tritonforge")
+
+
+def _pytriton_root() -> Path | None:
+    try:
+        import pytriton  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    root = Path(pytriton.__file__).parent / "tritonserver"
+    return root if (root / "bin" / "tritonserver").is_file() else None
+
+
+def _python_paths() -> list[str]:
+    """The running interpreter's import path, so Python models see the same packages (torch, ...)."""
+    return [p for p in sys.path if p and Path(p).is_dir()]
+
+
+def locate_triton(prefer_path: bool = True) -> TritonInstall:
+    """Find a runnable tritonserver: PATH first, then the nvidia-pytriton wheel's CPU build."""
+    on_path = shutil.which("tritonserver")
+    if on_path and prefer_path:
+        return TritonInstall(binary=Path(on_path), source="PATH")
+    root = _pytriton_root()
+    if root is None:
+        raise UserError(
+            "no tritonserver found: put one on PATH (NGC tritonserver container) or install the "
+            "CPU build with `pip install nvidia-pytriton` (`make setup` does)"
+        )
+    pyver = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = root / "python_backend_stubs" / pyver / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise UserError(f"nvidia-pytriton has no Python backend stub for Python {pyver}; use Python 3.8-3.13")
+    backends = _prepare_backends(root, stub)
+    libs = root.parent.parent / "nvidia_pytriton.libs"
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    ld = [p for p in (libdir, str(libs), os.environ.get("LD_LIBRARY_PATH", "")) if p]
+    env = {
+        "LD_LIBRARY_PATH": os.pathsep.join(ld),
+        # The stub's embedded interpreter ignores PYTHONPATH; generated model.py files put these first
+        # (before the base interpreter's site-packages, whose numpy 2 breaks BYTES tensors in 2.51).
+        "TRITONFORGE_PYTHONPATH": os.pathsep.join(_python_paths()),
+        # Python models must never reach a model hub; everything they load is local.
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    return TritonInstall(
+        binary=root / "bin" / "tritonserver",
+        backend_dir=backends,
+        cache_dir=root / "caches",
+        env=env,
+        source="nvidia-pytriton",
+    )
+
+
+def _prepare_backends(root: Path, stub: Path) -> Path:
+    """A backends dir whose python/ holds the backend library, its utils and the stub (copied once)."""
+    target = cache_root() / "triton-backends" / f"py{sys.version_info.major}{sys.version_info.minor}"
+    python_dir = target / "python"
+    wanted = {
+        "libtriton_python.so": root / "backends" / "python" / "libtriton_python.so",
+        "triton_python_backend_utils.py": root / "backends" / "python" / "triton_python_backend_utils.py",
+        "triton_python_backend_stub": stub,
+    }
+    if all((python_dir / n).is_file() and (python_dir / n).stat().st_size == p.stat().st_size for n, p in wanted.items()):
+        return target
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "python").mkdir(parents=True)
+    for name, src in wanted.items():
+        shutil.copy2(src, tmp / "python" / name)
+    shutil.rmtree(target, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(tmp, target)
+    return target
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def free_ports() -> Ports:
+    return Ports(free_port(), free_port(), free_port())
+
+
+def server_command(install: TritonInstall, repo: Path, ports: Ports, extra: list[str] | None = None) -> list[str]:
+    cmd = [
+        str(install.binary),
+        f"--model-repository={repo}",
+        f"--http-port={ports.http}",
+        f"--grpc-port={ports.grpc}",
+        f"--metrics-port={ports.metrics}",
+        "--allow-metrics=true",
+        "--log-verbose=0",
+        "--exit-on-error=true",
+        "--strict-readiness=true",
+        "--exit-timeout-secs=5",
+        "--cache-config=local,size=67108864",
+    ]
+    if install.backend_dir:
+        cmd.append(f"--backend-directory={install.backend_dir}")
+    if install.cache_dir:
+        cmd.append(f"--cache-directory={install.cache_dir}")
+    return cmd + list(extra or [])
+
+
+def docker_command(image: str, repo: Path, ports: Ports, shm_size: str = "2g", gpus: str = "all") -> list[str]:
+    """The NGC container command that serves `repo` on a GPU host."""
+    return [
+        "docker", "run", "--rm", "-it",
+        f"--gpus={gpus}",
+        f"--shm-size={shm_size}",
+        "--ulimit", "memlock=-1", "--ulimit", "stack=67108864",
+        "-p", f"{ports.http}:8000", "-p", f"{ports.grpc}:8001", "-p", f"{ports.metrics}:8002",
+        "-v", f"{repo.resolve()}:/models",
+        image,
+        "tritonserver", "--model-repository=/models", "--allow-metrics=true",
+    ]  # fmt: skip
+
+
+def _get_json(url: str, timeout: float = 2.0) -> object:
+    with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 (loopback only)
+        return json.loads(r.read() or b"null")
+
+
+class TritonServer:
+    """A tritonserver process over one model repository; a context manager that always cleans up."""
+
+    def __init__(
+        self,
+        repo: str | Path,
+        ports: Ports | None = None,
+        install: TritonInstall | None = None,
+        log_path: Path | None = None,
+        extra_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.repo = Path(repo).resolve()
+        self.ports = ports or Ports()
+        self.install = install or locate_triton()
+        self.log_path = log_path
+        self.extra_args = extra_args or []
+        self.extra_env = env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log_file = None
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.http}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.ports.grpc}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.metrics}/metrics"
+
+    def start(self) -> None:
+        if not (self.repo / "").is_dir():
+            raise UserError(f"model repository {str(self.repo)!r} does not exist; run `tritonforge emit SPEC -o DIR` first")
+        for name, port in zip(("http", "grpc", "metrics"), self.ports.all(), strict=True):
+            if port_in_use(port):
+                raise UserError(f"port {port} ({name}) is already in use; stop what holds it or pass --{name}-port")
+        env = {**os.environ, **self.install.env, **self.extra_env}
+        if self.log_path is None:
+            self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"tritonforge-triton-{self.ports.http}.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log_file = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
+        cmd = server_command(self.install, self.repo, self.ports, self.extra_args)
+        # A new session: on stop we signal the whole group, so no Python stub is orphaned.
+        self.proc = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace") if self.log_path else ""
+        except OSError:
+            return ""
+
+    def model_states(self) -> list[dict[str, str]]:
+        """name/version/state/reason of every model in the repository index."""
+        req = urllib.request.Request(f"{self.http_url}/v2/repository/index", data=b"{}", method="POST")
+        with urllib.request.urlopen(req, timeout=5) as r:  # noqa: S310
+            return json.loads(r.read())
+
+    def is_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.http_url}/v2/health/ready", timeout=1) as r:  # noqa: S310
+                return r.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def wait_ready(self, timeout: float = 120.0, on_progress: Callable[[str], None] | None = None) -> float:
+        """Wait until the server and all its models are ready; return seconds taken."""
+        t0 = time.monotonic()
+        last = ""
+        while time.monotonic() - t0 < timeout:
+            if self.proc is None or self.proc.poll() is not None:
+                raise UserError(f"tritonserver exited while loading: {self.failure_summary()}")
+            if self.is_ready():
+                return time.monotonic() - t0
+            if on_progress is not None:
+                try:
+                    states = self.model_states()
+                    line = ", ".join(f"{m['name']}:{m.get('state', '?')}" for m in states)
+                except (urllib.error.URLError, OSError, ValueError):
+                    line = "starting"
+                if line != last:
+                    on_progress(line)
+                    last = line
+            time.sleep(0.25)
+        summary = self.failure_summary()
+        self.stop()
+        raise UserError(f"tritonserver not ready after {timeout:.0f}s: {summary}")
+
+    def failure_summary(self) -> str:
+        """The most telling error lines of the server log, as one line."""
+        lines = [ln.strip() for ln in self.log_text().splitlines() if ln.strip()]
+        interesting = [
+            ln for ln in lines
+            if any(k in ln for k in ("failed to load", "Error", "error:", "UNAVAILABLE", "Address already in use", "Traceback"))
+        ]  # fmt: skip
+        picked = interesting[-3:] if interesting else lines[-2:]
+        text = " | ".join(picked) or "no log output"
+        return f"{text} (full log: {self.log_path})"
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM the server's process group (stubs included), then SIGKILL what is left."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        if self.proc.poll() is None:
+            self.proc.wait(timeout=5)
+        if self._log_file:
+            self._log_file.close()
+            self._log_file = None
+        self.proc = None
+
+    def __enter__(self) -> TritonServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,1 @@
+"""tritonforge.model_repo_templates."""
