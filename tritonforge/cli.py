@@ -1,2 +1,290 @@
-"""Placeholder, replaced below."""
-def main() -> None: ...
+"""The `tritonforge` command line. User errors are caught once, here, and printed as one line."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+import click
+
+import tritonforge
+from tritonforge.builder.build_cli import build_command, plan_command
+from tritonforge.ensembles.cli import router_group
+from tritonforge.errors import UserError
+from tritonforge.loadtest.cli import loadtest_group
+
+
+def _echo_json(obj: object) -> None:
+    click.echo(json.dumps(obj, indent=2, sort_keys=True))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(tritonforge.__version__, prog_name="tritonforge")
+def cli() -> None:
+    """Plan and build quantized TensorRT-LLM engines, emit Triton model repositories, load-test them.
+
+    \b
+    Typical flow:
+      tritonforge spec check examples/cpu-demo.yaml
+      tritonforge emit examples/cpu-demo.yaml -o out/repo
+      tritonforge serve out/repo
+      tritonforge generate "def fibonacci(" --stream
+      tritonforge loadtest --url http://127.0.0.1:8000 --model ensemble --duration 20s -o out/load
+    """
+
+
+# --- spec -------------------------------------------------------------------------------------------
+@cli.group("spec")
+def spec_group() -> None:
+    """Inspect and check deployment specs."""
+
+
+@spec_group.command("schema")
+def spec_schema() -> None:
+    """Print the JSON schema of the deployment spec."""
+    from tritonforge.builder.spec import spec_json_schema
+
+    _echo_json(spec_json_schema())
+
+
+@spec_group.command("check")
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the resolved spec (defaults filled) as JSON.")
+def spec_check(spec: str, as_json: bool) -> None:
+    """Validate SPEC; exit 2 with a one-line reason when it is broken."""
+    from tritonforge.builder.spec import load_spec
+
+    s = load_spec(spec)
+    if as_json:
+        _echo_json(s.model_dump(mode="json"))
+        return
+    tiers = ", ".join(f"{t.name} ({t.runtime.value}, {t.quantization.format.value})" for t in s.tiers)
+    click.echo(f"ok: {s.name}: {len(s.tiers)} tier(s): {tiers}; router {'on' if s.router.enabled else 'off'}, "
+               f"cache {'on' if s.cache.enabled else 'off'}")
+
+
+# --- emit / validate ----------------------------------------------------------------------------------
+@cli.command("emit")
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "output", required=True, type=click.Path(file_okay=False), help="Repository directory to write.")
+@click.option("--force", is_flag=True, help="Replace a non-empty directory that tritonforge did not create.")
+@click.option("--build-dir", type=click.Path(file_okay=False), default=None,
+              help="Read build_manifest.json from here (engine dirs and sizes); default build/<spec name> if present.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
+def emit(spec: str, output: str, force: bool, build_dir: str | None, as_json: bool) -> None:
+    """Render the Triton model repository for SPEC into OUTPUT (atomically)."""
+    from tritonforge.builder.render import emit_files, write_repository
+    from tritonforge.builder.spec import load_spec
+    from tritonforge.builder.validate import validate_repository
+
+    t0 = time.perf_counter()
+    s = load_spec(spec)
+    manifest = _read_manifest(build_dir, s.name)
+    files, plan = emit_files(s, Path(spec).resolve().parent, manifest)
+    write_repository(files, Path(output), force=force)
+    problems = validate_repository(Path(output))
+    if problems:
+        raise UserError(f"emitted repository failed validation: {problems[0]}; this is a tritonforge bug, please report it")
+    elapsed = time.perf_counter() - t0
+    summary = {
+        "repository": str(Path(output).resolve()),
+        "entry_model": plan.entry_model,
+        "models": [m.name for m in plan.models],
+        "files": len(files),
+        "seconds": round(elapsed, 3),
+    }
+    if as_json:
+        _echo_json(summary)
+        return
+    click.echo(f"wrote {len(files)} files, {len(plan.models)} models to {summary['repository']} in {elapsed:.2f}s")
+    for m in plan.models:
+        click.echo(f"  {m.name:<32} {m.role}")
+    click.echo(f"entry model: {plan.entry_model}   next: tritonforge serve {output}")
+
+
+def _read_manifest(build_dir: str | None, spec_name: str) -> dict | None:
+    candidate = Path(build_dir) if build_dir else Path("build") / spec_name
+    path = candidate / "build_manifest.json"
+    if not path.is_file():
+        if build_dir:
+            raise UserError(f"no build_manifest.json in {candidate}; run `tritonforge build SPEC -o {candidate}` first")
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not valid JSON ({exc.msg}); rebuild with `tritonforge build`") from None
+
+
+@cli.command("validate")
+@click.argument("repo", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print problems as JSON.")
+def validate(repo: str, as_json: bool) -> None:
+    """Check a model repository (generated or hand-written) before a server starts."""
+    from tritonforge.builder.validate import validate_repository
+
+    problems = validate_repository(Path(repo))
+    if as_json:
+        _echo_json({"repository": repo, "ok": not problems, "problems": [str(p) for p in problems]})
+    else:
+        for p in problems:
+            click.echo(str(p), err=True)
+        if not problems:
+            click.echo(f"ok: {repo}")
+    if problems:
+        sys.exit(1)
+
+
+# --- serve --------------------------------------------------------------------------------------------
+@cli.command("serve")
+@click.argument("repo", type=click.Path(file_okay=False))
+@click.option("--http-port", default=8000, show_default=True)
+@click.option("--grpc-port", default=8001, show_default=True)
+@click.option("--metrics-port", default=8002, show_default=True)
+@click.option("--docker", "image", default=None, help="Run the NGC container IMAGE (GPU hosts) instead of a local server.")
+@click.option("--print", "print_only", is_flag=True, help="With --docker: print the command, run nothing.")
+@click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait for all models to be READY.")
+@click.option("--log", "log_path", type=click.Path(dir_okay=False), default=None, help="Server log file.")
+@click.option("--ready-file", type=click.Path(dir_okay=False), default=None, help="Write endpoints as JSON here once READY.")
+def serve(repo: str, http_port: int, grpc_port: int, metrics_port: int, image: str | None, print_only: bool,
+          timeout: float, log_path: str | None, ready_file: str | None) -> None:
+    """Start a real Triton server on REPO, wait until every model is READY, stop on Ctrl-C/SIGTERM."""
+    import shlex
+    import subprocess
+
+    from tritonforge.builder.server import Ports, TritonServer, docker_command
+    from tritonforge.builder.validate import validate_repository
+
+    repo_path = Path(repo)
+    if not repo_path.is_dir():
+        raise UserError(f"model repository {repo!r} does not exist; run `tritonforge emit SPEC -o {repo}` first")
+    ports = Ports(http_port, grpc_port, metrics_port)
+    problems = validate_repository(repo_path)
+    if problems:
+        raise UserError(f"{problems[0]} ({len(problems)} problem(s); `tritonforge validate {repo}` lists them)")
+    if image:
+        cmd = docker_command(image, repo_path, ports)
+        if print_only:
+            click.echo(shlex.join(cmd))
+            return
+        sys.exit(subprocess.call(cmd))
+    server = TritonServer(repo_path, ports, log_path=Path(log_path) if log_path else None)
+    stop = {"flag": False}
+
+    def _stop(*_: object) -> None:
+        stop["flag"] = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    server.start()
+    click.echo(f"starting tritonserver ({server.install.source}) on {repo_path.resolve()} — log: {server.log_path}", err=True)
+    try:
+        took = server.wait_ready(timeout, on_progress=lambda line: click.echo(f"  loading: {line}", err=True))
+        states = server.model_states()
+        click.echo(f"READY in {took:.1f}s")
+        for m in states:
+            click.echo(f"  {m['name']:<32} {m.get('state', '?')}")
+        click.echo(f"  HTTP    {server.http_url}   (POST /v2/models/<model>/generate, /generate_stream)")
+        click.echo(f"  gRPC    {server.grpc_url}")
+        click.echo(f"  metrics {server.metrics_url}")
+        if ready_file:
+            Path(ready_file).write_text(json.dumps({"http": server.http_url, "grpc": server.grpc_url,
+                                                    "metrics": server.metrics_url, "pid": server.proc.pid}))
+        while not stop["flag"]:
+            if server.proc is None or server.proc.poll() is not None:
+                raise UserError(f"tritonserver exited: {server.failure_summary()}")
+            time.sleep(0.2)
+        click.echo("stopping tritonserver", err=True)
+    finally:
+        server.stop()
+
+
+# --- generate (a small client) -----------------------------------------------------------------------
+@cli.command("generate")
+@click.argument("prompt")
+@click.option("--url", default="http://127.0.0.1:8000", show_default=True)
+@click.option("--model", default=None, help="Model to call (default: the repository's entry: llm, else ensemble).")
+@click.option("--max-tokens", default=64, show_default=True)
+@click.option("--stream/--no-stream", default=True, show_default=True)
+@click.option("--temperature", type=float, default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print the final response as JSON.")
+def generate(prompt: str, url: str, model: str | None, max_tokens: int, stream: bool, temperature: float | None,
+             as_json: bool) -> None:
+    """Send PROMPT to a running server and print the completion (streamed token by token)."""
+    from tritonforge.builder.client import pick_entry_model, stream_generate
+
+    model = model or pick_entry_model(url)
+    body: dict[str, object] = {"text_input": prompt, "max_tokens": max_tokens}
+    if temperature is not None:
+        body["temperature"] = temperature
+    t0 = time.perf_counter()
+    first = None
+    pieces: list[str] = []
+    extra: dict[str, object] = {}
+    for event in stream_generate(url, model, body, stream=stream):
+        if first is None:
+            first = time.perf_counter() - t0
+        text = str(event.get("text_output", ""))
+        pieces.append(text)
+        extra.update({k: v for k, v in event.items() if k not in ("text_output", "model_name", "model_version")})
+        if not as_json:
+            click.echo(text, nl=False)
+    total = time.perf_counter() - t0
+    if as_json:
+        _echo_json({"model": model, "text_output": "".join(pieces), "chunks": len(pieces), "ttft_s": first,
+                    "e2e_s": total, **extra})
+        return
+    click.echo()
+    info = ", ".join(f"{k}={v}" for k, v in sorted(extra.items()))
+    click.echo(f"[{model}: {len(pieces)} chunk(s), TTFT {1000 * (first or 0):.0f} ms, total {1000 * total:.0f} ms"
+               f"{', ' + info if info else ''}]", err=True)
+
+
+# --- demo model ------------------------------------------------------------------------------------
+@cli.command("demo-model")
+@click.option("--name", type=click.Choice(["demo", "demo-draft", "tiny", "tiny-draft"]), default="demo", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Copy the checkpoint here as well.")
+def demo_model(name: str, out: str | None) -> None:
+    """Make (offline, once, cached) the embedded default model and print its directory."""
+    import shutil
+
+    from tritonforge.builder.render import resolve_builtin
+
+    path = Path(resolve_builtin(f"builtin:{name}"))
+    if out:
+        dest = Path(out)
+        if dest.exists() and any(dest.iterdir()):
+            raise UserError(f"{out} is not empty; choose an empty --out directory")
+        shutil.copytree(path, dest, dirs_exist_ok=True)
+        path = dest
+    click.echo(str(path))
+
+
+cli.add_command(plan_command)
+cli.add_command(build_command)
+cli.add_command(loadtest_group)
+cli.add_command(router_group)
+
+
+def main() -> None:
+    """Console entry point: one line and exit code 2 for user errors, never a traceback for them."""
+    try:
+        cli.main(standalone_mode=False)
+    except UserError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(0)

