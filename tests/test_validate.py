@@ -1,0 +1,91 @@
+"""validate: broken repositories are caught before a server starts, each with model, field and fix."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import EXAMPLES
+from tritonforge.builder.render import emit_files, write_repository
+from tritonforge.builder.spec import load_spec
+from tritonforge.builder.validate import validate_repository
+
+
+@pytest.fixture(scope="module")
+def good_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("good") / "repo"
+    files, _ = emit_files(load_spec(EXAMPLES / "llama3.1-8b-fp8-h100.yaml"), EXAMPLES)
+    write_repository(files, out)
+    return out
+
+
+def _edit(repo: Path, model: str, fn: Callable[[str], str]) -> None:
+    p = repo / model / "config.pbtxt"
+    p.write_text(fn(p.read_text()))
+
+
+def _engine_dir_with_batch(repo: Path, batch: int) -> None:
+    eng = repo.parent / "engine"
+    eng.mkdir(exist_ok=True)
+    (eng / "config.json").write_text(json.dumps({"version": "0.16.0", "build_config": {"max_batch_size": batch}}))
+    _edit(repo, "tensorrt_llm", lambda t: re.sub(r'(key: "gpt_model_path"\s+value: \{\s+string_value: ")[^"]*', rf"\g<1>{eng}", t))
+
+
+def _second_engine(repo: Path) -> None:
+    shutil.copytree(repo / "tensorrt_llm", repo / "tensorrt_llm_draft")
+    _edit(repo, "tensorrt_llm_draft", lambda t: t.replace('name: "tensorrt_llm"', 'name: "tensorrt_llm_draft"').replace('string_value: "0.9"', 'string_value: "0.5"'))
+
+
+BROKEN: list[tuple[str, Callable[[Path], None], str, str]] = [
+    ("placeholder", lambda r: _edit(r, "tensorrt_llm", lambda t: t.replace("/engines/main/engine", "${engine_dir}")),
+     "tensorrt_llm", "unfilled placeholder ${engine_dir}"),
+    ("syntax", lambda r: _edit(r, "preprocessing", lambda t: t.replace("max_batch_size:", "max_batch_sise:")),
+     "preprocessing", "does not parse as ModelConfig"),
+    ("missing step model", lambda r: shutil.rmtree(r / "postprocessing"),
+     "ensemble", "'postprocessing' is not in the repository"),
+    ("type mismatch", lambda r: _edit(r, "preprocessing", lambda t: t.replace('name: "INPUT_ID"\n    data_type: TYPE_INT32', 'name: "INPUT_ID"\n    data_type: TYPE_INT64')),
+     "ensemble", "type mismatch"),
+    ("streaming without decoupled", lambda r: _edit(r, "tensorrt_llm", lambda t: t.replace("decoupled: true", "decoupled: false")),
+     "tensorrt_llm", "not decoupled"),
+    ("engine batch mismatch", lambda r: _engine_dir_with_batch(r, 64),
+     "tensorrt_llm", "max_batch_size 256 != engine max_batch_size 64"),
+    ("two engines overcommit", _second_engine, "tensorrt_llm", "sum to at most 0.95"),
+    ("python model without model.py", lambda r: (r / "postprocessing" / "1" / "model.py").unlink(),
+     "postprocessing", "no model.py"),
+    ("unmapped required input", lambda r: _edit(r, "ensemble", lambda t: t.replace('key: "input_lengths"', 'key: "input_lengths_x"')),
+     "ensemble", "no input 'input_lengths_x'"),
+]
+
+
+@pytest.mark.parametrize(("label", "breaker", "model", "expected"), BROKEN, ids=[b[0] for b in BROKEN])
+def test_broken_repository(label: str, breaker: Callable[[Path], None], model: str, expected: str,
+                           good_repo: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(good_repo, repo)
+    assert validate_repository(repo) == []
+    breaker(repo)
+    problems = validate_repository(repo)
+    assert problems, label
+    text = [str(p) for p in problems]
+    assert any(expected in t for t in text), text
+    assert any(p.model.startswith(model) for p in problems), text
+    assert all(p.fix for p in problems)
+
+
+def test_validate_cli(good_repo: Path, tmp_path: Path) -> None:
+    ok = subprocess.run([sys.executable, "-m", "tritonforge", "validate", str(good_repo)], capture_output=True, text=True)
+    assert ok.returncode == 0 and "ok" in ok.stdout
+    repo = tmp_path / "repo"
+    shutil.copytree(good_repo, repo)
+    shutil.rmtree(repo / "preprocessing")
+    bad = subprocess.run([sys.executable, "-m", "tritonforge", "validate", str(repo), "--json"], capture_output=True, text=True)
+    assert bad.returncode == 1
+    report = json.loads(bad.stdout)
+    assert not report["ok"] and any("preprocessing" in p for p in report["problems"])

@@ -1,0 +1,5 @@
+"""`python -m tritonforge` runs the CLI."""
+
+from tritonforge.cli import main
+
+main()
