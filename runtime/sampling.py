@@ -1,0 +1,92 @@
+"""Token selection with TensorRT-LLM semantics.
+
+Greedy unless ``top_k > 1`` or ``top_p > 0`` (``top_k == 1`` is greedy; ``temperature == 0`` is
+greedy too); the temperature scales logits only when sampling; top-k is applied before top-p;
+seeded requests draw from their own ``torch.Generator`` so they are reproducible whatever else is
+in the batch. Bad words are banned (a multi-token bad word bans its last token when the tail of the
+sequence matches the rest), and the end id is suppressed until ``min_tokens`` tokens exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["SamplingState", "banned_tokens", "ends_with_any", "is_greedy"]
+
+
+def is_greedy(top_k: int, top_p: float, temperature: float) -> bool:
+    """Whether these parameters select the arg-max token (TensorRT-LLM's rule)."""
+    return (top_k <= 1 and top_p <= 0.0) or temperature == 0.0
+
+
+def banned_tokens(sequence: Sequence[int], bad_words: Sequence[Sequence[int]]) -> list[int]:
+    """Token ids that would complete one of ``bad_words`` after ``sequence``."""
+    out: list[int] = []
+    for word in bad_words:
+        n = len(word)
+        if n == 1:
+            out.append(word[0])
+        elif len(sequence) >= n - 1 and list(sequence[len(sequence) - (n - 1) :]) == list(word[:-1]):
+            out.append(word[-1])
+    return out
+
+
+def ends_with_any(tail: Sequence[int], words: Sequence[Sequence[int]]) -> bool:
+    """Whether ``tail`` ends with one of ``words``."""
+    for w in words:
+        n = len(w)
+        if n and len(tail) >= n and list(tail[len(tail) - n :]) == list(w):
+            return True
+    return False
+
+
+class SamplingState:
+    """Per-request sampler: parameters plus the request's own random generator."""
+
+    def __init__(self, top_k: int, top_p: float, temperature: float, seed: int | None) -> None:
+        self.top_k = int(top_k)
+        self.top_p = float(top_p)
+        self.temperature = float(temperature)
+        self.greedy = is_greedy(self.top_k, self.top_p, self.temperature)
+        self.generator: torch.Generator | None = None
+        if not self.greedy:
+            self.generator = torch.Generator()
+            if seed is None:
+                self.generator.seed()  # nondeterministic
+            else:
+                self.generator.manual_seed(int(seed) & 0xFFFF_FFFF_FFFF_FFFF)
+
+    def select(self, logits: torch.Tensor, banned: Sequence[int] = ()) -> tuple[int, float]:
+        """Pick one token from ``logits`` ``[vocab]`` (float32); returns (token, its log-prob).
+
+        The log-prob is that of the distribution the token was drawn from (after temperature,
+        before top-k/top-p truncation), as the engine reports in ``output_log_probs``.
+        """
+        if banned:
+            logits = logits.clone()
+            idx = [t for t in banned if 0 <= t < logits.shape[-1]]
+            if idx:
+                logits[idx] = float("-inf")
+        if self.greedy:
+            token = int(torch.argmax(logits))
+            logp = torch.log_softmax(logits, dim=-1)[token]
+            return token, float(logp)
+        scaled = logits / max(self.temperature, 1e-6)
+        logprobs = torch.log_softmax(scaled, dim=-1)
+        work = scaled
+        if self.top_k > 1 and self.top_k < work.shape[-1]:
+            kth = torch.topk(work, self.top_k).values[-1]
+            work = work.masked_fill(work < kth, float("-inf"))
+        if 0.0 < self.top_p < 1.0:
+            sorted_logits, order = torch.sort(work, descending=True)
+            probs = torch.softmax(sorted_logits, dim=-1)
+            cum = torch.cumsum(probs, dim=-1)
+            drop = (cum - probs) >= self.top_p  # keep the smallest prefix reaching top_p
+            drop[0] = False
+            sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+            work = torch.full_like(work, float("-inf")).scatter(0, order, sorted_logits)
+        probs = torch.softmax(work, dim=-1)
+        token = int(torch.multinomial(probs, 1, generator=self.generator))
+        return token, float(logprobs[token])
