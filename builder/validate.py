@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from google.protobuf import text_format
-from tritonclient.grpc import model_config_pb2 as mc
+
+from tritonforge.builder.triton_schema import model_config_pb2 as mc
 
 ENGINE_BACKENDS = {"tensorrtllm"}
 TARGET_PARAM_SUFFIX = "_model"
