@@ -1,0 +1,43 @@
+"""serve without a server: the NGC container command, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import EXAMPLES
+from tritonforge.builder.render import emit_files, write_repository
+from tritonforge.builder.spec import load_spec
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tritonforge", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_docker_print(tmp_path: Path) -> None:
+    files, _ = emit_files(load_spec(EXAMPLES / "llama3.1-8b-fp8-h100.yaml"), EXAMPLES)
+    write_repository(files, tmp_path / "repo")
+    proc = _cli("serve", str(tmp_path / "repo"), "--docker", "nvcr.io/nvidia/tritonserver:24.12-trtllm-python-py3",
+                "--print", "--http-port", "9000")
+    assert proc.returncode == 0, proc.stderr
+    cmd = proc.stdout.strip()
+    assert cmd.startswith("docker run") and "--gpus=all" in cmd and "--shm-size=2g" in cmd
+    assert "-p 9000:8000" in cmd and f"{(tmp_path / 'repo').resolve()}:/models" in cmd
+    assert cmd.endswith("tritonserver --model-repository=/models --allow-metrics=true")
+
+
+def test_serve_missing_repo_one_line(tmp_path: Path) -> None:
+    proc = _cli("serve", str(tmp_path / "nope"))
+    assert proc.returncode == 2 and proc.stderr.startswith("error:") and proc.stderr.count("\n") == 1
+    assert "tritonforge emit" in proc.stderr
+
+
+def test_generate_unreachable_server_one_line() -> None:
+    proc = _cli("generate", "hello", "--url", "http://127.0.0.1:9", "--model", "ensemble")
+    assert proc.returncode == 2 and "cannot reach Triton" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_usage_error_exit_2() -> None:
+    proc = _cli("emit")
+    assert proc.returncode == 2 and "Missing argument" in proc.stderr
