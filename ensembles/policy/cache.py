@@ -1,0 +1,272 @@
+"""Response cache: exact match by key hash, semantic match by embedding, over a pluggable backend.
+
+Degrades, never fails: a backend that is down or slow turns lookups into pass-through (`bypass`),
+a corrupt entry is a miss, and an embedding failure leaves exact matching only.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from .config import CacheConfig
+from .index import SemanticIndex
+from .metrics import Metrics
+from .params import GenRequest, exact_key, namespace, normalize_prompt
+
+log = logging.getLogger(__name__)
+
+ENTRY_VERSION = 1
+
+
+class BackendError(RuntimeError):
+    """The backend cannot be reached or answered too slowly."""
+
+
+class CorruptEntry(ValueError):
+    """A stored entry does not decode or fails its checksum."""
+
+
+@dataclass
+class CacheEntry:
+    text: str
+    num_output_tokens: int
+    tier: str
+    ns: str
+    prompt: str
+    chunks: list[tuple[str, int]] = field(default_factory=list)
+    created: float = field(default_factory=time.time)
+    vector: np.ndarray | None = None
+
+    def to_json(self) -> str:
+        vec = None
+        if self.vector is not None:
+            vec = base64.b64encode(np.asarray(self.vector, dtype="<f4").tobytes()).decode()
+        body = {"v": ENTRY_VERSION, "text": self.text, "ntok": self.num_output_tokens, "tier": self.tier,
+                "ns": self.ns, "prompt": self.prompt, "chunks": self.chunks, "created": self.created, "vec": vec}  # fmt: skip
+        body["crc"] = zlib.crc32(self.text.encode()) ^ zlib.crc32(self.prompt.encode())
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> CacheEntry:
+        try:
+            d = json.loads(raw)
+            if d.get("v") != ENTRY_VERSION:
+                raise CorruptEntry(f"entry version {d.get('v')!r}")
+            text, prompt = str(d["text"]), str(d["prompt"])
+            if d.get("crc") != zlib.crc32(text.encode()) ^ zlib.crc32(prompt.encode()):
+                raise CorruptEntry("checksum mismatch")
+            vec = None
+            if d.get("vec"):
+                vec = np.frombuffer(base64.b64decode(d["vec"]), dtype="<f4").astype(np.float32)
+            chunks = [(str(t), int(n)) for t, n in d.get("chunks") or []]
+            return cls(
+                text, int(d["ntok"]), str(d["tier"]), str(d["ns"]), prompt, chunks, float(d["created"]), vec
+            )
+        except CorruptEntry:
+            raise
+        except Exception as exc:  # noqa: BLE001 - anything malformed is corrupt
+            raise CorruptEntry(f"{type(exc).__name__}: {exc}") from None
+
+    def stream_chunks(self, words_per_chunk: int = 4) -> list[tuple[str, int]]:
+        """The chunks to replay for a streamed hit: the recorded ones, else the text split by words."""
+        if len(self.chunks) > 1:
+            return self.chunks
+        pieces = _split_words(self.text, words_per_chunk)
+        if len(pieces) <= 1:
+            return [(self.text, self.num_output_tokens)]
+        total = len(self.text) or 1
+        out, given = [], 0
+        for p in pieces[:-1]:
+            n = int(self.num_output_tokens * len(p) / total)
+            out.append((p, n))
+            given += n
+        out.append((pieces[-1], max(self.num_output_tokens - given, 0)))
+        return out
+
+
+def _split_words(text: str, n: int) -> list[str]:
+    """Split keeping every character (whitespace stays attached to the following word group)."""
+    out, cur, words = [], [], 0
+    i = 0
+    while i < len(text):
+        j = i
+        while j < len(text) and text[j].isspace():
+            j += 1
+        while j < len(text) and not text[j].isspace():
+            j += 1
+        cur.append(text[i:j])
+        words += 1
+        i = j
+        if words == n:
+            out.append("".join(cur))
+            cur, words = [], 0
+    if cur:
+        out.append("".join(cur))
+    return out
+
+
+class Backend(Protocol):
+    """Exact-match store. `get`/`put` raise `BackendError` when unreachable, `CorruptEntry` on bad data."""
+
+    name: str
+
+    def get(self, key: str) -> CacheEntry | None: ...
+
+    def put(self, key: str, entry: CacheEntry) -> None: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def usable(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class Lookup:
+    """The result of a lookup, carried to `store` after generation."""
+
+    status: str  # hit-exact | hit-semantic | miss | bypass
+    entry: CacheEntry | None = None
+    cacheable: bool = False
+    key: str = ""
+    ns: str = ""
+    vector: np.ndarray | None = None
+    similarity: float | None = None
+    seconds: float = 0.0
+    note: str = ""
+
+
+class ResponseCache:
+    """Lookup and store policy over a backend and an optional semantic index."""
+
+    def __init__(
+        self,
+        cfg: CacheConfig,
+        backend: Backend,
+        embed: Callable[[str], np.ndarray] | None = None,
+        index: SemanticIndex | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.cfg, self.backend, self.embed, self.index = cfg, backend, embed, index
+        self.metrics = metrics or Metrics()
+        self.semantic = bool(cfg.semantic and embed is not None and index is not None)
+        self._warned: dict[str, float] = {}
+
+    def _warn(self, kind: str, msg: str) -> None:
+        now = time.monotonic()
+        if now - self._warned.get(kind, -1e9) > 30:
+            self._warned[kind] = now
+            log.warning("cache: %s", msg)
+        self.metrics.count("tf_cache_errors_total", kind=kind)
+
+    def cacheable(self, req: GenRequest, openai: bool = False) -> bool:
+        """Not with cache=bypass; sampled requests only with a seed or when `cache_sampled` is on."""
+        return req.cache_mode != "bypass" and (
+            self.cfg.cache_sampled or req.seeded or not req.sampled(openai)
+        )
+
+    def _vector(self, text: str) -> np.ndarray | None:
+        if not self.semantic:
+            return None
+        try:
+            return self.embed(normalize_prompt(text))  # type: ignore[misc]
+        except Exception as exc:  # noqa: BLE001 - exact matching only
+            self._warn("embedding", f"embedding failed ({exc}); exact matching only")
+            return None
+
+    def lookup(self, req: GenRequest, tier: str, version: str = "", openai: bool = False) -> Lookup:
+        """Find a response for `req` on `tier` (`openai`: the tier samples unless temperature is 0)."""
+        t0 = time.perf_counter()
+        res = self._lookup(req, tier, version, openai)
+        res.seconds = time.perf_counter() - t0
+        self.metrics.count("tf_cache_lookups_total", result=res.status)
+        if res.status != "bypass":
+            self.metrics.count("tf_cache_lookup_us_total", res.seconds * 1e6)
+            self.metrics.count("tf_cache_lookup_count")
+        return res
+
+    def _lookup(self, req: GenRequest, tier: str, version: str, openai: bool) -> Lookup:
+        if not self.cacheable(req, openai):
+            why = "cache=bypass" if req.cache_mode == "bypass" else "sampled request without seed"
+            return Lookup("bypass", note=why)
+        ns = namespace(tier, version, req.params)
+        key = exact_key(ns, req.text)
+        if not self.backend.usable():
+            return Lookup("bypass", note=f"{self.backend.name} backend unavailable")
+        if req.cache_mode == "refresh":
+            return Lookup("miss", cacheable=True, key=key, ns=ns, note="refresh")
+        try:
+            entry = self._get(key)
+            if entry is not None:
+                return Lookup("hit-exact", entry, True, key, ns, similarity=1.0)
+            vec = self._vector(req.text)
+            if vec is not None:
+                for cand, sim in self.index.search(ns, vec, k=3):  # type: ignore[union-attr]
+                    if sim < self.cfg.similarity_threshold:
+                        break
+                    entry = self._get(cand)
+                    if entry is None:  # evicted or expired elsewhere
+                        self.index.remove(cand)  # type: ignore[union-attr]
+                        continue
+                    if entry.ns == ns:
+                        return Lookup("hit-semantic", entry, True, key, ns, vec, sim)
+            return Lookup("miss", None, True, key, ns, vec)
+        except BackendError as exc:
+            self._warn("backend", f"{self.backend.name} backend failed ({exc}); passing through")
+            return Lookup("bypass", note=f"{self.backend.name} backend error")
+
+    def _get(self, key: str) -> CacheEntry | None:
+        try:
+            return self.backend.get(key)
+        except CorruptEntry as exc:
+            self._warn("corrupt", f"corrupt entry {key} ({exc}); treated as a miss")
+            try:
+                self.backend.delete(key)
+            except BackendError:
+                pass
+            if self.index is not None:
+                self.index.remove(key)
+            return None
+
+    def store(self, res: Lookup, req: GenRequest, tier: str, version: str, text: str,
+              num_output_tokens: int, chunks: list[tuple[str, int]] | None = None) -> bool:  # fmt: skip
+        """Write a generated response; the served tier decides the namespace. Never raises."""
+        if not res.cacheable:
+            return False
+        ns = namespace(tier, version, req.params)
+        key = exact_key(ns, req.text) if ns != res.ns else res.key
+        vec = res.vector if res.vector is not None else self._vector(req.text)
+        entry = CacheEntry(text, int(num_output_tokens), tier, ns, normalize_prompt(req.text),
+                           list(chunks or [(text, int(num_output_tokens))]), vector=vec)  # fmt: skip
+        try:
+            self.backend.put(key, entry)
+        except BackendError as exc:
+            self._warn("backend", f"{self.backend.name} backend failed on store ({exc})")
+            return False
+        except Exception as exc:  # noqa: BLE001 - never fail a served request on store
+            self._warn("backend", f"store failed ({type(exc).__name__}: {exc})")
+            return False
+        if vec is not None and self.index is not None and getattr(self.backend, "indexes_locally", True):
+            self.index.add(ns, key, vec)
+        self.metrics.count("tf_cache_stores_total")
+        if self.index is not None:
+            self.metrics.gauge("tf_cache_entries", float(len(self.index)))
+        return True
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def describe(res: Lookup) -> dict[str, Any]:
+    """A JSON-able summary (for `router explain` and logs)."""
+    return {"status": res.status, "key": res.key, "similarity": res.similarity, "note": res.note,
+            "lookup_ms": round(res.seconds * 1e3, 3)}  # fmt: skip

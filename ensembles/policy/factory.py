@@ -1,0 +1,98 @@
+"""Assemble an `EntryService` from an `EntryConfig`, degrading around whatever cannot load."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from .cache import ResponseCache
+from .classifier import LinearClassifier
+from .config import EntryConfig, resolve_path
+from .embedding import Embedder, EmbeddingError, load_embedder
+from .index import SemanticIndex
+from .memory_backend import MemoryBackend
+from .metrics import Metrics
+from .router import build_router
+from .service import EntryService, TierCall
+
+log = logging.getLogger(__name__)
+
+
+def needs_embedder(cfg: EntryConfig) -> bool:
+    semantic = cfg.cache.enabled and cfg.cache.semantic
+    classifier = cfg.router.enabled and cfg.router.policy == "classifier" and len(cfg.tiers) > 1
+    return semantic or classifier
+
+
+def load_classifier(cfg: EntryConfig, base_dir: str) -> LinearClassifier | None:
+    path = resolve_path(cfg.classifier_file or cfg.router.classifier_path, base_dir)
+    if not path:
+        log.warning("router: policy classifier without a classifier file; using the heuristic")
+        return None
+    try:
+        return LinearClassifier.load(path)
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("router: cannot load classifier %s (%s); using the heuristic", path, exc)
+        return None
+
+
+def make_cache(cfg: EntryConfig, embedder: Embedder | None, metrics: Metrics) -> ResponseCache | None:
+    if not cfg.cache.enabled:
+        return None
+    c = cfg.cache
+    index = SemanticIndex(embedder.dim) if (embedder is not None and c.semantic) else None
+    backend: Any = None
+    if c.backend == "redis" and not _has_redis():
+        log.warning("cache: the redis package is missing; using a per-instance memory cache instead")
+        metrics.count("tf_cache_errors_total", kind="backend")
+    elif c.backend == "redis":
+        from .redis_backend import RedisBackend
+
+        backend = RedisBackend(c.redis_url, c.capacity, c.ttl_s, prefix=cfg.cache_prefix, timeout_s=c.redis_timeout_s,
+                               sync_interval_s=c.sync_interval_s, metrics=metrics)  # fmt: skip
+        if index is not None:
+            backend.start_sync(index)
+    if backend is None:
+        backend = MemoryBackend(
+            c.capacity, c.ttl_s, on_evict=index.remove if index is not None else None, metrics=metrics
+        )
+    return ResponseCache(c, backend, embedder.embed if embedder is not None else None, index, metrics)
+
+
+def _has_redis() -> bool:
+    try:
+        import redis  # type: ignore[import-not-found]  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def build_service(
+    cfg: EntryConfig,
+    base_dir: str,
+    call_local: TierCall,
+    metrics: Metrics | None = None,
+    embedder: Embedder | None = None,
+    embed_threads: int = 1,
+    **kwargs: Any,
+) -> EntryService:
+    """The service for the `llm` model; `base_dir` is the model version dir (relative paths)."""
+    metrics = metrics or Metrics()
+    if embedder is None and needs_embedder(cfg):
+        try:
+            embedder = load_embedder(
+                cfg.cache.embedding_model, cfg.embedding_model_dir, threads=embed_threads
+            )
+        except EmbeddingError as exc:
+            log.warning(
+                "embedding model unavailable (%s): exact cache matching and heuristic routing only", exc
+            )
+            metrics.count("tf_cache_errors_total", kind="embedding")
+    classifier = None
+    if cfg.router.enabled and cfg.router.policy == "classifier":
+        classifier = load_classifier(cfg, base_dir)
+    embed: Callable[[str], Any] | None = embedder.embed if embedder is not None else None
+    router = build_router(cfg, classifier, embed)
+    cache = make_cache(cfg, embedder, metrics)
+    return EntryService(cfg, router, call_local, cache, metrics, **kwargs)

@@ -1,0 +1,154 @@
+"""One generation request as plain Python values, and the parts of it that change the output."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import unicodedata
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import CACHE_MODES
+
+# Inputs whose value changes the generated text (so they are part of every cache key).
+OUTPUT_AFFECTING = (
+    "max_tokens",
+    "temperature",
+    "top_k",
+    "top_p",
+    "seed",
+    "min_tokens",
+    "stop_words",
+    "bad_words",
+    "end_id",
+    "pad_id",
+    "exclude_input_in_output",
+)
+
+
+class RequestError(ValueError):
+    """A bad request; the message is sent back to the client as the error."""
+
+
+def _scalar(v: Any) -> Any:
+    """First element of a 1-element array / list, decoded if bytes; lists of strings stay lists."""
+    if v is None:
+        return None
+    if hasattr(v, "tolist"):
+        v = v.tolist()
+    while isinstance(v, list) and len(v) == 1 and isinstance(v[0], list):
+        v = v[0]
+    if isinstance(v, list):
+        if not v:
+            return None
+        v = v[0]
+    if isinstance(v, bytes):
+        return v.decode("utf-8", errors="replace")
+    return v
+
+
+def _strings(v: Any) -> tuple[str, ...] | None:
+    if v is None:
+        return None
+    if hasattr(v, "tolist"):
+        v = v.tolist()
+    out: list[str] = []
+    stack = [v]
+    while stack:
+        x = stack.pop(0)
+        if isinstance(x, list):
+            stack[0:0] = x
+        elif isinstance(x, bytes):
+            out.append(x.decode("utf-8", errors="replace"))
+        elif x is not None:
+            out.append(str(x))
+    return tuple(s for s in out if s) or None
+
+
+@dataclass(frozen=True)
+class GenRequest:
+    """What the entry model needs from one request."""
+
+    text: str
+    max_tokens: int
+    stream: bool = False
+    tier: str | None = None  # forced tier
+    cache_mode: str = "use"
+    params: dict[str, Any] = field(default_factory=dict)  # output-affecting values, normalized
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)  # inputs as received
+
+    def sampled(self, openai: bool = False) -> bool:
+        """Whether the output is random: TensorRT-LLM semantics (greedy unless top_k > 1 or top_p > 0,
+        and temperature 0 is greedy); an OpenAI endpoint samples unless temperature is 0."""
+        temp = self.params.get("temperature")
+        if temp == 0.0:
+            return False
+        if openai:
+            return True
+        top_k = self.params.get("top_k") or 0
+        top_p = self.params.get("top_p") or 0.0
+        return top_k > 1 or top_p > 0
+
+    @property
+    def seeded(self) -> bool:
+        return self.params.get("seed") is not None
+
+
+def _num(name: str, v: Any, kind: type) -> Any:
+    v = _scalar(v)
+    if v is None:
+        return None
+    try:
+        return round(float(v), 6) if kind is float else int(v)
+    except (TypeError, ValueError):
+        raise RequestError(f"input {name!r} must be a number, got {v!r}") from None
+
+
+def parse_request(inputs: dict[str, Any]) -> GenRequest:
+    """Build a `GenRequest` from input name -> numpy array (or plain value); raises `RequestError`."""
+    text = _scalar(inputs.get("text_input"))
+    if text is None:
+        raise RequestError("input 'text_input' is required")
+    text = str(text)
+    max_tokens = _num("max_tokens", inputs.get("max_tokens"), int)
+    if max_tokens is None:
+        raise RequestError("input 'max_tokens' is required")
+    if max_tokens < 1:
+        raise RequestError(f"input 'max_tokens' must be >= 1, got {max_tokens}")
+    stream = bool(_scalar(inputs.get("stream")) or False)
+    tier = _scalar(inputs.get("tier"))
+    tier = str(tier).strip() or None if tier is not None else None
+    mode = _scalar(inputs.get("cache"))
+    mode = str(mode).strip().lower() if mode is not None and str(mode).strip() else "use"
+    if mode not in CACHE_MODES:
+        raise RequestError(f"input 'cache' must be one of {', '.join(CACHE_MODES)}, got {mode!r}")
+    params: dict[str, Any] = {"max_tokens": max_tokens}
+    for name, kind in (("temperature", float), ("top_p", float), ("top_k", int), ("seed", int),
+                       ("min_tokens", int), ("end_id", int), ("pad_id", int)):  # fmt: skip
+        v = _num(name, inputs.get(name), kind)
+        if v is not None:
+            params[name] = v
+    for name in ("stop_words", "bad_words"):
+        v = _strings(inputs.get(name))
+        if v is not None:
+            params[name] = list(v)
+    eio = _scalar(inputs.get("exclude_input_in_output"))
+    if eio is not None:
+        params["exclude_input_in_output"] = bool(eio)
+    return GenRequest(text, max_tokens, stream, tier, mode, params, dict(inputs))
+
+
+def normalize_prompt(text: str) -> str:
+    """NFKC, trimmed, inner whitespace collapsed: prompts differing only there share an entry."""
+    return " ".join(unicodedata.normalize("NFKC", text).split())
+
+
+def namespace(tier: str, version: str, params: dict[str, Any]) -> str:
+    """Hash of everything but the prompt that changes the output; semantic matches stay inside one."""
+    blob = json.dumps({"tier": tier, "version": version, **{k: params.get(k) for k in OUTPUT_AFFECTING}},
+                      sort_keys=True, separators=(",", ":"))  # fmt: skip
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def exact_key(ns: str, prompt: str) -> str:
+    return ns + ":" + hashlib.sha256(normalize_prompt(prompt).encode()).hexdigest()[:32]

@@ -1,0 +1,215 @@
+"""The entry model's logic without Triton: route, look up, call tiers with timeout and fallback, store.
+
+The Triton `llm` model is a thin adapter: it turns a request into a `GenRequest`, gives this
+service a function that calls a local tier by BLS, and turns each `Reply` into a response.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from .cache import Lookup, ResponseCache
+from .config import EntryConfig, TierConfig
+from .metrics import Metrics
+from .params import GenRequest, RequestError
+from .remote import Chunk, TierError, call_remote
+from .router import Decision, Router
+
+log = logging.getLogger(__name__)
+
+# (tier, request, timeout_s, cancel event) -> chunks; raises TierError
+TierCall = Callable[[TierConfig, GenRequest, float, threading.Event], Iterator[Chunk]]
+
+
+@dataclass
+class Reply:
+    """One response to send. `final` marks the last; a final reply with `data` False is just the flag."""
+
+    text: str = ""
+    num_output_tokens: int = 0
+    tier: str = ""
+    cache_status: str = ""
+    final: bool = False
+    data: bool = True
+
+
+@dataclass
+class Outcome:
+    """What happened to one request (for tests, logs and `router explain`)."""
+
+    decision: Decision
+    lookup: Lookup
+    tier: str = ""
+    tried: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    text: str = ""
+    num_output_tokens: int = 0
+    chunks: list[Chunk] = field(default_factory=list)
+    stored: bool = False
+
+
+def _remote_call(
+    tier: TierConfig, req: GenRequest, timeout: float, cancel: threading.Event
+) -> Iterator[Chunk]:
+    for ch in call_remote(tier, req, timeout):
+        if cancel.is_set():
+            return
+        yield ch
+
+
+def _openai(tier: TierConfig) -> bool:
+    return tier.is_remote and tier.protocol == "openai"
+
+
+class EntryService:
+    def __init__(
+        self,
+        cfg: EntryConfig,
+        router: Router,
+        call_local: TierCall,
+        cache: ResponseCache | None = None,
+        metrics: Metrics | None = None,
+        call_remote_tier: TierCall = _remote_call,
+        workers: int = 64,
+    ) -> None:
+        self.cfg, self.router, self.cache = cfg, router, cache
+        self.call_local, self.call_remote_tier = call_local, call_remote_tier
+        self.metrics = metrics or Metrics()
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tf-tier")
+        self._last_maint = time.monotonic()
+
+    def validate(self, req: GenRequest) -> None:
+        if req.tier is not None and req.tier not in self.cfg.tier_names:
+            raise RequestError(
+                f"unknown tier {req.tier!r}; this deployment has {', '.join(self.cfg.tier_names)}"
+            )
+
+    def handle(self, req: GenRequest, send: Callable[[Reply], None]) -> Outcome:
+        """Serve one request through `send`; raises RequestError (bad input) or TierError (all tiers failed)."""
+        self.validate(req)
+        decision = self.router.route(req)
+        self.metrics.count("tf_router_decisions_total", tier=decision.tier, policy=decision.policy)
+        if self.cache is not None and req.cache_mode != "bypass":
+            t = self.cfg.tier(decision.tier)
+            lookup = self.cache.lookup(req, t.name, t.version, openai=_openai(t))
+        else:
+            lookup = Lookup("bypass", note="cache off" if self.cache is None else "cache=bypass")
+            if self.cache is not None:
+                self.metrics.count("tf_cache_lookups_total", result="bypass")
+        out = Outcome(decision, lookup)
+        if lookup.entry is not None:
+            return self._replay(req, lookup, out, send)
+        self._generate(req, decision, lookup, out, send)
+        served = self.cfg.tier(out.tier)
+        if self.cache is not None and lookup.cacheable and self.cache.cacheable(req, _openai(served)):
+            out.stored = self.cache.store(lookup, req, out.tier, self.cfg.tier(out.tier).version, out.text,
+                                          out.num_output_tokens, out.chunks)  # fmt: skip
+        self._maintain()
+        return out
+
+    def _replay(
+        self, req: GenRequest, lookup: Lookup, out: Outcome, send: Callable[[Reply], None]
+    ) -> Outcome:
+        e = lookup.entry
+        assert e is not None
+        out.tier, out.text, out.num_output_tokens = e.tier, e.text, e.num_output_tokens
+        self.metrics.count("tf_tier_served_total", tier=e.tier, source=lookup.status)
+        if req.stream:
+            for text, n in e.stream_chunks():
+                send(Reply(text, n, e.tier, lookup.status))
+            send(Reply(tier=e.tier, cache_status=lookup.status, final=True, data=False))
+        else:
+            send(Reply(e.text, e.num_output_tokens, e.tier, lookup.status, final=True))
+        return out
+
+    def _generate(self, req: GenRequest, decision: Decision, lookup: Lookup, out: Outcome,
+                  send: Callable[[Reply], None]) -> None:  # fmt: skip
+        chain = self.router.chain(decision)
+        for i, name in enumerate(chain):
+            tier = self.cfg.tier(name)
+            out.tried.append(name)
+            chunks: list[Chunk] = []
+            sent = False
+            try:
+                for text, n in self._with_deadline(tier, req):
+                    chunks.append((text, n))
+                    if req.stream:
+                        send(Reply(text, n, name, lookup.status))
+                        sent = True
+            except TierError as exc:
+                self.metrics.count("tf_tier_requests_total", tier=name, outcome=exc.kind)
+                out.errors.append(f"{name}: {exc}")
+                nxt = chain[i + 1] if i + 1 < len(chain) else None
+                if sent or nxt is None:
+                    raise TierError("; ".join(out.errors), exc.kind) from None
+                log.warning("tier %s failed (%s); falling back to %s", name, exc, nxt)
+                self.metrics.count("tf_router_fallbacks_total", from_tier=name, to_tier=nxt, reason=exc.kind)
+                continue
+            self.metrics.count("tf_tier_requests_total", tier=name, outcome="ok")
+            self.metrics.count("tf_tier_served_total", tier=name, source="engine")
+            out.tier = name
+            out.text = "".join(t for t, _ in chunks)
+            out.num_output_tokens = sum(n for _, n in chunks)
+            out.chunks = chunks
+            if req.stream:
+                send(Reply(tier=name, cache_status=lookup.status, final=True, data=False))
+            else:
+                send(Reply(out.text, out.num_output_tokens, name, lookup.status, final=True))
+            return
+
+    def _with_deadline(self, tier: TierConfig, req: GenRequest) -> Iterator[Chunk]:
+        """The tier's chunks; TierError('timeout') when the whole call takes longer than the tier timeout."""
+        timeout = self.cfg.timeout_for(tier.name)
+        call = self.call_remote_tier if tier.is_remote else self.call_local
+        q: queue.Queue[tuple[str, Any]] = queue.Queue()
+        cancel = threading.Event()
+
+        def pump() -> None:
+            try:
+                for ch in call(tier, req, timeout, cancel):
+                    if cancel.is_set():
+                        return
+                    q.put(("chunk", ch))
+                q.put(("done", None))
+            except TierError as exc:
+                q.put(("error", exc))
+            except Exception as exc:  # noqa: BLE001 - any failure of a tier is a tier error
+                q.put(("error", TierError(f"tier {tier.name}: {type(exc).__name__}: {exc}")))
+
+        self._pool.submit(pump)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                kind, val = q.get(timeout=max(deadline - time.monotonic(), 0.0))
+            except queue.Empty:
+                cancel.set()
+                raise TierError(
+                    f"tier {tier.name}: no complete answer within {timeout:g}s", "timeout"
+                ) from None
+            if kind == "chunk":
+                yield val
+            elif kind == "done":
+                return
+            else:
+                raise val
+
+    def _maintain(self) -> None:
+        """Now and then, purge expired in-memory entries (and their vectors)."""
+        if time.monotonic() - self._last_maint < 30 or self.cache is None:
+            return
+        self._last_maint = time.monotonic()
+        purge = getattr(self.cache.backend, "purge_expired", None)
+        if purge is not None:
+            purge()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self.cache is not None:
+            self.cache.close()
