@@ -8,6 +8,7 @@ model_repo_templates/python/llm.py.j2 with the policy package vendored as `tf_po
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import socket
@@ -274,3 +275,11 @@ def test_policy_package_never_imports_tritonforge() -> None:
     for path in POLICY.rglob("*.py"):
         src = path.read_text()
         assert "import tritonforge" not in src and "from tritonforge" not in src, path
+
+
+@functools.lru_cache(maxsize=1)
+def shared_embedder() -> Any:
+    """One all-MiniLM-L6-v2 embedder for the whole test run (loading takes seconds)."""
+    from tritonforge.ensembles.policy.embedding import load_embedder
+
+    return load_embedder("builtin:all-minilm-l6-v2", threads=1)

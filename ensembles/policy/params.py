@@ -78,16 +78,13 @@ class GenRequest:
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)  # inputs as received
 
     def sampled(self, openai: bool = False) -> bool:
-        """Whether the output is random: TensorRT-LLM semantics (greedy unless top_k > 1 or top_p > 0,
-        and temperature 0 is greedy); an OpenAI endpoint samples unless temperature is 0."""
-        temp = self.params.get("temperature")
-        if temp == 0.0:
+        """Whether the output is random. TensorRT-LLM semantics: greedy when top_k <= 1 and top_p <= 0,
+        or temperature 0; an OpenAI endpoint samples unless temperature is 0."""
+        if self.params.get("temperature") == 0.0:
             return False
         if openai:
             return True
-        top_k = self.params.get("top_k") or 0
-        top_p = self.params.get("top_p") or 0.0
-        return top_k > 1 or top_p > 0
+        return (self.params.get("top_k") or 0) > 1 or (self.params.get("top_p") or 0.0) > 0
 
     @property
     def seeded(self) -> bool:
