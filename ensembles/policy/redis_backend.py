@@ -7,7 +7,9 @@ Layout under a prefix P (default ``tf:``):
 - ``P log``      sorted set key -> insertion sequence; each instance polls it (every
   ``sync_interval_s``) and adds new vectors to its local semantic index, so an entry written by
   one instance is found semantically by the others within about that delay (exact hits: at once);
-- ``P seq``      the insertion counter (a drop means Redis was flushed or restarted: resync).
+- ``P seq``      the insertion counter;
+- ``P epoch``    a random id set once per Redis dataset: when it changes (Redis flushed or restarted
+  without persistence) each instance drops its local index and reloads.
 
 Short socket timeouts and a circuit breaker: while Redis is down or slow `usable()` is False and
 lookups pass through at no cost; the sync thread probes and re-opens the circuit.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections import defaultdict
 from typing import Any
 
@@ -60,6 +63,7 @@ class RedisBackend:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._last_seq = 0
+        self._epoch: bytes | None = None
         self._last_cleanup = time.monotonic()
         self.synced = threading.Event()  # set after the first full load
 
@@ -175,12 +179,17 @@ class RedisBackend:
     def sync_once(self) -> int:
         """Pull entries inserted since the last poll into the local index; returns how many."""
         assert self._index is not None
+        epoch = self.r.get(self.p + "epoch")
+        if epoch is None:  # a fresh (or flushed) Redis: mark it
+            self.r.set(self.p + "epoch", uuid.uuid4().hex, nx=True)
+            epoch = self.r.get(self.p + "epoch")
         seq_raw = self.r.get(self.p + "seq")
         seq = int(seq_raw) if seq_raw else 0
-        if seq < self._last_seq:  # Redis flushed or restarted: start over
-            log.warning("cache: redis sequence went back (%d < %d); reloading the index", seq, self._last_seq)
+        if (self._epoch is not None and epoch != self._epoch) or seq < self._last_seq:
+            log.warning("cache: redis was flushed or restarted; reloading the semantic index")
             self._index.clear()
             self._last_seq = 0
+        self._epoch = epoch
         added = 0
         while True:
             rows = self.r.zrangebyscore(self.p + "log", f"({self._last_seq}", "+inf", start=0, num=BATCH,
