@@ -100,7 +100,24 @@ def _engine_limits(tier: Tier, paths: TierPaths) -> dict[str, int]:
     return lim
 
 
-def engine_parameters(tier: Tier, model_dir: str, limits: dict[str, int], *, draft: bool = False) -> dict[str, Any]:
+def gpu_assignment(spec: DeploymentSpec) -> dict[str, str]:
+    """Distinct GPUs per GPU tier of a multi-tier repository ("0", "1,2", ...); none for a single tier.
+
+    Engines of different tiers never share a GPU, so each keeps its full memory fraction; a tier's
+    draft engine shares its target's GPUs (fractions split, see `engine_parameters`).
+    """
+    gpu_tiers = [t for t in spec.tiers if t.runtime == Runtime.trtllm_engine]
+    if len(gpu_tiers) < 2:
+        return {}
+    out, next_id = {}, 0
+    for t in gpu_tiers:
+        out[t.name] = ",".join(str(next_id + i) for i in range(t.gpu.count))
+        next_id += t.gpu.count
+    return out
+
+
+def engine_parameters(tier: Tier, model_dir: str, limits: dict[str, int], *, draft: bool = False,
+                      gpu_device_ids: str | None = None) -> dict[str, Any]:
     """`tensorrt_llm` parameters: only keys the C++ backend knows (GPU), or the CPU reference's own."""
     kv = tier.kv_cache
     reuse = kv.block_reuse and kv.paged and tier.quantization.kv_cache_dtype != KvCacheDtype.int8
@@ -142,6 +159,8 @@ def engine_parameters(tier: Tier, model_dir: str, limits: dict[str, int], *, dra
     )
     if kv.max_tokens is not None:
         params["max_tokens_in_paged_kv_cache"] = kv.max_tokens
+    if gpu_device_ids:
+        params["gpu_device_ids"] = gpu_device_ids
     return params
 
 
@@ -149,7 +168,8 @@ def _common(spec: DeploymentSpec, name: str, role: str, version: str) -> dict[st
     return {"name": name, "role": role, "spec_name": spec.name, "version": version}
 
 
-def _tier_models(spec: DeploymentSpec, tier: Tier, paths: TierPaths, version: str) -> tuple[list[ModelPlan], TierModels]:
+def _tier_models(spec: DeploymentSpec, tier: Tier, paths: TierPaths, version: str,
+                 gpus: dict[str, str]) -> tuple[list[ModelPlan], TierModels]:
     n = model_names(spec, tier)
     limits = _engine_limits(tier, paths)
     mbs = limits["max_batch_size"]
@@ -188,7 +208,7 @@ def _tier_models(spec: DeploymentSpec, tier: Tier, paths: TierPaths, version: st
     )
 
     def engine_model(name: str, role: str, model_dir: str, draft: bool) -> ModelPlan:
-        params = engine_parameters(tier, model_dir, limits, draft=draft)
+        params = engine_parameters(tier, model_dir, limits, draft=draft, gpu_device_ids=gpus.get(tier.name))
         outputs = c.ENGINE_OUTPUTS if cpu else c.TRTLLM_ENGINE_OUTPUTS
         return ModelPlan(
             name,
@@ -345,8 +365,9 @@ def plan_repository(spec: DeploymentSpec, paths: dict[str, TierPaths], version: 
     """Every model of the repository for `spec`, given each tier's resolved paths."""
     models: list[ModelPlan] = []
     tiers: list[TierModels] = []
+    gpus = gpu_assignment(spec)
     for tier in spec.tiers:
-        tier_models, tm = _tier_models(spec, tier, paths[tier.name], version)
+        tier_models, tm = _tier_models(spec, tier, paths[tier.name], version, gpus)
         models.extend(tier_models)
         tiers.append(tm)
     entry = tiers[0].entry
