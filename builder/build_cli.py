@@ -1,23 +1,152 @@
-"""`tritonforge plan` and `tritonforge build` (placeholders until the builder lands)."""
+"""`tritonforge plan` and `tritonforge build`."""
 
 from __future__ import annotations
+
+import json
+import sys
+import time
 
 import click
 
 from tritonforge.errors import UserError
 
+GIB = 1024**3
+
+
+def _gib(n: float) -> str:
+    return f"{n / GIB:.2f} GiB"
+
+
+def _num(x: float) -> str:
+    return f"{x:,.0f}"
+
+
+def _params(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
+
+
+def format_plan(plan) -> str:
+    """A readable plan: one block per tier, then the problems."""
+    lines = [f"plan {plan.spec_name}  (spec {plan.spec_hash[:12]}, TensorRT-LLM {plan.trtllm_version}, "
+             f"build dir {plan.build_dir})"]
+    for t in plan.tiers:
+        s, m, g, tput, e = t.shape, t.memory, t.gpu, t.throughput, t.engine
+        lines.append("")
+        lines.append(f"tier {t.name}  [{t.runtime}]  model {t.model}")
+        lines.append(f"  config      {t.config_source}")
+        lines.append(f"  model       {s.architecture}  {_params(s.total_params)} params  {s.num_layers} layers  "
+                     f"hidden {s.hidden_size}  heads {s.num_heads}/{s.num_kv_heads} kv x {s.head_dim}  "
+                     f"vocab {s.vocab_size}{'  tied' if s.tie_word_embeddings else ''}")
+        lines.append(f"  target      {t.gpu_count} x {g.name} (sm{g.sm}, {g.memory_gib:.2f} GiB, {g.hbm_tb_s} TB/s)  "
+                     f"tp {t.tp} pp {t.pp}  {t.dtype}  weights {t.quant_format}  KV {t.kv_cache_dtype}")
+        wd = m.weights_detail
+        lines.append(f"  memory/GPU  weights {_gib(m.weights)} (linear {_gib(wd.get('linear', 0))}, embedding "
+                     f"{_gib(wd.get('embedding', 0))}, lm_head {_gib(wd.get('lm_head', 0))})  activations~ "
+                     f"{_gib(m.activations)}" + (f"  draft engine {_gib(m.other_engine)}" if m.other_engine else ""))
+        lines.append(f"  KV cache    {m.kv_bytes_per_token / 1024:.1f} KiB/token/GPU  pool {_gib(m.kv_pool_bytes)} "
+                     f"(x{m.kv_fraction} of {_gib(max(0, m.free_after_load))} free"
+                     f"{', capped by max_tokens' if m.kv_pool_capped_by_max_tokens else ''})  "
+                     f"{_num(m.kv_pool_tokens)} tokens")
+        fit = (f"{_num(m.max_concurrent_sequences)} concurrent {e.engine_max_seq_len}-token sequences "
+               f"(engine max batch {e.max_batch_size})" if m.fits else
+               f"DOES NOT FIT: short by {_gib(m.shortfall_bytes)} per GPU for one {e.engine_max_seq_len}-token sequence")
+        lines.append(f"  capacity    {fit}")
+        cost = (f"  ${tput.cost_per_million_output_tokens:.4f} / 1M output tokens at ${tput.price_per_gpu_hour}/GPU-h"
+                f" x {tput.gpus_billed}" if tput.cost_per_million_output_tokens is not None else "")
+        lines.append(f"  roofline    prefill {_num(tput.prefill_tokens_per_s)} tok/s  decode {_num(tput.decode_tokens_per_s)} "
+                     f"tok/s at batch {tput.decode_batch} ({tput.decode_bound}-bound, upper bound){cost}")
+        q = t.quantize
+        if q.modelopt_config or q.kv_cache_dtype:
+            lines.append(f"  quantize    ModelOpt {q.modelopt_config or 'no weight quantization'}"
+                         f"{' + ' + q.kv_cache_dtype.upper() + ' KV' if q.kv_cache_dtype else ''}  calibration "
+                         f"{q.calib_dataset} {q.calib_size} x {q.calib_seq_len} tokens  -> TRT-LLM checkpoint "
+                         f"(tp {q.tp}, pp {q.pp}, {q.export_dtype}, quant_algo {q.expected_quant_algo})")
+        else:
+            lines.append(f"  export      TRT-LLM checkpoint (tp {q.tp}, pp {q.pp}, {q.export_dtype}), no quantization")
+        lines.append("  build       " + " ".join(e.argv))
+        if not e.paged_context_fmha:
+            lines.append(f"              (no paged context FMHA: {e.paged_context_fmha_off_reason})")
+        if t.draft is not None:
+            d = t.draft
+            lines.append(f"  draft       {d.model}  {_params(d.shape.total_params)} params  {d.num_draft_tokens} draft tokens"
+                         f"  weights {_gib(d.memory.weights)}  KV {d.memory.kv_bytes_per_token / 1024:.1f} KiB/token  "
+                         f"pool {_gib(d.memory.kv_pool_bytes)} (x{d.memory.kv_fraction}"
+                         f"{', split by the planner' if d.kv_fraction_from_planner else ''})")
+            lines.append("  draft build " + " ".join(d.engine.argv))
+    problems = plan.all_problems
+    if problems:
+        lines.append("")
+        for p in problems:
+            lines.append(f"{p.severity.upper():<8} {p.message}")
+    return "\n".join(lines)
+
 
 @click.command("plan")
-@click.argument("spec", type=click.Path())
+@click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def plan_command(spec: str, as_json: bool) -> None:
-    """Capacity plan for every tier of SPEC."""
-    raise UserError("plan is not implemented yet")
+@click.option("-o", "--build-dir", default=None, help="Build directory the commands refer to (default build/<spec name>).")
+def plan_command(spec: str, as_json: bool, build_dir: str | None) -> None:
+    """Capacity plan for every tier of SPEC: memory, KV capacity, roofline throughput, cost, build flags.
+
+    Exits 2 after printing the plan when a validation rule fails."""
+    from tritonforge.builder import rules
+    from tritonforge.builder.manifest import trtllm_installed_version
+    from tritonforge.builder.planner import plan_deployment
+    from tritonforge.builder.spec import load_spec
+
+    s = load_spec(spec)
+    plan = plan_deployment(s, build_dir)
+    plan.problems = rules.check_deployment(s, trtllm_installed_version())
+    if as_json:
+        click.echo(json.dumps(plan.to_dict(), indent=2, sort_keys=True))
+    else:
+        click.echo(format_plan(plan))
+    rules.raise_for_errors(plan)
+
+
+def _step_line(s: dict) -> str:
+    extra = s.get("reason") or ""
+    q = (s.get("details") or {}).get("quality")
+    if q:
+        extra = (f"KL {q['kl_divergence']:.2g}  top-1 {q['top1_agreement']:.3f}  ppl {q['ppl_ref']:.3f} -> "
+                 f"{q['ppl_quant']:.3f} ({q['ppl_increase']:+.2%})" + (f"  [{extra}]" if extra else ""))
+    return f"  {s['tier']:<12} {s['name']:<17} {s['status']:<8} {s['duration_s']:>7.1f}s  {extra}"
 
 
 @click.command("build")
-@click.argument("spec", type=click.Path())
-@click.option("--dry-run", is_flag=True)
-def build_command(spec: str, dry_run: bool) -> None:
-    """Quantize and build engines for SPEC."""
-    raise UserError("build is not implemented yet")
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "build_dir", default=None, help="Build directory (default build/<spec name>).")
+@click.option("--dry-run", is_flag=True, help="Print the plan and every command; run nothing.")
+@click.option("--docker", "docker_image", default=None, metavar="IMAGE",
+              help="Run ModelOpt and trtllm-build in this NGC TensorRT-LLM container (e.g. the spec's triton.image).")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest (or, with --dry-run, plan and commands) as JSON.")
+def build_command(spec: str, build_dir: str | None, dry_run: bool, docker_image: str | None, as_json: bool) -> None:
+    """Quantize with ModelOpt, build TensorRT-LLM engines and write build_manifest.json for SPEC.
+
+    Steps whose inputs are unchanged are skipped; outputs appear only when complete."""
+    from tritonforge.builder.build import build
+    from tritonforge.builder.spec import load_spec
+
+    s = load_spec(spec)
+    t0 = time.time()
+    try:
+        report = build(s, spec_path=spec, build_dir=build_dir, docker_image=docker_image, dry_run=dry_run)
+    except KeyboardInterrupt:  # pragma: no cover - interactive
+        raise UserError("build interrupted; finished steps are kept, rerun to resume") from None
+    if report.dry_run:
+        if as_json:
+            click.echo(json.dumps({"plan": report.plan.to_dict(), "commands": report.commands}, indent=2, sort_keys=True))
+            return
+        click.echo(format_plan(report.plan))
+        click.echo("\ncommands (dry run: nothing is run)")
+        for c in report.commands:
+            click.echo(f"  [{c['tier']}/{c['step']}] " + " ".join(c["command"]))
+        return
+    if as_json:
+        click.echo(json.dumps(report.manifest, indent=2, sort_keys=True, default=str))
+        return
+    click.echo(f"built {s.name} in {time.time() - t0:.1f}s -> {report.manifest_path}")
+    for tier in report.manifest["tiers"].values():
+        for st in tier["steps"]:
+            click.echo(_step_line(st))
+    print("next: tritonforge emit " + spec + (f" --build-dir {build_dir}" if build_dir else ""), file=sys.stderr)
