@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -279,9 +280,11 @@ class TritonServer:
     def failure_summary(self) -> str:
         """The most telling error lines of the server log, as one line."""
         lines = [ln.strip() for ln in self.log_text().splitlines() if ln.strip()]
+        noise = ("NVML", "DCGM", "failed to load all models")  # CPU-only hosts always print these
         interesting = [
             ln for ln in lines
-            if any(k in ln for k in ("failed to load", "Error", "error:", "UNAVAILABLE", "Address already in use", "Traceback"))
+            if (re.match(r"^E\d{4} ", ln) or any(k in ln for k in ("UNAVAILABLE", "Address already in use", "Traceback", "error:")))
+            and not any(n in ln for n in noise)
         ]  # fmt: skip
         picked = interesting[-3:] if interesting else lines[-2:]
         text = " | ".join(picked) or "no log output"

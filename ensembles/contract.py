@@ -115,16 +115,12 @@ TRTLLM_ENGINE_OUTPUTS: tuple[Tensor, ...] = ENGINE_OUTPUTS[:4]
 POSTPROCESSING_INPUTS: tuple[Tensor, ...] = (
     _t("TOKENS_BATCH", INT32, (-1, -1)),
     _t("SEQUENCE_LENGTH", INT32, (-1,)),
-    _t("STREAM_KEY", STRING, (1,), True),
 )
 POSTPROCESSING_OUTPUTS: tuple[Tensor, ...] = (
     _t("OUTPUT", STRING, (-1,)),
     _t("NUM_OUTPUT_TOKENS", INT32, (1,)),  # tokens in this response, the same on CPU and GPU
 )
 
-# --- preprocessing also hands postprocessing a per-request key so streamed multi-byte characters
-#     split across chunks are reassembled (tensorrtllm_backend #34, #112, #332).
-PREPROCESSING_OUTPUTS = PREPROCESSING_OUTPUTS + (_t("STREAM_KEY", STRING, (1,)),)
 
 # --- speculative BLS and the `llm` entry model (extra tensors beyond the ensemble's) -------------
 BLS_EXTRA_INPUTS: tuple[Tensor, ...] = (_t("num_draft_tokens", INT32, (1,), True),)
@@ -168,7 +164,6 @@ def ensemble_steps(preprocessing: str, engine: str, postprocessing: str) -> tupl
             ("OUT_END_ID", "_END_ID"),
             ("OUT_PAD_ID", "_PAD_ID"),
             ("OUT_REQUEST_OUTPUT_LEN", "_REQUEST_OUTPUT_LEN"),
-            ("STREAM_KEY", "_STREAM_KEY"),
         ),
     )
     eng = Step(
@@ -202,7 +197,6 @@ def ensemble_steps(preprocessing: str, engine: str, postprocessing: str) -> tupl
         (
             ("TOKENS_BATCH", "_TOKENS_BATCH"),
             ("SEQUENCE_LENGTH", "_SEQUENCE_LENGTH"),
-            ("STREAM_KEY", "_STREAM_KEY"),
         ),
         (("OUTPUT", "text_output"), ("NUM_OUTPUT_TOKENS", "num_output_tokens")),
     )

@@ -47,10 +47,12 @@ def test_generate_and_stream_agree(tiny_demo_server) -> None:
     body = {"text_input": PROMPT, "max_tokens": 24, "min_tokens": 24}
     whole = _generate(url, body)
     assert isinstance(whole["text_output"], str) and whole["text_output"]
-    events = _stream(url, body)
+    events = _stream(url, {**body, "id": "agree-1"})
     assert len(events) >= 5, events
     streamed = "".join(e["text_output"] for e in events)
-    assert streamed == whole["text_output"]  # greedy, incremental detokenization loses nothing
+    # Greedy, and the request id lets postprocessing carry a character split across chunks; only an
+    # incomplete character at the very end (U+FFFD when decoded whole) can differ.
+    assert streamed in (whole["text_output"], whole["text_output"][:-1] if whole["text_output"].endswith("\ufffd") else None)
     assert sum(int(e["num_output_tokens"]) for e in events) == 24
 
 
@@ -85,7 +87,7 @@ def test_grpc_streaming_client_gets_same_text(tiny_demo_server) -> None:
             break
     client.stop_stream()
     assert len(pieces) > 1
-    assert "".join(pieces) == expected
+    assert "".join(pieces) in (expected, expected[:-1] if expected.endswith("\ufffd") else None)
 
 
 def test_bad_requests_get_errors_and_server_stays_up(tiny_demo_server) -> None:
