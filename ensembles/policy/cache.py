@@ -76,7 +76,7 @@ class CacheEntry:
         except Exception as exc:  # noqa: BLE001 - anything malformed is corrupt
             raise CorruptEntry(f"{type(exc).__name__}: {exc}") from None
 
-    def stream_chunks(self, words_per_chunk: int = 4) -> list[tuple[str, int]]:
+    def stream_chunks(self, words_per_chunk: int = 1) -> list[tuple[str, int]]:
         """The chunks to replay for a streamed hit: the recorded ones, else the text split by words."""
         if len(self.chunks) > 1:
             return self.chunks

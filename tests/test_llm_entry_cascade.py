@@ -1,0 +1,57 @@
+"""examples/cascade-cpu.yaml as `tritonforge emit` renders it (tiny CPU engines), through a real Triton."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tritonforge.builder.server import TritonServer, free_ports
+
+from .conftest import tiny_variant
+from .test_llm_entry_repo import generate, generate_stream
+
+pytestmark = pytest.mark.server
+
+
+@pytest.fixture(scope="module")
+def cascade(tmp_path_factory: pytest.TempPathFactory, tf_cache: Path):
+    from tritonforge.builder.render import emit_files, write_repository
+    from tritonforge.builder.spec import load_spec
+
+    d = tmp_path_factory.mktemp("cascade")
+    spec = tiny_variant("cascade-cpu.yaml", d)
+    files, _ = emit_files(load_spec(spec), spec.parent)
+    write_repository(files, d / "repo")
+    server = TritonServer(d / "repo", free_ports(), log_path=d / "triton.log")
+    server.start()
+    try:
+        server.wait_ready(300)
+        yield server
+    finally:
+        server.stop()
+
+
+def test_emitted_cascade_routes_caches_and_streams(cascade) -> None:
+    url = cascade.http_url
+    status, short = generate(url, {"text_input": "hello there", "max_tokens": 8})
+    assert status == 200 and short["tier"] == "small" and short["cache_status"] == "miss", short
+    status, code = generate(url, {"text_input": "def fibonacci(n):", "max_tokens": 8})
+    assert status == 200 and code["tier"] == "large", code
+    status, again = generate(url, {"text_input": "hello there", "max_tokens": 8})
+    assert again["cache_status"] == "hit-exact" and again["text_output"] == short["text_output"]
+    events = generate_stream(url, {"text_input": "hello there", "max_tokens": 8})
+    assert {e["cache_status"] for e in events} == {"hit-exact"}
+    assert "".join(e["text_output"] for e in events) == short["text_output"]
+    events = generate_stream(url, {"text_input": "import os", "max_tokens": 6, "tier": "large"})
+    assert (
+        len(events) == 6 and {e["tier"] for e in events} == {"large"} and events[0]["cache_status"] == "miss"
+    )
+    status, hit = generate(url, {"text_input": "import os", "max_tokens": 6, "tier": "large"})
+    assert hit["cache_status"] == "hit-exact" and hit["text_output"] == "".join(
+        e["text_output"] for e in events
+    )
+    status, other = generate(url, {"text_input": "hello there", "max_tokens": 8, "temperature": 0.5})
+    assert other["cache_status"] == "miss"
+    status, err = generate(url, {"text_input": "hello", "max_tokens": 8, "tier": "medium"})
+    assert status == 400 and "unknown tier 'medium'" in err["error"]
