@@ -1,0 +1,108 @@
+"""Triton's Prometheus `/metrics`: scrape before and after a run, report what changed."""
+
+from __future__ import annotations
+
+import re
+import urllib.error
+import urllib.request
+from typing import Any
+
+Sample = tuple[str, tuple[tuple[str, str], ...]]  # (metric name, sorted labels)
+_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})?\s+(\S+)(\s+\d+)?$")
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def parse(text: str) -> tuple[dict[Sample, float], dict[str, str]]:
+    """Prometheus text format -> ({(name, labels): value}, {family: type})."""
+    samples: dict[Sample, float] = {}
+    types: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("#"):
+            parts = line.split()
+            if len(parts) >= 4 and parts[1] == "TYPE":
+                types[parts[2]] = parts[3]
+            continue
+        m = _LINE.match(line)
+        if not m:
+            continue
+        labels = tuple(sorted(_LABEL.findall(m.group(3) or "")))
+        try:
+            samples[(m.group(1), labels)] = float(m.group(4))
+        except ValueError:
+            continue
+    return samples, types
+
+
+def scrape(url: str | None, timeout: float = 5.0) -> tuple[dict[Sample, float], dict[str, str]] | None:
+    """The server's metrics, or None when they cannot be read (metrics off, another port)."""
+    if not url:
+        return None
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 (user-given URL)
+            return parse(r.read().decode("utf-8", errors="replace"))
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def _family(name: str, types: dict[str, str]) -> str:
+    for suffix in ("_bucket", "_sum", "_count"):
+        if name.endswith(suffix) and name[: -len(suffix)] in types:
+            return name[: -len(suffix)]
+    return name
+
+
+def _label_str(labels: tuple[tuple[str, str], ...]) -> str:
+    return ",".join(f"{k}={v}" for k, v in labels)
+
+
+def diff(before: tuple[dict, dict] | None, after: tuple[dict, dict] | None, model: str) -> dict[str, Any]:
+    """Deltas of counters (gauges: the value after) for `model`, the response cache and tritonforge_*."""
+    if before is None or after is None:
+        return {"available": False}
+    b, _ = before
+    a, types = after
+
+    def delta(name: str, **want: str) -> float:
+        total = 0.0
+        for (n, labels), v in a.items():
+            if n == name and all(dict(labels).get(k) == x for k, x in want.items()):
+                total += v - b.get((n, labels), 0.0)
+        return total
+
+    success = delta("nv_inference_request_success", model=model)
+    out: dict[str, Any] = {"available": True, "model": model}
+    per_model = {
+        "request_success": success,
+        "request_failure": delta("nv_inference_request_failure", model=model),
+        "inference_count": delta("nv_inference_count", model=model),
+        "exec_count": delta("nv_inference_exec_count", model=model),
+        "cache_hits": delta("nv_cache_num_hits_per_model", model=model),
+        "cache_misses": delta("nv_cache_num_misses_per_model", model=model),
+    }
+    for key, name in (
+        ("request_us", "nv_inference_request_duration_us"),
+        ("queue_us", "nv_inference_queue_duration_us"),
+        ("compute_input_us", "nv_inference_compute_input_duration_us"),
+        ("compute_infer_us", "nv_inference_compute_infer_duration_us"),
+        ("compute_output_us", "nv_inference_compute_output_duration_us"),
+    ):
+        total = delta(name, model=model)
+        per_model[f"avg_{key}"] = round(total / success, 1) if success else None
+    out["triton"] = per_model
+    # every tritonforge_* family (router decisions, cache results, engine stats), any label set
+    custom: dict[str, Any] = {}
+    for (name, labels), v in sorted(a.items()):
+        if not name.startswith("tritonforge_"):
+            continue
+        fam = _family(name, types)
+        kind = types.get(fam, "untyped")
+        key = f"{name}{{{_label_str(labels)}}}" if labels else name
+        if kind in ("counter", "histogram", "summary") or name.endswith("_total"):
+            custom[key] = round(v - b.get((name, labels), 0.0), 6)
+        else:
+            custom[key] = v
+    out["tritonforge"] = custom
+    return out
