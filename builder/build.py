@@ -321,16 +321,25 @@ def build(spec: DeploymentSpec, *, spec_path: str | Path | None = None, build_di
     if dry_run:
         return BuildReport({}, None, plan, True, plan_commands(plan, spec, bdir.resolve(), executor))
 
+    for tier in spec.tiers:  # every checkpoint must be here before anything is written
+        for ref in (tier.model, tier.draft.model if tier.draft else None):
+            resolved = resolve_model(ref) if ref else None
+            if resolved is not None and resolved.checkpoint_dir is None and resolved.builtin is None:
+                materialize_checkpoint(resolved)  # raises: a fixture or a path not on this host
+
     b = Builder(spec, plan, bdir.resolve(), executor, base_dir, progress)
     b.tools = tool_versions(with_torch=True)
     manifest = manifest_skeleton(spec, str(spec_path) if spec_path else None, executor.kind, docker_image, b.tools)
     failed: list[str] = []
+    finished = False
     try:
         for tier, tp in zip(spec.tiers, plan.tiers, strict=True):
             entry = b.tier(tier, tp)
             manifest["tiers"][tier.name] = entry
             failed += [f"tier {tier.name}: {s['name']}: {s['reason']}" for s in entry["steps"] if s["status"] == "failed"]
+        finished = True
     finally:
+        manifest["complete"] = finished and not failed  # an interrupted or failed build says so
         b.cache.save()
         path = write_manifest(b.dir, manifest)
     if failed:

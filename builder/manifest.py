@@ -5,6 +5,7 @@ Written by `tritonforge build` (atomically), read by `emit` through `read_manife
 
     {"schema", "tritonforge_version", "created", "spec": {"name", "path", "hash"},
      "target": {"trtllm_version", "executor", "docker_image"}, "tools": {...},
+     "complete": false when the build was interrupted or a step failed,
      "tiers": {NAME: {"runtime", "model": {"ref", "path", "sha256"}, "checkpoint_dir", "engine_dir",
                       "tokenizer_dir", "draft_checkpoint_dir", "draft_engine_dir", "engine_limits",
                       "kv_cache_free_gpu_mem_fraction", "draft_kv_cache_free_gpu_mem_fraction",
