@@ -193,3 +193,12 @@ def test_vector_indexes_agree(kind) -> None:
     assert all(label % 7 for label, _ in ix.search(vecs[0], k=5))
     ix.add(7, vecs[7])  # re-adding reuses a deleted slot
     assert ix.search(vecs[7], k=1)[0][0] == 7
+
+
+def test_long_prompts_match_exactly_only() -> None:
+    cache, _ = make_cache()
+    doc = "The quarterly report shows revenue growth across all regions. " * 40
+    fill(cache, req(doc + "Summarize it."), "summary")
+    assert len(cache.index) == 0  # not embedded: the model would only see the first 256 tokens
+    assert cache.lookup(req(doc + "Translate it."), "small").status == "miss"
+    assert cache.lookup(req(doc + "Summarize it."), "small").status == "hit-exact"

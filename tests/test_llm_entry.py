@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import queue
+import time
 import urllib.request
 from pathlib import Path
 
@@ -216,6 +217,7 @@ def test_metrics_count_decisions_and_cache(server) -> None:
     gen(server, "metrics probe: prove it")
     gen(server, "metrics probe #fail-small_ensemble", cache="bypass")
     generate(server.http_url, {"text_input": "hi", "max_tokens": 4, "tier": "nope"})
+    time.sleep(1.2)  # the model flushes its metric updates every 0.5 s
     text = metrics_text(server.metrics_url)
     assert metric_value(text, "tf_router_decisions_total", tier="small", policy="heuristic") >= 1
     assert metric_value(text, "tf_router_decisions_total", tier="large", policy="heuristic") >= 1

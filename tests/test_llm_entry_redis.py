@@ -83,6 +83,7 @@ def test_stopping_redis_mid_run_loses_no_request(cluster) -> None:
     assert all(status == 200 for status, _ in results), [r for r in results if r[0] != 200]
     after = [body["cache_status"] for _, body in results[13:]]
     assert set(after) == {"bypass"}, after
+    time.sleep(1.2)  # metric updates are flushed every 0.5 s
     text = metrics_text(a.metrics_url)
     assert metric_value(text, "tf_cache_errors_total", kind="backend") >= 1
     # Redis comes back (empty): caching resumes on its own

@@ -21,6 +21,7 @@ from .config import CacheConfig
 from .index import SemanticIndex
 from .metrics import Metrics
 from .params import GenRequest, exact_key, namespace, normalize_prompt
+from .router import estimate_tokens
 
 log = logging.getLogger(__name__)
 
@@ -175,8 +176,8 @@ class ResponseCache:
         )
 
     def _vector(self, text: str) -> np.ndarray | None:
-        if not self.semantic:
-            return None
+        if not self.semantic or estimate_tokens(text) > self.cfg.semantic_max_tokens:
+            return None  # a long prompt's tail would be truncated away: only exact matches are safe
         try:
             return self.embed(normalize_prompt(text))  # type: ignore[misc]
         except Exception as exc:  # noqa: BLE001 - exact matching only

@@ -88,6 +88,7 @@ class CacheConfig:
     embedding_model: str = "builtin:all-minilm-l6-v2"
     redis_timeout_s: float = 0.25
     sync_interval_s: float = 0.5
+    semantic_max_tokens: int = 256  # longer prompts: exact match only (the embedder truncates there)
 
 
 @dataclass(frozen=True)
@@ -217,6 +218,7 @@ def _cache(d: dict[str, Any]) -> CacheConfig:
         embedding_model=_get(d, "embedding_model", str, "builtin:all-minilm-l6-v2", "cache"),
         redis_timeout_s=_get(d, "redis_timeout_s", float, 0.25, "cache"),
         sync_interval_s=_get(d, "sync_interval_s", float, 0.5, "cache"),
+        semantic_max_tokens=_get(d, "semantic_max_tokens", int, 256, "cache"),
     )
 
 

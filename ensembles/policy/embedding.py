@@ -45,8 +45,8 @@ def resolve_model_dir(name: str, model_dir: str | None = None) -> str:
 class Embedder:
     """Loads the model once; `embed` is thread-safe and memoizes recent texts."""
 
-    def __init__(self, model_dir: str, threads: int = 1, memo: int = 1024) -> None:
-        self.model_dir = model_dir
+    def __init__(self, model_dir: str, threads: int = 1, memo: int = 1024, device: str = "cpu") -> None:
+        self.model_dir, self.device = model_dir, device
         self.threads = threads
         self._lock = threading.Lock()
         self._memo: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -67,7 +67,7 @@ class Embedder:
         try:
             from sentence_transformers import SentenceTransformer  # type: ignore[import-not-found]
 
-            model = SentenceTransformer(self.model_dir, device="cpu")
+            model = SentenceTransformer(self.model_dir, device=self.device)
 
             def st_encode(texts: list[str]) -> np.ndarray:
                 return np.asarray(model.encode(texts, normalize_embeddings=True, convert_to_numpy=True,
@@ -82,17 +82,19 @@ class Embedder:
             from transformers import AutoModel, AutoTokenizer  # type: ignore[import-not-found]
 
             tok = AutoTokenizer.from_pretrained(self.model_dir)
-            model = AutoModel.from_pretrained(self.model_dir).eval()
+            model = AutoModel.from_pretrained(self.model_dir).eval().to(self.device)
         except Exception as exc:  # noqa: BLE001
             raise EmbeddingError(f"cannot load {self.model_dir}: {exc}") from exc
 
         def hf_encode(texts: list[str]) -> np.ndarray:
-            batch = tok(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
+            batch = tok(texts, padding=True, truncation=True, max_length=256, return_tensors="pt").to(
+                self.device
+            )
             with torch.inference_mode():
                 out = model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(out.dtype)
             v = (out * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            return torch.nn.functional.normalize(v, dim=-1).numpy().astype(np.float32)
+            return torch.nn.functional.normalize(v, dim=-1).cpu().numpy().astype(np.float32)
 
         return hf_encode
 
@@ -118,5 +120,6 @@ class Embedder:
         return np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
 
 
-def load_embedder(name: str, model_dir: str | None = None, threads: int = 1) -> Embedder:
-    return Embedder(resolve_model_dir(name, model_dir), threads=threads)
+def load_embedder(name: str, model_dir: str | None = None, threads: int = 1, device: str = "cpu") -> Embedder:
+    """The embedder for `name`; `device` "cuda" puts it on the GPU (TRITONFORGE_EMBED_DEVICE in Triton)."""
+    return Embedder(resolve_model_dir(name, model_dir), threads=threads, device=device)

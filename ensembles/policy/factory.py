@@ -75,6 +75,7 @@ def build_service(
     metrics: Metrics | None = None,
     embedder: Embedder | None = None,
     embed_threads: int = 1,
+    embed_device: str = "cpu",
     **kwargs: Any,
 ) -> EntryService:
     """The service for the `llm` model; `base_dir` is the model version dir (relative paths)."""
@@ -82,7 +83,7 @@ def build_service(
     if embedder is None and needs_embedder(cfg):
         try:
             embedder = load_embedder(
-                cfg.cache.embedding_model, cfg.embedding_model_dir, threads=embed_threads
+                cfg.cache.embedding_model, cfg.embedding_model_dir, threads=embed_threads, device=embed_device
             )
         except EmbeddingError as exc:
             log.warning(

@@ -1,0 +1,226 @@
+"""Response-cache benchmarks (no Triton): lookup latency at scale, Redis exact hits, workload hit rates.
+
+    python benchmarks/bench_cache.py [--sizes 10000,100000] [--requests 1000] [--redis]
+
+1. Semantic lookup including the embedding of the query (all-MiniLM-L6-v2, 1 thread) against an
+   index of N entries, p50/p99. The N stored vectors are random unit vectors (embedding 100k real
+   prompts would take ~10 minutes on 2 cores); the queries are real prompts embedded per lookup.
+2. Exact-hit lookup p50 (memory backend; and Redis with --redis, which starts a redis-server).
+3. Hit rates on a synthetic workload: 55% new prompts, 30% exact repeats (some with different
+   whitespace), 15% paraphrases of earlier prompts; with the false-hit rate (a semantic hit
+   whose cached answer belongs to a different question).
+
+Prints figures; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tritonforge.ensembles.policy.cache import CacheEntry, ResponseCache  # noqa: E402
+from tritonforge.ensembles.policy.config import CacheConfig  # noqa: E402
+from tritonforge.ensembles.policy.embedding import load_embedder  # noqa: E402
+from tritonforge.ensembles.policy.index import SemanticIndex  # noqa: E402
+from tritonforge.ensembles.policy.memory_backend import MemoryBackend  # noqa: E402
+from tritonforge.ensembles.policy.metrics import MemoryMetrics  # noqa: E402
+from tritonforge.ensembles.policy.params import exact_key, namespace, parse_request  # noqa: E402
+
+
+def req(text: str, max_tokens: int = 64):
+    return parse_request(
+        {"text_input": np.array([text.encode()], dtype=object), "max_tokens": np.array([max_tokens])}
+    )
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def ms(xs: list[float]) -> str:
+    return f"p50 {pct(xs, 50) * 1e3:.2f} ms, p99 {pct(xs, 99) * 1e3:.2f} ms (n={len(xs)})"
+
+
+# --- synthetic questions with paraphrases ----------------------------------------------------------
+SUBJECTS = [
+    "France", "Japan", "Brazil", "Kenya", "Canada", "Norway", "Egypt", "Chile", "Vietnam", "Poland",
+    "Python", "Rust", "Go", "Java", "Haskell", "Kotlin", "Swift", "Elixir", "Scala", "Ruby",
+    "photosynthesis", "plate tectonics", "inflation", "the French Revolution", "black holes",
+    "vaccines", "blockchains", "the immune system", "climate change", "quantum entanglement",
+]  # fmt: skip
+TEMPLATES = [
+    ("Tell me three interesting facts about {s}.", ["Give me 3 interesting facts about {s}.",
+                                                    "What are three interesting facts about {s}?"]),
+    ("Write a short poem about {s}.", ["Compose a short poem about {s}.", "Write a brief poem on {s}."]),
+    ("Explain {s} to a ten year old.", ["Explain {s} to a 10-year-old child.", "How would you explain {s} to a ten-year-old?"]),
+    ("What are the main criticisms of {s}?", ["What are the biggest criticisms of {s}?",
+                                              "What main criticisms are there of {s}?"]),
+    ("Summarize the history of {s} in two sentences.", ["Give a two-sentence summary of the history of {s}.",
+                                                        "In two sentences, summarize the history of {s}."]),
+]  # fmt: skip
+
+
+def workload(n: int, seed: int = 0) -> list[tuple[str, str, str]]:
+    """(prompt, question id, kind) with kind new | repeat | paraphrase."""
+    rng = random.Random(seed)
+    questions = [(t.format(s=s), [p.format(s=s) for p in ps], f"{i}:{s}")
+                 for i, (t, ps) in enumerate(TEMPLATES) for s in SUBJECTS]  # fmt: skip
+    rng.shuffle(questions)
+    seen: list[tuple[str, list[str], str]] = []
+    out = []
+    for _ in range(n):
+        r = rng.random()
+        if seen and r < 0.30:
+            q = rng.choice(seen)
+            text = q[0] if rng.random() < 0.7 else "  " + q[0].replace(" ", "  ") + "\n"  # whitespace differs
+            out.append((text, q[2], "repeat"))
+        elif seen and r < 0.45:
+            q = rng.choice(seen)
+            out.append((rng.choice(q[1]), q[2], "paraphrase"))
+        else:
+            q = questions[len(seen) % len(questions)] if len(seen) < len(questions) else rng.choice(questions)
+            if q not in seen:
+                seen.append(q)
+            out.append((q[0], q[2], "new"))
+    return out
+
+
+def hit_rates(emb, n: int, threshold: float) -> None:
+    m = MemoryMetrics()
+    cfg = CacheConfig(enabled=True, semantic=True, similarity_threshold=threshold, capacity=100_000)
+    index = SemanticIndex(emb.dim)
+    cache = ResponseCache(
+        cfg, MemoryBackend(100_000, 3600, on_evict=index.remove, metrics=m), emb.embed, index, m
+    )
+    counts: dict[str, int] = {}
+    by_kind: dict[str, dict[str, int]] = {}
+    false_hits = 0
+    for text, qid, kind in workload(n):
+        r = req(text)
+        look = cache.lookup(r, "small")
+        counts[look.status] = counts.get(look.status, 0) + 1
+        by_kind.setdefault(kind, {}).setdefault(look.status, 0)
+        by_kind[kind][look.status] += 1
+        if look.entry is not None and look.entry.text != qid:
+            false_hits += 1
+        if look.status == "miss":
+            cache.store(look, r, "small", "", qid, 10)
+    total = sum(counts.values())
+    print(f"  threshold {threshold}: " + ", ".join(f"{k} {v / total:.1%}" for k, v in sorted(counts.items()))
+          + f"; false hits {false_hits} ({false_hits / total:.2%})")  # fmt: skip
+    for kind, st in sorted(by_kind.items()):
+        k_total = sum(st.values())
+        print(
+            f"    {kind:10s} ({k_total}): "
+            + ", ".join(f"{k} {v / k_total:.0%}" for k, v in sorted(st.items()))
+        )
+
+
+def scale(emb, sizes: list[int], queries: int) -> None:
+    rng = np.random.default_rng(0)
+    prompts = [t.format(s=s) for t, _ in TEMPLATES for s in SUBJECTS]
+    for n in sizes:
+        cfg = CacheConfig(enabled=True, semantic=True, similarity_threshold=0.92, capacity=n + 10)
+        index = SemanticIndex(emb.dim)
+        backend = MemoryBackend(n + 10, 3600, on_evict=index.remove)
+        cache = ResponseCache(cfg, backend, emb.embed, index)
+        ns = namespace("small", "", req("x").params)
+        t0 = time.perf_counter()
+        vecs = rng.normal(size=(n, emb.dim)).astype(np.float32)
+        vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+        keys = [f"{ns}:synthetic{i}" for i in range(n)]
+        index.bulk_add(ns, keys, vecs)
+        for k in keys:
+            backend.put(k, CacheEntry("x", 1, "small", ns, k))
+        build = time.perf_counter() - t0
+        # real cached prompts too, so paraphrase queries can hit
+        for p in prompts:
+            look = cache.lookup(req(p), "small")
+            cache.store(look, req(p), "small", "", "answer", 1)
+        miss_t, hit_t, embed_t = [], [], []
+        for i in range(queries):
+            q = f"{prompts[i % len(prompts)]} Please answer in {i} words."  # not in the cache: full lookup
+            t1 = time.perf_counter()
+            look = cache.lookup(req(q), "small")
+            miss_t.append(time.perf_counter() - t1)
+            t1 = time.perf_counter()
+            emb.embed(q + " again")
+            embed_t.append(time.perf_counter() - t1)
+        for i in range(queries):
+            t, ps = TEMPLATES[i % len(TEMPLATES)]
+            q = ps[i % 2].format(s=SUBJECTS[i % len(SUBJECTS)])
+            emb._memo.clear()
+            t1 = time.perf_counter()
+            look = cache.lookup(req(q), "small")
+            hit_t.append(time.perf_counter() - t1)
+            assert look.status in ("hit-semantic", "miss")
+        exact_t = []
+        for i in range(queries):
+            t1 = time.perf_counter()
+            cache.lookup(req(prompts[i % len(prompts)]), "small")
+            exact_t.append(time.perf_counter() - t1)
+        print(f"  {n:>7,} entries (index build {build:.1f}s): semantic lookup incl. embedding {ms(miss_t)}; "
+              f"paraphrase lookups {ms(hit_t)}; embedding alone {ms(embed_t)}; exact hit {ms(exact_t)}")  # fmt: skip
+
+
+def redis_exact(queries: int) -> None:
+    if shutil.which("redis-server") is None:
+        print("  redis: redis-server not installed, skipped")
+        return
+    from tests.test_llm_entry_repo import RedisProc
+    from tritonforge.ensembles.policy.redis_backend import RedisBackend
+
+    proc = RedisProc().start()
+    try:
+        backend = RedisBackend(proc.url, 100_000, 3600, prefix="bench:")
+        cfg = CacheConfig(enabled=True, backend="redis", semantic=False)
+        cache = ResponseCache(cfg, backend)
+        r = req("What is the capital of France?")
+        look = cache.lookup(r, "small")
+        cache.store(look, r, "small", "", "Paris " * 50, 100)
+        ts = []
+        for _ in range(queries):
+            t1 = time.perf_counter()
+            look = cache.lookup(r, "small")
+            ts.append(time.perf_counter() - t1)
+            assert look.status == "hit-exact"
+        print(f"  redis exact hit (loopback): {ms(ts)}")
+        key = exact_key(namespace("small", "", r.params), r.text)
+        assert backend.get(key) is not None
+    finally:
+        proc.stop()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="10000,100000")
+    ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--requests", type=int, default=1000)
+    ap.add_argument("--redis", action="store_true")
+    a = ap.parse_args()
+    t0 = time.perf_counter()
+    emb = load_embedder("builtin:all-minilm-l6-v2", threads=1)
+    print(f"embedder loaded in {time.perf_counter() - t0:.1f}s (dim {emb.dim}, 1 torch thread)")
+    print("semantic lookup at scale (memory backend, hnswlib):")
+    scale(emb, [int(s) for s in a.sizes.split(",") if s], a.queries)
+    print("exact hits:")
+    if a.redis:
+        redis_exact(a.queries)
+    print(f"hit rates, {a.requests} requests (30% repeats, 15% paraphrases):")
+    for th in (0.92, 0.85):
+        emb._memo.clear()
+        hit_rates(emb, a.requests, th)
+    print(f"total {time.perf_counter() - t0:.0f}s; load average {open('/proc/loadavg').read().split()[0]}")
+
+
+if __name__ == "__main__":
+    main()
