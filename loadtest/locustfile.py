@@ -252,7 +252,7 @@ class TritonLLMUser(User):
         users = max(1, int(getattr(opts, "tf_total_users", 0) or getattr(opts, "num_users", 1) or 1))
         self.rate = float(opts.request_rate or 0.0) / users
         self.rng = random.Random(f"{opts.seed}-{PROCESS}-{self.user_id}")
-        self.next_due = time.time()
+        self.next_due = 0.0  # open loop: set at the first task, so slow start-ups do not pile up
         self.post: _GeventPost | None = None
         self.grpc: protocols.GrpcMux | None = None
         if self.protocol == "grpc-stream":
@@ -274,7 +274,7 @@ class TritonLLMUser(User):
 
     def wait_time(self) -> float:  # type: ignore[override]
         """Closed loop: none. Open loop: until the next Poisson arrival."""
-        if self.rate <= 0:
+        if self.rate <= 0 or not self.next_due:
             return 0.0
         return max(0.0, self.next_due - time.time())
 
@@ -286,8 +286,9 @@ class TritonLLMUser(User):
         if self.rate <= 0:
             self._one(proc, proc.next_item(), None)
             return
-        due = self.next_due
-        self.next_due = max(self.next_due, time.time() - 1.0) + self.rng.expovariate(self.rate)
+        now = time.time()
+        due = self.next_due or now
+        self.next_due = max(due, now - 1.0) + self.rng.expovariate(self.rate)
         if proc.pool.full():
             proc.skipped += 1
             return
