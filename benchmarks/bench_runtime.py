@@ -177,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     log("speedup_8_vs_1", round(tps8 / tps1, 2))
     log("ms_per_step_c1", round(step1, 2))
     log("ms_per_step_c8", round(step8, 2))
+    alone = [Req(eng, GenerationRequest(p, 64, end_id=-1)).wait().tokens for p in ps64[:8]]
+    batch = [r.wait().tokens for r in [Req(eng, GenerationRequest(p, 64, end_id=-1)) for p in ps64[:8]]]
+    log("greedy_identical_alone_vs_batch8", alone == batch)
     t = ttfts(eng, prompts(stream, 20, 64, offset=20_000))
     log("ttft_p50_ms_64tok_c1", round(1000 * statistics.median(t), 1))
     log("ttft_p90_ms_64tok_c1", round(1000 * sorted(t)[int(0.9 * len(t)) - 1], 1))
