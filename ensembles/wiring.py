@@ -137,6 +137,7 @@ def engine_parameters(tier: Tier, model_dir: str, limits: dict[str, int], *, dra
                 "cpu_max_seq_len": limits["max_seq_len"],
                 "cpu_tokens_per_block": kv.tokens_per_block,
                 "cpu_num_threads": tier.serving.cpu_threads or 0,
+                "cpu_dtype": tier.dtype if tier.dtype == "float32" else "bfloat16",
             }
         )
         return params
@@ -305,6 +306,8 @@ def _tier_models(spec: DeploymentSpec, tier: Tier, paths: TierPaths, version: st
                             "tokenizer_dir": paths.tokenizer_dir,
                             "num_draft_tokens": tier.draft.num_draft_tokens,
                             "max_batch_size": mbs,
+                            "max_seq_len": limits["max_seq_len"],
+                            "exclude_input_in_output": tier.serving.exclude_input_in_output,
                         }
                     ),
                 },
