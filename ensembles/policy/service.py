@@ -108,9 +108,14 @@ class EntryService:
             return self._replay(req, lookup, out, send)
         self._generate(req, decision, lookup, out, send)
         served = self.cfg.tier(out.tier)
+        # Stored before the final response goes out, so a client's next request already hits.
         if self.cache is not None and lookup.cacheable and self.cache.cacheable(req, _openai(served)):
-            out.stored = self.cache.store(lookup, req, out.tier, self.cfg.tier(out.tier).version, out.text,
+            out.stored = self.cache.store(lookup, req, out.tier, served.version, out.text,
                                           out.num_output_tokens, out.chunks)  # fmt: skip
+        if req.stream:
+            send(Reply(tier=out.tier, cache_status=lookup.status, final=True, data=False))
+        else:
+            send(Reply(out.text, out.num_output_tokens, out.tier, lookup.status, final=True))
         self._maintain()
         return out
 
@@ -158,10 +163,6 @@ class EntryService:
             out.text = "".join(t for t, _ in chunks)
             out.num_output_tokens = sum(n for _, n in chunks)
             out.chunks = chunks
-            if req.stream:
-                send(Reply(tier=name, cache_status=lookup.status, final=True, data=False))
-            else:
-                send(Reply(out.text, out.num_output_tokens, name, lookup.status, final=True))
             return
 
     def _with_deadline(self, tier: TierConfig, req: GenRequest) -> Iterator[Chunk]:
