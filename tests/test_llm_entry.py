@@ -32,8 +32,13 @@ pytestmark = pytest.mark.server
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
     d = tmp_path_factory.mktemp("llm-entry")
-    repo = build_repo(d / "repo", entry_config(router={"tier_timeout_s": 1.5}))
-    s = TritonServer(repo, free_ports(), log_path=d / "triton.log",
+    ports = free_ports()
+    cfg = entry_config(router={"tier_timeout_s": 1.5})
+    # a remote Triton tier: this same server's generate endpoint, over HTTP
+    cfg["tiers"].append({"name": "mirror", "kind": "remote", "protocol": "triton", "url": f"http://127.0.0.1:{ports.http}",
+                         "model": "large_ensemble", "timeout_s": 5})  # fmt: skip
+    repo = build_repo(d / "repo", cfg)
+    s = TritonServer(repo, ports, log_path=d / "triton.log",
                      extra_args=["--model-control-mode=explicit", "--load-model=*"])  # fmt: skip
     s.start()
     try:
@@ -154,9 +159,23 @@ def test_unloaded_tier_falls_back_and_tier_says_so(server) -> None:
     assert gen(server, "short question after reload", cache="bypass")["tier"] == "small"
 
 
+def test_remote_triton_tier(server) -> None:
+    body = gen(server, "hi remote", tier="mirror", cache="bypass")
+    assert body["tier"] == "mirror" and body["text_output"].startswith(" large_ensemble call")
+    events = generate_stream(server.http_url, {"text_input": "hi remote", "max_tokens": 4, "tier": "mirror"})
+    assert (
+        len(events) == 4 and {e["tier"] for e in events} == {"mirror"} and events[0]["cache_status"] == "miss"
+    )
+    assert gen(server, "hi remote", 4, tier="mirror")["cache_status"] == "hit-exact"
+
+
 def test_bad_requests_get_clear_errors_and_server_stays_up(server) -> None:
     status, body = generate(server.http_url, {"text_input": "hi", "max_tokens": 4, "tier": "gigantic"})
-    assert status == 400 and "unknown tier 'gigantic'" in body["error"] and "small, large" in body["error"]
+    assert (
+        status == 400
+        and "unknown tier 'gigantic'" in body["error"]
+        and "small, large, mirror" in body["error"]
+    )
     status, body = generate(server.http_url, {"text_input": "hi", "max_tokens": 4, "cache": "sometimes"})
     assert status == 400 and "'cache' must be one of use, bypass, refresh" in body["error"]
     status, body = generate(server.http_url, {"text_input": "hi", "max_tokens": 0})
