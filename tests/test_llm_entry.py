@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from tritonforge.builder.server import TritonServer, free_ports
+from tritonforge.ensembles.policy.classifier import train
 
 from .test_llm_entry_repo import (
     build_repo,
@@ -24,6 +25,8 @@ from .test_llm_entry_repo import (
     generate_stream,
     metric_value,
     metrics_text,
+    shared_embedder,
+    write_llm_model,
 )
 
 pytestmark = pytest.mark.server
@@ -38,6 +41,18 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     cfg["tiers"].append({"name": "mirror", "kind": "remote", "protocol": "triton", "url": f"http://127.0.0.1:{ports.http}",
                          "model": "large_ensemble", "timeout_s": 5})  # fmt: skip
     repo = build_repo(d / "repo", cfg)
+    # llm_clf: the classifier policy, with a classifier trained here on real embeddings
+    from .test_router_cli import COMPLEX, SIMPLE
+
+    rows = [{"prompt": p, "tier": "small", "max_tokens": None} for p in SIMPLE] + [
+        {"prompt": p, "tier": "large", "max_tokens": None} for p in COMPLEX
+    ]
+    clf = train(rows, shared_embedder().embed_batch, "builtin:all-minilm-l6-v2")
+    clf_cfg = entry_config(
+        router={"policy": "classifier"}, cache={"enabled": False}, classifier_file="router_classifier.json"
+    )
+    write_llm_model(repo, clf_cfg, name="llm_clf")
+    (repo / "llm_clf" / "1" / "router_classifier.json").write_text(clf.to_json())
     s = TritonServer(repo, ports, log_path=d / "triton.log",
                      extra_args=["--model-control-mode=explicit", "--load-model=*"])  # fmt: skip
     s.start()
@@ -157,6 +172,15 @@ def test_unloaded_tier_falls_back_and_tier_says_so(server) -> None:
     finally:
         repo_call("load", "small_ensemble")
     assert gen(server, "short question after reload", cache="bypass")["tier"] == "small"
+
+
+def test_classifier_policy_in_triton(server) -> None:
+    for prompt, want in [("What is the capital of Peru?", "small"), ("Say thanks in German.", "small"),
+                         ("Implement a red-black tree in C with deletion and prove its height bound.", "large"),
+                         ("Write a Go program that shards a Postgres table across nodes.", "large")]:  # fmt: skip
+        status, body = generate(server.http_url, {"text_input": prompt, "max_tokens": 4}, model="llm_clf")
+        assert status == 200 and body["tier"] == want, (prompt, body)
+    assert body["cache_status"] == "bypass"  # cache off in llm_clf
 
 
 def test_remote_triton_tier(server) -> None:
