@@ -1,21 +1,28 @@
 """The `entry_config` JSON of the `llm` model, parsed into dataclasses.
 
-Schema (every key optional unless marked):
+Schema (every key optional unless marked required):
 
-    {"tiers": [                                   # required, spec order, first = cheapest
-        {"name": "small", "kind": "local", "model": "small_ensemble",   # name, model required
-         "streaming": true, "max_input_len": 1024, "max_output_len": 256,
-         "tokenizer_dir": "/abs/path", "version": "engine-or-spec-hash", "timeout_s": null,
-         "batched": true},                       # false when the tier model has max_batch_size 0
-        {"name": "big", "kind": "remote", "protocol": "triton" | "openai", "url": "http://...",
-         "model": "...", "api_key_env": "ENV_NAME", "timeout_s": 30, "version": ""}],
-     "router": {...spec Router...}, "cache": {...spec Cache...},
+    {"tiers": [                                    # required, spec order, first = cheapest
+        {"name": "small", "model": "small_ensemble",   # required: tier name, model to call by BLS
+         "kind": "local",                              # local (default) | remote
+         "streaming": true,              # local: the model is decoupled (exec(decoupled=True))
+         "batched": true,                # local: the model has a batch dim (max_batch_size > 0)
+         "max_input_len": 1024, "max_output_len": 256, # the router moves requests past these up
+         "tokenizer_dir": "/abs/path",   # prompt token counts for the router (else an estimate)
+         "version": "",                  # part of every cache key: change it when the engine changes
+         "timeout_s": null},             # per-tier timeout (default router.tier_timeout_s)
+        {"name": "big", "kind": "remote", "protocol": "triton" | "openai", "url": "http://host:8000"
+         | "https://api.example/v1", "model": "...", "api_key_env": "ENV_NAME", "timeout_s": 30}],
+     "router": {...spec Router (model_dump)...},   # `remote` entries not in tiers are appended
+     "cache": {...spec Cache (model_dump)...,
+               "redis_timeout_s": 0.25,            # extra, optional: Redis socket timeout
+               "sync_interval_s": 0.5,             # extra, optional: Redis -> local index poll period
+               "semantic_max_tokens": 256},        # extra, optional: longer prompts match exactly only
      "classifier_file": "router_classifier.json" | null,   # relative to the model's 1/ dir
-     "embedding_model_dir": "/abs/path" | null,
-     "cache_prefix": "tf:<deployment>:"}                    # Redis key prefix
+     "embedding_model_dir": "/abs/path" | null,             # else cache.embedding_model is resolved
+     "cache_prefix": "tf:"}                                 # Redis key prefix (one per deployment)
 
-`router` and `cache` are the spec's `Router` / `Cache` sections as JSON (pydantic `model_dump`).
-Remote tiers listed only under `router.remote` are appended to `tiers`.
+The remote tier's API key is read from `api_key_env` at call time and never stored.
 """
 
 from __future__ import annotations
