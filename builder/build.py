@@ -184,15 +184,17 @@ class Builder:
 
                 with contextlib.redirect_stdout(sys.stderr):  # ModelOpt prints; keep stdout for --json
                     res = run_quantize(QuantizeJob(**job), tmp, prog).to_dict()
-            details = {"job": job, "calibration": res.get("calib"), "quality": res.get("quality"),
+            details = {"job": job, "executed": "in a container" if self.ex.kind == "docker" else "in-process",
+                       "calibration": res.get("calib"), "quality": res.get("quality"),
                        "quant_section": res.get("quant_section"), "timings_s": res.get("timings_s"),
                        "device": res.get("device"), "note": res.get("note")}
             if res.get("gate_failures"):
                 details["failed"] = [f"quality gate: {f}" for f in res["gate_failures"]]
             return details
 
-        self.progress(f"{tp.name}: {name}: ModelOpt {qp.qformat}"
-                      f"{' + ' + qp.kv_cache_dtype + ' KV' if qp.kv_cache_dtype else ''} -> {out}")
+        what = (f"ModelOpt {qp.qformat}{' + ' + qp.kv_cache_dtype + ' KV' if qp.kv_cache_dtype else ''}"
+                if calib else "export without quantization")
+        self.progress(f"{tp.name}: {name}: {what} -> {out}")
         return run_step(name, tp.name, key, out, action, cmd, self.progress, self.cache)
 
     def engine_step(self, tp: TierPlan, name: str, e: EnginePlan, ckpt: StepResult) -> StepResult:
