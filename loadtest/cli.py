@@ -53,6 +53,14 @@ def _levels(users: int | None, spawn_rate: float | None, concurrency: str | None
     return [Level("concurrency", users or 1, spawn_rate)]
 
 
+def _command_line() -> list[str]:
+    """The command as typed (`tritonforge loadtest ...` or `python -m tritonforge.loadtest ...`)."""
+    args = sys.argv[1:]
+    if "loadtest" in args[:1]:
+        args = args[1:]
+    return ["tritonforge", "loadtest", *args]
+
+
 @loadtest_group.command("run")
 @click.option("--url", required=True, help="Triton HTTP endpoint, e.g. http://127.0.0.1:8000.")
 @click.option("--model", default="ensemble", show_default=True, help="Model to load: ensemble, llm, or any generate-capable model.")
@@ -107,7 +115,7 @@ def run_command(**kw: Any) -> None:
         spec_path=kw["spec_path"], tier=kw["tier"], repo=kw["repo"], build_dir=kw["build_dir"], repeat=kw["repeat"],
         workers=kw["workers"], max_inflight=kw["max_inflight"],
         request_timeout=parse_duration(kw["request_timeout"], "--request-timeout"),
-        argv=["tritonforge", "loadtest", *sys.argv[2:]] if "loadtest" in sys.argv[1:2] else list(sys.argv),
+        argv=_command_line(),
     )  # fmt: skip
     report, records = run_loadtest(cfg, progress=lambda msg: click.echo(f"[loadtest] {msg}", err=True))
     result = None

@@ -86,9 +86,13 @@ def error_summary(records: Sequence[RequestRecord]) -> dict[str, Any]:
 def level_metrics(records: Sequence[RequestRecord], slo: dict[str, float] | None = None) -> dict[str, Any]:
     """All metrics of one run (one level, one repeat) from its measured (non-warm-up) records."""
     slo = slo or {}
-    measured = [r for r in records if not r.warmup]
+    # requests cut off by a forced stop (Locust without --stop-timeout) are neither successes nor failures
+    interrupted = sum(1 for r in records if not r.warmup and r.error_type == "interrupted")
+    measured = [r for r in records if not r.warmup and r.error_type != "interrupted"]
     ok = [r for r in measured if r.ok]
     out: dict[str, Any] = {"requests": len(measured), "completed": len(ok), "failed": len(measured) - len(ok)}
+    if interrupted:
+        out["interrupted"] = interrupted
     if not measured:
         out.update(duration_s=0.0, error_rate=None)
         return out

@@ -312,8 +312,13 @@ def run_loadtest(cfg: LoadTestConfig, progress: Progress | None = None) -> tuple
     repo_fp, lock_spec = fingerprint.repo_info(cfg.repo, cfg.build_dir)
     spec = _load_spec(cfg.spec_path, lock_spec)
 
-    tok = None if cfg.workload.trace and not cfg.tokenizer else workload.load_tokenizer(cfg.tokenizer)
-    items = workload.generate(cfg.workload, tok, cfg.seed)
+    if cfg.workload.trace:  # validate the trace before loading a tokenizer (which may build one)
+        items = workload.read_trace(cfg.workload.trace, cfg.workload, None)
+        tok = workload.load_tokenizer(cfg.tokenizer) if cfg.tokenizer else None
+        workload.count_input_tokens(items, tok)
+    else:
+        tok = workload.load_tokenizer(cfg.tokenizer)
+        items = workload.generate(cfg.workload, tok, cfg.seed)
     cfg.output.mkdir(parents=True, exist_ok=True)
     workload_file = cfg.output / "workload.jsonl"
     workload.save(items, workload_file)
@@ -421,7 +426,7 @@ def _level_entry(cfg: LoadTestConfig, level: Level, runs: list[dict[str, Any]], 
 def _report(cfg: LoadTestConfig, pre: dict[str, Any], repo_fp: dict[str, Any], spec: Any, items: list[dict[str, Any]],
             tok: Any, levels: list[dict[str, Any]], records: list[RequestRecord], notes: list[str],
             metrics_url: str) -> dict[str, Any]:
-    measured = [r for r in records if not r.warmup]
+    measured = [r for r in records if not r.warmup and r.error_type != "interrupted"]
     best = max(levels, key=lambda lv: lv["metrics"].get("output_tokens_per_s") or 0)
     tc = metrics.token_check(measured)
     if tc.get("compared") and tc.get("requests_differing"):

@@ -111,6 +111,8 @@ class TokenizerAdapter:
             from tokenizers import Tokenizer
 
             self._fast = Tokenizer.from_file(str(file))
+        elif path.is_dir() and not any(path.glob("tokenizer*")) and not any(path.glob("*vocab*")):
+            raise UserError(f"no tokenizer in {str(path)!r} (no tokenizer.json); pass a Hugging Face tokenizer directory")
         else:
             try:
                 from transformers import AutoTokenizer
@@ -263,6 +265,14 @@ def read_trace(path: str, spec: WorkloadSpec, tok: TokenizerAdapter | None) -> l
     if not items:
         raise UserError(f"malformed trace {p}: no requests in it")
     return items
+
+
+def count_input_tokens(items: list[Item], tok: TokenizerAdapter | None) -> None:
+    """Fill `input_tokens` of items that lack it."""
+    todo = [it for it in items if it.get("input_tokens") is None]
+    if tok is not None and todo:
+        for it, n in zip(todo, tok.count([it["prompt"] for it in todo]), strict=True):
+            it["input_tokens"] = n
 
 
 def save(items: list[Item], path: Path) -> None:
