@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -259,12 +260,34 @@ def grpc_request(model: str, request_id: str, item: dict[str, Any], stream: bool
     return req
 
 
-def grpc_outputs(infer_response: Any) -> tuple[dict[str, Any], bool]:
-    """(outputs by name, final flag) of one ModelInferResponse."""
-    from tritonclient.grpc import InferResult
+_FIXED = {"INT32": "<i", "INT64": "<q", "UINT64": "<Q", "FP32": "<f", "BOOL": "<?", "INT8": "<b", "UINT32": "<I"}
 
-    result = InferResult(infer_response)
-    outputs = {o.name: result.as_numpy(o.name) for o in infer_response.outputs}
+
+def _decode_raw(datatype: str, raw: bytes) -> list[Any]:
+    """Elements of one raw output tensor (BYTES: 4-byte little-endian length, then the bytes)."""
+    if datatype == "BYTES":
+        out, i = [], 0
+        while i + 4 <= len(raw):
+            n = int.from_bytes(raw[i : i + 4], "little")
+            out.append(raw[i + 4 : i + 4 + n])
+            i += 4 + n
+        return out
+    fmt = _FIXED.get(datatype)
+    if fmt is None:
+        return []
+    return [v[0] for v in struct.iter_unpack(fmt, raw)]
+
+
+def grpc_outputs(infer_response: Any) -> tuple[dict[str, Any], bool]:
+    """(outputs by name, final flag) of one ModelInferResponse (raw contents decoded without numpy)."""
+    raw = infer_response.raw_output_contents
+    outputs: dict[str, Any] = {}
+    for i, o in enumerate(infer_response.outputs):
+        if i < len(raw):
+            outputs[o.name] = _decode_raw(o.datatype, raw[i])
+        else:  # typed contents (servers that do not send raw)
+            c = o.contents
+            outputs[o.name] = list(c.bytes_contents or c.int_contents or c.int64_contents or c.fp32_contents or c.bool_contents)
     final_param = infer_response.parameters.get("triton_final_response")
     final = bool(final_param.bool_param) if final_param is not None else False
     return outputs, final

@@ -404,3 +404,21 @@ def test_html_report_is_self_contained() -> None:
     text = summary_table(report)
     assert "c=2" in text and "TTFT p50" in text
     json.dumps(report)
+
+
+def test_grpc_raw_output_decoding() -> None:
+    from tritonclient.grpc import service_pb2
+
+    resp = service_pb2.ModelInferResponse(id="3")
+    for name, dt in (("text_output", "BYTES"), ("num_output_tokens", "INT32")):
+        o = resp.outputs.add()
+        o.name, o.datatype = name, dt
+        o.shape.append(1)
+    resp.raw_output_contents.extend([len(b" h\xc3\xa9").to_bytes(4, "little") + b" h\xc3\xa9", (7).to_bytes(4, "little")])
+    resp.parameters["triton_final_response"].bool_param = True
+    outputs, final = protocols.grpc_outputs(resp)
+    assert final and outputs == {"text_output": [b" h\xc3\xa9"], "num_output_tokens": [7]}
+    acc = protocols.Accumulator(True)
+    acc.add(outputs)
+    out = acc.finish()
+    assert out.text == " hé" and out.server_tokens == 7 and out.ok
