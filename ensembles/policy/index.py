@@ -67,7 +67,7 @@ class HnswIndex:
     """hnswlib HNSW graph (inner product), growing by doubling; deleted slots are reused."""
 
     def __init__(
-        self, dim: int, initial: int = 1024, m: int = 16, ef_construction: int = 100, ef: int = 64
+        self, dim: int, initial: int = 1024, m: int = 16, ef_construction: int = 48, ef: int = 64
     ) -> None:
         self.dim = dim
         self._ix = hnswlib.Index(space="ip", dim=dim)
