@@ -235,3 +235,18 @@ def test_html_report_renders_in_chromium(baseline: Path, tmp_path: Path) -> None
     assert r.returncode == 0, r.stderr[-2000:]
     dom = r.stdout
     assert dom.count("<svg") >= 5 and "<polyline" in dom and 'class="bar"' in dom and "Summary" in dom
+
+
+def test_concurrency_sweep_with_repeats(server: TritonServer, tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    r = loadtest(*base_args(server, out, "--concurrency", "1,4", "--repeat", "2", "--duration", "2s", "--json"))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    report = json.loads(r.stdout)
+    assert [lv["label"] for lv in report["levels"]] == ["c=1", "c=4"]
+    one, four = (lv["metrics"] for lv in report["levels"])
+    assert all(len(lv["runs"]) == 2 for lv in report["levels"]) and one["repeats"] == 2
+    runs = [run["output_tokens_per_s"] for run in report["levels"][1]["runs"]]
+    assert min(runs) <= four["output_tokens_per_s"] <= max(runs)  # the median of two
+    assert four["output_tokens_per_s"] > 2 * one["output_tokens_per_s"]  # latency is sleep-bound: ~4x
+    html = (out / "report.html").read_text()
+    assert "Throughput vs concurrency" in html and "Latency vs throughput" in html

@@ -422,3 +422,42 @@ def test_grpc_raw_output_decoding() -> None:
     acc.add(outputs)
     out = acc.finish()
     assert out.text == " hé" and out.server_tokens == 7 and out.ok
+
+
+# ------------------------------------------------------------------------------------------ runner parts
+
+
+def test_derived_urls() -> None:
+    from tritonforge.loadtest.runner import derived_url
+
+    assert derived_url("http://127.0.0.1:8000", 2) == "http://127.0.0.1:8002"
+    assert derived_url("http://10.0.0.5:9000", 1, None) == "10.0.0.5:9001"
+    assert derived_url("http://host", 2) == "http://host:8002"
+
+
+def test_saturation_flags() -> None:
+    from tritonforge.loadtest.runner import Level, generator_stats
+
+    busy = [{"process": "h:1", "cpu_percent": [95.0, 99.0, 97.0], "loop_lag_ms_p99": 80.0}]
+    g = generator_stats(busy, Level("concurrency", 8), {}, workers=0)
+    assert g["saturated"] and "CPU" in g["reasons"][0] and "lag" in g["warnings"][0]
+    calm = [{"process": "h:1", "cpu_percent": [20.0, 30.0], "loop_lag_ms_p99": 2.0}]
+    assert not generator_stats(calm, Level("concurrency", 8), {}, workers=0)["saturated"]
+    behind = generator_stats(calm, Level("rate", 100), {"sent_per_s": 70.0, "send_lag_ms": {"p90": 5.0}}, workers=0)
+    assert behind["saturated"] and "scheduled 100" in behind["reasons"][0]
+
+
+def test_repo_fingerprint(tmp_path: Path) -> None:
+    from tritonforge.loadtest.fingerprint import repo_info
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "tritonforge.lock.json").write_text(json.dumps({"spec_name": "demo", "spec_hash": "abc", "spec": {"name": "demo"}}))
+    build = tmp_path / "build"
+    build.mkdir()
+    (build / "build_manifest.json").write_text("{}")
+    info, spec = repo_info(str(repo), str(build))
+    assert info["spec_hash"] == "abc" and len(info["lock_sha256"]) == 64 and len(info["engine_manifest_sha256"]) == 64
+    assert spec == {"name": "demo"}
+    with pytest.raises(UserError):
+        repo_info(str(tmp_path), None)
