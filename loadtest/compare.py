@@ -140,8 +140,27 @@ def compare_reports(baseline: dict[str, Any], current: dict[str, Any],
         "regressions": len(regressions),
         "compared": len(rows),
         "missing_levels": missing,
+        "warnings": setup_differences(baseline, current),
         "rows": rows,
     }
+
+
+def setup_differences(baseline: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """What differs between the two runs' set-ups (a different workload explains a 'regression')."""
+    out = []
+    bc, cc = baseline.get("config") or {}, current.get("config") or {}
+    for key in ("model", "protocol", "duration_s", "seed", "workers"):
+        if key in bc and key in cc and bc[key] != cc[key]:
+            out.append(f"{key} differs: {bc[key]!r} vs {cc[key]!r}")
+    bw, cw = bc.get("workload") or {}, cc.get("workload") or {}
+    for key in sorted(set(bw) | set(cw)):
+        if bw.get(key) != cw.get(key):
+            out.append(f"workload {key} differs: {bw.get(key)!r} vs {cw.get(key)!r}")
+    bv = ((baseline.get("environment") or {}).get("triton") or {}).get("version")
+    cv = ((current.get("environment") or {}).get("triton") or {}).get("version")
+    if bv and cv and bv != cv:
+        out.append(f"Triton version differs: {bv} vs {cv}")
+    return out
 
 
 def load_report(path: str | Path) -> dict[str, Any]:
@@ -166,6 +185,8 @@ def format_comparison(result: dict[str, Any], baseline: str = "baseline", curren
     lines = ["  ".join(h.ljust(w) if i < 2 else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths, strict=True)))]
     for x in rows:
         lines.append("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(x, widths, strict=True))))
+    for w in result.get("warnings", []):
+        lines.append(f"warning: {w}")
     if result["missing_levels"]:
         lines.append(f"levels in only one report (not compared): {', '.join(result['missing_levels'])}")
     if not result["rows"]:

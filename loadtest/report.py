@@ -131,10 +131,10 @@ def _charts(report: dict[str, Any], records: list[RequestRecord]) -> list[str]:
     curve = []
     for key, name in (("ttft_ms", "TTFT p50"), ("e2e_ms", "E2E p50")):
         s = [((lv["metrics"].get("output_tokens_per_s") or 0), _g(lv, "metrics", key, "p50")) for lv in pts]
-        s = [(x, y) for x, y in s if y is not None]
-        if s:
-            curve.append((name, sorted(s)))
-    charts.append(svg.lines(curve, "Latency vs throughput", "output tokens/s", "ms"))
+        if all(y is not None for _, y in s) and s:
+            curve.append((name, s))  # in load order, so the curve bends back where throughput saturates
+    charts.append(svg.lines(curve, "Latency vs throughput (per load level)", "output tokens/s", "ms",
+                            labels=[lv["label"] for lv in pts]))  # fmt: skip
     series_t, series_e = [], []
     if measured:
         by_level: dict[str, list[RequestRecord]] = {}
@@ -168,6 +168,8 @@ def render_html(report: dict[str, Any], records: list[RequestRecord]) -> str:
     if comp:
         verdict = "<span class='bad'>REGRESSION</span>" if comp.get("regression") else "<span class='good'>no regression</span>"
         parts.append(f"<h2>Against baseline {escape(str(comp.get('baseline')))}: {verdict}</h2>")
+        for w in comp.get("warnings", []):
+            parts.append(f"<div class='note'>set-up {escape(w)}</div>")
         parts.append(_table(["level", "metric", "baseline", "current", "ratio", "tolerance", "verdict"], [
             [r["level"], r["metric"], _n(r["baseline"], 3), _n(r["current"], 3), _n(r.get("ratio"), 3), r["tolerance"],
              f"<span class='bad'>{r['verdict']}</span>" if r["verdict"] == "REGRESSION" else r["verdict"]]

@@ -130,8 +130,9 @@ def histogram(values: Sequence[float], title: str, xlabel: str, bins: int = 30, 
     return _svg(body, "histogram")
 
 
-def lines(series: Sequence[Series], title: str, xlabel: str, ylabel: str, markers: bool = True) -> str:
-    """One polyline (with point markers) per series."""
+def lines(series: Sequence[Series], title: str, xlabel: str, ylabel: str, markers: bool = True,
+          labels: Sequence[str] | None = None) -> str:
+    """One polyline (with point markers) per series; `labels` annotate the points of every series."""
     pts = [p for _, s in series for p in s]
     if not pts:
         return _empty(title, "lines")
@@ -142,9 +143,11 @@ def lines(series: Sequence[Series], title: str, xlabel: str, ylabel: str, marker
         path = " ".join(f"{f.px(x):.1f},{f.py(y):.1f}" for x, y in s)
         body.append(f'<polyline class="line" fill="none" stroke="{c}" stroke-width="2" points="{path}"/>')
         if markers:
-            for x, y in s:
+            for j, (x, y) in enumerate(s):
                 body.append(f'<circle cx="{f.px(x):.1f}" cy="{f.py(y):.1f}" r="3.5" fill="{c}">'
                             f'<title>{escape(name)}: {_fmt(x)}, {_fmt(y)}</title></circle>')  # fmt: skip
+                if labels and j < len(labels):
+                    body.append(f'<text x="{f.px(x) + 5:.1f}" y="{f.py(y) - 5:.1f}" class="tick">{escape(labels[j])}</text>')
     return _svg(body, "lines")
 
 

@@ -461,3 +461,12 @@ def test_repo_fingerprint(tmp_path: Path) -> None:
     assert spec == {"name": "demo"}
     with pytest.raises(UserError):
         repo_info(str(tmp_path), None)
+
+
+def test_compare_warns_about_different_setups() -> None:
+    a, b = _report(1000, 100), _report(1000, 100)
+    a["config"] = {"model": "ensemble", "protocol": "http-stream", "workload": {"isl": 128, "osl": 64}}
+    b["config"] = {"model": "ensemble", "protocol": "grpc-stream", "workload": {"isl": 128, "osl": 32}}
+    warnings = compare.compare_reports(a, b)["warnings"]
+    assert warnings == ["protocol differs: 'http-stream' vs 'grpc-stream'", "workload osl differs: 64 vs 32"]
+    assert "warning: protocol differs" in compare.format_comparison(compare.compare_reports(a, b))
