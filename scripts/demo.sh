@@ -31,8 +31,10 @@ done
 [ -f "$OUT/ready.json" ] || { echo "server not ready in time; see $OUT/triton.log"; exit 1; }
 
 step "4/5 stream a completion through the ensemble (preprocessing -> tensorrt_llm -> postprocessing)"
-$TF generate --url "http://127.0.0.1:$HTTP" --model ensemble --max-tokens 48 "def parse_args(argv):"
-$TF generate --url "http://127.0.0.1:$HTTP" --model ensemble --max-tokens 32 --no-stream "import os"
+# A 5M-parameter model trained for a few minutes on Python sources: expect Python-ish text, not sense.
+$TF generate --url "http://127.0.0.1:$HTTP" --model ensemble --max-tokens 64 --temperature 0.7 --top-k 40 --seed 7 \
+    "def parse_args(argv):"
+$TF generate --url "http://127.0.0.1:$HTTP" --model ensemble --max-tokens 24 --no-stream "import os"
 
 step "5/5 a short load test (Locust, 4 users, 15 s)"
 $TF loadtest --url "http://127.0.0.1:$HTTP" --model ensemble --users 4 --duration 15s \

@@ -208,38 +208,45 @@ def serve(repo: str, http_port: int, grpc_port: int, metrics_port: int, image: s
 @click.option("--model", default=None, help="Model to call (default: the repository's entry: llm, else ensemble).")
 @click.option("--max-tokens", default=64, show_default=True)
 @click.option("--stream/--no-stream", default=True, show_default=True)
-@click.option("--temperature", type=float, default=None)
+@click.option("--temperature", type=float, default=None, help="Sampling temperature (sampling needs --top-k > 1 or --top-p > 0).")
+@click.option("--top-k", type=int, default=None, help="Sample from the k most likely tokens (TensorRT-LLM: 0/1 = greedy).")
+@click.option("--top-p", type=float, default=None, help="Nucleus sampling.")
+@click.option("--seed", type=int, default=None, help="Seed for reproducible sampling.")
+@click.option("--tier", default=None, help="Force a tier (the `llm` entry model only).")
 @click.option("--json", "as_json", is_flag=True, help="Print the final response as JSON.")
 def generate(prompt: str, url: str, model: str | None, max_tokens: int, stream: bool, temperature: float | None,
-             as_json: bool) -> None:
+             top_k: int | None, top_p: float | None, seed: int | None, tier: str | None, as_json: bool) -> None:
     """Send PROMPT to a running server and print the completion (streamed token by token)."""
     from tritonforge.builder.client import pick_entry_model, stream_generate
 
     model = model or pick_entry_model(url)
     body: dict[str, object] = {"text_input": prompt, "max_tokens": max_tokens}
-    if temperature is not None:
-        body["temperature"] = temperature
+    for key, value in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p), ("seed", seed), ("tier", tier)):
+        if value is not None:
+            body[key] = value
     t0 = time.perf_counter()
     first = None
     pieces: list[str] = []
-    extra: dict[str, object] = {}
+    tokens = 0
+    facts: dict[str, object] = {}
     for event in stream_generate(url, model, body, stream=stream):
         if first is None:
             first = time.perf_counter() - t0
         text = str(event.get("text_output", ""))
         pieces.append(text)
-        extra.update({k: v for k, v in event.items() if k not in ("text_output", "model_name", "model_version")})
+        tokens += int(event.get("num_output_tokens") or 0)
+        facts.update({k: event[k] for k in ("tier", "cache_status", "acceptance_rate") if k in event})
         if not as_json:
             click.echo(text, nl=False)
     total = time.perf_counter() - t0
     if as_json:
-        _echo_json({"model": model, "text_output": "".join(pieces), "chunks": len(pieces), "ttft_s": first,
-                    "e2e_s": total, **extra})
+        _echo_json({"model": model, "text_output": "".join(pieces), "chunks": len(pieces), "num_output_tokens": tokens,
+                    "ttft_s": first, "e2e_s": total, **facts})
         return
     click.echo()
-    info = ", ".join(f"{k}={v}" for k, v in sorted(extra.items()))
-    click.echo(f"[{model}: {len(pieces)} chunk(s), TTFT {1000 * (first or 0):.0f} ms, total {1000 * total:.0f} ms"
-               f"{', ' + info if info else ''}]", err=True)
+    info = "".join(f", {k} {v}" for k, v in facts.items())
+    click.echo(f"[{model}: {tokens} tokens in {len(pieces)} chunk(s), TTFT {1000 * (first or 0):.0f} ms, "
+               f"total {1000 * total:.0f} ms{info}]", err=True)
 
 
 # --- demo model ------------------------------------------------------------------------------------
