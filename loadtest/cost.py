@@ -23,6 +23,11 @@ def _tier(spec: Any, tier: str | None) -> Any:
     return spec.tier(tier) if tier else spec.tiers[0]
 
 
+def on_cpu(spec: Any, tier: str | None) -> bool:
+    """Does the tier run the CPU reference runtime (so its spec's GPU does not serve it)?"""
+    return str(getattr(_tier(spec, tier).runtime, "value", "")) == "cpu-reference"
+
+
 def resolve_gpu(gpu: str | None, spec: Any, tier: str | None) -> tuple[str | None, int, float | None]:
     """(GPU name, GPU count, spec price override) from --gpu, else the spec's tier (a DeploymentSpec)."""
     if spec is not None:
@@ -48,7 +53,8 @@ def cost_section(
     elif gpu:
         price, source = float(_gpu(gpu).price_per_hour), "planner GPU catalog"
     if price is None:
-        out["note"] = "no GPU price: pass --gpu NAME (planner catalog), --spec SPEC, or --gpu-price DOLLARS_PER_GPU_HOUR"
+        out["note"] = ("no GPU price: pass --gpu NAME (planner catalog), --spec SPEC, or --gpu-price DOLLARS_PER_GPU_HOUR "
+                       "(a cpu-reference tier is not priced unless you pass one)")
         return out
     hourly = price * gpu_count
     out.update(price_per_gpu_hour=price, price_source=source, dollars_per_hour=round(hourly, 4))
@@ -69,7 +75,8 @@ def roofline_section(
 ) -> dict[str, Any]:
     """Measured output tokens/s as a fraction of the planner's decode roofline at this load."""
     if spec is None or not gpu:
-        return {"note": "roofline omitted: pass --spec SPEC.yaml or --repo DIR (its lock holds the spec)"}
+        return {"note": "roofline omitted: pass --spec SPEC.yaml or --repo DIR (its lock holds the spec), "
+                        "and --gpu NAME for a cpu-reference tier"}
     try:
         from tritonforge.builder import planner
         from tritonforge.builder.modelref import resolve_model

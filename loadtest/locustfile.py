@@ -56,6 +56,8 @@ def _add_arguments(parser: Any) -> None:
     g.add_argument("--request-rate", type=float, default=0.0, help="open loop: requests/s in total (0 = closed loop)")
     g.add_argument("--max-inflight", type=int, default=0, help="open loop: cap on requests in flight per process")
     g.add_argument("--warmup", type=int, default=0, help="first N requests per process are warm-up (excluded)")
+    g.add_argument("--batch-dim", default="auto", choices=("auto", "0", "1"),
+                   help="gRPC: inputs get a batch dimension (auto: when the model's max_batch_size > 0)")
     g.add_argument("--request-timeout", type=float, default=300.0, help="seconds without a response before failing")
     g.add_argument("--records-dir", default="", help="write per-request JSONL records and process stats here")
     g.add_argument("--level", default="", help="label stored in each record (set by tritonforge loadtest)")
@@ -89,6 +91,10 @@ class _Process:
         self.records: list[RequestRecord] = []
         self.records_dir = Path(opts.records_dir) if opts.records_dir else None
         self.pool = gevent.pool.Pool(opts.max_inflight or None)
+        self.batch_dim = False
+        if self.protocol == "grpc-stream":
+            bd = str(getattr(opts, "batch_dim", "auto"))
+            self.batch_dim = protocols.has_batch_dim(environment.host or "", opts.model) if bd == "auto" else bd == "1"
         self.skipped = 0  # open loop: arrivals dropped at the in-flight cap
         self.grpc: protocols.GrpcMux | None = None  # open loop: one stream per process
         self.unfinished = 0
@@ -258,10 +264,10 @@ class TritonLLMUser(User):
         if self.protocol == "grpc-stream":
             url = _grpc_url(self.host, opts.grpc_url)
             if self.rate <= 0:
-                self.grpc = protocols.GrpcMux(url, opts.model, opts.request_timeout)
+                self.grpc = protocols.GrpcMux(url, opts.model, opts.request_timeout, self.proc.batch_dim if self.proc else False)
                 self.grpc.open()  # connect before the first measured request
             elif self.proc is not None and self.proc.grpc is None:
-                self.proc.grpc = protocols.GrpcMux(url, opts.model, opts.request_timeout)
+                self.proc.grpc = protocols.GrpcMux(url, opts.model, opts.request_timeout, self.proc.batch_dim)
                 self.proc.grpc.open()
         else:
             conc = 1 if self.rate <= 0 else max(1, opts.max_inflight or 256)

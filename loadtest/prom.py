@@ -8,6 +8,7 @@ import urllib.request
 from typing import Any
 
 Sample = tuple[str, tuple[tuple[str, str], ...]]  # (metric name, sorted labels)
+CUSTOM_PREFIXES = ("tritonforge_", "tf_", "nv_trt_llm_")
 _LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})?\s+(\S+)(\s+\d+)?$")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
@@ -59,7 +60,7 @@ def _label_str(labels: tuple[tuple[str, str], ...]) -> str:
 
 
 def diff(before: tuple[dict, dict] | None, after: tuple[dict, dict] | None, model: str) -> dict[str, Any]:
-    """Deltas of counters (gauges: the value after) for `model`, the response cache and tritonforge_*."""
+    """Per-request averages and counter deltas for `model`; delta and value after of every custom metric."""
     if before is None or after is None:
         return {"available": False}
     b, _ = before
@@ -92,17 +93,14 @@ def diff(before: tuple[dict, dict] | None, after: tuple[dict, dict] | None, mode
         total = delta(name, model=model)
         per_model[f"avg_{key}"] = round(total / success, 1) if success else None
     out["triton"] = per_model
-    # every tritonforge_* family (router decisions, cache results, engine stats), any label set
+    # every tritonforge family (tritonforge_*, tf_* of the CPU engine) and TensorRT-LLM's nv_trt_llm_*
     custom: dict[str, Any] = {}
     for (name, labels), v in sorted(a.items()):
-        if not name.startswith("tritonforge_"):
+        if not name.startswith(CUSTOM_PREFIXES):
             continue
         fam = _family(name, types)
         kind = types.get(fam, "untyped")
         key = f"{name}{{{_label_str(labels)}}}" if labels else name
-        if kind in ("counter", "histogram", "summary") or name.endswith("_total"):
-            custom[key] = round(v - b.get((name, labels), 0.0), 6)
-        else:
-            custom[key] = v
+        custom[key] = {"kind": kind, "delta": round(v - b.get((name, labels), 0.0), 6), "after": v}
     out["tritonforge"] = custom
     return out

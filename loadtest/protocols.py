@@ -121,6 +121,17 @@ def _as_int(value: Any) -> int:
     return int(value)
 
 
+def has_batch_dim(http_url: str, model: str, timeout: float = 5.0) -> bool:
+    """Does `model` batch (max_batch_size > 0, so gRPC inputs need a batch dimension)? False if unknown."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{http_url.rstrip('/')}/v2/models/{model}/config", timeout=timeout) as r:  # noqa: S310
+            return int(json.loads(r.read()).get("max_batch_size") or 0) > 0
+    except Exception:  # noqa: BLE001 - an unreadable config: assume no batch dimension
+        return False
+
+
 def classify_exception(exc: BaseException) -> tuple[str, str]:
     """(error class, message) for a client-side exception."""
     name = type(exc).__name__
@@ -232,15 +243,18 @@ class StdlibHttp:
 # ------------------------------------------------------------------------------------------ gRPC
 
 
-def grpc_request(model: str, request_id: str, item: dict[str, Any], stream: bool) -> Any:
-    """A ModelInferRequest (typed contents, no private tritonclient API) for one workload item."""
+def grpc_request(model: str, request_id: str, item: dict[str, Any], stream: bool, batch_dim: bool = False) -> Any:
+    """A ModelInferRequest (typed contents, no private tritonclient API) for one workload item.
+
+    `batch_dim`: the model has max_batch_size > 0, so every input gets a leading batch dimension.
+    """
     from tritonclient.grpc import service_pb2
 
     req = service_pb2.ModelInferRequest(model_name=model, id=request_id)
     for name, value in build_payload(item, stream).items():
         t = req.inputs.add()
         t.name = name
-        t.shape.append(1)
+        t.shape.extend([1, 1] if batch_dim else [1])
         if isinstance(value, bool):
             t.datatype = "BOOL"
             t.contents.bool_contents.append(value)
@@ -302,8 +316,8 @@ class GrpcMux:
     reopened by the next call. Call `close()` at the end (never leave closing to the GC).
     """
 
-    def __init__(self, url: str, model: str, timeout: float = 120.0) -> None:
-        self.url, self.model, self.timeout = url, model, timeout
+    def __init__(self, url: str, model: str, timeout: float = 120.0, batch_dim: bool = False) -> None:
+        self.url, self.model, self.timeout, self.batch_dim = url, model, timeout, batch_dim
         self.channel: Any = None
         self.queue: Any = None
         self.pending: dict[str, tuple[Accumulator, Any]] = {}
@@ -381,7 +395,7 @@ class GrpcMux:
             acc.t0 = time.perf_counter()  # opening a channel is not part of the request
             acc.outcome.start = time.time()
             if q is not None:
-                q.put(grpc_request(self.model, rid, item, stream))
+                q.put(grpc_request(self.model, rid, item, stream, self.batch_dim))
             if not done.wait(self.timeout):
                 acc.fail("timeout", f"no final response within {self.timeout:g}s")
         except Exception as exc:  # noqa: BLE001

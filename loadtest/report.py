@@ -199,8 +199,8 @@ def render_html(report: dict[str, Any], records: list[RequestRecord]) -> str:
         for k, v in (sm.get("triton") or {}).items():
             rows.append([lv["label"], k, _n(v, 1)])
         for k, v in (sm.get("tritonforge") or {}).items():
-            rows.append([lv["label"], k, _n(v, 3)])
-    parts.append(_table(["level", "metric", "value"], rows, left=2))
+            rows.append([lv["label"], f"{k} ({v.get('kind')}, value after: {_n(v.get('after'), 3)})", _n(v.get("delta"), 3)])
+    parts.append(_table(["level", "metric", "change over the level"], rows, left=2))
     parts.append("<h2>Load generator</h2>")
     parts.append(_table(["level", "saturated", "reasons", "warnings", "CPU % (mean per process)", "loop lag p99 ms"], [
         [lv["label"], "YES" if _g(lv, "load_generator", "saturated") else "no", "; ".join(_g(lv, "load_generator", "reasons") or []),

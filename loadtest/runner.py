@@ -71,6 +71,7 @@ class LoadTestConfig:
     max_inflight: int = 0
     request_timeout: float = 300.0
     argv: list[str] = field(default_factory=list)
+    batch_dim: bool = False  # set from the model's config (max_batch_size > 0): gRPC inputs get [1, 1]
 
     def public(self) -> dict[str, Any]:
         d = asdict(self)
@@ -116,6 +117,7 @@ def locust_commands(cfg: LoadTestConfig, level: Level, repeat: int, workload_fil
         "--workload-file", str(workload_file), "--records-dir", str(raw_dir), "--level", level.label,
         "--repeat-index", str(repeat), "--request-timeout", f"{cfg.request_timeout:g}", "--seed", str(cfg.seed),
         "--request-rate", f"{rate:g}", "--max-inflight", str(cfg.max_inflight), "--warmup", "0",
+        "--batch-dim", "1" if cfg.batch_dim else "0",
     ]  # fmt: skip
     main = py + custom + [
         "--headless", "--host", cfg.url, "-u", str(users), "-r", f"{spawn:g}",
@@ -203,7 +205,8 @@ def warm_up(cfg: LoadTestConfig, items: list[dict[str, Any]], concurrency: int) 
 
     def worker(wid: int) -> None:
         if cfg.protocol == "grpc-stream":
-            client: Any = protocols.GrpcMux(cfg.grpc_url or derived_url(cfg.url, 1, None), cfg.model, cfg.request_timeout)
+            client: Any = protocols.GrpcMux(cfg.grpc_url or derived_url(cfg.url, 1, None), cfg.model, cfg.request_timeout,
+                                            cfg.batch_dim)  # fmt: skip
         else:
             client = protocols.StdlibHttp(cfg.url, cfg.request_timeout)
         try:
@@ -264,9 +267,10 @@ def generator_stats(procs: list[dict[str, Any]], level: Level, m: dict[str, Any]
         if lag > LAG_WARN_MS:
             warnings.append(f"{p.get('process')}: event-loop lag p99 {lag:.0f} ms; timings may be inflated by as much")
     if level.mode == "rate":
-        sent = m.get("sent_per_s")
-        if sent is not None and sent < 0.95 * level.value:
-            reasons.append(f"sent {sent:.2f} requests/s, scheduled {level.value:g} (< 95%)")
+        sent, n = m.get("sent_per_s"), m.get("requests", 0) + m.get("interrupted", 0)
+        expected = level.value * n / sent if sent else 0.0  # arrivals a Poisson process at the nominal rate makes
+        if sent is not None and n < expected - 3 * math.sqrt(expected):  # beyond Poisson noise (3 sigma)
+            reasons.append(f"sent {sent:.2f} requests/s, scheduled {level.value:g} (below Poisson noise)")
         lag90 = (m.get("send_lag_ms") or {}).get("p90")
         if lag90 is not None and lag90 > LAG_WARN_MS:
             reasons.append(f"requests left {lag90:.0f} ms (p90) after their scheduled time")
@@ -305,6 +309,7 @@ def run_loadtest(cfg: LoadTestConfig, progress: Progress | None = None) -> tuple
     if "://" not in cfg.url:
         cfg.url = f"http://{cfg.url}"
     pre = fingerprint.preflight(cfg.url, cfg.model)
+    cfg.batch_dim = int((pre.get("model_config") or {}).get("max_batch_size") or 0) > 0
     if cfg.protocol == "grpc-stream":
         cfg.grpc_url = cfg.grpc_url or derived_url(cfg.url, 1, None)
         _check_tcp(cfg.grpc_url, "--grpc-url")
@@ -339,6 +344,7 @@ def run_loadtest(cfg: LoadTestConfig, progress: Progress | None = None) -> tuple
         runs, servers, gens = [], [], []
         for rep in range(cfg.repeat):
             say(f"{level.label}: run {rep + 1}/{cfg.repeat}, {cfg.duration_s:g}s ...")
+            time.sleep(0.5)  # let the previous requests' last counters land before the "before" scrape
             before = prom.scrape(metrics_url)
             t0 = time.time()
             result = run_locust(cfg, level, rep, workload_file, cfg.output)
@@ -400,6 +406,8 @@ def _level_entry(cfg: LoadTestConfig, level: Level, runs: list[dict[str, Any]], 
                  gens: list[dict[str, Any]], spec: Any) -> dict[str, Any]:
     m = metrics.median_metrics(runs)
     gpu, count, spec_price = cost.resolve_gpu(cfg.gpu, spec, cfg.tier)
+    if spec is not None and cost.on_cpu(spec, cfg.tier) and not cfg.gpu and cfg.gpu_price is None:
+        gpu = None  # the spec's GPU does not serve this tier: no cost or roofline unless asked for
     tps = m.get("output_tokens_per_s")
     conc = int(level.value) if level.mode == "concurrency" else None
     in_len = (m.get("input_tokens_per_request") or {}).get("avg")
@@ -444,7 +452,8 @@ def _report(cfg: LoadTestConfig, pre: dict[str, Any], repo_fp: dict[str, Any], s
         notes.append(f"the workload has {len(items)} prompts and {len(measured)} requests were sent: prompts were reused "
                      "(raise --workload prompts=N when testing a response cache)")  # fmt: skip
     env_extra = {
-        "gpu": cost.resolve_gpu(cfg.gpu, spec, cfg.tier)[0],
+        "gpu": None if spec is not None and cost.on_cpu(spec, cfg.tier) and not cfg.gpu else cost.resolve_gpu(cfg.gpu, spec, cfg.tier)[0],
+        "tier_runtime": cost._tier(spec, cfg.tier).runtime.value if spec is not None else None,
         "spec": {"name": spec.name, "hash": spec.spec_hash(), "path": cfg.spec_path} if spec is not None else None,
         "metrics_url": metrics_url,
         "tokenizer": getattr(tok, "name", None),

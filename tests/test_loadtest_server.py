@@ -98,7 +98,7 @@ def test_report_agrees_with_server_and_csv(baseline: Path) -> None:
     # output tokens: the report = what the mock was asked to send = the server's own counters
     assert m["output_tokens"] == len(ok) * OSL == sum(int(r["requested_tokens"]) for r in ok)
     server = level["server_metrics"]
-    assert server["available"] and server["tritonforge"]["tritonforge_mock_output_tokens_total{model=ensemble}"] == m["output_tokens"]
+    assert server["available"] and server["tritonforge"]["tritonforge_mock_output_tokens_total{model=ensemble}"]["delta"] == m["output_tokens"]
     assert server["triton"]["request_success"] == len(rows)
     tc = report["token_check"]
     assert tc["server_total"] == tc["retokenized_total"] == m["output_tokens"] and tc["requests_differing"] == 0

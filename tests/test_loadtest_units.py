@@ -207,8 +207,8 @@ def test_prometheus_diff() -> None:
     d = prom.diff(prom.parse(PROM_BEFORE), prom.parse(PROM_AFTER), "ensemble")
     assert d["triton"]["request_success"] == 20
     assert d["triton"]["avg_queue_us"] == 100.0 and d["triton"]["avg_compute_infer_us"] == 1000.0
-    assert d["tritonforge"]["tritonforge_router_decisions_total{tier=small}"] == 10
-    assert d["tritonforge"]["tritonforge_cache_entries"] == 7  # a gauge: its value after
+    assert d["tritonforge"]["tritonforge_router_decisions_total{tier=small}"] == {"kind": "counter", "delta": 10, "after": 13}
+    assert d["tritonforge"]["tritonforge_cache_entries"] == {"kind": "untyped", "delta": 7, "after": 7}
     assert prom.diff(None, prom.parse(PROM_AFTER), "ensemble") == {"available": False}
     assert prom.scrape("http://127.0.0.1:9/metrics", timeout=0.5) is None
 
@@ -443,8 +443,12 @@ def test_saturation_flags() -> None:
     assert g["saturated"] and "CPU" in g["reasons"][0] and "lag" in g["warnings"][0]
     calm = [{"process": "h:1", "cpu_percent": [20.0, 30.0], "loop_lag_ms_p99": 2.0}]
     assert not generator_stats(calm, Level("concurrency", 8), {}, workers=0)["saturated"]
-    behind = generator_stats(calm, Level("rate", 100), {"sent_per_s": 70.0, "send_lag_ms": {"p90": 5.0}}, workers=0)
+    behind = generator_stats(calm, Level("rate", 100), {"sent_per_s": 70.0, "requests": 700, "send_lag_ms": {"p90": 5.0}}, workers=0)
     assert behind["saturated"] and "scheduled 100" in behind["reasons"][0]
+    noise = generator_stats(calm, Level("rate", 10), {"sent_per_s": 8.8, "requests": 88, "send_lag_ms": {"p90": 5.0}}, workers=0)
+    assert not noise["saturated"]  # 88 arrivals where 100 were expected is Poisson noise
+    late = generator_stats(calm, Level("rate", 10), {"sent_per_s": 10.0, "requests": 100, "send_lag_ms": {"p90": 80.0}}, workers=0)
+    assert late["saturated"] and "after their scheduled time" in late["reasons"][0]
 
 
 def test_repo_fingerprint(tmp_path: Path) -> None:
