@@ -42,7 +42,57 @@ def _pin(pid: int, cpus: str) -> None:
         subprocess.run(["taskset", "-a", "-cp", cpus, str(p.pid)], capture_output=True, check=False)
 
 
-def measure(server: TritonServer, out: Path, users: int, osl: int, duration: float, tok, protocol: str) -> dict:
+SYNTHETIC_SERVER = r"""
+import asyncio, json, sys
+
+EVENT = b'data: {"model_name":"ensemble","model_version":"1","num_output_tokens":1,"text_output":" the"}\n\n'
+CHUNK = b"%x\r\n%s\r\n" % (len(EVENT), EVENT)
+HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+async def handle(reader, writer):
+    try:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next((int(l.split(b":")[1]) for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")), 0)
+            body = json.loads(await reader.readexactly(length))
+            writer.write(HEAD)
+            for _ in range(int(body.get("max_tokens", 16))):
+                writer.write(CHUNK)  # one send per event, like a server streaming token by token
+                await asyncio.sleep(0)
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        writer.close()
+
+async def main():
+    server = await asyncio.start_server(handle, "127.0.0.1", int(sys.argv[1]), backlog=1024)
+    print("ready", flush=True)
+    async with server:
+        await server.serve_forever()
+
+asyncio.run(main())
+"""
+
+
+class _Synthetic:
+    """A minimal asyncio SSE server (not Triton) that streams pre-made events as fast as it can, so that
+    the Locust process, not the server, is the bottleneck: a direct measurement of saturation."""
+
+    def __init__(self) -> None:
+        from tritonforge.builder.server import free_port
+
+        port = free_port()
+        self.http_url = f"http://127.0.0.1:{port}"
+        self.grpc_url = ""
+        self.proc = subprocess.Popen([sys.executable, "-c", SYNTHETIC_SERVER, str(port)], stdout=subprocess.PIPE)
+        assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == b"ready"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+def measure(server: TritonServer | _Synthetic, out: Path, users: int, osl: int, duration: float, tok, protocol: str) -> dict:
     items = workload.generate(workload.parse_workload(f"isl=32,osl={osl},prompts=2000"), tok, seed=1)
     wl = out / f"workload-{osl}.jsonl"
     workload.save(items, wl)
@@ -73,6 +123,20 @@ def measure(server: TritonServer, out: Path, users: int, osl: int, duration: flo
     }
 
 
+def _show(r: dict, secs: float) -> None:
+    print(f"  osl={r['osl']:4d} users={r['users']}: {r['requests_per_s']:8.1f} req/s {r['events_per_s']:9.1f} events/s, "
+          f"Locust CPU {r['locust_cpu_percent']:5.1f}% -> {r['events_per_cpu_second']:8.0f} events and "
+          f"{r['requests_per_cpu_second']:6.0f} requests per CPU-second ({secs:.0f}s)", flush=True)  # fmt: skip
+
+
+def _cost_model(runs: list[dict]) -> tuple[float, float]:
+    """CPU seconds per request = a + b * events per request, from the two output lengths."""
+    (r1, r2) = runs[0], runs[-1]
+    c1, c2 = 1 / r1["requests_per_cpu_second"], 1 / r2["requests_per_cpu_second"]
+    b = (c2 - c1) / (r2["osl"] - r1["osl"]) if r2["osl"] != r1["osl"] else c1 / r1["osl"]
+    return max(0.0, c1 - b * r1["osl"]), b
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--duration", type=float, default=8.0, help="seconds per measurement")
@@ -81,6 +145,7 @@ def main() -> int:
     ap.add_argument("--tokenizer", default="tiny", help="tokenizer for the prompts")
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--protocol", default="http-stream", choices=("http-stream", "grpc-stream"), help="streaming protocol")
+    ap.add_argument("--skip-synthetic", action="store_true", help="skip the calibration against a minimal SSE server")
     ap.add_argument("--no-pin", action="store_true", help="do not pin Triton and Locust to separate cores")
     args = ap.parse_args()
     osls = [int(x) for x in args.osl.split(",")]
@@ -98,24 +163,42 @@ def main() -> int:
                 _pin(server.proc.pid, "0")
                 os.sched_setaffinity(0, {1})
             runs = []
+            print(f"against Triton serving the mock LLM ({args.protocol}):")
             for osl in osls:
                 t0 = time.time()
                 r = measure(server, tmp / "out", args.users, osl, args.duration, tok, args.protocol)
                 runs.append(r)
-                print(f"osl={osl:4d} users={args.users}: {r['requests_per_s']:8.1f} req/s {r['events_per_s']:9.1f} SSE events/s "
-                      f"locust CPU {r['locust_cpu_percent']:5.1f}% -> {r['events_per_cpu_second']:9.0f} events and "
-                      f"{r['requests_per_cpu_second']:7.0f} requests per CPU-second ({time.time() - t0:.0f}s)", flush=True)  # fmt: skip
+                _show(r, time.time() - t0)
+        saturated = []
+        if args.protocol == "http-stream" and not args.skip_synthetic:
+            synth = _Synthetic()
+            try:
+                if pinned:
+                    _pin(synth.proc.pid, "0")
+                print("against a minimal asyncio SSE server (events coalesce in each read: the cheap end for the client):")
+                for osl in osls:
+                    t0 = time.time()
+                    r = measure(synth, tmp / "synth", args.users, osl, args.duration, tok, args.protocol)
+                    saturated.append(r)
+                    _show(r, time.time() - t0)
+            finally:
+                synth.stop()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    # cpu seconds per request = a + b * events per request (two output lengths -> two equations)
-    (r1, r2) = runs[0], runs[-1]
-    c1, c2 = 1 / r1["requests_per_cpu_second"], 1 / r2["requests_per_cpu_second"]
-    b = (c2 - c1) / (r2["osl"] - r1["osl"]) if r2["osl"] != r1["osl"] else c1 / r1["osl"]
-    a = max(0.0, c1 - b * r1["osl"])
+    a, b = _cost_model(runs)
     print(f"\nLocust CPU cost ({args.protocol}): {a * 1e6:.0f} us per request + {b * 1e6:.1f} us per streamed event "
           f"(Triton and Locust {'pinned to separate cores' if pinned else 'sharing ' + str(cpus) + ' CPUs'})")  # fmt: skip
-    model = {"protocol": args.protocol, "us_per_request": a * 1e6, "us_per_event": b * 1e6, "pinned": pinned, "runs": runs, "sizing": []}
+    model = {"protocol": args.protocol, "us_per_request": a * 1e6, "us_per_event": b * 1e6, "pinned": pinned, "runs": runs,
+             "synthetic_runs": saturated, "sizing": []}  # fmt: skip
+    if saturated:
+        sa, sb = _cost_model(saturated)
+        model.update(synthetic_us_per_request=sa * 1e6, synthetic_us_per_event=sb * 1e6)
+        best = max(r["events_per_s"] for r in saturated)
+        cpu = max(r["locust_cpu_percent"] for r in saturated)
+        print(f"Coalesced events: one Locust process received {best:,.0f} events/s at {cpu:.0f}% CPU "
+              f"({'Locust' if cpu >= 90 else 'the server'} was the limit); cost there {sa * 1e6:.0f} us per request + "
+              f"{sb * 1e6:.1f} us per event")  # fmt: skip
     print(f"To load {TARGET_TOKENS_PER_S:,} output tokens/s (1 SSE event per token), each process at <= {HEADROOM:.0%} CPU:")
     for osl in (128, 512, 1024):
         rps = TARGET_TOKENS_PER_S / osl
