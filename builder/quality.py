@@ -110,7 +110,7 @@ def token_windows(tokenizer, texts: list[str], count: int, seq_len: int) -> list
     need = count * seq_len
     ids: list[int] = []
     for t in texts:
-        ids.extend(tokenizer(t, add_special_tokens=True)["input_ids"])
+        ids.extend(tokenizer(t, add_special_tokens=True, verbose=False)["input_ids"])
         if eos is not None:
             ids.append(eos)
         if len(ids) >= need:
