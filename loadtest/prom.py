@@ -93,6 +93,21 @@ def diff(before: tuple[dict, dict] | None, after: tuple[dict, dict] | None, mode
         total = delta(name, model=model)
         per_model[f"avg_{key}"] = round(total / success, 1) if success else None
     out["triton"] = per_model
+    # every model that served requests during the run (an ensemble's steps show where time goes)
+    models: dict[str, Any] = {}
+    names = sorted({dict(lb).get("model", "") for (n, lb) in a if n == "nv_inference_request_success"} - {""})
+    for name in names:
+        n = delta("nv_inference_request_success", model=name)
+        if n <= 0:
+            continue
+        models[name] = {
+            "requests": n,
+            "exec_count": delta("nv_inference_exec_count", model=name),
+            "avg_queue_us": round(delta("nv_inference_queue_duration_us", model=name) / n, 1),
+            "avg_compute_infer_us": round(delta("nv_inference_compute_infer_duration_us", model=name) / n, 1),
+            "avg_request_us": round(delta("nv_inference_request_duration_us", model=name) / n, 1),
+        }
+    out["models"] = models
     # every tritonforge family (tritonforge_*, tf_* of the CPU engine) and TensorRT-LLM's nv_trt_llm_*
     custom: dict[str, Any] = {}
     for (name, labels), v in sorted(a.items()):

@@ -198,6 +198,10 @@ def render_html(report: dict[str, Any], records: list[RequestRecord]) -> str:
             continue
         for k, v in (sm.get("triton") or {}).items():
             rows.append([lv["label"], k, _n(v, 1)])
+        for name, v in (sm.get("models") or {}).items():
+            rows.append([lv["label"], f"model {name}: requests / avg queue / compute / request us",
+                         f"{_n(v.get('requests'), 0)} / {_n(v.get('avg_queue_us'))} / {_n(v.get('avg_compute_infer_us'))} / "
+                         f"{_n(v.get('avg_request_us'))}"])  # fmt: skip
         for k, v in (sm.get("tritonforge") or {}).items():
             rows.append([lv["label"], f"{k} ({v.get('kind')}, value after: {_n(v.get('after'), 3)})", _n(v.get("delta"), 3)])
     parts.append(_table(["level", "metric", "change over the level"], rows, left=2))

@@ -209,6 +209,8 @@ def test_prometheus_diff() -> None:
     assert d["triton"]["avg_queue_us"] == 100.0 and d["triton"]["avg_compute_infer_us"] == 1000.0
     assert d["tritonforge"]["tritonforge_router_decisions_total{tier=small}"] == {"kind": "counter", "delta": 10, "after": 13}
     assert d["tritonforge"]["tritonforge_cache_entries"] == {"kind": "untyped", "delta": 7, "after": 7}
+    assert d["models"] == {"ensemble": {"requests": 20, "exec_count": 0.0, "avg_queue_us": 100.0,
+                                        "avg_compute_infer_us": 1000.0, "avg_request_us": 1100.0}}  # fmt: skip
     assert prom.diff(None, prom.parse(PROM_AFTER), "ensemble") == {"available": False}
     assert prom.scrape("http://127.0.0.1:9/metrics", timeout=0.5) is None
 
