@@ -145,34 +145,48 @@ def _local_dir(ref: str, base: Path, what: str, tier: Tier) -> str:
     return str(p)
 
 
-def resolve_tier_paths(spec: DeploymentSpec, spec_dir: Path, manifest: dict | None = None) -> dict[str, TierPaths]:
-    """Find each tier's local directories (materializing builtin models) and engine limits from a manifest."""
+def _built_path(built: bool, path: str | None, placeholder: str) -> str:
+    """A built artifact's absolute path, else where the serving host is expected to have it."""
+    return str(Path(path).resolve()) if built and path else placeholder
+
+
+def resolve_tier_paths(spec: DeploymentSpec, spec_dir: Path, build_dir: Path | None = None) -> dict[str, TierPaths]:
+    """Each tier's local directories (builtin models materialized); GPU tiers from the build manifest
+    when one exists, else from the plan (engine dirs then are placeholders on the serving host)."""
     out: dict[str, TierPaths] = {}
+    artifacts = None
+    if any(t.runtime == Runtime.trtllm_engine for t in spec.tiers):
+        from tritonforge.builder.manifest import deployment_artifacts
+
+        artifacts = deployment_artifacts(spec, build_dir)
     for tier in spec.tiers:
-        built = (manifest or {}).get("tiers", {}).get(tier.name, {}) if manifest else {}
         if tier.runtime == Runtime.cpu_reference:
             model_dir = _local_dir(tier.model, spec_dir, "model", tier)
             tok = _local_dir(tier.tokenizer, spec_dir, "tokenizer", tier) if tier.tokenizer else model_dir
             draft = _local_dir(tier.draft.model, spec_dir, "draft.model", tier) if tier.draft else None
             out[tier.name] = TierPaths(model_dir, tok, draft)
             continue
-        # GPU tiers: paths are where they will be on the serving host; nothing is checked locally.
-        engine = tier.engine_dir or built.get("engine_dir") or f"/engines/{tier.name}/engine"
-        tok_default = built.get("tokenizer_dir") or tier.model
-        draft = None
-        if tier.draft is not None:
-            draft = built.get("draft_engine_dir") or f"/engines/{tier.name}/draft_engine"
+        assert artifacts is not None
+        a = artifacts[tier.name]
+
+        engine = tier.engine_dir or _built_path(a.built, a.engine_dir, f"/engines/{tier.name}/engine")
+        draft = _built_path(a.built, a.draft_engine_dir, f"/engines/{tier.name}/draft_engine") if tier.draft else None
+        tokenizer = tier.tokenizer or _built_path(a.built, a.tokenizer_dir, "") or tier.model
         out[tier.name] = TierPaths(
             engine,
-            tier.tokenizer or tok_default,
+            tokenizer,
             draft,
-            engine_limits=built.get("engine_limits"),
+            engine_limits={"max_batch_size": a.max_batch_size, "max_input_len": a.max_input_len,
+                           "max_seq_len": a.max_seq_len, "max_num_tokens": a.max_num_tokens},
+            kv_fraction=a.kv_cache_free_gpu_mem_fraction,
+            draft_kv_fraction=a.draft_kv_cache_free_gpu_mem_fraction,
+            enable_kv_cache_reuse=a.enable_kv_cache_reuse,
         )
     return out
 
 
-def emit_files(spec: DeploymentSpec, spec_dir: Path, manifest: dict | None = None) -> tuple[dict[str, bytes], RepositoryPlan]:
-    paths = resolve_tier_paths(spec, spec_dir, manifest)
+def emit_files(spec: DeploymentSpec, spec_dir: Path, build_dir: Path | None = None) -> tuple[dict[str, bytes], RepositoryPlan]:
+    paths = resolve_tier_paths(spec, spec_dir, build_dir)
     plan = plan_repository(spec, paths, tritonforge.__version__)
     return render_repository(spec, plan), plan
 

@@ -168,8 +168,12 @@ def server_command(install: TritonInstall, repo: Path, ports: Ports, extra: list
     return cmd + list(extra or [])
 
 
-def docker_command(image: str, repo: Path, ports: Ports, shm_size: str = "2g", gpus: str = "all") -> list[str]:
-    """The NGC container command that serves `repo` on a GPU host."""
+def docker_command(image: str, repo: Path, ports: Ports, shm_size: str = "2g", gpus: str = "all",
+                   mounts: list[str] | None = None) -> list[str]:
+    """The NGC container command that serves `repo` on a GPU host; `mounts` appear at the same path inside."""
+    extra: list[str] = []
+    for m in sorted(set(mounts or [])):
+        extra += ["-v", f"{m}:{m}:ro"]
     return [
         "docker", "run", "--rm", "-it",
         f"--gpus={gpus}",
@@ -177,6 +181,7 @@ def docker_command(image: str, repo: Path, ports: Ports, shm_size: str = "2g", g
         "--ulimit", "memlock=-1", "--ulimit", "stack=67108864",
         "-p", f"{ports.http}:8000", "-p", f"{ports.grpc}:8001", "-p", f"{ports.metrics}:8002",
         "-v", f"{repo.resolve()}:/models",
+        *extra,
         image,
         "tritonserver", "--model-repository=/models", "--allow-metrics=true",
     ]  # fmt: skip

@@ -21,8 +21,12 @@ class TierPaths:
     model_dir: str  # HF checkpoint (cpu-reference) or engine dir (trtllm-engine)
     tokenizer_dir: str
     draft_model_dir: str | None = None
-    # Limits from a build manifest override the spec's (engine max batch = Triton max batch).
+    # Limits from the build manifest or plan override the spec's (engine max batch = Triton max batch).
     engine_limits: dict[str, int] | None = None
+    # KV-cache memory fractions the planner gave the engine and its draft (GPU tiers).
+    kv_fraction: float | None = None
+    draft_kv_fraction: float | None = None
+    enable_kv_cache_reuse: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -117,7 +121,7 @@ def gpu_assignment(spec: DeploymentSpec) -> dict[str, str]:
 
 
 def engine_parameters(tier: Tier, model_dir: str, limits: dict[str, int], *, draft: bool = False,
-                      gpu_device_ids: str | None = None) -> dict[str, Any]:
+                      gpu_device_ids: str | None = None, paths: TierPaths | None = None) -> dict[str, Any]:
     """`tensorrt_llm` parameters: only keys the C++ backend knows (GPU), or the CPU reference's own."""
     kv = tier.kv_cache
     reuse = kv.block_reuse and kv.paged and tier.quantization.kv_cache_dtype != KvCacheDtype.int8
@@ -141,9 +145,13 @@ def engine_parameters(tier: Tier, model_dir: str, limits: dict[str, int], *, dra
             }
         )
         return params
+    if paths is not None and paths.enable_kv_cache_reuse is not None:
+        params["enable_kv_cache_reuse"] = paths.enable_kv_cache_reuse
     fraction = kv.free_gpu_mem_fraction
-    if tier.draft is not None:
-        # Two engines on one GPU: the draft's fraction plus the target's stays <= 0.95 (anchor #303, #456).
+    if paths is not None and paths.kv_fraction is not None:
+        # The planner's split: two engines on one GPU stay <= 0.95 together (anchor #303, #456).
+        fraction = paths.draft_kv_fraction if draft and paths.draft_kv_fraction is not None else paths.kv_fraction
+    elif tier.draft is not None:
         d = tier.draft.kv_cache_free_gpu_mem_fraction or 0.1
         fraction = min(fraction, round(0.95 - d, 4)) if not draft else d
     params.update(
@@ -209,7 +217,7 @@ def _tier_models(spec: DeploymentSpec, tier: Tier, paths: TierPaths, version: st
     )
 
     def engine_model(name: str, role: str, model_dir: str, draft: bool) -> ModelPlan:
-        params = engine_parameters(tier, model_dir, limits, draft=draft, gpu_device_ids=gpus.get(tier.name))
+        params = engine_parameters(tier, model_dir, limits, draft=draft, gpu_device_ids=gpus.get(tier.name), paths=paths)
         outputs = c.ENGINE_OUTPUTS if cpu else c.TRTLLM_ENGINE_OUTPUTS
         return ModelPlan(
             name,

@@ -82,8 +82,9 @@ def emit(spec: str, output: str, force: bool, build_dir: str | None, as_json: bo
 
     t0 = time.perf_counter()
     s = load_spec(spec)
-    manifest = _read_manifest(build_dir, s.name)
-    files, plan = emit_files(s, Path(spec).resolve().parent, manifest)
+    if build_dir and not (Path(build_dir) / "build_manifest.json").is_file():
+        raise UserError(f"no build_manifest.json in {build_dir}; run `tritonforge build SPEC -o {build_dir}` first")
+    files, plan = emit_files(s, Path(spec).resolve().parent, Path(build_dir) if build_dir else None)
     write_repository(files, Path(output), force=force)
     problems = validate_repository(Path(output))
     if problems:
@@ -103,19 +104,6 @@ def emit(spec: str, output: str, force: bool, build_dir: str | None, as_json: bo
     for m in plan.models:
         click.echo(f"  {m.name:<32} {m.role}")
     click.echo(f"entry model: {plan.entry_model}   next: tritonforge serve {output}")
-
-
-def _read_manifest(build_dir: str | None, spec_name: str) -> dict | None:
-    candidate = Path(build_dir) if build_dir else Path("build") / spec_name
-    path = candidate / "build_manifest.json"
-    if not path.is_file():
-        if build_dir:
-            raise UserError(f"no build_manifest.json in {candidate}; run `tritonforge build SPEC -o {candidate}` first")
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not valid JSON ({exc.msg}); rebuild with `tritonforge build`") from None
 
 
 @cli.command("validate")
@@ -165,7 +153,7 @@ def serve(repo: str, http_port: int, grpc_port: int, metrics_port: int, image: s
     if problems:
         raise UserError(f"{problems[0]} ({len(problems)} problem(s); `tritonforge validate {repo}` lists them)")
     if image:
-        cmd = docker_command(image, repo_path, ports)
+        cmd = docker_command(image, repo_path, ports, mounts=_host_paths(repo_path))
         if print_only:
             click.echo(shlex.join(cmd))
             return
@@ -199,6 +187,20 @@ def serve(repo: str, http_port: int, grpc_port: int, metrics_port: int, image: s
         click.echo("stopping tritonserver", err=True)
     finally:
         server.stop()
+
+
+def _host_paths(repo: Path) -> list[str]:
+    """Engine and tokenizer directories the repository names that exist here (mounted into the container)."""
+    from tritonforge.builder.validate import load_configs
+
+    configs, _ = load_configs(repo)
+    found = []
+    for cfg in configs.values():
+        for key in ("gpt_model_path", "tokenizer_dir"):
+            value = cfg.parameters[key].string_value if key in cfg.parameters else ""
+            if value.startswith("/") and Path(value).is_dir():
+                found.append(value)
+    return found
 
 
 # --- generate (a small client) -----------------------------------------------------------------------
