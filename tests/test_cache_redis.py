@@ -157,7 +157,10 @@ def test_redis_down_passes_through_fast_and_recovers() -> None:
         t0 = time.monotonic()
         statuses = [a.lookup(req("What is the capital of France?"), "small").status for _ in range(20)]
         elapsed = time.monotonic() - t0
-        assert set(statuses) == {"bypass"} and elapsed < 1.0, (statuses, elapsed)
+        assert set(statuses) == {"bypass"} and elapsed < 2.0, (
+            statuses,
+            elapsed,
+        )  # not 20 x the 0.2 s timeout
         assert m.get("tf_cache_errors_total", kind="backend") >= 1
         look = a.lookup(req("new prompt"), "small")
         assert not a.store(look, req("new prompt"), "small", "", "x", 1)  # never raises
@@ -177,3 +180,22 @@ def test_redis_unreachable_at_start_degrades() -> None:
         assert a.lookup(req("hi"), "small").status == "bypass"
     finally:
         a.close()
+
+
+def test_stale_pooled_connections_after_a_restart_do_not_fail_requests() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    proc = RedisProc().start()
+    a, _ = instance(proc.url, prefix(), semantic=False)
+    try:
+        with ThreadPoolExecutor(6) as pool:  # several pooled connections, all stale after the restart
+            assert set(pool.map(lambda i: a.lookup(req(f"q{i}"), "small").status, range(30))) == {"miss"}
+        proc.stop()
+        proc = RedisProc(proc.port).start()
+        a.backend._up = True  # as after the sync thread's probe succeeded
+        with ThreadPoolExecutor(6) as pool:
+            statuses = list(pool.map(lambda i: a.lookup(req(f"q{i}"), "small").status, range(30)))
+        assert set(statuses) == {"miss"}, statuses
+    finally:
+        a.close()
+        proc.stop()

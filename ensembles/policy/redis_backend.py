@@ -72,11 +72,13 @@ class RedisBackend:
         from redis.backoff import NoBackoff  # type: ignore[import-not-found]
         from redis.retry import Retry  # type: ignore[import-not-found]
 
+        # One immediate retry on a connection error only: a pooled connection that went stale when
+        # Redis restarted fails once and is replaced; timeouts are never retried (slow = pass through).
         return redis.Redis.from_url(
             self.url,
             socket_timeout=self.timeout_s,
             socket_connect_timeout=self.timeout_s,
-            retry=Retry(NoBackoff(), 0),
+            retry=Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)),
             health_check_interval=0,
         )
 
