@@ -6,6 +6,7 @@ a `RepositoryPlan` of `ModelPlan`s. Rendering (templates) and I/O live in `trito
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -338,11 +339,16 @@ def entry_config(spec: DeploymentSpec, tiers: tuple[TierModels, ...], paths: dic
     local = []
     for tm in tiers:
         tier = spec.tier(tm.tier)
+        identity = json.dumps([tier.model_dump(mode="json"), paths[tm.tier].model_dir], sort_keys=True)
         local.append(
             {
                 "name": tm.tier,
                 "kind": "local",
                 "model": tm.entry,
+                # The speculative BLS entry has no batch dimension; ensembles have one.
+                "batched": tm.entry == tm.ensemble,
+                # Part of every cache key: a rebuilt or re-pointed tier never serves old answers.
+                "version": hashlib.sha256(identity.encode()).hexdigest()[:16],
                 "streaming": tm.streaming,
                 "max_input_len": tier.limits.max_input_len,
                 "max_output_len": tier.limits.max_output_len,
@@ -369,6 +375,8 @@ def entry_config(spec: DeploymentSpec, tiers: tuple[TierModels, ...], paths: dic
         "cache": spec.cache.model_dump(mode="json"),
         "classifier_file": "router_classifier.json" if spec.router.classifier_path else None,
         "embedding_model_dir": None,
+        # Deployments sharing one Redis keep their entries apart.
+        "cache_prefix": f"tf:{spec.name}:",
     }
 
 
@@ -386,7 +394,7 @@ def plan_repository(spec: DeploymentSpec, paths: dict[str, TierPaths], version: 
         entry = spec.triton.entry_model
         cfg = entry_config(spec, tuple(tiers), paths)
         extra = {"router_classifier.json": spec.router.classifier_path} if spec.router.classifier_path else {}
-        requirements: tuple[str, ...] = ("numpy<2",)
+        requirements: tuple[str, ...] = ("numpy<2", "tokenizers")
         if spec.cache.enabled and spec.cache.backend == "redis":
             requirements += ("redis",)
         if spec.cache.enabled and spec.cache.semantic or spec.router.policy == "classifier":
