@@ -69,10 +69,8 @@ class _Process:
 
     def __init__(self, environment: Any) -> None:
         opts = environment.parsed_options
-        self.env = environment
         self.opts = opts
         self.protocol: str = opts.protocol
-        self.stream = self.protocol in protocols.STREAMING
         if opts.workload_file:
             self.items = workload.load(opts.workload_file)
         else:

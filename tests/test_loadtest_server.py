@@ -23,7 +23,8 @@ pytestmark = pytest.mark.server
 
 ROOT = Path(__file__).resolve().parent.parent
 MOCK = Path(__file__).resolve().parent / "fixtures" / "mock_llm"
-NORMAL = {"first_token_delay_ms": "10", "token_delay_ms": "4"}
+# Sleep-bound latencies (20 ms per token): scheduler noise on a busy 2-core CI box stays a few percent.
+NORMAL = {"first_token_delay_ms": "20", "token_delay_ms": "20"}
 SLOW = {**NORMAL, "max_concurrency": "1"}
 OSL = 16
 CHROMIUM = Path("/usr/bin/chromium")
@@ -93,7 +94,7 @@ def test_report_agrees_with_server_and_csv(baseline: Path) -> None:
     m = level["metrics"]
     rows = [r for r in read_rows(baseline) if r["warmup"] == "False"]
     ok = [r for r in rows if r["ok"] == "True"]
-    assert m["failed"] == 0 and m["completed"] == len(ok) == len(rows) > 20
+    assert m["failed"] == 0 and m["completed"] == len(ok) == len(rows) > 40
 
     # output tokens: the report = what the mock was asked to send = the server's own counters
     assert m["output_tokens"] == len(ok) * OSL == sum(int(r["requested_tokens"]) for r in ok)
@@ -108,7 +109,7 @@ def test_report_agrees_with_server_and_csv(baseline: Path) -> None:
     span = max(float(r["end"]) for r in rows) - min(float(r["start"]) for r in rows)
     assert m["output_tokens_per_s"] == pytest.approx(sum(int(r["output_tokens"]) for r in ok) / span, rel=1e-3)
     assert m["requests_per_s"] == pytest.approx(len(ok) / span, rel=1e-3)
-    assert m["ttft_ms"]["p50"] >= 10 and m["e2e_ms"]["p50"] >= 10 + 4 * (OSL - 1)  # the mock's sleeps
+    assert m["ttft_ms"]["p50"] >= 20 and m["e2e_ms"]["p50"] >= 20 + 20 * (OSL - 1)  # the mock's sleeps
 
     # Locust saw the custom events; fingerprint and HTML are there
     stats = (baseline / "locust" / "c=4-r0_stats.csv").read_text()
