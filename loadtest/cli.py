@@ -34,6 +34,8 @@ def loadtest_group() -> None:
     tritonforge loadtest --url ... --concurrency 1,2,4,8,16 --duration 30s --slo ttft=500ms,itl=50ms -o out/sweep
     tritonforge loadtest --url ... --request-rate 2,4,8 --workload isl=512,osl=128,repeat=0.2 -o out/open
     tritonforge loadtest compare out/base/report.json out/load/report.json
+
+    `run` is the default subcommand; `tritonforge loadtest run --help` lists its options.
     """
 
 
@@ -147,7 +149,8 @@ def compare_command(baseline: str, current: str, tolerance: tuple[str, ...], as_
     """Compare CURRENT with BASELINE (report.json files); exit 1 on a regression.
 
     A metric regresses when it moves the bad way (throughput down; latency, errors up) by more than
-    both its relative and its absolute tolerance. Levels are matched by label (c=4, r=2).
+    both its relative and its absolute tolerance. Percentiles are gated only with enough samples in
+    both runs (p90: 50, p99: 300). Levels are matched by label (c=4, r=2).
     """
     from tritonforge.loadtest import compare
 

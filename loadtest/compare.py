@@ -2,7 +2,8 @@
 
 A metric regresses when it moved in the bad direction (throughput down, latency or errors up) by
 more than BOTH its relative and its absolute tolerance, as TensorRT-LLM's perf gate does: the
-relative bound ignores noise on large values, the absolute one noise on tiny values.
+relative bound ignores noise on large values, the absolute one noise on tiny values. Percentiles
+are gated only when both runs have enough samples to estimate them (`MIN_SAMPLES`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     Rule("e2e_ms.p99", False, 0.50, 50.0),
     Rule("error_rate", False, 0.0, 0.01),
 )
+# A percentile is gated only when both runs have enough samples to estimate it (p99 of 60 requests
+# is the maximum, i.e. one scheduler hiccup); otherwise it is shown with the verdict "few samples".
+MIN_SAMPLES = {"p50": 10, "p90": 50, "p99": 300}
 ALIASES = {"ttft": "ttft_ms", "itl": "itl_ms", "e2e": "e2e_ms", "throughput": "output_tokens_per_s",
            "tokens_per_s": "output_tokens_per_s", "rps": "requests_per_s", "goodput": "goodput_requests_per_s",
            "errors": "error_rate"}  # fmt: skip
@@ -124,6 +128,9 @@ def compare_reports(baseline: dict[str, Any], current: dict[str, Any],
             limit_rel = rule.rel * abs(b)
             regressed = worse > limit_rel and worse > rule.abs
             improved = -worse > limit_rel and -worse > rule.abs
+            family, _, pct = rule.key.partition(".")
+            n = min(_value(bm, f"{family}.count") or 0, _value(cm, f"{family}.count") or 0) if pct else None
+            few = n is not None and n < MIN_SAMPLES.get(pct, 0)
             rows.append({
                 "level": label,
                 "metric": rule.key,
@@ -132,7 +139,9 @@ def compare_reports(baseline: dict[str, Any], current: dict[str, Any],
                 "ratio": round(c / b, 4) if b else None,
                 "better": "higher" if rule.higher_is_better else "lower",
                 "tolerance": f"{rule.rel:.0%} and {rule.abs:g}",
-                "verdict": "REGRESSION" if regressed else ("improved" if improved else "ok"),
+                "samples": int(n) if n is not None else None,
+                "verdict": "few samples" if few and (regressed or improved) else (
+                    "REGRESSION" if regressed else ("improved" if improved else "ok")),
             })  # fmt: skip
     regressions = [r for r in rows if r["verdict"] == "REGRESSION"]
     return {

@@ -135,10 +135,10 @@ def test_requests_csv_round_trip(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------ compare
 
 
-def _report(tps: float, ttft: float, err: float = 0.0, label: str = "c=4") -> dict:
+def _report(tps: float, ttft: float, err: float = 0.0, label: str = "c=4", n: int = 1000) -> dict:
     return {"schema": "tritonforge.loadtest/1", "levels": [{"label": label, "metrics": {
-        "output_tokens_per_s": tps, "requests_per_s": tps / 10, "ttft_ms": {"p50": ttft, "p90": ttft, "p99": ttft},
-        "itl_ms": {"p50": 5.0}, "e2e_ms": {"p50": 100.0}, "error_rate": err}}]}  # fmt: skip
+        "output_tokens_per_s": tps, "requests_per_s": tps / 10, "ttft_ms": {"count": n, "p50": ttft, "p90": ttft, "p99": ttft},
+        "itl_ms": {"count": n, "p50": 5.0}, "e2e_ms": {"count": n, "p50": 100.0}, "error_rate": err}}]}  # fmt: skip
 
 
 def test_compare_direction_aware() -> None:
@@ -162,6 +162,15 @@ def test_compare_needs_both_tolerances() -> None:
     assert compare.compare_reports(_report(1000, 6), _report(1000, 9), tol)["regression"]
     # error rate: absolute 1 point by default
     assert compare.compare_reports(_report(1000, 100, 0.0), _report(1000, 100, 0.05))["regression"]
+
+
+def test_compare_does_not_gate_tails_of_few_samples() -> None:
+    rows = compare.compare_reports(_report(1000, 100, n=100), _report(1000, 200, n=100))["rows"]
+    verdicts = {r["metric"]: r["verdict"] for r in rows}
+    assert verdicts["ttft_ms.p50"] == verdicts["ttft_ms.p90"] == "REGRESSION"
+    assert verdicts["ttft_ms.p99"] == "few samples"  # 100 requests cannot estimate a p99
+    few = compare.compare_reports(_report(1000, 100, n=5), _report(1000, 200, n=5))
+    assert not few["regression"] and next(r for r in few["rows"] if r["metric"] == "ttft_ms.p50")["samples"] == 5
 
 
 def test_parse_tolerances() -> None:
