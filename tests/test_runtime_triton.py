@@ -108,7 +108,9 @@ class Streams:
         return self.results.get(rid, [])
 
     def close(self, cancel: bool = False) -> None:
-        self.client.stop_stream(cancel_requests=cancel)
+        # After a failed assertion some requests may still be running: cancel them rather than wait forever.
+        pending = any(not ev.is_set() for ev in self.done.values())
+        self.client.stop_stream(cancel_requests=cancel or pending)
         self.client.close()
 
 
