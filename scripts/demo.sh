@@ -38,7 +38,8 @@ $TF generate --url "http://127.0.0.1:$HTTP" --model ensemble --max-tokens 24 --n
 
 step "5/5 a short load test (Locust, 4 users, 15 s)"
 $TF loadtest --url "http://127.0.0.1:$HTTP" --model ensemble --users 4 --duration 15s \
-    --tokenizer "$($TF demo-model --name demo)" --output "$OUT/loadtest"
+    --tokenizer "$($TF demo-model --name demo)" --metrics-url "http://127.0.0.1:$METRICS/metrics" \
+    --repo "$OUT/repo" --output "$OUT/loadtest"
 
 echo
 echo "demo done: repository $OUT/repo, load-test report $OUT/loadtest/report.html"

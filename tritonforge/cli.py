@@ -280,7 +280,9 @@ cli.add_command(router_group)
 def main() -> None:
     """Console entry point: one line and exit code 2 for user errors, never a traceback for them."""
     try:
-        cli.main(standalone_mode=False)
+        code = cli.main(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except UserError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
