@@ -10,8 +10,7 @@ from typing import Any
 import click
 
 from tritonforge.errors import UserError
-from tritonforge.loadtest import protocols
-from tritonforge.loadtest.parsing import parse_duration, parse_number_list, parse_slo
+from tritonforge.loadtest.parsing import PROTOCOLS, parse_duration, parse_number_list, parse_slo
 
 
 class _DefaultGroup(click.Group):
@@ -66,7 +65,7 @@ def _command_line() -> list[str]:
 @loadtest_group.command("run")
 @click.option("--url", required=True, help="Triton HTTP endpoint, e.g. http://127.0.0.1:8000.")
 @click.option("--model", default="ensemble", show_default=True, help="Model to load: ensemble, llm, or any generate-capable model.")
-@click.option("--protocol", type=click.Choice(protocols.PROTOCOLS), default="http-stream", show_default=True,
+@click.option("--protocol", type=click.Choice(PROTOCOLS), default="http-stream", show_default=True,
               help="http-stream (generate_stream, SSE), grpc-stream (decoupled gRPC) or http (generate).")
 @click.option("--grpc-url", default=None, help="host:port of the gRPC endpoint (default: --url's port + 1).")
 @click.option("--metrics-url", default=None, help="Triton /metrics URL (default: --url's port + 2, /metrics).")

@@ -6,6 +6,8 @@ import re
 
 from tritonforge.errors import UserError
 
+PROTOCOLS = ("http-stream", "grpc-stream", "http")  # here, not in protocols.py: the CLI stays light
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(us|ms|s|m|h)?\s*$")
 _UNIT_S = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-PROTOCOLS = ("http-stream", "grpc-stream", "http")
+from tritonforge.loadtest.parsing import PROTOCOLS  # noqa: F401  (re-exported)
+
 STREAMING = {"http-stream", "grpc-stream"}
 
 
