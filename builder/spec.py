@@ -25,7 +25,7 @@ BUILTIN_MODELS = ("builtin:demo", "builtin:demo-draft", "builtin:tiny", "builtin
 class Strict(BaseModel):
     """Base model: unknown keys are errors, so a typo never passes silently."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, defer_build=True)
 
 
 class Runtime(str, Enum):
