@@ -17,6 +17,7 @@ import jinja2
 
 import tritonforge
 import tritonforge.model_repo_templates as _templates
+from tritonforge.builder.atomic import replace_dir
 from tritonforge.builder.spec import DeploymentSpec, Runtime, Tier
 from tritonforge.ensembles.wiring import ModelPlan, RepositoryPlan, TierPaths, plan_repository
 from tritonforge.errors import UserError
@@ -210,12 +211,6 @@ def write_repository(files: dict[str, bytes], out: Path, force: bool = False) ->
             dest = tmp / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_bytes(data)
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.rename(out, old)
-        os.rename(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

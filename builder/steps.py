@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tritonforge.builder.atomic import replace_dir
+
 STAMP = ".tritonforge-step.json"
 HASH_CACHE = ".tritonforge-hash-cache.json"
 CHUNK = 8 * 1024 * 1024
@@ -181,13 +183,7 @@ def run_step(name: str, tier: str, key: str, out_dir: Path, action: Callable[[Pa
 
 def _publish(tmp: Path, out_dir: Path) -> None:
     """Rename `tmp` to `out_dir`, replacing an older output only after the new one is complete."""
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".old-{out_dir.name}-{os.getpid()}-{time.time_ns()}")
-        os.rename(out_dir, old)
-    os.rename(tmp, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    replace_dir(tmp, out_dir)
 
 
 def stderr_progress(prefix: str = "tritonforge build") -> Callable[[str], None]:
