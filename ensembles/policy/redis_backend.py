@@ -266,5 +266,6 @@ class RedisBackend:
             pass
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
+def _now_ms() -> float:
+    # Sub-millisecond resolution: entries touched within one millisecond must still order for LRU.
+    return time.time_ns() / 1e6
