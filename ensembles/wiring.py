@@ -317,9 +317,7 @@ def _tier_models(spec: DeploymentSpec, tier: Tier, paths: TierPaths, version: st
                             "max_batch_size": mbs,
                             "max_seq_len": limits["max_seq_len"],
                             "exclude_input_in_output": tier.serving.exclude_input_in_output,
-                            # Under the CPU Triton 2.51 here, concurrent speculative requests sometimes
-                            # crashed or stalled the BLS stub; CPU tiers serve them one at a time.
-                            "max_concurrency": 1 if cpu else 4 * mbs,
+                            "max_concurrency": 4 * mbs,
                         }
                     ),
                 },
