@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tritonforge.errors import UserError
+from tritonforge.runtime.demo_model import cache_root
 
 
 @dataclass(frozen=True)
@@ -47,10 +48,6 @@ class TritonInstall:
     cache_dir: Path | None = None
     env: dict[str, str] = field(default_factory=dict)
     source: str = "PATH"
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("TRITONFORGE_CACHE") or Path.home() / ".cache" / "tritonforge")
 
 
 def _pytriton_root() -> Path | None:
@@ -185,11 +182,6 @@ def docker_command(image: str, repo: Path, ports: Ports, shm_size: str = "2g", g
         image,
         "tritonserver", "--model-repository=/models", "--allow-metrics=true",
     ]  # fmt: skip
-
-
-def _get_json(url: str, timeout: float = 2.0) -> object:
-    with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 (loopback only)
-        return json.loads(r.read() or b"null")
 
 
 class TritonServer:

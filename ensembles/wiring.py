@@ -76,10 +76,6 @@ def _params(items: dict[str, Any]) -> list[tuple[str, str]]:
     return out
 
 
-def _bool(v: bool) -> str:
-    return "true" if v else "false"
-
-
 def model_names(spec: DeploymentSpec, tier: Tier) -> dict[str, str]:
     """Conventional names for one tier; prefixed by the tier name when the repository has several."""
     prefix = "" if spec.single_tier else f"{tier.name}_"
