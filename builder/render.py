@@ -6,6 +6,7 @@ rendered with `StrictUndefined`, and the output is checked for anything left unf
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import json
@@ -43,15 +44,16 @@ def _vendor_dir(package: str) -> Path:
     return Path(mod.__file__).resolve().parent
 
 
-def _vendor_files(package: str) -> dict[str, bytes]:
-    """The .py files of a tritonforge subpackage, keyed by path relative to the package."""
+@functools.cache
+def _vendor_files(package: str) -> tuple[tuple[str, bytes], ...]:
+    """The .py files of a tritonforge subpackage (path relative to it, bytes), read once per process:
+    the same package is vendored into several models of one repository."""
     root = _vendor_dir(package)
-    files: dict[str, bytes] = {}
-    for path in sorted(root.rglob("*.py")):
-        if "__pycache__" in path.parts:
-            continue
-        files[path.relative_to(root).as_posix()] = path.read_bytes()
-    return files
+    return tuple(
+        (path.relative_to(root).as_posix(), path.read_bytes())
+        for path in sorted(root.rglob("*.py"))
+        if "__pycache__" not in path.parts
+    )
 
 
 def _render(env: jinja2.Environment, template: str, values: dict, where: str) -> str:
@@ -75,7 +77,7 @@ def render_model(env: jinja2.Environment, model: ModelPlan) -> dict[str, bytes]:
         files[f"{version_dir}/.gitkeep"] = b""
     for package in model.vendor:
         target = VENDOR_NAMES[package]
-        for rel, data in _vendor_files(package).items():
+        for rel, data in _vendor_files(package):
             files[f"{version_dir}/{target}/{rel}"] = data
     for rel, source in sorted(model.extra_files.items()):
         src = Path(source)
