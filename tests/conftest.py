@@ -54,10 +54,6 @@ def tiny_demo_server(tiny_demo_repo: Path) -> Iterator[object]:
     """A real Triton serving the tiny demo repository on free ports."""
     from tritonforge.builder.server import TritonServer, free_ports
 
-    server = TritonServer(tiny_demo_repo, free_ports(), log_path=tiny_demo_repo.parent / "triton.log")
-    server.start()
-    try:
+    with TritonServer(tiny_demo_repo, free_ports(), log_path=tiny_demo_repo.parent / "triton.log") as server:  # stops the server whatever happens
         server.wait_ready(180)
         yield server
-    finally:
-        server.stop()

@@ -23,13 +23,9 @@ def cascade(tmp_path_factory: pytest.TempPathFactory, tf_cache: Path):
     spec = tiny_variant("cascade-cpu.yaml", d)
     files, _ = emit_files(load_spec(spec), spec.parent)
     write_repository(files, d / "repo")
-    server = TritonServer(d / "repo", free_ports(), log_path=d / "triton.log")
-    server.start()
-    try:
+    with TritonServer(d / "repo", free_ports(), log_path=d / "triton.log") as server:  # stops the server whatever happens
         server.wait_ready(300)
         yield server
-    finally:
-        server.stop()
 
 
 def test_emitted_cascade_routes_caches_and_streams(cascade) -> None:

@@ -45,13 +45,9 @@ def mock_repo(dst: Path, **params: str) -> Path:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
     d = tmp_path_factory.mktemp("mock-normal")
-    srv = TritonServer(mock_repo(d / "repo", **NORMAL), free_ports(), log_path=d / "triton.log")
-    srv.start()
-    try:
+    with TritonServer(mock_repo(d / "repo", **NORMAL), free_ports(), log_path=d / "triton.log") as srv:  # stops the server whatever happens
         srv.wait_ready(120)
         yield srv
-    finally:
-        srv.stop()
 
 
 def loadtest(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:

@@ -40,13 +40,9 @@ def server(tmp_path_factory, tf_cache):
     # only the models under test (the ensemble is the lead's, tested in test_e2e_cpu.py)
     files = {k: v for k, v in files.items() if not k.startswith("ensemble/")}
     write_repository(files, d / "repo")
-    srv = TritonServer(d / "repo", free_ports(), log_path=d / "triton.log")
-    srv.start()
-    try:
+    with TritonServer(d / "repo", free_ports(), log_path=d / "triton.log") as srv:  # stops the server whatever happens
         srv.wait_ready(300)
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")
