@@ -279,7 +279,7 @@ def _tier_models(spec: DeploymentSpec, tier: Tier, paths: TierPaths, version: st
                 **_common(spec, n["ensemble"], "ensemble", version),
                 "max_batch_size": mbs,
                 "inputs": c.ENSEMBLE_INPUTS,
-                "outputs": tuple(t for t in c.ENSEMBLE_OUTPUTS),
+                "outputs": c.ENSEMBLE_OUTPUTS,
                 "steps": c.ensemble_steps(n["preprocessing"], n["engine"], n["postprocessing"]),
             },
         )
@@ -329,6 +329,10 @@ def _tier_models(spec: DeploymentSpec, tier: Tier, paths: TierPaths, version: st
 def _unbatched(tensors: tuple[c.Tensor, ...]) -> tuple[c.Tensor, ...]:
     """Tensors of a max_batch_size 0 model: no batch dim, so no scalar reshape either."""
     return tuple(c.Tensor(t.name, t.data_type, t.dims, t.optional, None) for t in tensors)
+
+
+def _named(tensors: tuple[c.Tensor, ...], *names: str) -> tuple[c.Tensor, ...]:
+    return tuple(t for t in tensors if t.name in names)
 
 
 def entry_config(spec: DeploymentSpec, tiers: tuple[TierModels, ...], paths: dict[str, TierPaths]) -> dict[str, Any]:
@@ -408,7 +412,7 @@ def plan_repository(spec: DeploymentSpec, paths: dict[str, TierPaths], version: 
                     "decoupled": True,
                     "dynamic_batching": None,
                     "inputs": _unbatched(c.ENSEMBLE_INPUTS + c.LLM_EXTRA_INPUTS),
-                    "outputs": _unbatched(c.ENSEMBLE_OUTPUTS[:1] + (c.ENSEMBLE_OUTPUTS[3],) + c.LLM_EXTRA_OUTPUTS),
+                    "outputs": _unbatched(_named(c.ENSEMBLE_OUTPUTS, "text_output", "num_output_tokens") + c.LLM_EXTRA_OUTPUTS),
                     "instance_count": 1,
                     "instance_kind": "KIND_CPU",
                     "parameters": _params({"entry_config": json.dumps(cfg, sort_keys=True)}),
