@@ -11,14 +11,23 @@ import hashlib
 import importlib
 import json
 import os
-import shutil
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import jinja2
 
 import tritonforge
 import tritonforge.model_repo_templates as _templates
-from tritonforge.builder.atomic import replace_dir
+from tritonforge.builder.atomic import (
+    Busy,
+    backup_path,
+    recover_backup,
+    remove_tree,
+    replace_dir,
+    target_lock,
+    temp_prefix,
+)
 from tritonforge.builder.spec import DeploymentSpec, Runtime, Tier
 from tritonforge.ensembles.wiring import ModelPlan, RepositoryPlan, TierPaths, plan_repository
 from tritonforge.errors import UserError
@@ -194,25 +203,203 @@ def emit_files(spec: DeploymentSpec, spec_dir: Path, build_dir: Path | None = No
     return render_repository(spec, plan), plan
 
 
-def _is_ours(out: Path) -> bool:
-    return (out / LOCK_FILE).is_file()
+HEX64 = frozenset("0123456789abcdef")
 
 
-def write_repository(files: dict[str, bytes], out: Path, force: bool = False) -> None:
-    """Write into a temporary sibling, then rename: an interrupted emit leaves nothing half-written."""
-    out = out.resolve()
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out} exists and is not a directory; choose another -o path")
-    if out.is_dir() and any(out.iterdir()) and not _is_ours(out) and not force:
-        raise UserError(f"{out} is not empty and was not made by tritonforge; pass --force to replace it or choose another -o path")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+def read_lock(repo: Path) -> dict | None:
+    """The repository's lock file when it is a well-formed tritonforge lock, else None."""
     try:
-        for rel, data in sorted(files.items()):
-            dest = tmp / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_bytes(data)
-        replace_dir(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        lock = json.loads((repo / LOCK_FILE).read_bytes())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(lock, dict) or not isinstance(lock.get("tritonforge_version"), str):
+        return None
+    if not isinstance(lock.get("spec_hash"), str) or not isinstance(lock.get("files"), dict):
+        return None
+    for rel, digest in lock["files"].items():
+        parts = rel.split("/")
+        if (not isinstance(digest, str) or len(digest) != 64 or not set(digest) <= HEX64
+                or rel.startswith("/") or any(p in ("", ".", "..") for p in parts) or rel == LOCK_FILE):
+            return None
+    return lock
+
+
+@dataclass
+class Ownership:
+    """What a directory holds compared with its lock file."""
+
+    lock: dict | None
+    extra: list[str] = field(default_factory=list)  # not listed in the lock (hand-added, or not ours at all)
+    edited: list[str] = field(default_factory=list)  # listed, but changed or missing
+    byproducts: list[str] = field(default_factory=list)  # __pycache__/*.pyc next to our .py files
+
+    @property
+    def ours(self) -> bool:
+        return self.lock is not None and not self.extra
+
+
+def _is_byproduct(rel: str, listed: set[str]) -> bool:
+    """Python's bytecode cache of a listed .py file (a served repository gets these)."""
+    parts = rel.split("/")
+    if len(parts) < 2 or parts[-2] != "__pycache__" or not parts[-1].endswith(".pyc"):
+        return False
+    folder = "/".join(parts[:-2])
+    return any(p.endswith(".py") and p.rsplit("/", 1)[0] == folder for p in listed if "/" in p)
+
+
+def inspect_dir(repo: Path, hashes: bool = True) -> Ownership:
+    """Compare every entry under `repo` with its lock file (symlinks and empty folders count as extra)."""
+    lock = read_lock(repo)
+    listed = set(lock["files"]) if lock else set()
+    own = Ownership(lock)
+    seen: set[str] = set()
+    for root, dirs, names in os.walk(repo):
+        base = Path(root).relative_to(repo).as_posix()
+        prefix = "" if base == "." else base + "/"
+        for d in list(dirs):
+            if os.path.islink(os.path.join(root, d)):
+                own.extra.append(prefix + d)
+                dirs.remove(d)
+        if not dirs and not names and prefix:
+            own.extra.append(prefix)
+        for name in names:
+            rel = prefix + name
+            full = os.path.join(root, name)
+            if rel == LOCK_FILE and not os.path.islink(full):
+                continue
+            if rel in listed and not os.path.islink(full) and os.path.isfile(full):
+                seen.add(rel)
+                if hashes and hashlib.sha256(Path(full).read_bytes()).hexdigest() != lock["files"][rel]:  # type: ignore[index]
+                    own.edited.append(rel)
+            elif _is_byproduct(rel, listed) and not os.path.islink(full):
+                own.byproducts.append(rel)
+            else:
+                own.extra.append(rel)
+    own.edited += sorted(listed - seen)
+    own.extra.sort()
+    own.edited.sort()
+    return own
+
+
+def _few(items: list[str], n: int = 5) -> str:
+    return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
+def _contains(outer: Path, inner: Path) -> bool:
+    return inner == outer or outer in inner.parents
+
+
+def check_target(out: Path, spec_path: Path | None = None) -> None:
+    """Refuse paths no repository may replace: /, home, the current directory or a parent of it, a
+    directory holding the spec, anything inside another tritonforge repository."""
+    root = Path(out.anchor)
+    reasons = [
+        (out == root, "it is the filesystem root"),
+        (_contains(out, Path.home().resolve()), "it is your home directory or a parent of it"),
+        (_contains(out, Path.cwd().resolve()), "it is the current directory or a parent of it"),
+        (spec_path is not None and _contains(out, spec_path.resolve()), "it holds the spec file"),
+    ]
+    for hit, why in reasons:
+        if hit:
+            raise UserError(f"refusing to emit into {out}: {why}; choose a new directory such as ./out/repo")
+    for parent in out.parents:
+        if (parent / LOCK_FILE).is_file():
+            raise UserError(f"refusing to emit into {out}: it is inside the tritonforge repository {parent}; "
+                            "choose a path outside it")
+
+
+def check_replaceable(out: Path, force: bool) -> Ownership | None:
+    """None when `out` is free (absent or empty); its `Ownership` when it is our repository and may
+    be replaced; else a `UserError` naming why not. Nothing is changed either way."""
+    if not os.path.lexists(out):
+        return None
+    if not out.is_dir():
+        raise UserError(f"{out} exists and is not a directory; choose another -o path")
+    if not any(out.iterdir()):
+        return None
+    own = inspect_dir(out)
+    not_ours = "nothing was changed; --force replaces only a repository tritonforge wrote, so move them out or choose another -o path"
+    if own.lock is None:
+        why = "its tritonforge.lock.json is not a valid tritonforge lock file" if (out / LOCK_FILE).exists() \
+            else "it has no tritonforge.lock.json"
+        raise UserError(f"refusing to replace {out}: it was not written by tritonforge ({why}); {not_ours}")
+    if own.extra:
+        raise UserError(f"refusing to replace {out}: it holds {len(own.extra)} file(s) tritonforge did not write "
+                        f"({_few(own.extra)}); {not_ours}")
+    if own.edited and not force:
+        raise UserError(f"refusing to replace {out}: {len(own.edited)} file(s) changed since tritonforge wrote them "
+                        f"({_few(own.edited)}); copy them elsewhere, or pass --force to overwrite them")
+    return own
+
+
+def _stale_is_ours(path: Path) -> bool:
+    """A leftover temp/backup sibling we may delete: a lock file and nothing it does not list."""
+    if path.is_symlink() or not path.is_dir():
+        return False
+    entries = list(path.iterdir())
+    if not entries or [e.name for e in entries] == [LOCK_FILE]:
+        return True  # killed before (or while) writing the lock file, which is written first
+    own = inspect_dir(path, hashes=False)
+    return own.ours
+
+
+def clean_stale(out: Path) -> list[Path]:
+    """Remove our own leftover temp and backup siblings of `out` (caller holds the lock); return
+    those left in place because they hold something we did not write."""
+    kept = []
+    candidates = [p for p in out.parent.iterdir() if p.name.startswith(temp_prefix(out))]
+    if os.path.lexists(out):
+        candidates.append(backup_path(out))
+    for p in candidates:
+        if not os.path.lexists(p):
+            continue
+        if _stale_is_ours(p):
+            remove_tree(p, last=LOCK_FILE)
+        else:
+            kept.append(p)
+    return kept
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_repository(files: dict[str, bytes], out: Path, force: bool = False, spec_path: Path | None = None,
+                     validate: bool = True) -> None:
+    """Publish `files` as the repository `out`, or change nothing.
+
+    Under a lock on `out`: refuse what we may not replace, write into a temporary sibling, validate it
+    there, then swap it in (atomic.replace_dir). A previous run killed half-way is recovered first and its
+    leftovers removed. `force` allows overwriting our own repository whose files were edited.
+    """
+    out = Path(out).resolve()
+    check_target(out, spec_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with target_lock(out):
+            recover_backup(out)
+            clean_stale(out)
+            check_replaceable(out, force)
+            tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(out), dir=out.parent))
+            try:
+                os.chmod(tmp, 0o777 & ~_umask())  # as a plain mkdir would; servers in containers read it
+                # The lock file first: a temp dir left by a kill then still says it is ours.
+                for rel in [LOCK_FILE, *sorted(r for r in files if r != LOCK_FILE)]:
+                    dest = tmp / rel
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    dest.write_bytes(files[rel])
+                if validate:
+                    from tritonforge.builder.validate import validate_repository
+
+                    problems = validate_repository(tmp)
+                    if problems:
+                        raise UserError(f"the rendered repository failed validation, so {out} was left as it was: "
+                                        f"{problems[0]}; if the spec is right this is a tritonforge bug, please report it")
+                replace_dir(tmp, out, last=LOCK_FILE)
+            finally:
+                remove_tree(tmp, last=LOCK_FILE)
+    except Busy as exc:
+        raise UserError(f"another `tritonforge emit` is writing {out} right now (lock {exc}); "
+                        "wait for it to finish, then run this again") from None

@@ -3,7 +3,7 @@
 Works on any repository, generated or hand-written: every `config.pbtxt` is parsed as Triton's own
 `ModelConfig` protobuf, then the cross-model rules behind the anchor's recurring failures are checked
 (unfilled placeholders, ensemble maps, streaming without decoupled mode, engine vs Triton batch size,
-memory fractions of engines sharing a GPU, BLS/router targets).
+memory fractions of engines sharing a GPU, BLS/router targets, models that call themselves).
 """
 
 from __future__ import annotations
@@ -203,6 +203,49 @@ def _check_targets(name: str, cfg: mc.ModelConfig, configs: dict[str, mc.ModelCo
     return out
 
 
+def _targets(cfg: mc.ModelConfig) -> list[tuple[str, str]]:
+    """(field, model) for every model this one calls: ensemble steps, BLS `*_model` parameters and the
+    `llm` entry's local tiers."""
+    out = [(f"ensemble_scheduling.step[{i}].model_name", s.model_name) for i, s in enumerate(cfg.ensemble_scheduling.step)]
+    p = _params(cfg)
+    out += [(f"parameters.{k}", v) for k, v in sorted(p.items()) if k.endswith(TARGET_PARAM_SUFFIX) and v]
+    try:
+        entry = json.loads(p.get("entry_config") or "{}")
+    except json.JSONDecodeError:
+        entry = {}
+    tiers = entry.get("tiers", []) if isinstance(entry, dict) else []
+    for tier in tiers if isinstance(tiers, list) else []:
+        if isinstance(tier, dict) and tier.get("kind") == "local" and isinstance(tier.get("model"), str):
+            out.append((f"parameters.entry_config.tiers[{tier.get('name')!r}]", tier["model"]))
+    return out
+
+
+def _check_cycles(configs: dict[str, mc.ModelConfig]) -> list[Problem]:
+    """A model that calls itself, directly or through others, recurses until the server runs out of
+    instances or memory; Triton's own checks catch this only for ensembles, and only when loading."""
+    graph = {name: _targets(cfg) for name, cfg in configs.items()}
+    out: list[Problem] = []
+    for name, edges in graph.items():
+        for where, target in edges:
+            if target == name:
+                out.append(Problem(name, where, f"calls {name!r}, the model itself, so every request would recurse",
+                                   "point it at another model (e.g. the tier's ensemble)"))
+    reported: set[frozenset[str]] = set()
+    for start in sorted(graph):
+        stack = [(start, [start])]
+        while stack:
+            node, path = stack.pop()
+            for _, nxt in graph.get(node, []):
+                if nxt == start and len(path) > 1 and frozenset(path) not in reported:
+                    reported.add(frozenset(path))
+                    loop = " -> ".join([*path, start])
+                    out.append(Problem(start, "targets", f"models call each other in a loop ({loop})",
+                                       "break the loop: a tier or step must call a model that does not call back"))
+                elif nxt in graph and nxt not in path:
+                    stack.append((nxt, [*path, nxt]))
+    return out
+
+
 def _check_shared_gpu(configs: dict[str, mc.ModelConfig]) -> list[Problem]:
     """Engines on the same GPU must leave room for each other (tensorrtllm_backend #303, #456)."""
     by_gpu: dict[str, list[tuple[str, float]]] = {}
@@ -239,5 +282,6 @@ def validate_repository(repo: Path) -> list[Problem]:
         if cfg.backend in ENGINE_BACKENDS or "gpt_model_path" in cfg.parameters:
             problems += _check_engine(repo, name, cfg)
         problems += _check_targets(name, cfg, configs)
+    problems += _check_cycles(configs)
     problems += _check_shared_gpu(configs)
     return problems

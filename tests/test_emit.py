@@ -86,12 +86,15 @@ def test_emit_refuses_foreign_nonempty_dir(tmp_path: Path) -> None:
     out.mkdir()
     (out / "precious.txt").write_text("keep me")
     files, _ = emit_files(load_spec(EXAMPLES / "llama3.1-8b-fp8-h100.yaml"), EXAMPLES)
-    with pytest.raises(UserError, match="--force"):
-        write_repository(files, out)
-    assert (out / "precious.txt").read_text() == "keep me"
-    write_repository(files, out, force=True)
-    assert not (out / "precious.txt").exists() and (out / LOCK_FILE).is_file()
-    write_repository(files, out)  # our own output may be replaced without --force
+    for force in (False, True):  # --force replaces only our own repository, never a foreign directory
+        with pytest.raises(UserError, match="not written by tritonforge"):
+            write_repository(files, out, force=force)
+        assert [p.name for p in out.iterdir()] == ["precious.txt"] and (out / "precious.txt").read_text() == "keep me"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    write_repository(files, empty)
+    write_repository(files, empty)  # our own output may be replaced without --force
+    assert (empty / LOCK_FILE).is_file()
 
 
 def test_interrupted_emit_leaves_previous_result(tmp_path: Path) -> None:

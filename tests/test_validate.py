@@ -89,3 +89,58 @@ def test_validate_cli(good_repo: Path, tmp_path: Path) -> None:
     assert bad.returncode == 1
     report = json.loads(bad.stdout)
     assert not report["ok"] and any("preprocessing" in p for p in report["problems"])
+
+
+# --- models that call themselves ----------------------------------------------------------------------
+def _emit_example(example: str, out: Path) -> Path:
+    files, _ = emit_files(load_spec(EXAMPLES / example), EXAMPLES)
+    write_repository(files, out)
+    return out
+
+
+def _entry_tiers_to(repo: Path, target: str) -> None:
+    """Point every local tier of the `llm` entry's entry_config at `target`."""
+    from google.protobuf import text_format
+
+    from tritonforge.builder.triton_schema import model_config_pb2 as mc
+
+    path = repo / "llm" / "config.pbtxt"
+    cfg = mc.ModelConfig()
+    text_format.Parse(path.read_text(), cfg)
+    entry = json.loads(cfg.parameters["entry_config"].string_value)
+    for tier in entry["tiers"]:
+        if tier["kind"] == "local":
+            tier["model"] = target
+    cfg.parameters["entry_config"].string_value = json.dumps(entry)
+    path.write_text(text_format.MessageToString(cfg))
+
+
+SELF_TARGETS: list[tuple[str, str, Callable[[Path], None], str, str]] = [
+    ("entry tiers call the entry", "cascade-h100.yaml", lambda r: _entry_tiers_to(r, "llm"),
+     "llm", "calls 'llm', the model itself"),
+    ("ensemble step names the ensemble", "llama3.1-8b-fp8-h100.yaml",
+     lambda r: _edit(r, "ensemble", lambda t: t.replace('model_name: "postprocessing"', 'model_name: "ensemble"')),
+     "ensemble", "calls 'ensemble', the model itself"),
+    ("BLS target is the BLS", "llama3.1-70b-fp8-tp2-draft-h100.yaml",
+     lambda r: _edit(r, "tensorrt_llm_bls", lambda t: re.sub(r'(key: "target_model"\s+value: \{\s+string_value: ")[^"]*',
+                                                             r"\g<1>tensorrt_llm_bls", t)),
+     "tensorrt_llm_bls", "calls 'tensorrt_llm_bls', the model itself"),
+    ("BLS and ensemble call each other", "llama3.1-70b-fp8-tp2-draft-h100.yaml",
+     lambda r: (_edit(r, "ensemble", lambda t: t.replace('model_name: "postprocessing"', 'model_name: "tensorrt_llm_bls"')),
+                _edit(r, "tensorrt_llm_bls", lambda t: re.sub(r'(key: "target_model"\s+value: \{\s+string_value: ")[^"]*',
+                                                              r"\g<1>ensemble", t))),
+     "", "call each other in a loop"),
+]
+
+
+@pytest.mark.parametrize(("label", "example", "breaker", "model", "expected"), SELF_TARGETS, ids=[s[0] for s in SELF_TARGETS])
+def test_model_calling_itself(label: str, example: str, breaker: Callable[[Path], None], model: str, expected: str,
+                              tmp_path: Path) -> None:
+    repo = _emit_example(example, tmp_path / "repo")
+    assert validate_repository(repo) == []
+    breaker(repo)
+    problems = [p for p in validate_repository(repo) if expected in str(p)]
+    assert problems, [str(p) for p in validate_repository(repo)]
+    assert all(p.model.startswith(model) and p.fix for p in problems)
+    proc = subprocess.run([sys.executable, "-m", "tritonforge", "validate", str(repo)], capture_output=True, text=True)
+    assert proc.returncode == 1 and expected in proc.stderr

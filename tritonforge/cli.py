@@ -69,26 +69,37 @@ def spec_check(spec: str, as_json: bool) -> None:
 # --- emit / validate ----------------------------------------------------------------------------------
 @cli.command("emit")
 @click.argument("spec", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", "output", required=True, type=click.Path(file_okay=False), help="Repository directory to write.")
-@click.option("--force", is_flag=True, help="Replace a non-empty directory that tritonforge did not create.")
+@click.option("-o", "--output", "output", required=True, type=click.Path(file_okay=False),
+              help="Repository directory to write: new, empty, or a repository tritonforge wrote before.")
+@click.option("--force", is_flag=True,
+              help="Also replace a repository tritonforge wrote whose files were edited since. Never replaces a "
+                   "directory holding anything tritonforge did not write (those are listed and left alone).")
 @click.option("--build-dir", type=click.Path(file_okay=False), default=None,
               help="Read build_manifest.json from here (engine dirs and sizes); default build/<spec name> if present.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 def emit(spec: str, output: str, force: bool, build_dir: str | None, as_json: bool) -> None:
-    """Render the Triton model repository for SPEC into OUTPUT (atomically)."""
+    """Render the Triton model repository for SPEC into OUTPUT (atomically).
+
+    \b
+    OUTPUT is replaced only when it is new, empty, or a repository tritonforge wrote (its
+    tritonforge.lock.json lists every file in it). The new repository is written and validated in a
+    temporary sibling, then swapped in: a failed or killed emit leaves the previous one as it was.
+    Refused: /, your home, the current directory or a parent of it, a directory holding SPEC, a path
+    inside another repository, and a target another emit is writing right now.
+    """
     from tritonforge.builder.render import emit_files, write_repository
     from tritonforge.builder.spec import load_spec
-    from tritonforge.builder.validate import validate_repository
 
     t0 = time.perf_counter()
     s = load_spec(spec)
     if build_dir and not (Path(build_dir) / "build_manifest.json").is_file():
         raise UserError(f"no build_manifest.json in {build_dir}; run `tritonforge build SPEC -o {build_dir}` first")
     files, plan = emit_files(s, Path(spec).resolve().parent, Path(build_dir) if build_dir else None)
-    write_repository(files, Path(output), force=force)
-    problems = validate_repository(Path(output))
-    if problems:
-        raise UserError(f"emitted repository failed validation: {problems[0]}; this is a tritonforge bug, please report it")
+    try:
+        write_repository(files, Path(output), force=force, spec_path=Path(spec))
+    except OSError as exc:
+        raise UserError(f"cannot write {output}: {exc.strerror or exc} ({exc.filename}); "
+                        "check the path and its permissions") from None
     elapsed = time.perf_counter() - t0
     summary = {
         "repository": str(Path(output).resolve()),
