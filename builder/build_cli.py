@@ -88,7 +88,11 @@ def format_plan(plan) -> str:
 def plan_command(spec: str, as_json: bool, build_dir: str | None) -> None:
     """Capacity plan for every tier of SPEC: memory, KV capacity, roofline throughput, cost, build flags.
 
-    Exits 2 after printing the plan when a validation rule fails."""
+    \b
+    Exit status:
+      0  every tier fits and no rule fails (warnings may be listed)
+      2  a rule fails (e.g. a tier DOES NOT FIT, limits past the model's context length): the plan is
+         printed first, then the first error as one line on stderr"""
     from tritonforge.builder import rules
     from tritonforge.builder.manifest import trtllm_installed_version
     from tritonforge.builder.planner import plan_deployment

@@ -87,6 +87,28 @@ def read_config(path: str | Path) -> dict:
     return data
 
 
+def context_length(cfg: dict) -> tuple[int, str]:
+    """The longest sequence (prompt + output) the model is made for, and where that figure comes from.
+
+    `max_position_embeddings`, multiplied by a linear/dynamic/YaRN `rope_scaling` factor (YaRN from its
+    `original_max_position_embeddings`) as vLLM derives the maximum model length (vllm/config.py,
+    `_get_and_verify_max_len`, https://github.com/vllm-project/vllm); Llama-3 style scaling already has the
+    extended length in `max_position_embeddings`.
+    """
+    base = int(cfg.get("max_position_embeddings") or 2048)
+    what = f"max_position_embeddings {base}"
+    rs = cfg.get("rope_scaling")
+    if isinstance(rs, dict):
+        kind = str(rs.get("rope_type") or rs.get("type") or "")
+        factor = rs.get("factor")
+        if kind in ("linear", "dynamic", "yarn") and isinstance(factor, (int, float)) and factor > 1:
+            if kind == "yarn" and rs.get("original_max_position_embeddings"):
+                base = int(rs["original_max_position_embeddings"])
+            limit = int(base * factor)
+            return limit, f"{what} with {kind} rope_scaling x{factor:g} = {limit}"
+    return base, what
+
+
 def _builtin_config(name: str) -> tuple[dict, Path | None]:
     """The builtin model's config: from the materialized checkpoint, else from its recipe."""
     try:

@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from tritonforge.builder.modelref import context_length, resolve_model
 from tritonforge.builder.planner import GIB, DeploymentPlan, Problem, TierPlan
 from tritonforge.builder.spec import DeploymentSpec, KvCacheDtype, QuantFormat, Runtime, Tier
 from tritonforge.errors import UserError
@@ -273,14 +274,28 @@ def rule_must_fit(c: Ctx) -> Iterator[Problem]:
 # ------------------------------------------------------------------------------------- warnings
 
 
-# Source: TensorRT-LLM builder.py `_init_max_seq_len`: warns "max_seq_len ... is larger than
-# max_position_embeddings ... the model accuracy might be affected".
+# Source: TensorRT-LLM builder.py `_init_max_seq_len` only warns ("max_seq_len ... is larger than
+# max_position_embeddings ... the model accuracy might be affected"); positions past the trained (or
+# rope-scaled) context are not what the model was made for, so tritonforge refuses them.
+def positions_problems(tier: Tier, target_config: dict | None, draft_config: dict | None) -> Iterator[Problem]:
+    """The tier's max_input_len + max_output_len against the context length of its model and draft."""
+    seq = tier.limits.max_seq_len
+    models = [("model", tier.model, target_config)]
+    if tier.draft is not None:
+        models.append(("draft model", tier.draft.model, draft_config))
+    for who, ref, cfg in models:
+        if cfg is None:
+            continue
+        limit, what = context_length(cfg)
+        if seq > limit:
+            yield Problem("error", tier.name, "max-seq-len",
+                          f"tier {tier.name}: limits.max_input_len + max_output_len = {tier.limits.max_input_len} + "
+                          f"{tier.limits.max_output_len} = {seq} is more than the {who} {ref}'s context length "
+                          f"({what}): lower them so they add up to at most {limit}")
+
+
 def rule_seq_len_within_positions(c: Ctx) -> Iterator[Problem]:
-    s = c.plan.shape
-    if c.tier.limits.max_seq_len > s.max_position_embeddings:
-        yield c.warning("max-seq-len",
-                        f"max_input_len + max_output_len = {c.tier.limits.max_seq_len} exceeds the model's "
-                        f"max_position_embeddings {s.max_position_embeddings}; quality may suffer")
+    yield from positions_problems(c.tier, c.target_config, c.draft_config)
 
 
 # Source: ModelOpt export_tensorrt_llm_checkpoint decoder types; this planner's parameter count
@@ -305,10 +320,11 @@ GPU_RULES: tuple[Rule, ...] = (
     rule_draft_needs_block_reuse,
     rule_draft_precision,
     rule_two_engine_fractions,
-    rule_must_fit,
-    rule_seq_len_within_positions,
 )
-ANY_RUNTIME_RULES: tuple[Rule, ...] = (rule_draft_same_vocabulary, rule_model_family)
+# A cpu-reference tier stands in for the engine its spec describes, so its GPU target must fit too:
+# `plan` never prints DOES NOT FIT and exits 0.
+ANY_RUNTIME_RULES: tuple[Rule, ...] = (rule_draft_same_vocabulary, rule_model_family, rule_must_fit,
+                                       rule_seq_len_within_positions)
 
 
 def check_tier(tier: Tier, plan: TierPlan, draft_config: dict | None = None,
@@ -350,6 +366,24 @@ def rule_trtllm_version_has_engines(spec: DeploymentSpec, installed: str | None 
 
 def check_deployment(spec: DeploymentSpec, installed_trtllm: str | None = None) -> list[Problem]:
     return list(rule_trtllm_version_has_engines(spec, installed_trtllm))
+
+
+def check_model_limits(spec: DeploymentSpec) -> list[Problem]:
+    """Limits against each tier's model facts (config.json), for `spec check`.
+
+    A model whose config is not on this machine (and matches no fixture) is skipped here; `plan` and
+    `build` need it and say so.
+    """
+    out: list[Problem] = []
+    for tier in spec.tiers:
+        configs = []
+        for ref in (tier.model, tier.draft.model if tier.draft else None):
+            try:
+                configs.append(resolve_model(ref).config if ref else None)
+            except UserError:
+                configs.append(None)
+        out.extend(positions_problems(tier, configs[0], configs[1]))
+    return out
 
 
 def raise_for_errors(plan: DeploymentPlan, command: str = "plan") -> None:

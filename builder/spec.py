@@ -6,26 +6,42 @@ validate the user's intent; decisions (engine flags, memory, wiring) are made by
 
 from __future__ import annotations
 
+import codecs
 import hashlib
+import ipaddress
 import json
 import re
+import sys
 from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qsl, urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
+from tritonforge.builder.names import tier_model_names
 from tritonforge.errors import UserError
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,40}$"
 BUILTIN_MODELS = ("builtin:demo", "builtin:demo-draft", "builtin:tiny", "builtin:tiny-draft")
+# Engine limits end up as int32 values (trtllm-build arguments, Triton's max_batch_size / max_queue_size).
+INT32_MAX = 2**31 - 1
+MAX_SPEC_BYTES = 1 << 20  # a spec is a few KiB; refuse anything that is plainly not one
+MAX_YAML_DEPTH = 32  # the spec's own nesting is 5 levels deep
+SECRET = "secret_value"  # pydantic error type whose input is never echoed back
 
 
 class Strict(BaseModel):
-    """Base model: unknown keys are errors, so a typo never passes silently."""
+    """Base model: unknown keys are errors, so a typo never passes silently.
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, defer_build=True)
+    Strict types: `true` is not an integer, `1.0e+10` is not an integer, "8" is not a number
+    (enum fields opt out: YAML gives them as strings). Infinity and NaN are refused.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, defer_build=True, strict=True,
+                              allow_inf_nan=False)
 
 
 class Runtime(str, Enum):
@@ -65,13 +81,13 @@ class QualityGate(Strict):
     min_top1_agreement: float = Field(0.90, ge=0, le=1)
     max_perplexity_increase: float = Field(0.10, ge=0, description="relative, 0.10 = +10%")
     eval_dataset: str = "builtin:stdlib-heldout"
-    eval_samples: int = Field(16, ge=1)
+    eval_samples: int = Field(16, ge=1, le=100_000)
 
 
 class Quantization(Strict):
-    format: QuantFormat = QuantFormat.none
-    kv_cache_dtype: KvCacheDtype = KvCacheDtype.auto
-    awq_block_size: int = Field(128, ge=16)
+    format: QuantFormat = Field(QuantFormat.none, strict=False)
+    kv_cache_dtype: KvCacheDtype = Field(KvCacheDtype.auto, strict=False)
+    awq_block_size: int = Field(128, ge=16, le=4096)
     calibration: Calibration = Calibration()
     quality_gate: QualityGate = QualityGate()
 
@@ -83,7 +99,7 @@ class KvCache(Strict):
     block_reuse: bool = True
     tokens_per_block: int = Field(32, ge=8, le=512)
     free_gpu_mem_fraction: float = Field(0.9, gt=0, le=0.95)
-    max_tokens: int | None = Field(None, ge=1, description="max_tokens_in_paged_kv_cache cap")
+    max_tokens: int | None = Field(None, ge=1, le=INT32_MAX, description="max_tokens_in_paged_kv_cache cap")
 
     @field_validator("tokens_per_block")
     @classmethod
@@ -97,9 +113,18 @@ class Limits(Strict):
     """Engine build limits; Triton's max_batch_size equals the engine's."""
 
     max_batch_size: int = Field(8, ge=1, le=4096)
-    max_input_len: int = Field(1024, ge=1)
-    max_output_len: int = Field(256, ge=1)
-    max_num_tokens: int | None = Field(None, ge=1, description="default: max_batch_size x 256, at least max_input_len")
+    max_input_len: int = Field(1024, ge=1, le=INT32_MAX)
+    max_output_len: int = Field(256, ge=1, le=INT32_MAX)
+    max_num_tokens: int | None = Field(None, ge=1, le=INT32_MAX,
+                                       description="default: max_batch_size x 256, at least max_input_len")
+
+    @model_validator(mode="after")
+    def _seq_len_is_int32(self) -> Limits:
+        # trtllm-build gets --max_seq_len = max_input_len + max_output_len, an int32.
+        if self.max_seq_len > INT32_MAX:
+            raise ValueError(f"max_input_len + max_output_len = {self.max_seq_len} is above {INT32_MAX}; "
+                             f"use the model's context length (its config.json max_position_embeddings) at most")
+        return self
 
     @property
     def max_seq_len(self) -> int:
@@ -143,19 +168,19 @@ class Serving(Strict):
     instance_count: int = Field(1, ge=1, le=64)
     preprocessing_instances: int = Field(1, ge=1, le=64)
     postprocessing_instances: int = Field(1, ge=1, le=64)
-    max_queue_delay_us: int = Field(0, ge=0)
-    max_queue_size: int = Field(0, ge=0, description="0 = unbounded")
+    max_queue_delay_us: int = Field(0, ge=0, le=INT32_MAX)
+    max_queue_size: int = Field(0, ge=0, le=INT32_MAX, description="0 = unbounded")
     exclude_input_in_output: bool = True
     batch_scheduler_policy: Literal["guaranteed_no_evict", "max_utilization"] = "guaranteed_no_evict"
     enable_chunked_context: bool = False
-    cpu_threads: int | None = Field(None, ge=1, description="cpu-reference only: torch threads")
+    cpu_threads: int | None = Field(None, ge=1, le=4096, description="cpu-reference only: torch threads")
 
 
 class Tier(Strict):
     name: str = Field(pattern=NAME_PATTERN)
     model: str = Field(description="HF checkpoint dir, or builtin:demo / builtin:demo-draft")
     tokenizer: str | None = Field(None, description="tokenizer dir; default: the model's")
-    runtime: Runtime = Runtime.cpu_reference
+    runtime: Runtime = Field(Runtime.cpu_reference, strict=False)
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     quantization: Quantization = Quantization()
     kv_cache: KvCache = KvCache()
@@ -185,8 +210,8 @@ class Tier(Strict):
 class RouterRule(Strict):
     """Heuristic routing thresholds: a request goes to the large tier when any is exceeded."""
 
-    max_prompt_tokens: int = Field(64, ge=1)
-    max_requested_tokens: int = Field(128, ge=1)
+    max_prompt_tokens: int = Field(64, ge=1, le=INT32_MAX)
+    max_requested_tokens: int = Field(128, ge=1, le=INT32_MAX)
     complex_markers: list[str] = Field(
         default_factory=lambda: ["```", "def ", "class ", "prove", "derive", "step by step", "explain why", "=", "∫"]
     )
@@ -199,6 +224,16 @@ class RemoteTier(Strict):
     model: str
     api_key_env: str | None = Field(None, description="environment variable holding the API key (never stored)")
     timeout_s: float = Field(30.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        return check_remote_url(v)
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, v: str | None) -> str | None:
+        return v if v is None else check_env_name(v)
 
 
 class Router(Strict):
@@ -221,8 +256,8 @@ class Cache(Strict):
     semantic: bool = True
     # 0.92 served another question's answer to 1 request in 8 on bench_cache's workload; 0.95: 1 in 24.
     similarity_threshold: float = Field(0.95, gt=0, le=1)
-    ttl_s: int = Field(3600, ge=1)
-    capacity: int = Field(10_000, ge=1)
+    ttl_s: int = Field(3600, ge=1, le=INT32_MAX)
+    capacity: int = Field(10_000, ge=1, le=INT32_MAX)
     cache_sampled: bool = Field(False, description="cache sampled requests that carry no seed")
     embedding_model: str = "builtin:all-minilm-l6-v2"
 
@@ -261,7 +296,22 @@ class DeploymentSpec(Strict):
             raise ValueError("router.policy classifier needs router.classifier_path (train one with `tritonforge router train`)")
         if self.triton.entry_model in {t.name for t in self.tiers}:
             raise ValueError(f"triton.entry_model {self.triton.entry_model!r} clashes with a tier name; rename one")
+        self._check_generated_names()
         return self
+
+    def _check_generated_names(self) -> None:
+        """User-chosen names must not be a generated model's name (one would overwrite the other)."""
+        owner: dict[str, str] = {}
+        for t in self.tiers:
+            for role, model in tier_model_names(t.name, self.single_tier).items():
+                if model in owner:
+                    raise ValueError(f"tier {t.name!r} and {owner[model]} both generate the Triton model {model!r}; "
+                                     f"rename one of the tiers")
+                owner[model] = f"the {role} model of tier {t.name!r}"
+        entry = self.triton.entry_model
+        if entry in owner:
+            raise ValueError(f"triton.entry_model {entry!r} is already the name of {owner[entry]} and would "
+                             f"overwrite it; choose another name, e.g. llm")
 
     @property
     def single_tier(self) -> bool:
@@ -286,6 +336,15 @@ class DeploymentSpec(Strict):
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
 
 
+_TYPE_HINTS = {
+    "int_type": "must be a whole number such as 8 (not true/false, not a decimal or 1e6 notation)",
+    "float_type": "must be a number such as 0.5",
+    "bool_type": "must be true or false",
+    "string_type": "must be text; quote it in the YAML",
+    "finite_number": "must be a finite number",
+}
+
+
 def _describe(err: dict[str, Any]) -> str:
     loc = ".".join(str(p) for p in err.get("loc", ()) if p != "__root__")
     msg = err.get("msg", "invalid")
@@ -294,9 +353,91 @@ def _describe(err: dict[str, Any]) -> str:
         return f"{loc}: unknown field; remove it or check the spelling (`tritonforge spec schema` lists the fields)"
     if err.get("type") == "missing":
         return f"{loc}: required field is missing; add it"
+    if err.get("type") == SECRET:  # never echo what may be a credential
+        return f"{loc}: {msg}" if loc else msg
+    msg = _TYPE_HINTS.get(str(err.get("type")), msg)
     given = err.get("input")
     shown = "" if isinstance(given, (dict, list)) or given is None else f" (got {given!r})"
-    return f"{loc or 'spec'}: {msg}{shown}"
+    return f"{loc}: {msg}{shown}" if loc else f"{msg}{shown}"
+
+
+# ------------------------------------------------------------------------------ remote tiers and secrets
+
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Prefixes of well-known credential formats (OpenAI/Anthropic sk-, Stripe sk_live_, GitHub ghp_/github_pat_,
+# GitLab glpat-, Hugging Face hf_, Slack xox?-, AWS access key ids AKIA/ASIA, Google API keys AIza).
+KEY_PREFIX = re.compile(r"^(sk|rk|pk)[-_]|^(gh[pousr]_|github_pat_|glpat-|hf_|xox[abprs]-|AKIA|ASIA|AIza)")
+_PUT_KEY_IN_ENV = ("put the key in an environment variable (export OPENAI_API_KEY=...) and give its name here, "
+                   "e.g. api_key_env: OPENAI_API_KEY")
+
+
+def looks_like_secret(value: str) -> bool:
+    """A credential rather than a name: a known key prefix, or a long mixed-case-and-digits token."""
+    if KEY_PREFIX.match(value) and len(value) >= 16:
+        return True
+    longest_word = max((len(w) for w in re.split(r"[_\-.]", value)), default=0)
+    mixed = (any(ch.islower() for ch in value) and any(ch.isupper() for ch in value)
+             and any(ch.isdigit() for ch in value))
+    return len(value) >= 20 and mixed and longest_word >= 16
+
+
+def check_env_name(value: str) -> str:
+    """`api_key_env` names an environment variable; a key pasted there is refused without echoing it."""
+    if looks_like_secret(value):
+        raise PydanticCustomError(SECRET, f"this looks like an API key, not an environment variable name; "
+                                          f"never write keys into the spec: {_PUT_KEY_IN_ENV}")
+    if not ENV_NAME.match(value):
+        raise PydanticCustomError(SECRET, "must be the name of an environment variable (letters, digits, _; "
+                                          "not starting with a digit, no $): " + _PUT_KEY_IN_ENV)
+    return value
+
+
+def check_remote_url(value: str) -> str:
+    """Remote tiers are called over http(s) only, with no credentials in the URL."""
+    try:
+        parts = urlsplit(value.strip())
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise PydanticCustomError(SECRET, "is not a valid URL; use http(s)://host:port[/path]") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        shown = f"scheme {scheme!r}" if scheme else "no scheme"
+        raise PydanticCustomError(SECRET, f"must be an http:// or https:// URL ({shown} is not allowed); "
+                                          f"e.g. https://api.example.com/v1 or http://127.0.0.1:8000")
+    if not parts.hostname:
+        raise PydanticCustomError(SECRET, "has no host; use http(s)://host:port[/path]")
+    if parts.username or parts.password:
+        raise PydanticCustomError(SECRET, "carries credentials (user:password@); remove them and "
+                                          + _PUT_KEY_IN_ENV)
+    for key, _ in parse_qsl(parts.query, keep_blank_values=True):
+        if re.search(r"key|token|secret|passw", key, re.IGNORECASE):
+            raise PydanticCustomError(SECRET, f"carries a credential in its query ({key}=...); remove it and "
+                                              + _PUT_KEY_IN_ENV)
+    return value
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def spec_warnings(spec: DeploymentSpec) -> list[str]:
+    """Accepted but risky settings (printed on stderr; not errors)."""
+    out = []
+    for i, r in enumerate(spec.router.remote):
+        parts = urlsplit(r.url.strip())
+        if parts.scheme.lower() == "http" and not is_loopback(parts.hostname or ""):
+            key = f" and the API key from ${r.api_key_env}" if r.api_key_env else ""
+            out.append(f"router.remote.{i}.url: plain http:// to {parts.hostname} sends prompts{key} unencrypted; "
+                       f"use https:// unless the network is trusted")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- loading
 
 
 def parse_spec(data: Any, source: str = "spec") -> DeploymentSpec:
@@ -312,19 +453,103 @@ def parse_spec(data: Any, source: str = "spec") -> DeploymentSpec:
         raise UserError(f"{source}: {_describe(first)}{suffix}") from None
 
 
-def load_spec(path: str | Path) -> DeploymentSpec:
-    """Read and validate a spec file."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"spec file {str(p)!r} not found; pass the path of a YAML spec such as examples/cpu-demo.yaml")
+class _SpecLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses duplicate keys and deep nesting (its composer recurses per level)."""
+
+    source = "spec"
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                line = self.peek_event().start_mark.line + 1
+                raise UserError(f"{self.source}: line {line}: nested more than {MAX_YAML_DEPTH} levels deep; "
+                                f"a spec is a few levels of mappings (see examples/cpu-demo.yaml)")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            if first is not None:
+                raise UserError(f"{self.source}: line {line}: duplicate key {key!r} (first at line {first}); "
+                                f"keep only one")
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def _decode(raw: bytes, source: str) -> str:
+    """UTF-8 text (a UTF-8 byte-order mark is dropped); anything else is one clear error."""
+    if raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8):]
+    convert = "; save it as UTF-8 (e.g. `iconv -f UTF-16 -t UTF-8`)"
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise UserError(f"{source}: the file is UTF-16/UTF-32 encoded, a spec must be UTF-8 text{convert}")
+    if b"\0" in raw:
+        raise UserError(f"{source}: the file holds NUL bytes, so it is binary or UTF-16/UTF-32, not a YAML "
+                        f"text file{convert}")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise UserError(f"{source}: line {line}: byte 0x{raw[exc.start]:02x} is not UTF-8 (a Latin-1 or "
+                        f"Windows-1252 file?); save it as UTF-8 (e.g. `iconv -f LATIN1 -t UTF-8`)") from None
+
+
+def load_yaml_text(text: str, source: str) -> Any:
+    """Parse one YAML document, every failure as one-line `UserError`."""
+    loader_cls = type("Loader", (_SpecLoader,), {"source": source})
+    loader = loader_cls(text)
+    try:
+        return loader.get_single_data()
+    except yaml.reader.ReaderError as exc:
+        line = text[: exc.position].count("\n") + 1
+        raise UserError(f"{source}: line {line}: character {exc.character!r} is not allowed in YAML "
+                        f"(a control character); remove it") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise UserError(f"{p}:{where}: {problem}; fix the YAML syntax") from None
-    return parse_spec(data, source=str(p))
+        raise UserError(f"{source}:{where}: {problem}; fix the YAML syntax") from None
+    except RecursionError:  # a backstop: the depth limit above normally comes first
+        raise UserError(f"{source}: nested too deeply; a spec is a few levels of mappings") from None
+    except (ValueError, OverflowError) as exc:  # e.g. a timestamp such as 2024-02-30
+        raise UserError(f"{source}: a value cannot be read ({exc}); quote it or fix it") from None
+    finally:
+        loader.dispose()
+
+
+def load_spec(path: str | Path, warn: bool = True) -> DeploymentSpec:
+    """Read and validate a spec file; with `warn`, risky-but-accepted settings are printed on stderr."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"spec file {str(p)!r} not found; pass the path of a YAML spec such as examples/cpu-demo.yaml")
+    try:
+        size = p.stat().st_size
+        if size > MAX_SPEC_BYTES:
+            raise UserError(f"{p}: {size} bytes is not a spec (a spec is a few KiB of YAML); check the path")
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise UserError(f"{p}: cannot read it ({exc.strerror}); check the path and its permissions") from None
+    data = load_yaml_text(_decode(raw, str(p)), str(p))
+    spec = parse_spec(data, source=str(p))
+    if warn:
+        for w in spec_warnings(spec):
+            print(f"warning: {p}: {w}", file=sys.stderr)
+    return spec
 
 
 def spec_json_schema() -> dict[str, Any]:

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from tritonforge.builder.names import tier_model_names
 from tritonforge.builder.spec import DeploymentSpec, KvCacheDtype, Runtime, Tier
 from tritonforge.ensembles import contract as c
 
@@ -78,15 +79,7 @@ def _params(items: dict[str, Any]) -> list[tuple[str, str]]:
 
 def model_names(spec: DeploymentSpec, tier: Tier) -> dict[str, str]:
     """Conventional names for one tier; prefixed by the tier name when the repository has several."""
-    prefix = "" if spec.single_tier else f"{tier.name}_"
-    return {
-        "preprocessing": f"{prefix}preprocessing",
-        "engine": f"{prefix}tensorrt_llm",
-        "draft_engine": f"{prefix}tensorrt_llm_draft",
-        "postprocessing": f"{prefix}postprocessing",
-        "ensemble": f"{prefix}ensemble",
-        "speculative_bls": f"{prefix}tensorrt_llm_bls",
-    }
+    return tier_model_names(tier.name, spec.single_tier)
 
 
 def _engine_limits(tier: Tier, paths: TierPaths) -> dict[str, int]:

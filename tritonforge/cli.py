@@ -54,10 +54,18 @@ def spec_schema() -> None:
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the resolved spec (defaults filled) as JSON.")
 def spec_check(spec: str, as_json: bool) -> None:
-    """Validate SPEC; exit 2 with a one-line reason when it is broken."""
+    """Validate SPEC; exit 2 with a one-line reason when it is broken.
+
+    Checks the YAML (UTF-8, no duplicate keys), every field, names (none may collide with a generated
+    model), remote tiers (http(s) only, keys only by environment variable name), and limits against
+    the model's config.json when it is here or matches a fixture. Warnings go to stderr."""
+    from tritonforge.builder.rules import check_model_limits
     from tritonforge.builder.spec import load_spec
 
     s = load_spec(spec)
+    limit_errors = check_model_limits(s)
+    if limit_errors:
+        raise UserError(f"{spec}: {limit_errors[0].message}")
     if as_json:
         _echo_json(s.model_dump(mode="json"))
         return
