@@ -34,7 +34,7 @@ import torch
 
 from .kv import PrefixBlockCache, SlotKVCache, block_hashes
 from .model_runner import LlamaRunner, RowSpec, load_model
-from .sampling import SamplingState, banned_tokens, ends_with_any
+from .sampling import INT32_MAX, SamplingState, banned_tokens, check_sampling, ends_with_any
 
 __all__ = ["Chunk", "CpuEngine", "EngineError", "FINISH_REASONS", "GenerationRequest", "default_num_threads"]
 
@@ -196,6 +196,7 @@ class CpuEngine:
         self._steps = 0
         self._peak_active = 0
         self._tokens_out = 0
+        self._finished: dict[str, int] = dict.fromkeys(FINISH_REASONS, 0)
         self._warmup()
         self._thread = threading.Thread(target=self._loop, name="tf-cpu-engine", daemon=True)
         self._thread.start()
@@ -236,6 +237,8 @@ class CpuEngine:
                 "peak_active": self._peak_active,
                 "steps": self._steps,
                 "output_tokens_total": self._tokens_out,
+                "cancelled_total": self._finished["cancelled"],
+                "errors_total": self._finished["error"],
                 "reused_blocks_total": self.prefix_cache.hits,
                 "cached_blocks": len(self.prefix_cache),
                 "block_reuse": self.enable_block_reuse,
@@ -287,7 +290,7 @@ class CpuEngine:
         except (TypeError, ValueError):
             raise EngineError(f"request_output_len must be an integer, got {req.max_new_tokens!r}") from None
         if max_new <= 0:
-            raise EngineError(f"request_output_len must be >= 1, got {max_new}")
+            raise EngineError(f"request_output_len must be >= 1, got {max_new} (a value past 2^31-1 wraps to a negative one)")
         if n + max_new > self.max_seq_len:
             raise EngineError(
                 f"request_output_len={max_new} is too large: prompt ({n} tokens) + output must be "
@@ -295,16 +298,17 @@ class CpuEngine:
             )
         req.input_ids = prompt
         req.max_new_tokens = max_new
-        if req.top_k is None or int(req.top_k) < 0:
-            raise EngineError(f"runtime_top_k must be >= 0, got {req.top_k}")
-        if req.top_p is None or not 0.0 <= float(req.top_p) <= 1.0:
-            raise EngineError(f"runtime_top_p must be in [0, 1], got {req.top_p}")
-        if req.temperature is None or float(req.temperature) < 0.0:
-            raise EngineError(f"temperature must be >= 0, got {req.temperature}")
-        if int(req.min_tokens or 0) < 0:
-            raise EngineError(f"min_tokens must be >= 0, got {req.min_tokens}")
-        if req.seed is not None and int(req.seed) < 0:
-            raise EngineError(f"seed must be >= 0, got {req.seed}")
+        try:
+            req.top_k, req.top_p, req.temperature, req.seed, req.min_tokens = check_sampling(
+                req.top_k, req.top_p, req.temperature, req.seed, req.min_tokens
+            )
+        except ValueError as e:  # the engine's tensors are runtime_top_k / runtime_top_p
+            msg = str(e)
+            raise EngineError("runtime_" + msg if msg.startswith("top_") else msg) from None
+        for name in ("end_id", "pad_id"):
+            v = getattr(req, name)
+            if v is not None and not -1 <= int(v) <= INT32_MAX:
+                raise EngineError(f"{name} must be between -1 and {INT32_MAX}, got {v}")
         for name in ("stop_words", "bad_words"):
             words = getattr(req, name) or []
             clean = []
@@ -388,12 +392,23 @@ class CpuEngine:
             budget -= take
         finished: list[tuple[_Seq, str]] = []
         touched: list[_Seq] = []
+        errors: dict[int, str] = {}  # handle -> why sampling that sequence failed
+
+        def sample(seq: _Seq, pick: Callable[[], str | None]) -> str | None:
+            # A failure choosing one sequence's token ends that sequence only, never the batch.
+            try:
+                return pick()
+            except Exception as e:  # noqa: BLE001
+                traceback.print_exc(file=sys.stderr)
+                errors[seq.handle] = f"{type(e).__name__}: {e}"
+                return "error"
+
         if decode:
             rows = [RowSpec(s.slot, s.kv_valid, [s.generated[-1]], 0) for s in decode]
             logits = self.runner.forward(rows)
             for seq, lg in zip(decode, logits, strict=True):
                 seq.kv_valid += 1
-                reason = self._sample_append(seq, lg[0])
+                reason = sample(seq, lambda seq=seq, lg=lg: self._sample_append(seq, lg[0]))
                 touched.append(seq)
                 if reason:
                     finished.append((seq, reason))
@@ -413,9 +428,9 @@ class CpuEngine:
                 self._store_blocks(seq)
                 touched.append(seq)
                 if seq.draft:
-                    finished.append((seq, self._verify(seq, lg)))
+                    finished.append((seq, sample(seq, lambda seq=seq, lg=lg: self._verify(seq, lg))))
                 else:
-                    reason = self._sample_append(seq, lg[0])
+                    reason = sample(seq, lambda seq=seq, lg=lg: self._sample_append(seq, lg[0]))
                     seq.state = "decode"
                     if reason:
                         finished.append((seq, reason))
@@ -425,7 +440,7 @@ class CpuEngine:
             if id(seq) not in done and seq.req.streaming and len(seq.generated) > seq.emitted:
                 self._emit(seq, finished=False)
         for seq, reason in finished:
-            self._finish(seq, reason)
+            self._finish(seq, reason, error=errors.get(seq.handle))
 
     def _admit(self) -> None:
         while self._waiting and len(self._active) < self.max_batch_size:
@@ -545,6 +560,7 @@ class CpuEngine:
         seq.state = "done"
         with self._lock:
             self._seqs.pop(seq.handle, None)
+            self._finished[reason] = self._finished.get(reason, 0) + 1
         if remove_slot and seq.slot >= 0:
             self._release_slot(seq)
         self._emit(seq, finished=True, reason=reason, error=error)

@@ -9,11 +9,50 @@ sequence matches the rest), and the end id is suppressed until ``min_tokens`` to
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 
-__all__ = ["SamplingState", "banned_tokens", "ends_with_any", "is_greedy"]
+__all__ = ["INT32_MAX", "SamplingState", "UINT64_MAX", "banned_tokens", "check_sampling", "ends_with_any", "is_greedy"]
+
+INT32_MAX = 2**31 - 1
+UINT64_MAX = 2**64 - 1
+
+
+def check_sampling(top_k, top_p, temperature, seed=None, min_tokens=0) -> tuple[int, float, float, int | None, int]:
+    """Normalized (top_k, top_p, temperature, seed, min_tokens); ValueError naming the first bad one.
+
+    Every value must be finite and in range: one NaN temperature would otherwise turn the softmax of
+    its row into NaNs inside the shared batch step. ``top_p == 0`` means "off" (TensorRT-LLM's default).
+    """
+
+    def integer(name: str, v, lo: int, hi: int) -> int:
+        if isinstance(v, float) and not v.is_integer():
+            raise ValueError(f"{name} must be an integer, got {v}")
+        try:
+            i = int(v)
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError(f"{name} must be an integer, got {v!r}") from None
+        if not lo <= i <= hi:
+            raise ValueError(f"{name} must be between {lo} and {hi}, got {i}")
+        return i
+
+    def real(name: str, v, lo: float, hi: float) -> float:
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a number, got {v!r}") from None
+        if not math.isfinite(f) or not lo <= f <= hi:
+            raise ValueError(f"{name} must be a finite number between {lo:g} and {hi:g}, got {f}")
+        return f
+
+    top_k = integer("top_k", 0 if top_k is None else top_k, 0, INT32_MAX)
+    top_p = real("top_p", 0.0 if top_p is None else top_p, 0.0, 1.0)
+    temperature = real("temperature", 1.0 if temperature is None else temperature, 0.0, 1e6)
+    seed = None if seed is None else integer("seed", seed, 0, UINT64_MAX)
+    min_tokens = integer("min_tokens", min_tokens or 0, 0, INT32_MAX)
+    return top_k, top_p, temperature, seed, min_tokens
 
 
 def is_greedy(top_k: int, top_p: float, temperature: float) -> bool:

@@ -319,3 +319,49 @@ def test_draft_target_loop_equals_target_alone(engine, tiny_draft_dir):
             rounds += 1
     assert out == ref
     assert rounds <= n
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        (dict(temperature=float("nan"), top_k=5), "temperature must be a finite number"),
+        (dict(temperature=float("inf"), top_k=5), "temperature must be a finite number"),
+        (dict(top_p=float("nan")), "runtime_top_p must be a finite number"),
+        (dict(top_k=2**31), "runtime_top_k must be between 0 and"),
+        (dict(seed=-1), "seed must be between 0 and"),
+        (dict(seed=2**64), "seed must be between 0 and"),
+        (dict(min_tokens=-3), "min_tokens must be between 0 and"),
+        (dict(end_id=2**40), "end_id must be between -1 and"),
+    ],
+)
+def test_non_finite_and_out_of_range_sampling_refused(engine, kwargs, words):
+    with pytest.raises(EngineError, match=words):
+        engine.submit(GenerationRequest([5, 6], 4, **kwargs), lambda c: None)
+
+
+class _FaultyEngine(CpuEngine):
+    """Fault injection: choosing a token for one chosen prompt raises, as a bad sampling value would."""
+
+    poison: list[int] = []
+
+    def _sample_append(self, seq, logits):
+        if seq.prompt == self.poison:
+            raise RuntimeError("probability tensor contains either inf, nan or element < 0")
+        return super()._sample_append(seq, logits)
+
+
+def test_a_sampling_failure_ends_only_its_own_sequence(tiny_dir):
+    with _FaultyEngine(tiny_dir, max_batch_size=4, max_num_tokens=256, max_input_len=64, max_seq_len=128,
+                       num_threads=1) as eng:  # fmt: skip
+        eng.poison = [9, 9, 9]
+        good = [Collector() for _ in range(3)]
+        bad = Collector()
+        for i, col in enumerate(good):
+            eng.submit(GenerationRequest(prompt_of(i + 3), 12, end_id=-1, streaming=True), col)
+        eng.submit(GenerationRequest([9, 9, 9], 12, end_id=-1, streaming=True), bad)
+        for col in good + [bad]:
+            assert col.done.wait(60)
+        assert bad.final.finish_reason == "error" and "probability tensor" in (bad.final.error or "")
+        assert [c.final.finish_reason for c in good] == ["length"] * 3
+        assert all(len(c.tokens) == 12 for c in good)
+        assert eng.stats()["errors_total"] == 1
