@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from tritonforge.builder.modelref import context_length, resolve_model
 from tritonforge.builder.planner import GIB, DeploymentPlan, Problem, TierPlan
@@ -371,16 +372,19 @@ def check_deployment(spec: DeploymentSpec, installed_trtllm: str | None = None) 
 def check_model_limits(spec: DeploymentSpec) -> list[Problem]:
     """Limits against each tier's model facts (config.json), for `spec check`.
 
-    A model whose config is not on this machine (and matches no fixture) is skipped here; `plan` and
-    `build` need it and say so.
+    A checkpoint path that is not on this machine (and matches no fixture) is skipped here, so a GPU
+    host's spec can be checked anywhere; `plan` and `build` need it and say so. A broken config.json or
+    an unknown fixture is an error.
     """
     out: list[Problem] = []
     for tier in spec.tiers:
-        configs = []
+        configs: list[dict | None] = []
         for ref in (tier.model, tier.draft.model if tier.draft else None):
             try:
                 configs.append(resolve_model(ref).config if ref else None)
             except UserError:
+                if ref is None or ref.startswith(("builtin:", "fixture:")) or Path(ref).expanduser().exists():
+                    raise
                 configs.append(None)
         out.extend(positions_problems(tier, configs[0], configs[1]))
     return out

@@ -204,6 +204,21 @@ def test_fit_also_fails_when_only_the_kv_is_missing():
     assert "must-fit" in rule_ids(e)
 
 
+# Source: TensorRT-LLM builder.py `_init_max_seq_len` (only a warning there); refused here.
+def test_seq_len_past_the_model_context_is_an_error_on_any_runtime():
+    lim = {"max_input_len": 130_000, "max_output_len": 2000, "max_batch_size": 1, "max_num_tokens": 8192}
+    for runtime in ("trtllm-engine", "cpu-reference"):
+        e = [p for p in errors(runtime=runtime, limits=lim) if p.rule == "max-seq-len"]
+        assert len(e) == 1 and "max_position_embeddings 131072" in e[0].message and "at most 131072" in e[0].message
+    assert not [p for p in problems(limits={**lim, "max_input_len": 129_000}) if p.rule == "max-seq-len"]
+
+
+def test_cpu_reference_tier_must_fit_its_gpu_target_too():
+    # `plan` prints the GPU capacity of every tier; one that does not fit is an error whatever the runtime.
+    assert rule_ids(errors(runtime="cpu-reference", model="fixture:llama-3.1-70b",
+                           quantization={"format": "none"})) == {"must-fit"}
+
+
 # Source: trtllm-build-facts "Which TensorRT-LLM has engines" (1.3 removed the engine flow).
 def test_newer_trtllm_has_no_engine_flow():
     spec = parse_spec({"name": "v", "triton": {"trtllm_version": "1.3.0rc2"},

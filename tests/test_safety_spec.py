@@ -225,6 +225,17 @@ def test_a_model_not_on_this_machine_is_not_checked_by_spec_check(tmp_path, monk
     assert code == 0, err
 
 
+@pytest.mark.parametrize("broken", ["fixture", "config"])
+def test_unknown_fixture_or_broken_config_refused_by_spec_check(tmp_path, monkeypatch, capsys, broken):
+    model = "fixture:llama-9-900b"
+    if broken == "config":
+        (tmp_path / "ckpt").mkdir()
+        (tmp_path / "ckpt" / "config.json").write_text("{not json")
+        model = str(tmp_path / "ckpt")
+    data = {"name": "t", "tiers": [{"name": "main", "model": model}]}
+    refused(tmp_path, monkeypatch, capsys, data, "unknown config fixture" if broken == "fixture" else "not valid JSON")
+
+
 # ------------------------------------------------------------------------------------ plan exit
 
 def test_plan_does_not_fit_exits_2_after_printing_the_table(tmp_path, monkeypatch, capsys):
