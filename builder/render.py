@@ -247,8 +247,9 @@ def _is_byproduct(rel: str, listed: set[str]) -> bool:
     return any(p.endswith(".py") and p.rsplit("/", 1)[0] == folder for p in listed if "/" in p)
 
 
-def inspect_dir(repo: Path, hashes: bool = True) -> Ownership:
-    """Compare every entry under `repo` with its lock file (symlinks and empty folders count as extra)."""
+def inspect_dir(repo: Path, hashes: bool = True, empty_dirs_ok: bool = False) -> Ownership:
+    """Compare every entry under `repo` with its lock file (symlinks, and empty folders unless
+    `empty_dirs_ok`, count as extra)."""
     lock = read_lock(repo)
     listed = set(lock["files"]) if lock else set()
     own = Ownership(lock)
@@ -260,7 +261,7 @@ def inspect_dir(repo: Path, hashes: bool = True) -> Ownership:
             if os.path.islink(os.path.join(root, d)):
                 own.extra.append(prefix + d)
                 dirs.remove(d)
-        if not dirs and not names and prefix:
+        if not dirs and not names and prefix and not empty_dirs_ok:
             own.extra.append(prefix)
         for name in names:
             rel = prefix + name
@@ -339,8 +340,7 @@ def _stale_is_ours(path: Path) -> bool:
     entries = list(path.iterdir())
     if not entries or [e.name for e in entries] == [LOCK_FILE]:
         return True  # killed before (or while) writing the lock file, which is written first
-    own = inspect_dir(path, hashes=False)
-    return own.ours
+    return inspect_dir(path, hashes=False, empty_dirs_ok=True).ours  # a removal killed half-way
 
 
 def clean_stale(out: Path) -> list[Path]:
@@ -374,7 +374,7 @@ def write_repository(files: dict[str, bytes], out: Path, force: bool = False, sp
     there, then swap it in (atomic.replace_dir). A previous run killed half-way is recovered first and its
     leftovers removed. `force` allows overwriting our own repository whose files were edited.
     """
-    out = Path(out).resolve()
+    out = Path(out).expanduser().resolve()  # a quoted "~" means home too, never a directory named ~
     check_target(out, spec_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
