@@ -355,3 +355,17 @@ def test_plain_http_to_another_host_warns_on_stderr(tmp_path, monkeypatch, capsy
 def test_loopback_http_and_https_do_not_warn(tmp_path, monkeypatch, capsys, url):
     code, _, err = run(["spec", "check", write(tmp_path, remote(url=url))], monkeypatch, capsys)
     assert code == 0 and err == ""
+
+
+@pytest.mark.parametrize(("remote_tier", "expected"), [
+    ({"url": "file:///etc/passwd"}, "http:// or https:// only"),
+    ({"url": "https://api.example.com/v1", "api_key_env": FAKE_OPENAI_KEY}, "name of an environment variable"),
+])
+def test_entry_model_refuses_unsafe_remote_tiers_too(remote_tier, expected):
+    # The `llm` model's own config parser (its JSON can be edited by hand after emit).
+    from tritonforge.ensembles.policy.config import ConfigError, parse_entry_config
+
+    tiers = [{"name": "main", "model": "ensemble"}, {"name": "big", "kind": "remote", "model": "gpt", **remote_tier}]
+    with pytest.raises(ConfigError, match=expected) as info:
+        parse_entry_config({"tiers": tiers})
+    assert FAKE_OPENAI_KEY not in str(info.value)

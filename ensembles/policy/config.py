@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 POLICIES = ("static", "heuristic", "classifier")
 CACHE_MODES = ("use", "bypass", "refresh")
@@ -162,13 +164,19 @@ def _tier(d: Any, i: int) -> TierConfig:
     url = _get(d, "url", str, "", where)
     if kind == "remote" and not url:
         raise ConfigError(f"{where}: a remote tier needs `url`")
+    # Also checked by the spec; here again because urllib would open file:// and other schemes too.
+    if kind == "remote" and urlsplit(url.strip()).scheme.lower() not in ("http", "https"):
+        raise ConfigError(f"{where}.url: a remote tier is called over http:// or https:// only")
+    key_env = _get(d, "api_key_env", str, None, where)
+    if key_env is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key_env):
+        raise ConfigError(f"{where}.api_key_env: must be the name of an environment variable")
     return TierConfig(
         name=name,
         model=model,
         kind=kind,
         protocol=protocol,
         url=url,
-        api_key_env=_get(d, "api_key_env", str, None, where),
+        api_key_env=key_env,
         timeout_s=_get(d, "timeout_s", float, None, where),
         streaming=_get(d, "streaming", bool, True, where),
         max_input_len=_get(d, "max_input_len", int, None, where),
