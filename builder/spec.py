@@ -512,12 +512,14 @@ def _decode(raw: bytes, source: str) -> str:
 def load_yaml_text(text: str, source: str) -> Any:
     """Parse one YAML document, every failure as one-line `UserError`."""
     loader_cls = type("Loader", (_SpecLoader,), {"source": source})
-    loader = loader_cls(text)
+    loader = None
     try:
+        loader = loader_cls(text)  # the reader already refuses control characters here
         return loader.get_single_data()
     except yaml.reader.ReaderError as exc:
         line = text[: exc.position].count("\n") + 1
-        raise UserError(f"{source}: line {line}: character {exc.character!r} is not allowed in YAML "
+        char = exc.character if isinstance(exc.character, int) else ord(str(exc.character)[:1] or "?")
+        raise UserError(f"{source}: line {line}: character U+{char:04X} is not allowed in YAML "
                         f"(a control character); remove it") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -529,7 +531,8 @@ def load_yaml_text(text: str, source: str) -> Any:
     except (ValueError, OverflowError) as exc:  # e.g. a timestamp such as 2024-02-30
         raise UserError(f"{source}: a value cannot be read ({exc}); quote it or fix it") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def load_spec(path: str | Path, warn: bool = True) -> DeploymentSpec:
