@@ -260,6 +260,15 @@ class Cache(Strict):
     capacity: int = Field(10_000, ge=1, le=INT32_MAX)
     cache_sampled: bool = Field(False, description="cache sampled requests that carry no seed")
     embedding_model: str = "builtin:all-minilm-l6-v2"
+    hmac_key_env: str | None = Field(
+        None, description="environment variable holding the key that signs Redis entries (HMAC-SHA256; "
+        "unsigned or forged entries are never served). Its NAME, never the key"
+    )
+
+    @field_validator("hmac_key_env")
+    @classmethod
+    def _hmac_env_name(cls, v: str | None) -> str | None:
+        return v if v is None else check_env_name(v)
 
 
 class TritonSettings(Strict):

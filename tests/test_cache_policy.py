@@ -49,28 +49,57 @@ def fill(cache: ResponseCache, r, text: str, tier: str = "small") -> None:
     assert cache.store(look, r, tier, "", text, len(text.split()))
 
 
-def test_exact_hit_after_store_and_normalization() -> None:
+def test_exact_hit_only_for_the_same_prompt_bytes() -> None:
     cache, m = make_cache(semantic=False)
     fill(cache, req("What is 2 plus 2?"), "four")
-    hit = cache.lookup(req("  What is 2   plus 2? "), "small")
-    assert hit.status == "hit-exact" and hit.entry.text == "four"
+    hit = cache.lookup(req("What is 2 plus 2?"), "small")
+    assert hit.status == "hit-exact" and hit.entry.text == "four" and hit.entry.prompt == "What is 2 plus 2?"
     assert m.get("tf_cache_lookups_total", result="hit-exact") == 1
     assert m.get("tf_cache_lookup_count") == 2
+    assert cache.lookup(req("  What is 2   plus 2? "), "small").status == "miss"
+
+
+# Pairs that NFKC or whitespace collapsing made one exact entry, though the model sees different input.
+MODEL_SEES_DIFFERENT = [
+    ("def f():\n    return 1", "def f(): return 1"),  # indentation vs one line
+    ("first line\nsecond line", "first line second line"),  # newline vs space
+    ("What is 2⁸?", "What is 28?"),  # superscript
+    ("Add １２ and 3.", "Add 12 and 3."),  # full-width digits
+    ("Define ﬁnance.", "Define finance."),  # ligature
+]
+
+
+@pytest.mark.parametrize("first,second", MODEL_SEES_DIFFERENT)
+def test_exact_cache_never_serves_a_prompt_the_model_sees_differently(first: str, second: str) -> None:
+    cache, _ = make_cache(semantic=False)
+    fill(cache, req(first), "answer to the first")
+    assert cache.lookup(req(second), "small").status == "miss"
+    assert cache.lookup(req(first), "small").status == "hit-exact"
+
+
+def test_exact_hit_checks_the_stored_prompt() -> None:
+    cache, m = make_cache(semantic=False)
+    fill(cache, req("What is 2 plus 2?"), "four")
+    key = cache.lookup(req("What is 2 plus 2?"), "small").key
+    other = cache.lookup(req("What is 2 plus 3?"), "small").key
+    cache.backend.put(other, cache.backend.get(key))  # a store that put an entry under the wrong key
+    assert cache.lookup(req("What is 2 plus 3?"), "small").status == "miss"
+    assert m.get("tf_cache_errors_total", kind="mismatch") == 1
 
 
 def test_semantic_hit_only_with_same_parameters() -> None:
     cache, _ = make_cache()
     fill(cache, req("What is the capital of France?"), "Paris")
-    para = cache.lookup(req("What's the capital city of France?"), "small")
+    para = cache.lookup(req("What's the capital of France?"), "small")
     assert para.status == "hit-semantic" and para.entry.text == "Paris" and para.similarity >= 0.85
-    assert cache.lookup(req("What's the capital city of France?", max_tokens=17), "small").status == "miss"
+    assert cache.lookup(req("What's the capital of France?", max_tokens=17), "small").status == "miss"
     assert (
         cache.lookup(
-            req("What's the capital city of France?", temperature=np.array([0.5], np.float32)), "small"
+            req("What's the capital of France?", temperature=np.array([0.5], np.float32)), "small"
         ).status
         == "miss"
     )
-    assert cache.lookup(req("What's the capital city of France?"), "large").status == "miss"
+    assert cache.lookup(req("What's the capital of France?"), "large").status == "miss"
     assert cache.lookup(req("How do I bake sourdough bread?"), "small").status == "miss"
 
 
@@ -125,7 +154,7 @@ def test_eviction_removes_semantic_vector() -> None:
     fill(cache, req("What is the capital of France?"), "Paris")
     fill(cache, req("How do I bake sourdough bread?"), "flour")
     assert len(cache.index) == 1
-    assert cache.lookup(req("What's the capital city of France?"), "small").status == "miss"
+    assert cache.lookup(req("What's the capital of France?"), "small").status == "miss"
 
 
 def test_corrupt_entry_is_a_miss() -> None:
@@ -172,7 +201,7 @@ def test_embedding_failure_leaves_exact_matching() -> None:
     cache, m = make_cache(embed=broken)
     fill(cache, req("What is the capital of France?"), "Paris")
     assert cache.lookup(req("What is the capital of France?"), "small").status == "hit-exact"
-    assert cache.lookup(req("What's the capital city of France?"), "small").status == "miss"
+    assert cache.lookup(req("What's the capital of France?"), "small").status == "miss"
     assert m.get("tf_cache_errors_total", kind="embedding") >= 1
 
 

@@ -92,12 +92,12 @@ def test_two_instances_share_exact_and_semantic_hits(redis_proc) -> None:
         hit = b.lookup(req("What is the capital of France?"), "small")
         assert hit.status == "hit-exact" and hit.entry.text == "Paris"  # exact: at once
         assert wait_for(
-            lambda: b.lookup(req("What's the capital city of France?"), "small").status == "hit-semantic", 20
+            lambda: b.lookup(req("What's the capital of France?"), "small").status == "hit-semantic", 20
         )
-        assert b.lookup(req("What's the capital city of France?", max_tokens=5), "small").status == "miss"
+        assert b.lookup(req("What's the capital of France?", max_tokens=5), "small").status == "miss"
         # a third instance started later (a restarted Triton) loads the stored vectors
         c, _ = instance(redis_proc.url, p)
-        assert c.lookup(req("What's the capital city of France?"), "small").status == "hit-semantic"
+        assert c.lookup(req("What's the capital of France?"), "small").status == "hit-semantic"
         c.close()
     finally:
         a.close()

@@ -7,6 +7,8 @@ a corrupt entry is a miss, and an embedding failure leaves exact matching only.
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import logging
 import time
@@ -22,10 +24,12 @@ from .index import SemanticIndex
 from .metrics import Metrics
 from .params import GenRequest, exact_key, namespace, normalize_prompt
 from .router import estimate_tokens
+from .verify import verify
 
 log = logging.getLogger(__name__)
 
-ENTRY_VERSION = 1
+# 2: the exact key is the prompt's bytes (1 normalized whitespace and NFKC); `prompt` is stored verbatim.
+ENTRY_VERSION = 2
 
 
 class BackendError(RuntimeError):
@@ -34,6 +38,20 @@ class BackendError(RuntimeError):
 
 class CorruptEntry(ValueError):
     """A stored entry does not decode or fails its checksum."""
+
+
+class UntrustedEntry(CorruptEntry):
+    """A signing key is configured and the entry is unsigned or its signature does not match."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"{reason} entry")
+        self.reason = reason  # unsigned | forged
+
+
+def _mac(key: bytes, bind: str, body: dict[str, Any]) -> str:
+    """HMAC-SHA256 over the entry and the storage key it was written under (a copy under another key fails)."""
+    msg = bind.encode() + b"\n" + json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return hmac.new(key, msg, hashlib.sha256).hexdigest()
 
 
 @dataclass
@@ -47,19 +65,31 @@ class CacheEntry:
     created: float = field(default_factory=time.time)
     vector: np.ndarray | None = None
 
-    def to_json(self) -> str:
+    def to_json(self, mac_key: bytes | None = None, bind: str = "") -> str:
+        """The stored form; with `mac_key`, signed for the storage key `bind`."""
         vec = None
         if self.vector is not None:
             vec = base64.b64encode(np.asarray(self.vector, dtype="<f4").tobytes()).decode()
         body = {"v": ENTRY_VERSION, "text": self.text, "ntok": self.num_output_tokens, "tier": self.tier,
                 "ns": self.ns, "prompt": self.prompt, "chunks": self.chunks, "created": self.created, "vec": vec}  # fmt: skip
         body["crc"] = zlib.crc32(self.text.encode()) ^ zlib.crc32(self.prompt.encode())
+        if mac_key:
+            body["mac"] = _mac(mac_key, bind, body)
         return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
 
     @classmethod
-    def from_json(cls, raw: str | bytes) -> CacheEntry:
+    def from_json(cls, raw: str | bytes, mac_key: bytes | None = None, bind: str = "") -> CacheEntry:
+        """Decode a stored entry; with `mac_key`, only one signed with that key for storage key `bind`."""
         try:
             d = json.loads(raw)
+            if not isinstance(d, dict):
+                raise CorruptEntry("not an object")
+            if mac_key:
+                mac = d.pop("mac", None)
+                if not isinstance(mac, str):
+                    raise UntrustedEntry("unsigned")
+                if not hmac.compare_digest(mac, _mac(mac_key, bind, d)):
+                    raise UntrustedEntry("forged")
             if d.get("v") != ENTRY_VERSION:
                 raise CorruptEntry(f"entry version {d.get('v')!r}")
             text, prompt = str(d["text"]), str(d["prompt"])
@@ -175,6 +205,9 @@ class ResponseCache:
             self.cfg.cache_sampled or req.seeded or not req.sampled(openai)
         )
 
+    def _reject(self, reason: str) -> None:
+        self.metrics.count("tf_cache_semantic_rejects_total", reason=reason)
+
     def _vector(self, text: str) -> np.ndarray | None:
         if not self.semantic or estimate_tokens(text) > self.cfg.semantic_max_tokens:
             return None  # a long prompt's tail would be truncated away: only exact matches are safe
@@ -208,7 +241,10 @@ class ResponseCache:
         try:
             entry = self._get(key)
             if entry is not None:
-                return Lookup("hit-exact", entry, True, key, ns, similarity=1.0)
+                if entry.prompt == req.text and entry.ns == ns:
+                    return Lookup("hit-exact", entry, True, key, ns, similarity=1.0)
+                # Only a tampered store (or a 128-bit hash collision) puts another prompt under this key.
+                self._warn("mismatch", f"entry {key} holds another prompt or namespace; ignored")
             vec = self._vector(req.text)
             if vec is not None:
                 for cand, sim in self.index.search(ns, vec, k=3):  # type: ignore[union-attr]
@@ -218,8 +254,14 @@ class ResponseCache:
                     if entry is None:  # evicted or expired elsewhere
                         self.index.remove(cand)  # type: ignore[union-attr]
                         continue
-                    if entry.ns == ns:
-                        return Lookup("hit-semantic", entry, True, key, ns, vec, sim)
+                    if entry.ns != ns:
+                        continue
+                    # Cosine similarity cannot tell "12 * 13" from "12 * 14" or "A to B" from "B to A".
+                    why = verify(req.text, entry.prompt)
+                    if why is not None:
+                        self._reject(why)
+                        continue
+                    return Lookup("hit-semantic", entry, True, key, ns, vec, sim)
             return Lookup("miss", None, True, key, ns, vec)
         except BackendError as exc:
             self._warn("backend", f"{self.backend.name} backend failed ({exc}); passing through")
@@ -228,6 +270,13 @@ class ResponseCache:
     def _get(self, key: str) -> CacheEntry | None:
         try:
             return self.backend.get(key)
+        except UntrustedEntry as exc:
+            # Written by someone without the deployment's key: never served, left for a store to overwrite.
+            self.metrics.count("tf_cache_untrusted_total", reason=exc.reason)
+            self._warn("untrusted", f"{exc.reason} entry {key} ignored (cache.hmac_key_env is set)")
+            if self.index is not None:
+                self.index.remove(key)
+            return None
         except CorruptEntry as exc:
             self._warn("corrupt", f"corrupt entry {key} ({exc}); treated as a miss")
             try:
@@ -246,7 +295,7 @@ class ResponseCache:
         ns = namespace(tier, version, req.params)
         key = exact_key(ns, req.text) if ns != res.ns else res.key
         vec = res.vector if res.vector is not None else self._vector(req.text)
-        entry = CacheEntry(text, int(num_output_tokens), tier, ns, normalize_prompt(req.text),
+        entry = CacheEntry(text, int(num_output_tokens), tier, ns, req.text,
                            list(chunks or [(text, int(num_output_tokens))]), vector=vec)  # fmt: skip
         try:
             self.backend.put(key, entry)

@@ -17,12 +17,14 @@ Schema (every key optional unless marked required):
      "cache": {...spec Cache (model_dump)...,
                "redis_timeout_s": 0.25,            # extra, optional: Redis socket timeout
                "sync_interval_s": 0.5,             # extra, optional: Redis -> local index poll period
-               "semantic_max_tokens": 256},        # extra, optional: longer prompts match exactly only
+               "semantic_max_tokens": 256,         # extra, optional: longer prompts match exactly only
+               "hmac_key_env": "ENV_NAME" | null}, # Redis entries signed with the key in this variable
      "classifier_file": "router_classifier.json" | null,   # relative to the model's 1/ dir
      "embedding_model_dir": "/abs/path" | null,             # else cache.embedding_model is resolved
      "cache_prefix": "tf:"}                                 # Redis key prefix (one per deployment)
 
-The remote tier's API key is read from `api_key_env` at call time and never stored.
+The remote tier's API key is read from `api_key_env` at call time and never stored; `api_key_env` and
+`hmac_key_env` must be environment variable names (a value that looks like a key is refused).
 """
 
 from __future__ import annotations
@@ -98,6 +100,7 @@ class CacheConfig:
     redis_timeout_s: float = 0.25
     sync_interval_s: float = 0.5
     semantic_max_tokens: int = 256  # longer prompts: exact match only (the embedder truncates there)
+    hmac_key_env: str | None = None  # environment variable holding the Redis entry signing key
 
 
 @dataclass(frozen=True)
@@ -187,6 +190,14 @@ def _tier(d: Any, i: int) -> TierConfig:
     )
 
 
+def _env_name(d: dict[str, Any], key: str, where: str) -> str | None:
+    """An environment variable name; a value that is not one (e.g. the secret itself) is refused unechoed."""
+    value = _get(d, key, str, None, where)
+    if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+        raise ConfigError(f"{where}.{key}: must be the NAME of an environment variable, not the secret itself")
+    return value
+
+
 def _router(d: dict[str, Any]) -> RouterConfig:
     h = d.get("heuristic") or {}
     markers = h.get("complex_markers")
@@ -234,6 +245,7 @@ def _cache(d: dict[str, Any]) -> CacheConfig:
         redis_timeout_s=_get(d, "redis_timeout_s", float, 0.25, "cache"),
         sync_interval_s=_get(d, "sync_interval_s", float, 0.5, "cache"),
         semantic_max_tokens=_get(d, "semantic_max_tokens", int, 256, "cache"),
+        hmac_key_env=_env_name(d, "hmac_key_env", "cache"),
     )
 
 

@@ -50,7 +50,8 @@ def make_cache(cfg: EntryConfig, embedder: Embedder | None, metrics: Metrics) ->
         from .redis_backend import RedisBackend
 
         backend = RedisBackend(c.redis_url, c.capacity, c.ttl_s, prefix=cfg.cache_prefix, timeout_s=c.redis_timeout_s,
-                               sync_interval_s=c.sync_interval_s, metrics=metrics)  # fmt: skip
+                               sync_interval_s=c.sync_interval_s, metrics=metrics,
+                               hmac_key_env=c.hmac_key_env)  # fmt: skip
         if index is not None:
             backend.start_sync(index)
     if backend is None:

@@ -19,7 +19,18 @@ METRICS: dict[str, tuple[str, str]] = {
     "tf_cache_lookup_count": ("counter", "Cache lookups timed"),
     "tf_cache_stores_total": ("counter", "Responses written to the cache"),
     "tf_cache_evictions_total": ("counter", "Cache entries evicted, by reason (capacity, ttl)"),
-    "tf_cache_errors_total": ("counter", "Cache degradations by kind (backend, corrupt, embedding)"),
+    "tf_cache_errors_total": (
+        "counter",
+        "Cache degradations by kind (backend, corrupt, untrusted, wrongtype, mismatch, embedding)",
+    ),
+    "tf_cache_untrusted_total": (
+        "counter",
+        "Stored entries ignored because their signature is missing (unsigned) or wrong (forged)",
+    ),
+    "tf_cache_semantic_rejects_total": (
+        "counter",
+        "Semantic candidates above the threshold refused by verification, by reason (numbers, words, ...)",
+    ),
     "tf_cache_entries": ("gauge", "Entries in this instance's semantic index"),
     "tf_entry_errors_total": ("counter", "Requests rejected or failed by the entry model, by kind"),
 }

@@ -136,7 +136,7 @@ def parse_request(inputs: dict[str, Any]) -> GenRequest:
 
 
 def normalize_prompt(text: str) -> str:
-    """NFKC, trimmed, inner whitespace collapsed: prompts differing only there share an entry."""
+    """NFKC, trimmed, inner whitespace collapsed: for the semantic layer (embedding) only, never the exact key."""
     return " ".join(unicodedata.normalize("NFKC", text).split())
 
 
@@ -148,4 +148,5 @@ def namespace(tier: str, version: str, params: dict[str, Any]) -> str:
 
 
 def exact_key(ns: str, prompt: str) -> str:
-    return ns + ":" + hashlib.sha256(normalize_prompt(prompt).encode()).hexdigest()[:32]
+    """The exact prompt (no normalization: whitespace and NFKC change what the model sees) in namespace `ns`."""
+    return ns + ":" + hashlib.sha256(prompt.encode("utf-8", "surrogatepass")).hexdigest()[:32]

@@ -13,11 +13,19 @@ Layout under a prefix P (default ``tf:``):
 
 Short socket timeouts and a circuit breaker: while Redis is down or slow `usable()` is False and
 lookups pass through at no cost; the sync thread probes and re-opens the circuit.
+
+Redis contents are not trusted. With a signing key (`cache.hmac_key_env` names the environment
+variable holding it) every entry carries an HMAC-SHA256 over its content and its key; unsigned or
+forged entries are never served (metric `tf_cache_untrusted_total`). A bookkeeping key of the wrong
+type under the prefix (someone wrote a string where the LRU sorted set lives) is corrupt data: it is
+deleted with a warning and the operation retried, instead of failing every request as "Redis down".
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import re
 import threading
 import time
 import uuid
@@ -26,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from .cache import BackendError, CacheEntry, CorruptEntry
+from .cache import BackendError, CacheEntry, CorruptEntry, UntrustedEntry
 from .index import SemanticIndex
 from .metrics import Metrics
 
@@ -34,6 +42,33 @@ log = logging.getLogger(__name__)
 
 BATCH = 1000
 CLEANUP_EVERY_S = 30.0
+MIN_KEY_BYTES = 16
+# Bookkeeping key suffix -> the Redis type it must have.
+BOOKKEEPING = {"lru": "zset", "log": "zset", "seq": "string", "epoch": "string"}
+
+
+def _wrong_type(exc: BaseException) -> bool:
+    """A Redis error caused by a key holding another type (or a non-integer counter), not by Redis itself."""
+    msg = str(exc)
+    return type(exc).__name__ == "ResponseError" and ("WRONGTYPE" in msg or "not an integer" in msg)
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def signing_key(env_name: str | None) -> bytes | None:
+    """The HMAC key from the environment variable `env_name`; None when none is named.
+
+    Raises ValueError when one is named but unset or shorter than 16 bytes."""
+    if not env_name:
+        return None
+    value = os.environ.get(env_name, "")
+    if len(value.encode()) < MIN_KEY_BYTES:
+        state = "is not set" if not value else f"holds fewer than {MIN_KEY_BYTES} bytes"
+        raise ValueError(f"cache.hmac_key_env: environment variable {env_name} {state} "
+                         "(use e.g. `openssl rand -hex 32`)")  # fmt: skip
+    return value.encode()
 
 
 class RedisBackend:
@@ -49,6 +84,8 @@ class RedisBackend:
         sync_interval_s: float = 0.5,
         metrics: Metrics | None = None,
         client: Any = None,
+        hmac_key_env: str | None = None,
+        hmac_key: bytes | None = None,
     ) -> None:
         self.url, self.capacity, self.ttl_ms = url, capacity, int(ttl_s * 1000)
         self.p = prefix
@@ -66,6 +103,18 @@ class RedisBackend:
         self._epoch: bytes | None = None
         self._last_cleanup = time.monotonic()
         self.synced = threading.Event()  # set after the first full load
+        self.mac_key = hmac_key
+        self._disabled = False  # a signing key is named but missing: never read or write unsigned entries
+        if self.mac_key is None:
+            try:
+                self.mac_key = signing_key(hmac_key_env)
+            except ValueError as exc:
+                log.error("cache: %s; the redis cache is off (requests pass through)", exc)
+                self.metrics.count("tf_cache_errors_total", kind="signing_key")
+                self._disabled = True
+        if self.mac_key is None and not self._disabled:
+            log.warning("cache: redis entries are not signed: anyone who can write to %s can plant answers; "
+                        "set cache.hmac_key_env", _redact_url(url))  # fmt: skip
 
     def _connect(self) -> Any:
         import redis  # type: ignore[import-not-found]
@@ -84,6 +133,8 @@ class RedisBackend:
 
     # --- circuit breaker -------------------------------------------------------------------------
     def usable(self) -> bool:
+        if self._disabled:
+            return False
         if self._up:
             return True
         return self._thread is None and time.monotonic() >= self._down_until
@@ -91,7 +142,7 @@ class RedisBackend:
     def _failed(self, exc: BaseException) -> BackendError:
         now = time.monotonic()
         if self._up or now - self._last_warn > 30:
-            log.warning("cache: redis %s unavailable (%s: %s); passing requests through", self.url,
+            log.warning("cache: redis %s unavailable (%s: %s); passing requests through", _redact_url(self.url),
                         type(exc).__name__, exc)  # fmt: skip
             self._last_warn = now
         self._up = False
@@ -102,40 +153,76 @@ class RedisBackend:
 
     def _ok(self) -> None:
         if not self._up:
-            log.warning("cache: redis %s is back", self.url)
+            log.warning("cache: redis %s is back", _redact_url(self.url))
         self._up = True
         self._backoff = 0.5
 
+    # --- wrong-typed keys ------------------------------------------------------------------------
+    def _call(self, fn: Any, entry_key: str | None = None) -> Any:
+        """Run `fn`; a wrong-typed key is repaired and `fn` retried once; other errors open the circuit."""
+        try:
+            out = fn()
+        except Exception as exc:  # noqa: BLE001 - any client error means "unavailable"
+            if not _wrong_type(exc):
+                raise self._failed(exc) from None
+            try:
+                self.repair(entry_key)
+                out = fn()
+            except Exception as exc2:  # noqa: BLE001
+                raise self._failed(exc2) from None
+        self._ok()
+        return out
+
+    def repair(self, entry_key: str | None = None) -> list[str]:
+        """Delete our keys that hold the wrong type (and a non-integer counter); returns their names."""
+        names = {self.p + k: t for k, t in BOOKKEEPING.items()}
+        if entry_key is not None:
+            names[self.p + "e:" + entry_key] = "string"
+        pipe = self.r.pipeline(transaction=False)
+        for name in names:
+            pipe.type(name)
+        found = dict(zip(names, (_text(t) for t in pipe.execute()), strict=True))
+        bad = [n for n, t in found.items() if t not in ("none", names[n])]
+        if found[self.p + "seq"] == "string":
+            try:
+                int(self.r.get(self.p + "seq") or 0)
+            except ValueError:
+                bad.append(self.p + "seq")
+        for name in bad:
+            log.warning("cache: redis key %s holds a %s, not a %s: corrupt, deleted", name, found[name],
+                        names[name])  # fmt: skip
+            self.r.delete(name)
+            self.metrics.count("tf_cache_errors_total", kind="wrongtype")
+        return bad
+
     # --- exact store -----------------------------------------------------------------------------
     def get(self, key: str) -> CacheEntry | None:
-        try:
+        def run() -> Any:
             pipe = self.r.pipeline(transaction=False)
             pipe.get(self.p + "e:" + key)
             pipe.zadd(self.p + "lru", {key: _now_ms()}, xx=True)
-            raw, _ = pipe.execute()
-        except Exception as exc:  # noqa: BLE001 - any client error means "unavailable"
-            raise self._failed(exc) from None
-        self._ok()
+            return pipe.execute()[0]
+
+        raw = self._call(run, key)
         if raw is None:
             return None
-        return CacheEntry.from_json(raw)
+        return CacheEntry.from_json(raw, self.mac_key, key)
 
     def put(self, key: str, entry: CacheEntry) -> None:
-        try:
+        data = entry.to_json(self.mac_key, key)
+
+        def run() -> None:
             seq = int(self.r.incr(self.p + "seq"))
             pipe = self.r.pipeline(transaction=False)
-            pipe.set(self.p + "e:" + key, entry.to_json(), px=self.ttl_ms)
+            pipe.set(self.p + "e:" + key, data, px=self.ttl_ms)
             pipe.zadd(self.p + "lru", {key: _now_ms()})
             pipe.zadd(self.p + "log", {key: seq})
             pipe.zcard(self.p + "lru")
             card = int(pipe.execute()[-1])
             if card > self.capacity:
                 self._evict(card - self.capacity)
-        except CorruptEntry:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            raise self._failed(exc) from None
-        self._ok()
+
+        self._call(run, key)
 
     def _evict(self, n: int) -> None:
         popped = self.r.zpopmin(self.p + "lru", n)
@@ -171,11 +258,10 @@ class RedisBackend:
     def _sync_loop(self) -> None:
         while not self._stop.is_set():
             try:
-                self.sync_once()
-                self._ok()
+                self._call(self.sync_once)
                 self.synced.set()
-            except Exception as exc:  # noqa: BLE001
-                self._failed(exc)
+            except BackendError:
+                pass
             self._stop.wait(self.sync_interval_s)
 
     def sync_once(self) -> int:
@@ -205,7 +291,10 @@ class RedisBackend:
                 if raw is None:
                     continue
                 try:
-                    e = CacheEntry.from_json(raw)
+                    e = CacheEntry.from_json(raw, self.mac_key, k)
+                except UntrustedEntry as exc:
+                    self.metrics.count("tf_cache_untrusted_total", reason=exc.reason)
+                    continue
                 except CorruptEntry:
                     self.metrics.count("tf_cache_errors_total", kind="corrupt")
                     continue
@@ -264,6 +353,11 @@ class RedisBackend:
             self.r.close()
         except Exception:  # noqa: BLE001
             pass
+
+
+def _redact_url(url: str) -> str:
+    """The URL without a password (redis://user:secret@host -> redis://user:***@host)."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
 def _now_ms() -> float:
