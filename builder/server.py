@@ -165,22 +165,29 @@ def server_command(install: TritonInstall, repo: Path, ports: Ports, extra: list
     return cmd + list(extra or [])
 
 
-def docker_command(image: str, repo: Path, ports: Ports, shm_size: str = "2g", gpus: str = "all",
+def docker_command(image: str, repo: Path, ports: Ports, shm_size: str = "2g", gpus: str | None = None,
                    mounts: list[str] | None = None) -> list[str]:
-    """The NGC container command that serves `repo` on a GPU host; `mounts` appear at the same path inside."""
+    """The NGC container command that serves `repo` on a GPU host; `mounts` appear at the same path inside.
+
+    Inside, the TensorRT-LLM backend's own launch (MPI leader or orchestrator mode): `builder.launch`.
+    """
+    from tritonforge.builder.launch import repository_launch
+
+    launch = repository_launch(repo, image)
     extra: list[str] = []
     for m in sorted(set(mounts or [])):
         extra += ["-v", f"{m}:{m}:ro"]
     return [
         "docker", "run", "--rm", "-it",
-        f"--gpus={gpus}",
+        f"--gpus={gpus or launch.docker_gpus()}",
         f"--shm-size={shm_size}",
         "--ulimit", "memlock=-1", "--ulimit", "stack=67108864",
         "-p", f"{ports.http}:8000", "-p", f"{ports.grpc}:8001", "-p", f"{ports.metrics}:8002",
         "-v", f"{repo.resolve()}:/models",
         *extra,
+        *launch.docker_env(),
         image,
-        "tritonserver", "--model-repository=/models", "--allow-metrics=true",
+        *launch.argv,
     ]  # fmt: skip
 
 

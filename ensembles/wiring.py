@@ -95,19 +95,14 @@ def _engine_limits(tier: Tier, paths: TierPaths) -> dict[str, int]:
 
 
 def gpu_assignment(spec: DeploymentSpec) -> dict[str, str]:
-    """Distinct GPUs per GPU tier of a multi-tier repository ("0", "1,2", ...); none for a single tier.
+    """`gpu_device_ids` of every GPU tier ("0", "1,2", "0,1;2,3"): see `tritonforge.builder.launch.place_tiers`.
 
     Engines of different tiers never share a GPU, so each keeps its full memory fraction; a tier's
     draft engine shares its target's GPUs (fractions split, see `engine_parameters`).
     """
-    gpu_tiers = [t for t in spec.tiers if t.runtime == Runtime.trtllm_engine]
-    if len(gpu_tiers) < 2:
-        return {}
-    out, next_id = {}, 0
-    for t in gpu_tiers:
-        out[t.name] = ",".join(str(next_id + i) for i in range(t.gpu.count))
-        next_id += t.gpu.count
-    return out
+    from tritonforge.builder.launch import place_tiers
+
+    return place_tiers(spec)
 
 
 def engine_parameters(tier: Tier, model_dir: str, limits: dict[str, int], *, draft: bool = False,
@@ -226,7 +221,10 @@ def _tier_models(spec: DeploymentSpec, tier: Tier, paths: TierPaths, version: st
                 "inputs": c.ENGINE_INPUTS,
                 "outputs": outputs,
                 "instance_count": tier.serving.instance_count,
-                "instance_kind": "KIND_CPU" if cpu else "KIND_GPU",
+                # Always KIND_CPU: the C++ backend ignores Triton's device id and places the engine by
+                # gpu_device_ids; KIND_GPU makes one executor per visible GPU, all on the same device
+                # (tensorrtllm_backend docs/llama_multi_instance.md: instance_group does not place it).
+                "instance_kind": "KIND_CPU",
                 "parameters": _params(params),
             },
             model_py_template="python/tensorrt_llm_cpu.py.j2" if cpu else None,
