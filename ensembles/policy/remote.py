@@ -1,17 +1,23 @@
 """Remote tiers over HTTP (stdlib only): a Triton generate endpoint or an OpenAI-compatible API.
 
 The API key is read from the named environment variable at call time and only ever sent in the
-Authorization header; it is never logged or stored.
+Authorization header of a request to the configured URL: redirects are never followed (urllib would
+re-send the header to wherever a 3xx points). A remote's error body is never passed on to clients
+(a 401 body may echo the key): clients get a generic error naming the tier, the log a short redacted
+excerpt.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 from .config import TierConfig
 from .params import GenRequest
@@ -26,6 +32,45 @@ class TierError(RuntimeError):
 
 
 Chunk = tuple[str, int]  # (text delta, tokens in it)
+
+log = logging.getLogger(__name__)
+
+# Bearer tokens, well-known key prefixes, and any long run of token characters.
+_SECRETISH = re.compile(r"(?i)bearer\s+\S+|\b(?:sk|rk|pk)[-_][A-Za-z0-9_-]{6,}|[A-Za-z0-9_\-+/=]{24,}")
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Refuse every redirect: the 3xx surfaces as an HTTPError instead of a second request."""
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
+def origin(url: str) -> str:
+    """scheme://host[:port] of `url`, without credentials, path or query."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
+
+
+def redact(text: str, tier: TierConfig, limit: int = 120) -> str:
+    """One short line of `text` with the tier's key and anything key-like masked (for logs only)."""
+    key = os.environ.get(tier.api_key_env or "", "") if tier.api_key_env else ""
+    if key:
+        text = text.replace(key, "[redacted]")
+    text = _SECRETISH.sub("[redacted]", text)
+    text = " ".join(text.split())
+    return text[:limit] + ("…" if len(text) > limit else "")
+
+
+def _remote_failed(tier: TierConfig, what: str, detail: str = "", kind: str = "error") -> TierError:
+    """Log what the remote said (redacted) and return the client-safe error."""
+    log.warning("remote tier %s (%s): %s%s", tier.name, origin(tier.url), what,
+                f": {redact(detail, tier)}" if detail else "")  # fmt: skip
+    return TierError(f"tier {tier.name}: remote {what}", kind)
 
 
 def _headers(tier: TierConfig) -> dict[str, str]:
@@ -43,17 +88,27 @@ def _headers(tier: TierConfig) -> dict[str, str]:
 def _open(url: str, body: dict[str, Any], tier: TierConfig, timeout: float) -> Any:
     req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=_headers(tier), method="POST")
     try:
-        return urllib.request.urlopen(req, timeout=timeout)  # noqa: S310 - URL comes from the spec
+        return _OPENER.open(req, timeout=timeout)
     except urllib.error.HTTPError as exc:
-        detail = exc.read()[:300].decode(errors="replace")
+        try:
+            detail = exc.read(300).decode(errors="replace")
+        except Exception:  # noqa: BLE001 - the body is only for the log
+            detail = ""
+        finally:
+            exc.close()
+        if 300 <= exc.code < 400:
+            where = origin(exc.headers.get("Location", "") or "") if exc.headers else ""
+            hint = f"it points to {where or 'elsewhere'}; set the tier's url to the final address"
+            raise _remote_failed(tier, f"redirect (HTTP {exc.code}) not followed", hint) from None
         kind = "unavailable" if exc.code in (429, 503) else "error"
-        raise TierError(f"tier {tier.name}: HTTP {exc.code} from {url}: {detail}", kind) from None
+        raise _remote_failed(tier, f"error (HTTP {exc.code})", detail, kind) from None
     except (urllib.error.URLError, OSError) as exc:
         kind = "timeout" if "timed out" in str(exc) else "unavailable"
-        raise TierError(f"tier {tier.name}: cannot reach {url}: {exc}", kind) from None
+        reason = getattr(exc, "reason", exc)
+        raise TierError(f"tier {tier.name}: cannot reach {origin(url)}: {reason}", kind) from None
 
 
-def _sse(resp: Any) -> Iterator[dict[str, Any]]:
+def _sse(resp: Any, tier: TierConfig) -> Iterator[dict[str, Any]]:
     """JSON payloads of `data:` lines of a server-sent-event stream."""
     for raw in resp:
         line = raw.decode("utf-8", errors="replace").strip()
@@ -65,7 +120,7 @@ def _sse(resp: Any) -> Iterator[dict[str, Any]]:
         try:
             yield json.loads(data)
         except json.JSONDecodeError:
-            raise TierError(f"malformed event from remote tier: {data[:120]!r}") from None
+            raise _remote_failed(tier, "sent a malformed event", data) from None
 
 
 def _triton_body(req: GenRequest, stream: bool) -> dict[str, Any]:
@@ -83,9 +138,9 @@ def call_triton(tier: TierConfig, req: GenRequest, timeout: float) -> Iterator[C
     url = f"{base}/v2/models/{tier.model}/generate" + ("_stream" if stream else "")
     with _open(url, _triton_body(req, stream), tier, timeout) as resp:
         if stream:
-            for ev in _sse(resp):
+            for ev in _sse(resp, tier):
                 if "error" in ev:
-                    raise TierError(f"tier {tier.name}: {ev['error']}")
+                    raise _remote_failed(tier, "reported an error", str(ev["error"]))
                 yield _triton_chunk(ev)
         else:
             yield _triton_chunk(json.loads(resp.read()))
@@ -127,10 +182,12 @@ def call_openai(tier: TierConfig, req: GenRequest, timeout: float) -> Iterator[C
             try:
                 text = d["choices"][0]["message"]["content"] or ""
             except (KeyError, IndexError, TypeError):
-                raise TierError(f"tier {tier.name}: unexpected response {str(d)[:200]}") from None
+                raise _remote_failed(tier, "sent an unexpected response", str(d)) from None
             yield text, int((d.get("usage") or {}).get("completion_tokens") or 0)
             return
-        for ev in _sse(resp):
+        for ev in _sse(resp, tier):
+            if "error" in ev:
+                raise _remote_failed(tier, "reported an error", str(ev["error"]))
             for ch in ev.get("choices") or []:
                 delta = (ch.get("delta") or {}).get("content")
                 if delta:
