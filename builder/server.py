@@ -9,6 +9,7 @@ bundled libraries on LD_LIBRARY_PATH, and this interpreter's libpython first on 
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import re
@@ -124,8 +125,20 @@ def _prepare_backends(root: Path, stub: Path) -> Path:
     return target
 
 
-def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+LOOPBACK = "127.0.0.1"
+PR_SET_PDEATHSIG = 1  # include/uapi/linux/prctl.h
+
+
+def connect_host(host: str) -> str:
+    """Where a client on this machine reaches a server bound to `host` (URL form)."""
+    if host in ("", "0.0.0.0", "::"):
+        return LOOPBACK
+    return f"[{host}]" if ":" in host else host
+
+
+def port_in_use(port: int, host: str = LOOPBACK) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
@@ -144,13 +157,18 @@ def free_ports() -> Ports:
     return Ports(free_port(), free_port(), free_port())
 
 
-def server_command(install: TritonInstall, repo: Path, ports: Ports, extra: list[str] | None = None) -> list[str]:
+def server_command(install: TritonInstall, repo: Path, ports: Ports, extra: list[str] | None = None,
+                   host: str = LOOPBACK) -> list[str]:
+    """tritonserver's argv; every endpoint binds `host` (Triton's own default is 0.0.0.0, every interface)."""
     cmd = [
         str(install.binary),
         f"--model-repository={repo}",
         f"--http-port={ports.http}",
         f"--grpc-port={ports.grpc}",
         f"--metrics-port={ports.metrics}",
+        f"--http-address={host}",
+        f"--grpc-address={host}",
+        f"--metrics-address={host}",
         "--allow-metrics=true",
         "--log-verbose=0",
         "--exit-on-error=true",
@@ -166,12 +184,16 @@ def server_command(install: TritonInstall, repo: Path, ports: Ports, extra: list
 
 
 def docker_command(image: str, repo: Path, ports: Ports, shm_size: str = "2g", gpus: str | None = None,
-                   mounts: list[str] | None = None) -> list[str]:
+                   mounts: list[str] | None = None, publish_host: str | None = None) -> list[str]:
     """The NGC container command that serves `repo` on a GPU host; `mounts` appear at the same path inside.
 
     Inside, the TensorRT-LLM backend's own launch (MPI leader or orchestrator mode): `builder.launch`.
+    With `publish_host` the ports are published on that host address only (`-p 127.0.0.1:8000:8000`);
+    inside the container Triton keeps binding 0.0.0.0, which Docker's port forwarding needs.
     """
     from tritonforge.builder.launch import repository_launch
+
+    at = f"{publish_host}:" if publish_host else ""
 
     launch = repository_launch(repo, image)
     extra: list[str] = []
@@ -182,13 +204,32 @@ def docker_command(image: str, repo: Path, ports: Ports, shm_size: str = "2g", g
         f"--gpus={gpus or launch.docker_gpus()}",
         f"--shm-size={shm_size}",
         "--ulimit", "memlock=-1", "--ulimit", "stack=67108864",
-        "-p", f"{ports.http}:8000", "-p", f"{ports.grpc}:8001", "-p", f"{ports.metrics}:8002",
+        "-p", f"{at}{ports.http}:8000", "-p", f"{at}{ports.grpc}:8001", "-p", f"{at}{ports.metrics}:8002",
         "-v", f"{repo.resolve()}:/models",
         *extra,
         *launch.docker_env(),
         image,
         *launch.argv,
     ]  # fmt: skip
+
+
+def _death_signal(sig: int) -> Callable[[], None] | None:
+    """A preexec function that makes the child get `sig` when its parent dies (prctl(2),
+    https://man7.org/linux/man-pages/man2/prctl.2.html, PR_SET_PDEATHSIG); None off Linux."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before the fork, not in the child
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), sig)
+
+    return preexec
 
 
 class TritonServer:
@@ -202,42 +243,52 @@ class TritonServer:
         log_path: Path | None = None,
         extra_args: list[str] | None = None,
         env: dict[str, str] | None = None,
+        host: str = LOOPBACK,
+        die_with_parent: bool = True,
     ) -> None:
+        """`host`: the address every endpoint binds (0.0.0.0 only where other machines must reach it).
+        `die_with_parent`: the server gets SIGTERM when the thread that started it ends, even by SIGKILL
+        (Linux), so a killed `tritonforge serve` or test run leaves no orphan; start it from a thread that
+        lives as long as the server should, or pass False."""
         self.repo = Path(repo).resolve()
         self.ports = ports or Ports()
         self.install = install or locate_triton()
         self.log_path = log_path
         self.extra_args = extra_args or []
         self.extra_env = env or {}
+        self.host = host
+        self.die_with_parent = die_with_parent
         self.proc: subprocess.Popen[bytes] | None = None
         self._log_file = None
 
     @property
     def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports.http}"
+        return f"http://{connect_host(self.host)}:{self.ports.http}"
 
     @property
     def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.ports.grpc}"
+        return f"{connect_host(self.host)}:{self.ports.grpc}"
 
     @property
     def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports.metrics}/metrics"
+        return f"http://{connect_host(self.host)}:{self.ports.metrics}/metrics"
 
     def start(self) -> None:
         if not (self.repo / "").is_dir():
             raise UserError(f"model repository {str(self.repo)!r} does not exist; run `tritonforge emit SPEC -o DIR` first")
         for name, port in zip(("http", "grpc", "metrics"), self.ports.all(), strict=True):
-            if port_in_use(port):
+            if port_in_use(port, self.host or "0.0.0.0"):
                 raise UserError(f"port {port} ({name}) is already in use; stop what holds it or pass --{name}-port")
         env = {**os.environ, **self.install.env, **self.extra_env}
         if self.log_path is None:
             self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"tritonforge-triton-{self.ports.http}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_file = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
-        cmd = server_command(self.install, self.repo, self.ports, self.extra_args)
+        cmd = server_command(self.install, self.repo, self.ports, self.extra_args, host=self.host)
+        preexec = _death_signal(signal.SIGTERM) if self.die_with_parent else None
         # A new session: on stop we signal the whole group, so no Python stub is orphaned.
-        self.proc = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.proc = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                     preexec_fn=preexec)
 
     def log_text(self) -> str:
         try:

@@ -23,7 +23,7 @@ def test_docker_print(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     cmd = proc.stdout.strip()
     assert cmd.startswith("docker run") and "'--gpus=\"device=0\"'" in cmd and "--shm-size=2g" in cmd
-    assert "-p 9000:8000" in cmd and f"{(tmp_path / 'repo').resolve()}:/models" in cmd
+    assert "-p 127.0.0.1:9000:8000" in cmd and f"{(tmp_path / 'repo').resolve()}:/models" in cmd
     # The backend launcher's MPI leader-mode command (argument by argument: test_gpu_launch_conformance.py).
     assert "trtllm-python-py3 mpirun --allow-run-as-root -n 1 /opt/tritonserver/bin/tritonserver" in cmd
     assert cmd.endswith("--backend-config=python,shm-region-prefix-name=prefix0_ :")

@@ -150,14 +150,22 @@ def validate(repo: str, as_json: bool) -> None:
 @click.option("--http-port", default=8000, show_default=True)
 @click.option("--grpc-port", default=8001, show_default=True)
 @click.option("--metrics-port", default=8002, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address the HTTP, gRPC and metrics endpoints bind (with --docker: the host address the ports are "
+                   "published on). Loopback keeps a test server off the network; use 0.0.0.0 only where other machines "
+                   "must reach it, e.g. when tritonforge serve itself runs inside a container with published ports.")
 @click.option("--docker", "image", default=None, help="Run the NGC container IMAGE (GPU hosts) instead of a local server.")
 @click.option("--print", "print_only", is_flag=True, help="With --docker: print the command, run nothing.")
 @click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait for all models to be READY.")
 @click.option("--log", "log_path", type=click.Path(dir_okay=False), default=None, help="Server log file.")
 @click.option("--ready-file", type=click.Path(dir_okay=False), default=None, help="Write endpoints as JSON here once READY.")
-def serve(repo: str, http_port: int, grpc_port: int, metrics_port: int, image: str | None, print_only: bool,
+def serve(repo: str, http_port: int, grpc_port: int, metrics_port: int, host: str, image: str | None, print_only: bool,
           timeout: float, log_path: str | None, ready_file: str | None) -> None:
-    """Start a real Triton server on REPO, wait until every model is READY, stop on Ctrl-C/SIGTERM."""
+    """Start a real Triton server on REPO, wait until every model is READY, stop on Ctrl-C/SIGTERM.
+
+    The server goes with this command: if `tritonforge serve` is killed, even with SIGKILL, tritonserver
+    gets SIGTERM (Linux) and stops its Python models, so no orphan keeps the ports.
+    """
     import shlex
     import subprocess
 
@@ -172,12 +180,12 @@ def serve(repo: str, http_port: int, grpc_port: int, metrics_port: int, image: s
     if problems:
         raise UserError(f"{problems[0]} ({len(problems)} problem(s); `tritonforge validate {repo}` lists them)")
     if image:
-        cmd = docker_command(image, repo_path, ports, mounts=_host_paths(repo_path))
+        cmd = docker_command(image, repo_path, ports, mounts=_host_paths(repo_path), publish_host=host)
         if print_only:
             click.echo(shlex.join(cmd))
             return
         sys.exit(subprocess.call(cmd))
-    server = TritonServer(repo_path, ports, log_path=Path(log_path) if log_path else None)
+    server = TritonServer(repo_path, ports, log_path=Path(log_path) if log_path else None, host=host)
     stop = {"flag": False}
 
     def _stop(*_: object) -> None:
