@@ -13,12 +13,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tritonforge.builder import versions
 from tritonforge.builder.modelref import context_length, resolve_model
 from tritonforge.builder.planner import GIB, DeploymentPlan, Problem, TierPlan
 from tritonforge.builder.spec import DeploymentSpec, KvCacheDtype, QuantFormat, Runtime, Tier
 from tritonforge.errors import UserError
 
-MAX_ENGINE_TRTLLM = (1, 2)  # the last TensorRT-LLM release line that has the TensorRT-engine flow
+MAX_ENGINE_TRTLLM = versions.MAX_ENGINE_TRTLLM  # the last TensorRT-LLM line with the TensorRT-engine flow
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 TWO_ENGINE_FRACTION_LIMIT = 0.95
 
@@ -359,6 +360,11 @@ def rule_trtllm_version_has_engines(spec: DeploymentSpec, installed: str | None 
                       f"(no trtllm-build, no C++ tensorrtllm backend), so tier(s) {', '.join(engine_tiers)} cannot "
                       f"be built as engines; target 1.2.x or earlier, or serve the ModelOpt-quantized HF checkpoint "
                       f"with the PyTorch backend instead")
+    else:
+        # The container must ship the TensorRT-LLM the engines are built with (Triton's trtllm-python-py3
+        # compatibility matrix: https://github.com/triton-inference-server/server docs/introduction/compatibility.md).
+        for message in versions.version_problems(spec.triton.image, target):
+            yield Problem("error", "", "trtllm-image", message)
     if installed and parse_version(installed) != parse_version(target):
         yield Problem("warning", "", "trtllm-version",
                       f"TensorRT-LLM {installed} is installed but the spec targets {target}; engines only load in "

@@ -30,6 +30,7 @@ import pytest
 import yaml
 
 from tests.conftest import EXAMPLES, ROOT
+from tritonforge.builder import versions
 from tritonforge.builder.launch import (
     EngineModel,
     engine_models,
@@ -37,6 +38,7 @@ from tritonforge.builder.launch import (
     place_tiers,
     repository_launch,
 )
+from tritonforge.builder.planner import plan_deployment
 from tritonforge.builder.render import emit_files, write_repository
 from tritonforge.builder.server import Ports, docker_command
 from tritonforge.builder.spec import load_spec, parse_spec
@@ -188,3 +190,29 @@ def test_instances_beyond_gpu_count_are_refused() -> None:
 def test_no_engine_model_is_a_plain_tritonserver() -> None:
     launch = launch_command([])
     assert launch.mode == "plain" and list(launch.argv) == [TS, REPO, *PORTS] and launch.docker_gpus() == "all"
+
+
+# --- the targeted versions (Triton's trtllm-python-py3 compatibility matrix:
+# https://github.com/triton-inference-server/server docs/introduction/compatibility.md) -------------------
+
+
+def test_targeted_image_ships_the_targeted_trtllm_and_it_has_engines() -> None:
+    assert versions.image_trtllm(versions.TRITON_IMAGE) == versions.TRTLLM_VERSION
+    assert tuple(int(x) for x in versions.TRTLLM_VERSION.split(".")[:2]) == versions.MAX_ENGINE_TRTLLM
+    assert versions.images_for(versions.TRTLLM_VERSION)[0] == versions.TRITON_IMAGE  # the newest such tag
+    line = versions.targets_line()
+    assert versions.TRTLLM_VERSION in line and versions.TRITON_IMAGE in line and versions.MODELOPT_VERSION in line
+
+
+def test_image_that_ships_another_trtllm_is_refused() -> None:
+    spec = parse_spec({"name": "v", "triton": {"image": "nvcr.io/nvidia/tritonserver:24.12-trtllm-python-py3",
+                                               "trtllm_version": versions.TRTLLM_VERSION},
+                       "tiers": [{"name": "main", "model": "fixture:llama-3.1-8b", "runtime": "trtllm-engine"}]})
+    errors = [p for p in plan_deployment(spec).errors if p.rule == "trtllm-image"]
+    assert len(errors) == 1 and "ships TensorRT-LLM 0.16.0" in errors[0].message
+    assert f"set triton.image: {versions.TRITON_IMAGE}" in errors[0].message
+    ok = parse_spec({"name": "v", "triton": {"image": versions.TRITON_IMAGE, "trtllm_version": versions.TRTLLM_VERSION},
+                     "tiers": [{"name": "main", "model": "fixture:llama-3.1-8b", "runtime": "trtllm-engine"}]})
+    assert not [p for p in plan_deployment(ok).errors if p.rule == "trtllm-image"]
+    # An image the matrix does not list (a custom build) is the user's call.
+    assert versions.version_problems("registry.example/triton:custom", versions.TRTLLM_VERSION) == []
