@@ -59,10 +59,11 @@ class Launch:
     world_size: int = 1
 
     def docker_gpus(self) -> str:
-        """`docker run --gpus` value: exactly the devices the models name, so in-container ids match."""
+        """`docker run --gpus` value: devices 0..max(id). Docker renumbers the devices it passes from 0, so
+        passing only "2,3" would make gpu_device_ids "2,3" name GPUs the container does not have."""
         if not self.gpus:
             return "all"
-        return '"device=' + ",".join(str(g) for g in self.gpus) + '"'
+        return '"device=' + ",".join(str(g) for g in range(max(self.gpus) + 1)) + '"'
 
     def docker_env(self) -> list[str]:
         out: list[str] = []

@@ -216,3 +216,12 @@ def test_image_that_ships_another_trtllm_is_refused() -> None:
     assert not [p for p in plan_deployment(ok).errors if p.rule == "trtllm-image"]
     # An image the matrix does not list (a custom build) is the user's call.
     assert versions.version_problems("registry.example/triton:custom", versions.TRTLLM_VERSION) == []
+
+
+def test_docker_passes_every_device_up_to_the_highest_id() -> None:
+    """A hand-written model on GPUs 2,3: docker renumbers passed devices from 0, so it gets 0-3 and the
+    launcher's nvidia-smi count (memory-pool options) covers all four."""
+    launch = launch_command([EngineModel("a", 2, ((2, 3),)), EngineModel("b", 1, ((0,),))])
+    assert launch.docker_gpus() == '"device=0,1,2,3"' and launch.gpus == (0, 2, 3)
+    assert [a for a in launch.argv if a.startswith("--cuda-memory-pool-byte-size=")] == [
+        f"--cuda-memory-pool-byte-size={j}:0" for j in range(4)]
