@@ -14,6 +14,7 @@ from typing import Any
 from tritonforge.builder.names import tier_model_names
 from tritonforge.builder.spec import DeploymentSpec, KvCacheDtype, Runtime, Tier
 from tritonforge.ensembles import contract as c
+from tritonforge.ensembles.policy.params import max_input_bytes
 
 
 @dataclass(frozen=True)
@@ -184,14 +185,16 @@ def _tier_models(spec: DeploymentSpec, tier: Tier, paths: TierPaths, version: st
                 "dynamic_batching": None,
                 "inputs": c.PREPROCESSING_INPUTS,
                 "outputs": c.PREPROCESSING_OUTPUTS,
-                "instance_count": tier.serving.preprocessing_instances,
+                # At least 2: one slow tokenization never holds every other request behind it.
+                "instance_count": max(2, tier.serving.preprocessing_instances),
                 "instance_kind": "KIND_CPU",
                 "parameters": _params(
                     {
                         "tokenizer_dir": paths.tokenizer_dir,
                         "add_special_tokens": True,
                         "max_input_len": limits["max_input_len"],
-                        "max_output_len": limits["max_seq_len"] - 1,
+                        "max_input_bytes": max_input_bytes(limits["max_input_len"]),
+                        "max_output_len": min(tier.limits.max_output_len, limits["max_seq_len"] - 1),
                     }
                 ),
             },
@@ -250,8 +253,9 @@ def _tier_models(spec: DeploymentSpec, tier: Tier, paths: TierPaths, version: st
                 "dynamic_batching": None,
                 "inputs": c.POSTPROCESSING_INPUTS,
                 "outputs": c.POSTPROCESSING_OUTPUTS,
-                # One instance: streamed chunks of a request must meet the same UTF-8 carry-over buffer.
-                "instance_count": 1 if streaming else tier.serving.postprocessing_instances,
+                # One instance: streamed chunks of a request must meet the same UTF-8 carry-over buffer
+                # (its input is at most max_seq_len tokens, so no request is slow here). Else at least 2.
+                "instance_count": 1 if streaming else max(2, tier.serving.postprocessing_instances),
                 "instance_kind": "KIND_CPU",
                 "parameters": _params({"tokenizer_dir": paths.tokenizer_dir, "skip_special_tokens": True}),
             },
@@ -342,6 +346,8 @@ def entry_config(spec: DeploymentSpec, tiers: tuple[TierModels, ...], paths: dic
                 # Part of every cache key: a rebuilt or re-pointed tier never serves old answers.
                 "version": hashlib.sha256(identity.encode()).hexdigest()[:16],
                 "streaming": tm.streaming,
+                # the tier's engine model: the entry sends it `stop` when the client goes away
+                "engine": tm.engine,
                 "max_input_len": tier.limits.max_input_len,
                 "max_output_len": tier.limits.max_output_len,
                 "tokenizer_dir": paths[tm.tier].tokenizer_dir,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,29 @@ OUTPUT_AFFECTING = (
     "pad_id",
     "exclude_input_in_output",
 )
+
+
+# A prompt of max_input_len tokens is at most this many UTF-8 bytes per token: text longer than that
+# cannot fit, so it is refused before it is tokenized (a 20 MB prompt otherwise ties up a tokenizer).
+# Generous on purpose: long whitespace/indentation tokens of code tokenizers reach ~16-30 bytes.
+MAX_BYTES_PER_TOKEN = 32
+INT32_MAX = 2**31 - 1
+UINT64_MAX = 2**64 - 1
+# name -> (kind, lowest, highest); a value a client sends outside these is refused at once.
+RANGES: dict[str, tuple[type, float, float]] = {
+    "temperature": (float, 0.0, 1e6),
+    "top_p": (float, 0.0, 1.0),  # 0 = off (TensorRT-LLM's default)
+    "top_k": (int, 0, INT32_MAX),
+    "seed": (int, 0, UINT64_MAX),
+    "min_tokens": (int, 0, INT32_MAX),
+    "end_id": (int, -1, INT32_MAX),
+    "pad_id": (int, -1, INT32_MAX),
+}
+
+
+def max_input_bytes(max_input_len: int) -> int:
+    """The longest prompt text, in UTF-8 bytes, worth tokenizing for a tier of `max_input_len` tokens."""
+    return int(max_input_len) * MAX_BYTES_PER_TOKEN
 
 
 class RequestError(ValueError):
@@ -96,9 +120,23 @@ def _num(name: str, v: Any, kind: type) -> Any:
     if v is None:
         return None
     try:
-        return round(float(v), 6) if kind is float else int(v)
-    except (TypeError, ValueError):
+        f = float(v)
+        if not math.isfinite(f):
+            raise RequestError(f"input {name!r} must be a finite number, got {v!r}")
+        if kind is int and not f.is_integer():
+            raise RequestError(f"input {name!r} must be an integer, got {v!r}")
+        return round(f, 6) if kind is float else int(v)
+    except (TypeError, ValueError, OverflowError) as exc:
+        if isinstance(exc, RequestError):
+            raise
         raise RequestError(f"input {name!r} must be a number, got {v!r}") from None
+
+
+def _in_range(name: str, v: Any) -> None:
+    kind, lo, hi = RANGES[name]
+    if not lo <= v <= hi:
+        hint = " (a value past 2^31-1 wraps around in the INT32 tensor)" if kind is int and v < 0 else ""
+        raise RequestError(f"input {name!r} must be between {lo} and {hi}, got {v}{hint}")
 
 
 def parse_request(inputs: dict[str, Any]) -> GenRequest:
@@ -110,8 +148,9 @@ def parse_request(inputs: dict[str, Any]) -> GenRequest:
     max_tokens = _num("max_tokens", inputs.get("max_tokens"), int)
     if max_tokens is None:
         raise RequestError("input 'max_tokens' is required")
-    if max_tokens < 1:
-        raise RequestError(f"input 'max_tokens' must be >= 1, got {max_tokens}")
+    if not 1 <= max_tokens <= INT32_MAX:
+        hint = " (a value past 2^31-1 wraps around in the INT32 tensor)" if max_tokens < 1 else ""
+        raise RequestError(f"input 'max_tokens' must be >= 1, got {max_tokens}{hint}")
     stream = bool(_scalar(inputs.get("stream")) or False)
     tier = _scalar(inputs.get("tier"))
     tier = str(tier).strip() or None if tier is not None else None
@@ -124,6 +163,7 @@ def parse_request(inputs: dict[str, Any]) -> GenRequest:
                        ("min_tokens", int), ("end_id", int), ("pad_id", int)):  # fmt: skip
         v = _num(name, inputs.get(name), kind)
         if v is not None:
+            _in_range(name, v)
             params[name] = v
     for name in ("stop_words", "bad_words"):
         v = _strings(inputs.get(name))

@@ -18,7 +18,7 @@ from typing import Any
 from .cache import Lookup, ResponseCache
 from .config import EntryConfig, TierConfig
 from .metrics import Metrics
-from .params import GenRequest, RequestError
+from .params import GenRequest, RequestError, max_input_bytes
 from .remote import Chunk, TierError, call_remote
 from .router import Decision, Router
 
@@ -86,10 +86,24 @@ class EntryService:
         self._last_maint = time.monotonic()
 
     def validate(self, req: GenRequest) -> None:
+        """Refuse at once what no tier (or the forced tier) can serve, before any routing or tokenizing."""
         if req.tier is not None and req.tier not in self.cfg.tier_names:
             raise RequestError(
                 f"unknown tier {req.tier!r}; this deployment has {', '.join(self.cfg.tier_names)}"
             )
+        tiers = [self.cfg.tier(req.tier)] if req.tier is not None else list(self.cfg.tiers)
+        where = f"tier {req.tier!r}" if req.tier is not None else "any tier"
+        outs = [t.max_output_len for t in tiers]
+        if all(o is not None for o in outs) and req.max_tokens > max(outs):  # type: ignore[type-var]
+            raise RequestError(f"max_tokens={req.max_tokens} is more than {where} can generate "
+                               f"(max_output_len {max(outs)}); ask for at most {max(outs)}")  # type: ignore[type-var]
+        ins = [t.max_input_len for t in tiers]
+        if all(i is not None for i in ins):
+            limit = max_input_bytes(max(ins))  # type: ignore[type-var]
+            size = len(req.text.encode("utf-8", errors="replace"))
+            if size > limit:
+                raise RequestError(f"text_input is {size} bytes, longer than {where} accepts "
+                                   f"(max_input_len {max(ins)} tokens, at most {limit} bytes); shorten it")  # type: ignore[type-var]
 
     def handle(self, req: GenRequest, send: Callable[[Reply], None]) -> Outcome:
         """Serve one request through `send`; raises RequestError (bad input) or TierError (all tiers failed)."""
@@ -150,6 +164,8 @@ class EntryService:
                         sent = True
             except TierError as exc:
                 self.metrics.count("tf_tier_requests_total", tier=name, outcome=exc.kind)
+                if exc.kind == "invalid":  # the tier refused the request itself: no other tier is tried
+                    raise RequestError(str(exc)) from None
                 out.errors.append(f"{name}: {exc}")
                 nxt = chain[i + 1] if i + 1 < len(chain) else None
                 if sent or nxt is None:
@@ -186,20 +202,22 @@ class EntryService:
 
         self._pool.submit(pump)
         deadline = time.monotonic() + timeout
-        while True:
-            try:
-                kind, val = q.get(timeout=max(deadline - time.monotonic(), 0.0))
-            except queue.Empty:
-                cancel.set()
-                raise TierError(
-                    f"tier {tier.name}: no complete answer within {timeout:g}s", "timeout"
-                ) from None
-            if kind == "chunk":
-                yield val
-            elif kind == "done":
-                return
-            else:
-                raise val
+        try:
+            while True:
+                try:
+                    kind, val = q.get(timeout=max(deadline - time.monotonic(), 0.0))
+                except queue.Empty:
+                    raise TierError(
+                        f"tier {tier.name}: no complete answer within {timeout:g}s", "timeout"
+                    ) from None
+                if kind == "chunk":
+                    yield val
+                elif kind == "done":
+                    return
+                else:
+                    raise val
+        finally:  # timeout, error, or the consumer left (client gone): the tier call stops too
+            cancel.set()
 
     def _maintain(self) -> None:
         """Now and then, purge expired in-memory entries (and their vectors)."""
