@@ -54,7 +54,8 @@ def format_plan(plan) -> str:
         cost = (f"  ${tput.cost_per_million_output_tokens:.4f} / 1M output tokens at ${tput.price_per_gpu_hour}/GPU-h"
                 f" x {tput.gpus_billed}" if tput.cost_per_million_output_tokens is not None else "")
         lines.append(f"  roofline    prefill {_num(tput.prefill_tokens_per_s)} tok/s  decode {_num(tput.decode_tokens_per_s)} "
-                     f"tok/s at batch {tput.decode_batch} ({tput.decode_bound}-bound, upper bound){cost}")
+                     f"tok/s at batch {tput.decode_batch} ({tput.decode_bound}-bound at the longest context; "
+                     f"--workload for your traffic){cost}")
         q = t.quantize
         if q.modelopt_config or q.kv_cache_dtype:
             lines.append(f"  quantize    ModelOpt {q.modelopt_config or 'no weight quantization'}"
@@ -85,7 +86,12 @@ def format_plan(plan) -> str:
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("-o", "--build-dir", default=None, help="Build directory the commands refer to (default build/<spec name>).")
-def plan_command(spec: str, as_json: bool, build_dir: str | None) -> None:
+@click.option("--workload", default=None, metavar="isl=N,osl=N[,isl_std=N,osl_std=N]",
+              help="Predict TTFT, ITL, tokens/s, batch and $/1M output tokens at this traffic (and a bound).")
+@click.option("--concurrency", type=int, default=None, help="With --workload: this many users in a closed loop.")
+@click.option("--request-rate", type=float, default=None, help="With --workload: requests/s arriving (open loop).")
+def plan_command(spec: str, as_json: bool, build_dir: str | None, workload: str | None, concurrency: int | None,
+                 request_rate: float | None) -> None:
     """Capacity plan for every tier of SPEC: memory, KV capacity, roofline throughput, cost, build flags.
 
     \b
@@ -98,14 +104,61 @@ def plan_command(spec: str, as_json: bool, build_dir: str | None) -> None:
     from tritonforge.builder.planner import plan_deployment
     from tritonforge.builder.spec import load_spec
 
+    w = None
+    if workload is not None:
+        from tritonforge.builder.predict import parse_workload
+
+        w = parse_workload(workload, concurrency, request_rate)
+    elif concurrency is not None or request_rate is not None:
+        raise UserError("--concurrency/--request-rate need --workload isl=N,osl=N")
     s = load_spec(spec)
     plan = plan_deployment(s, build_dir)
     plan.problems = rules.check_deployment(s, trtllm_installed_version())
+    preds = None
+    if w is not None:
+        from tritonforge.builder.predict import predict_plan
+
+        preds = predict_plan(plan, w)
     if as_json:
-        click.echo(json.dumps(plan.to_dict(), indent=2, sort_keys=True))
+        d = plan.to_dict()
+        if preds is not None:
+            d["workload"] = w.to_dict()
+            for td in d["tiers"]:
+                p = preds[td["name"]].to_dict()
+                td["prediction"], td["bound"], td["workload_kv"] = p["prediction"], p["bound"], {
+                    k: p[k] for k in ("kv_pool_tokens", "blocks_per_sequence", "alternatives", "error")}
+        click.echo(json.dumps(d, indent=2, sort_keys=True))
     else:
         click.echo(format_plan(plan))
+        if preds is not None:
+            click.echo(format_predictions(preds))
     rules.raise_for_errors(plan)
+
+
+def format_predictions(preds: dict) -> str:
+    """The `--workload` section: per tier, the prediction and the physical bound."""
+    lines = []
+    for name, tp in preds.items():
+        w = tp.workload
+        load = (f"concurrency {w.concurrency}" if w.concurrency is not None else
+                f"{w.request_rate} req/s" if w.request_rate is not None else "max throughput")
+        lines.append("")
+        lines.append(f"predicted  tier {name}  isl {w.isl} osl {w.osl}  {load}")
+        if tp.error:
+            lines.append(f"  no prediction: {tp.error}")
+            continue
+        p, b = tp.prediction, tp.bound
+        cost = f"${p.usd_per_1m_output_tokens:.4f} / 1M output tokens" if p.usd_per_1m_output_tokens else ""
+        lines.append(f"  latency     TTFT {p.ttft_ms:,.1f} ms  ITL {p.itl_ms:,.2f} ms  request {p.request_latency_ms:,.0f} ms")
+        lines.append(f"  throughput  {_num(p.output_tokens_per_s)} output tok/s ({_num(p.output_tokens_per_s_per_gpu)}"
+                     f"/GPU, {p.output_tokens_per_s_per_user:,.1f}/user)  {cost}")
+        lines.append(f"  batch       {p.batch}/replica (engine max {p.engine_max_batch}; the KV pool holds "
+                     f"{_num(p.kv_batch_limit)} sequences of {tp.blocks_per_sequence} blocks)")
+        lines.append(f"  bound       {_num(b.output_tokens_per_s)} output tok/s ({b.limited_by}-bound, batch {b.batch}); "
+                     f"source {p.source}")
+        for n in p.notes:
+            lines.append(f"  note        {n}")
+    return "\n".join(lines)
 
 
 def _step_line(s: dict) -> str:

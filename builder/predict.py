@@ -1,0 +1,441 @@
+"""Workload-aware performance prediction: TTFT, ITL, throughput, batch and cost at a given ISL/OSL.
+
+Two figures per tier:
+- a *bound*: what no engine can beat on this GPU at this workload. Time per output token is at least
+  the larger of (all the FLOPs the request needs: prefill + decode, matmuls and attention, at peak
+  tensor-core rate) and (the bytes each decode step must read: the weights, shared by the batch, and
+  each sequence's KV cache, at peak HBM bandwidth), with the batch as large as the GPU memory left
+  after the weights could hold at this workload (capped by the engine's max batch size). Prefill and
+  decode may overlap, TP communication is free: it is an upper bound, not an estimate.
+- a *prediction*: the same arithmetic with the rooflines derated by efficiency factors fitted to
+  NVIDIA's published TensorRT-LLM measurements (`builder/fixtures/predict_calibration.json`, fitted by
+  `builder/predict_fit.py`), decode GEMMs and attention costed separately, a per-all-reduce latency
+  plus TP all-reduce time, and the batch the engine's KV pool really allows at ISL+OSL per sequence.
+
+The model of one replica (TP x PP GPUs) in steady state, continuous (in-flight) batching, batch B:
+- decode step t_step(B) = max(W / BW_e, B F / P_e) + B c kv / BW_e + B A(c) / P_e + t_comm(B),
+  W all weights, F matmul FLOPs per token, kv KV bytes per token, c = ISL + OSL/2 the mean context,
+  A(c) attention FLOPs per token at context c, BW_e/P_e the derated bandwidth/peak of the replica;
+- prefill per token t_pf = (F + A(ISL/2)) / P_e (compute-bound, chunks of max_num_tokens);
+- each step also prefills the requests that replace finished ones: B ISL/OSL prompt tokens a step
+  on average, so the inter-token latency is ITL = t_step(B) + B (ISL/OSL) t_pf;
+- output tokens/s = replicas x B / ITL; TTFT = prefill of ISL tokens (plus queueing when the
+  offered load exceeds the batch); request latency = TTFT + (OSL - 1) ITL.
+With a request rate R, the concurrency is Little's law: L = R x latency(L), solved for L.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tritonforge.builder.gpus import GpuSpec
+from tritonforge.builder.spec import QuantFormat
+from tritonforge.errors import UserError
+
+if TYPE_CHECKING:
+    from tritonforge.builder.planner import TierPlan
+
+FIXTURES = Path(__file__).parent / "fixtures"
+CALIBRATION_FILE = FIXTURES / "predict_calibration.json"
+
+# NVLink bandwidth per GPU per direction (bytes/s), for TP all-reduce volume: H100/H200 NVLink 4
+# 900 GB/s total = 450 each way; B200 NVLink 5 1.8 TB/s total = 900 each way (NVIDIA data sheets).
+NVLINK_BYTES_S = {"Hopper": 450e9, "Blackwell": 900e9, "Ampere": 300e9, "Ada": 32e9}
+ACT_BYTES = 2  # all-reduce payload is the 16-bit hidden state
+ALLREDUCE_LATENCY_S = 8e-6  # fixed cost of one small all-reduce over NVLink (assumed, not fitted)
+
+
+# ------------------------------------------------------------------------------------- workload
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Mean input/output lengths (tokens) and their standard deviations, plus the offered load."""
+
+    isl: int
+    osl: int
+    isl_std: float = 0.0
+    osl_std: float = 0.0
+    concurrency: int | None = None
+    request_rate: float | None = None  # requests/s
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+_WORKLOAD_KEYS = {"isl": int, "osl": int, "isl_std": float, "osl_std": float}
+
+
+def parse_workload(text: str, concurrency: int | None = None, request_rate: float | None = None) -> Workload:
+    """`isl=2048,osl=256[,isl_std=..,osl_std=..]` -> Workload; anything else is a UserError."""
+    fix = "use --workload isl=2048,osl=256[,isl_std=N,osl_std=N]"
+    vals: dict[str, float] = {}
+    for part in (p.strip() for p in text.split(",")):
+        m = re.fullmatch(r"([a-z_]+)\s*=\s*([0-9]+(?:\.[0-9]+)?)", part)
+        if not m:
+            raise UserError(f"--workload: cannot read {part!r} (expected key=number); {fix}")
+        key, num = m.group(1), m.group(2)
+        if key not in _WORKLOAD_KEYS:
+            raise UserError(f"--workload: unknown key {key!r}; {fix}")
+        if key in vals:
+            raise UserError(f"--workload: {key} is given twice; {fix}")
+        if _WORKLOAD_KEYS[key] is int and "." in num:
+            raise UserError(f"--workload: {key} must be a whole number of tokens, not {num}; {fix}")
+        vals[key] = _WORKLOAD_KEYS[key](num)
+    for key in ("isl", "osl"):
+        if key not in vals:
+            raise UserError(f"--workload: {key} is missing; {fix}")
+        if not 1 <= vals[key] <= 2**31 - 1:
+            raise UserError(f"--workload: {key} must be between 1 and {2**31 - 1}, not {int(vals[key])}; {fix}")
+    if concurrency is not None and request_rate is not None:
+        raise UserError("give --concurrency or --request-rate, not both")
+    if concurrency is not None and concurrency < 1:
+        raise UserError(f"--concurrency must be at least 1, not {concurrency}")
+    if request_rate is not None and not (request_rate > 0 and math.isfinite(request_rate)):
+        raise UserError(f"--request-rate must be a positive number of requests/s, not {request_rate}")
+    return Workload(int(vals["isl"]), int(vals["osl"]), float(vals.get("isl_std", 0.0)),
+                    float(vals.get("osl_std", 0.0)), concurrency, request_rate)
+
+
+def blocks_per_sequence(isl: int, osl: int, tokens_per_block: int) -> int:
+    """KV blocks one request holds at its longest: ISL + OSL tokens in whole blocks (the
+    guaranteed-no-evict scheduler admits a request only when its full length fits)."""
+    return math.ceil((isl + osl) / tokens_per_block)
+
+
+def kv_sequences(pool_tokens: int, tokens_per_block: int, isl: int, osl: int) -> int:
+    """Concurrent ISL+OSL sequences the paged KV pool holds (whole blocks)."""
+    return (pool_tokens // tokens_per_block) // blocks_per_sequence(isl, osl, tokens_per_block)
+
+
+def batch_allowed(pool_tokens: int, tokens_per_block: int, isl: int, osl: int, max_batch_size: int) -> int:
+    """Concurrent sequences the KV pool holds at this workload, capped by the engine's max batch size."""
+    return min(max_batch_size, kv_sequences(pool_tokens, tokens_per_block, isl, osl))
+
+
+def littles_law_concurrency(request_rate: float, latency_s: float) -> float:
+    """Mean requests in the system: L = lambda x W."""
+    return request_rate * latency_s
+
+
+# ---------------------------------------------------------------------------------------- model
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What the performance model needs from a tier plan (whole replica, all its ranks)."""
+
+    gpu: GpuSpec
+    fmt: str
+    world: int
+    tp: int
+    replicas: int
+    gpu_count: int
+    price: float
+    weights: int  # bytes, whole model
+    kv_per_token: int  # bytes, whole model
+    matmul_flops: float  # per token, whole model (2 x linear params incl. lm_head)
+    attn_flops_per_ctx: float  # per token per context token (QK^T and PV)
+    layers: int
+    hidden: int
+    peak: float  # FLOP/s per GPU for this format's GEMMs
+    pool_tokens: int  # KV pool of one replica, tokens
+    tokens_per_block: int
+    max_batch_size: int
+    max_num_tokens: int
+    free_bytes_all: int  # memory of one replica minus weights (for the bound's batch)
+
+
+def geometry(t: TierPlan) -> Geometry:
+    from tritonforge.builder.planner import compute_tflops, kv_bytes_per_token, weight_bytes
+    from tritonforge.builder.spec import KvCacheDtype
+
+    s = t.shape
+    fmt = QuantFormat(t.quant_format)
+    world = t.tp * t.pp
+    weights = weight_bytes(s, fmt, t.dtype, 1, 1, t.quantize.awq_block_size).total
+    kv = kv_bytes_per_token(s, KvCacheDtype(t.kv_cache_dtype), t.dtype, 1, 1)
+    return Geometry(
+        gpu=t.gpu, fmt=t.quant_format, world=world, tp=t.tp, replicas=max(1, t.gpu_count // world),
+        gpu_count=t.gpu_count, price=t.throughput.price_per_gpu_hour, weights=weights, kv_per_token=kv,
+        matmul_flops=2.0 * (s.num_layers * s.layer_linear_params + s.vocab_size * s.hidden_size),
+        attn_flops_per_ctx=4.0 * s.num_layers * s.q_dim, layers=s.num_layers, hidden=s.hidden_size,
+        peak=compute_tflops(t.gpu, fmt, t.dtype) * 1e12, pool_tokens=t.memory.kv_pool_tokens,
+        tokens_per_block=t.memory.tokens_per_block, max_batch_size=t.engine.max_batch_size,
+        max_num_tokens=t.engine.max_num_tokens,
+        free_bytes_all=max(0, world * t.gpu.memory_bytes - weights),
+    )
+
+
+@dataclass(frozen=True)
+class Factors:
+    """Fitted efficiencies: fractions of peak FLOP/s, of peak HBM bandwidth and of NVLink bandwidth
+    (TP all-reduce) reached."""
+
+    compute: float
+    bandwidth: float
+    nvlink: float
+    group: str
+    fitted: bool  # False: borrowed from another group (no published data for this GPU/format)
+
+
+def calibration_group(gpu: GpuSpec, fmt: str) -> str:
+    return f"{gpu.arch}/{fmt}"
+
+
+def load_calibration(path: Path = CALIBRATION_FILE) -> dict:
+    return json.loads(path.read_text())
+
+
+def factors_for(gpu: GpuSpec, fmt: str, calib: dict | None = None) -> Factors:
+    calib = calib if calib is not None else load_calibration()
+    group = calibration_group(gpu, fmt)
+    groups = calib["groups"]
+    ar = float(calib["nvlink"])
+    if group in groups:
+        g = groups[group]
+        return Factors(g["compute"], g["bandwidth"], ar, group, True)
+    fallback = calib["default_group"]
+    g = groups[fallback]
+    return Factors(g["compute"], g["bandwidth"], ar, fallback, False)
+
+
+def attn(g: Geometry, ctx: float) -> float:
+    return g.attn_flops_per_ctx * ctx
+
+
+def prefill_token_s(g: Geometry, w: Workload, f: Factors) -> float:
+    """Seconds per prompt token on one replica (compute-bound; causal attention over ISL/2 on average)."""
+    return (g.matmul_flops + attn(g, w.isl / 2)) / (g.world * g.peak * f.compute)
+
+
+def comm_s(g: Geometry, b: float, f: Factors) -> float:
+    """Two all-reduces per layer of B hidden states (ring: 2 (tp-1)/tp of the payload over NVLink at
+    the fitted efficiency) plus a fixed latency each."""
+    if g.tp <= 1:
+        return 0.0
+    link = NVLINK_BYTES_S.get(g.gpu.arch, 450e9)
+    payload = b * g.hidden * ACT_BYTES * 2 * (g.tp - 1) / g.tp
+    return 2 * g.layers * (ALLREDUCE_LATENCY_S + payload / (link * f.nvlink))
+
+
+def decode_step_s(g: Geometry, w: Workload, b: float, f: Factors) -> float:
+    ctx = w.isl + w.osl / 2
+    bw = g.world * g.gpu.bandwidth_bytes_s * f.bandwidth
+    peak = g.world * g.peak * f.compute
+    gemm = max(g.weights / bw, b * g.matmul_flops / peak)
+    return gemm + b * ctx * g.kv_per_token / bw + b * attn(g, ctx) / peak + comm_s(g, b, f)
+
+
+def itl_s(g: Geometry, w: Workload, b: float, f: Factors) -> float:
+    """Inter-token latency at batch b: a decode step plus the prompt tokens that step also prefills."""
+    return decode_step_s(g, w, b, f) + b * (w.isl / w.osl) * prefill_token_s(g, w, f)
+
+
+def ttft_s(g: Geometry, w: Workload, b: float, f: Factors) -> float:
+    """Prefill of ISL tokens in chunks of max_num_tokens, each chunk sharing its step with the decode
+    batch (queueing excluded). A chunk is at least one read of the weights."""
+    bw = g.world * g.gpu.bandwidth_bytes_s * f.bandwidth
+    chunks = math.ceil(w.isl / max(1, g.max_num_tokens))
+    per_chunk = max(g.weights / bw, min(w.isl, g.max_num_tokens) * prefill_token_s(g, w, f))
+    running = decode_step_s(g, w, max(0.0, b - 1), f) if b > 1 else 0.0
+    return chunks * (per_chunk + running)
+
+
+def kv_batch(g: Geometry, w: Workload) -> int:
+    return batch_allowed(g.pool_tokens, g.tokens_per_block, w.isl, w.osl, g.max_batch_size)
+
+
+@dataclass
+class Bound:
+    output_tokens_per_s: float
+    batch: int
+    limited_by: str  # "compute" or "bandwidth"
+
+    def to_dict(self) -> dict:
+        return {"output_tokens_per_s": round(self.output_tokens_per_s, 1), "batch": self.batch,
+                "limited_by": self.limited_by}
+
+
+def bound(g: Geometry, w: Workload) -> Bound:
+    """Physical upper bound on output tokens/s for the whole tier at this workload (see module doc)."""
+    mean_ctx = w.isl + w.osl / 2
+    per_seq = max(1.0, mean_ctx * g.kv_per_token)  # mean KV a sequence holds, blocks allocated on demand
+    b = max(1, min(g.max_batch_size, int(g.free_bytes_all // per_seq)))
+    flops = g.matmul_flops + attn(g, mean_ctx) + (w.isl / w.osl) * (g.matmul_flops + attn(g, w.isl / 2))
+    t_c = flops / (g.world * g.peak)
+    t_bw = (g.weights / b + mean_ctx * g.kv_per_token) / (g.world * g.gpu.bandwidth_bytes_s)
+    t = max(t_c, t_bw)
+    return Bound(g.replicas / t, b, "compute" if t_c >= t_bw else "bandwidth")
+
+
+@dataclass
+class Prediction:
+    ttft_ms: float
+    itl_ms: float
+    request_latency_ms: float
+    output_tokens_per_s: float
+    output_tokens_per_s_per_gpu: float
+    output_tokens_per_s_per_user: float
+    batch: int  # sequences per replica
+    kv_batch_limit: int  # sequences the KV pool holds at ISL+OSL (not capped by the engine's max batch)
+    engine_max_batch: int
+    concurrency: float  # requests in the system, all replicas
+    saturated: bool  # offered load above what the deployment sustains
+    usd_per_1m_output_tokens: float | None
+    source: str
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for k in ("ttft_ms", "itl_ms", "request_latency_ms"):
+            d[k] = round(d[k], 2)
+        for k in ("output_tokens_per_s", "output_tokens_per_s_per_gpu", "output_tokens_per_s_per_user",
+                  "concurrency"):
+            d[k] = round(d[k], 1)
+        if d["usd_per_1m_output_tokens"] is not None:
+            d["usd_per_1m_output_tokens"] = round(d["usd_per_1m_output_tokens"], 4)
+        return d
+
+
+def _cost(g: Geometry, tokens_per_s: float) -> float | None:
+    return g.price * g.gpu_count / (tokens_per_s * 3600) * 1e6 if tokens_per_s > 0 else None
+
+
+def predict_model(g: Geometry, w: Workload, f: Factors) -> Prediction:
+    """The calibrated prediction (see module doc) at max throughput, a concurrency or a request rate."""
+    bmax = kv_batch(g, w)
+    source = f"calibrated ({f.group})" if f.fitted else \
+        f"calibrated, uncalibrated for {calibration_group(g.gpu, g.fmt)}: {f.group} factors"
+    notes: list[str] = []
+    if bmax < 1:
+        raise UserError(f"the KV pool cannot hold one {w.isl}+{w.osl}-token sequence; shorten the workload "
+                        f"or free GPU memory")
+    saturated = False
+    if w.concurrency is None and w.request_rate is None:
+        b = float(bmax)
+        users = b * g.replicas
+    elif w.concurrency is not None:
+        users = float(w.concurrency)
+        b = min(float(bmax), users / g.replicas)
+        saturated = users / g.replicas > bmax
+    else:
+        rate = w.request_rate / g.replicas
+
+        def lat(bb: float) -> float:
+            return ttft_s(g, w, bb, f) + (w.osl - 1) * itl_s(g, w, max(bb, 1.0), f)
+
+        cap = bmax / lat(bmax)  # requests/s one replica completes at its largest batch
+        if rate >= cap:
+            b, saturated = float(bmax), True
+        else:  # L = R x latency(L): latency grows with L, so bisect on L in [0, bmax]
+            lo, hi = 0.0, float(bmax)
+            for _ in range(60):
+                mid = (lo + hi) / 2
+                if littles_law_concurrency(rate, lat(mid)) > mid:
+                    lo = mid
+                else:
+                    hi = mid
+            b = hi
+        users = b * g.replicas
+    bb = max(b, 1.0)
+    itl = itl_s(g, w, bb, f)
+    ttft = ttft_s(g, w, bb, f)
+    served = g.replicas * bb / itl  # tokens/s while the batch is full
+    if w.concurrency is not None and not saturated:
+        # closed loop: each user waits TTFT then OSL-1 ITLs; tokens/s = users x OSL / latency
+        latency = ttft + (w.osl - 1) * itl
+        tps = users * w.osl / latency
+    elif w.request_rate is not None and not saturated:
+        tps = w.request_rate * w.osl
+        latency = ttft + (w.osl - 1) * itl
+    else:
+        tps = served
+        latency = ttft + (w.osl - 1) * itl
+        if saturated and w.concurrency is not None:
+            # more users than slots: the rest queue; Little's law gives the mean time in the system
+            latency = users * w.osl / tps
+            ttft = latency - (w.osl - 1) * itl
+            notes.append(f"{w.concurrency} users exceed the {bmax * g.replicas} sequences the KV pool/engine "
+                         f"allow; the rest queue")
+        elif saturated:
+            notes.append(f"request rate {w.request_rate}/s is at or above the ~{served / w.osl:.2f}/s this "
+                         "deployment completes: queues grow without bound; figures are at saturation")
+    if w.concurrency is None and w.request_rate is None:
+        notes.append("maximum throughput: TTFT excludes queueing (offline benchmarks queue every request)")
+    return Prediction(
+        ttft_ms=ttft * 1e3, itl_ms=itl * 1e3, request_latency_ms=latency * 1e3, output_tokens_per_s=tps,
+        output_tokens_per_s_per_gpu=tps / g.gpu_count, output_tokens_per_s_per_user=1.0 / itl,
+        batch=int(round(bb)), kv_batch_limit=kv_sequences(g.pool_tokens, g.tokens_per_block, w.isl, w.osl),
+        engine_max_batch=g.max_batch_size, concurrency=users, saturated=saturated,
+        usd_per_1m_output_tokens=_cost(g, tps), source=source, notes=notes,
+    )
+
+
+# ------------------------------------------------------------------------------------ per tier
+
+
+@dataclass
+class TierPrediction:
+    workload: Workload
+    prediction: Prediction | None
+    bound: Bound | None
+    kv_pool_tokens: int
+    blocks_per_sequence: int
+    alternatives: dict = field(default_factory=dict)  # other sources' predictions, for comparison
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "workload": self.workload.to_dict(),
+            "prediction": self.prediction.to_dict() if self.prediction else None,
+            "bound": self.bound.to_dict() if self.bound else None,
+            "kv_pool_tokens": self.kv_pool_tokens,
+            "blocks_per_sequence": self.blocks_per_sequence,
+            "alternatives": self.alternatives,
+            "error": self.error,
+        }
+
+
+def predict_tier(t: TierPlan, w: Workload, *, calib: dict | None = None, use_aiconfigurator: bool = True,
+                 spec_model: str | None = None) -> TierPrediction:
+    """Bound and prediction for one planned tier at workload `w`."""
+    tpb = t.memory.tokens_per_block
+    base = TierPrediction(w, None, None, t.memory.kv_pool_tokens, blocks_per_sequence(w.isl, w.osl, tpb))
+    if t.runtime != "trtllm-engine":
+        base.error = f"no GPU performance model for runtime {t.runtime} (trtllm-engine tiers only)"
+        return base
+    if w.isl + w.osl > t.engine.engine_max_seq_len or w.isl > t.engine.max_input_len:
+        base.error = (f"workload {w.isl}+{w.osl} tokens is past the engine's limits (max_input_len "
+                      f"{t.engine.max_input_len}, max_seq_len {t.engine.engine_max_seq_len}): requests would be "
+                      "rejected; raise limits or shorten the workload")
+        return base
+    if not t.memory.fits:
+        base.error = "the tier does not fit: no prediction"
+        return base
+    g = geometry(t)
+    base.bound = bound(g, w)
+    f = factors_for(t.gpu, t.quant_format, calib)
+    try:
+        ours = predict_model(g, w, f)
+    except UserError as e:
+        base.error = str(e)
+        return base
+    base.prediction = ours
+    if use_aiconfigurator:
+        from tritonforge.builder import predict_aic
+
+        choice = predict_aic.maybe_predict(t, w, ours, calib if calib is not None else load_calibration())
+        if choice is not None:
+            base.prediction, base.alternatives = choice
+    return base
+
+
+def predict_plan(plan, w: Workload, *, use_aiconfigurator: bool = True) -> dict[str, TierPrediction]:
+    calib = load_calibration()
+    return {t.name: predict_tier(t, w, calib=calib, use_aiconfigurator=use_aiconfigurator) for t in plan.tiers}
