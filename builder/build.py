@@ -86,21 +86,74 @@ class BuildReport:
     plan: DeploymentPlan
     dry_run: bool = False
     commands: list[dict] = field(default_factory=list)
+    quantize_memory: dict = field(default_factory=dict)
 
 
 def _gate_dict(q: Quantization) -> dict:
     return q.quality_gate.model_dump(mode="json")
 
 
-def quantize_job(qp: QuantizePlan, model_dir: Path, quant: Quantization, base_dir: Path | None) -> dict:
+AWQ_CALIB_SIZE = 32  # TensorRT-LLM's quantize_and_export cuts AWQ calibration to 32 samples
+
+
+def calib_size(qp: QuantizePlan, quant: Quantization) -> int:
+    """The planned calibration size, cut to 32 for AWQ formats when the spec leaves it at its default, as
+    TensorRT-LLM's reference path does (quantize_and_export in tensorrt_llm/quantization/
+    quantize_by_modelopt.py, https://github.com/NVIDIA/TensorRT-LLM)."""
+    if "awq" in qp.qformat and "size" not in quant.calibration.model_fields_set:
+        return min(qp.calib_size, AWQ_CALIB_SIZE)
+    return qp.calib_size
+
+
+def quantize_memory_of(shape, seq_len: int, dtype_bytes: int = 2):
+    from tritonforge.builder.quantize import quantize_memory
+
+    return quantize_memory(shape.total_params, shape.hidden_size, shape.intermediate_size, shape.vocab_size,
+                           seq_len, dtype_bytes)
+
+
+def quantize_job(qp: QuantizePlan, model_dir: Path, quant: Quantization, base_dir: Path | None,
+                 shape=None) -> dict:
     from tritonforge.builder.quantize import QuantizeJob
 
     return QuantizeJob(
         model_dir=str(model_dir), qformat=qp.qformat, kv_cache_dtype=qp.kv_cache_dtype,
-        awq_block_size=qp.awq_block_size, calib_dataset=qp.calib_dataset, calib_size=qp.calib_size,
+        awq_block_size=qp.awq_block_size, calib_dataset=qp.calib_dataset, calib_size=calib_size(qp, quant),
         calib_seq_len=qp.calib_seq_len, export_dtype=qp.export_dtype, decoder_type=qp.decoder_type,
         tp=qp.tp, pp=qp.pp, gate=_gate_dict(quant), base_dir=str(base_dir) if base_dir else None,
+        memory=quantize_memory_of(shape, qp.calib_seq_len).to_dict() if shape is not None else None,
     ).to_dict()
+
+
+def host_resources() -> tuple[list[int], int]:
+    """(memory of each GPU, host RAM) in bytes: nvidia-smi's totals when it is there, else what torch sees."""
+    from tritonforge.builder.manifest import gpu_info
+    from tritonforge.builder.quantize import host_memory
+
+    gpus, host = host_memory()
+    smi = [g.get("memory") or "" for g in gpu_info()["gpus"]]
+    if smi and all(m.split()[0].isdigit() for m in smi):
+        gpus = [int(m.split()[0]) * 1024**2 for m in smi]  # "81559 MiB"
+    return gpus, host
+
+
+def check_quantize_memory(spec: DeploymentSpec, plan: DeploymentPlan, resources: tuple[list[int], int],
+                          calib_data: bool = False) -> dict[str, dict]:
+    """Per checkpoint step: the memory quantization needs and whether this host holds it (UserError if not)."""
+    from tritonforge.builder.quantize import load_plan
+
+    gpus, host = resources
+    out: dict[str, dict] = {}
+    for tier, tp in zip(spec.tiers, plan.tiers, strict=True):
+        pairs = [("checkpoint", tp.quantize, tp.shape, tier.model)]
+        if tp.draft is not None and tier.draft is not None:
+            pairs.append(("draft_checkpoint", tp.draft.quantize, tp.draft.shape, tier.draft.model))
+        for step, qp, shape, model in pairs:
+            mem = quantize_memory_of(shape, qp.calib_seq_len, 2 if gpus else 4)  # fp32 on a CPU
+            kwargs = load_plan(mem, gpus, host, f"tier {tp.name} ({model})")
+            out[f"{tp.name}/{step}"] = {**mem.to_dict(), "gpus": len(gpus), "gpu_memory": sum(gpus),
+                                        "host_memory": host, "placement": "device_map=auto" if kwargs else "cpu"}
+    return out
 
 
 def quantize_command(job: dict, out_dir: Path, executor: Executor, job_file: Path) -> list[str]:
@@ -148,21 +201,42 @@ class Builder:
         self.base_dir, self.progress = base_dir, progress
         self.cache = HashCache(build_dir / HASH_CACHE)
         self.tools: dict[str, Any] = {}
+        self.calib_data: str | None = None  # --calib-data: a user's traffic file for every quantized model
 
     # -- steps ----------------------------------------------------------------------------------
     def checkpoint_step(self, tp: TierPlan, name: str, model_dir: Path, src: dict, qp: QuantizePlan,
-                        quant: Quantization) -> StepResult:
+                        quant: Quantization, shape=None) -> StepResult:
         from tritonforge.builder import quality
 
         out = self.dir / tp.name / name
-        job = quantize_job(qp, model_dir, quant, self.base_dir)
-        calib = quality.load_texts(qp.calib_dataset, self.base_dir) if (qp.qformat != "none" or qp.kv_cache_dtype) \
-            else None
+        job = quantize_job(qp, model_dir, quant, self.base_dir, shape)
+        if self.calib_data:
+            job["calib_dataset"] = self.calib_data
+        calib = heldout = None
         gate = job["gate"] if job["gate"]["enabled"] else None
-        heldout = quality.load_texts(gate["eval_dataset"], self.base_dir) if gate and calib else None
+        if qp.qformat != "none" or qp.kv_cache_dtype:
+            src_texts = quality.resolve_text_sources(job["calib_dataset"], gate["eval_dataset"] if gate else None,
+                                                     job["calib_size"], int(gate["eval_samples"]) if gate else 0,
+                                                     self.base_dir)
+            calib, heldout = src_texts.calib, src_texts.eval
+            job["calib_source"] = src_texts.info
+            data_dir = self.dir / tp.name / ".datasets"  # mounted into a --docker container with the tier dir
+            # The job reads exactly these records (also inside a container): built-in sets by name, the rest
+            # written out as JSONL named by their sha256.
+            job["calib_dataset"] = calib.name if src_texts.info["kind"] == "builtin" \
+                else str(quality.write_jsonl(calib, data_dir))
+            if gate is not None and heldout is not None:
+                gate["eval_dataset"] = heldout.name if heldout.name.startswith("builtin:") \
+                    else str(quality.write_jsonl(heldout, data_dir))
+            self.progress(f"{tp.name}: {name}: calibration: {calib.name} ({len(calib.texts)} records)"
+                          + (f"; quality gate on {heldout.name}" if heldout else ""))
+            if src_texts.info.get("fallback"):
+                self.progress(f"{tp.name}: {name}: NOTE {src_texts.info['fallback']}; calibrating on the built-in "
+                              f"Python-source corpus, fit only for offline hosts: pass --calib-data traffic.jsonl "
+                              f"(a \"text\" or \"prompt\" per line) for real traffic")
         key = step_key({
             "step": "checkpoint", "source": src["sha256"], "job": {k: v for k, v in job.items()
-                                                                  if k not in ("model_dir", "base_dir")},
+                                                                  if k not in ("model_dir", "base_dir", "calib_source")},
             "calibration": calib.sha256 if calib else None, "eval": heldout.sha256 if heldout else None,
             "tools": {k: self.tools.get(k) for k in ("modelopt", "torch", "transformers")},
             "executor": [self.ex.kind, self.ex.image],
@@ -185,7 +259,9 @@ class Builder:
                 with contextlib.redirect_stdout(sys.stderr):  # ModelOpt prints; keep stdout for --json
                     res = run_quantize(QuantizeJob(**job), tmp, prog).to_dict()
             details = {"job": job, "executed": "in a container" if self.ex.kind == "docker" else "in-process",
-                       "calibration": res.get("calib"), "quality": res.get("quality"),
+                       "calibration": res.get("calib"),
+                       "quality": res.get("quality"), "modelopt_version": res.get("modelopt_version"),
+                       "placement": res.get("placement"),
                        "quant_section": res.get("quant_section"), "timings_s": res.get("timings_s"),
                        "device": res.get("device"), "note": res.get("note")}
             if res.get("gate_failures"):
@@ -245,14 +321,14 @@ class Builder:
 
     def tier(self, tier: Tier, tp: TierPlan) -> dict:
         model_dir, src = self.source(tier.model)
-        steps = [self.checkpoint_step(tp, "checkpoint", model_dir, src, tp.quantize, tier.quantization)]
+        steps = [self.checkpoint_step(tp, "checkpoint", model_dir, src, tp.quantize, tier.quantization, tp.shape)]
         steps.append(self.engine_step(tp, "engine", tp.engine, steps[0]))
         entry: dict[str, Any] = {"runtime": tp.runtime, "model": src}
         if tier.draft is not None and tp.draft is not None:
             dmodel, dsrc = self.source(tier.draft.model)
             entry["draft_model"] = dsrc
             dck = self.checkpoint_step(tp, "draft_checkpoint", dmodel, dsrc, tp.draft.quantize,
-                                       tier.draft.quantization)
+                                       tier.draft.quantization, tp.draft.shape)
             steps += [dck, self.engine_step(tp, "draft_engine", tp.draft.engine, dck)]
         tok = Path(tier.tokenizer).expanduser() if tier.tokenizer else model_dir
         if tier.tokenizer and not tok.is_absolute() and self.base_dir:
@@ -279,6 +355,8 @@ class Builder:
             "num_draft_tokens": tp.draft.num_draft_tokens if tp.draft else None,
             "enable_kv_cache_reuse": (tier.kv_cache.block_reuse or tier.draft is not None) and e.paged_context_fmha,
             "max_tokens_in_paged_kv_cache": tier.kv_cache.max_tokens,
+            "calibration": (by["checkpoint"].details.get("calibration") or {}).get("source"),
+            "modelopt_version": by["checkpoint"].details.get("modelopt_version"),
             "quality": by["checkpoint"].details.get("quality"),
             "draft_quality": by["draft_checkpoint"].details.get("quality") if "draft_checkpoint" in by else None,
             "steps": [s.to_dict() for s in steps],
@@ -307,12 +385,23 @@ def plan_commands(plan: DeploymentPlan, spec: DeploymentSpec, build_dir: Path, e
 
 
 def build(spec: DeploymentSpec, *, spec_path: str | Path | None = None, build_dir: str | Path | None = None,
-          docker_image: str | None = None, dry_run: bool = False,
+          docker_image: str | None = None, dry_run: bool = False, calib_data: str | Path | None = None,
           progress: Callable[[str], None] | None = None) -> BuildReport:
-    """Plan, validate, and run (or with `dry_run` only list) every step; write the manifest."""
+    """Plan, validate, and run (or with `dry_run` only list) every step; write the manifest.
+
+    `calib_data`: a .jsonl of real traffic ("text" or "prompt" per line) that calibrates every quantized
+    model instead of the spec's calibration set; its held-out records feed the quality gate."""
+    from tritonforge.builder import quality
     from tritonforge.builder.steps import stderr_progress
 
     progress = progress or stderr_progress()
+    if calib_data is not None:
+        path = Path(calib_data).expanduser().resolve()
+        if path.suffix != ".jsonl":
+            raise UserError(f"--calib-data {calib_data}: not a .jsonl file; give one JSON object per line with "
+                            f"a \"text\" or \"prompt\" string")
+        quality.split_heldout(quality.load_texts(str(path)))  # one-line UserError for a bad file, before anything
+        calib_data = str(path)
     bdir = Path(build_dir) if build_dir else Path("build") / spec.name
     base_dir = Path(spec_path).resolve().parent if spec_path else None
     executor = Executor("docker", docker_image, spec.triton.shm_size) if docker_image else Executor()
@@ -321,7 +410,12 @@ def build(spec: DeploymentSpec, *, spec_path: str | Path | None = None, build_di
     plan.problems = rules.check_deployment(spec, installed)
     rules.raise_for_errors(plan)
     if dry_run:
-        return BuildReport({}, None, plan, True, plan_commands(plan, spec, bdir.resolve(), executor))
+        rep = BuildReport({}, None, plan, True, plan_commands(plan, spec, bdir.resolve(), executor))
+        try:
+            rep.quantize_memory = check_quantize_memory(spec, plan, host_resources())
+        except UserError as exc:  # a dry run reports it; the real build refuses
+            rep.quantize_memory = {"error": str(exc)}
+        return rep
 
     for tier in spec.tiers:  # every checkpoint must be here before anything is written
         for ref in (tier.model, tier.draft.model if tier.draft else None):
@@ -329,7 +423,12 @@ def build(spec: DeploymentSpec, *, spec_path: str | Path | None = None, build_di
             if resolved is not None and resolved.checkpoint_dir is None and resolved.builtin is None:
                 materialize_checkpoint(resolved)  # raises: a fixture or a path not on this host
 
+    qmem = check_quantize_memory(spec, plan, host_resources())  # refuses before anything is written
+    for k, m in qmem.items():
+        progress(f"{k}: quantization needs ~{m['weights'] / 1024**3:.1f} GiB weights + "
+                 f"{m['activations'] / 1024**3:.2f} GiB calibration activations ({m['placement']})")
     b = Builder(spec, plan, bdir.resolve(), executor, base_dir, progress)
+    b.calib_data = str(calib_data) if calib_data else None
     b.tools = tool_versions(with_torch=True)
     manifest = manifest_skeleton(spec, str(spec_path) if spec_path else None, executor.kind, docker_image, b.tools)
     failed: list[str] = []

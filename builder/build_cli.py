@@ -163,11 +163,27 @@ def format_predictions(preds: dict) -> str:
 
 def _step_line(s: dict) -> str:
     extra = s.get("reason") or ""
-    q = (s.get("details") or {}).get("quality")
+    details = s.get("details") or {}
+    q = details.get("quality")
     if q:
         extra = (f"KL {q['kl_divergence']:.2g}  top-1 {q['top1_agreement']:.3f}  ppl {q['ppl_ref']:.3f} -> "
                  f"{q['ppl_quant']:.3f} ({q['ppl_increase']:+.2%})" + (f"  [{extra}]" if extra else ""))
+    c = details.get("calibration") or {}
+    src = c.get("source") or {}
+    if c.get("windows"):
+        extra += (f"  calib {c['windows']} x {c['seq_len']} of {src.get('kind', '?')} {src.get('used', c.get('dataset'))}"
+                  + ("  (offline fallback)" if src.get("fallback") else ""))
+    if details.get("modelopt_version"):
+        extra += f"  ModelOpt {details['modelopt_version']}"
     return f"  {s['tier']:<12} {s['name']:<17} {s['status']:<8} {s['duration_s']:>7.1f}s  {extra}"
+
+
+def _memory_lines(qmem: dict) -> list[str]:
+    if "error" in qmem:
+        return [f"quantization memory: DOES NOT FIT on this host: {qmem['error']}"]
+    return [f"quantization memory [{k}]  weights {_gib(m['weights'])} + calibration activations "
+            f"{_gib(m['activations'])}; this host: {m['gpus']} GPU(s) {_gib(m['gpu_memory'])} + RAM "
+            f"{_gib(m['host_memory'])} -> fits ({m['placement']})" for k, m in qmem.items()]
 
 
 @click.command("build")
@@ -177,7 +193,11 @@ def _step_line(s: dict) -> str:
 @click.option("--docker", "docker_image", default=None, metavar="IMAGE",
               help="Run ModelOpt and trtllm-build in this NGC TensorRT-LLM container (e.g. the spec's triton.image).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest (or, with --dry-run, plan and commands) as JSON.")
-def build_command(spec: str, build_dir: str | None, dry_run: bool, docker_image: str | None, as_json: bool) -> None:
+@click.option("--calib-data", default=None, metavar="TRAFFIC.jsonl",
+              help="Calibrate on real traffic: a .jsonl with a \"text\" or \"prompt\" per line (every 10th line is "
+                   "held out for the quality gate). Default: the spec's calibration set.")
+def build_command(spec: str, build_dir: str | None, dry_run: bool, docker_image: str | None, as_json: bool,
+                  calib_data: str | None) -> None:
     """Quantize with ModelOpt, build TensorRT-LLM engines and write build_manifest.json for SPEC.
 
     Steps whose inputs are unchanged are skipped; outputs appear only when complete."""
@@ -187,14 +207,18 @@ def build_command(spec: str, build_dir: str | None, dry_run: bool, docker_image:
     s = load_spec(spec)
     t0 = time.time()
     try:
-        report = build(s, spec_path=spec, build_dir=build_dir, docker_image=docker_image, dry_run=dry_run)
+        report = build(s, spec_path=spec, build_dir=build_dir, docker_image=docker_image, dry_run=dry_run,
+                       calib_data=calib_data)
     except KeyboardInterrupt:  # pragma: no cover - interactive
         raise UserError("build interrupted; finished steps are kept, rerun to resume") from None
     if report.dry_run:
         if as_json:
-            click.echo(json.dumps({"plan": report.plan.to_dict(), "commands": report.commands}, indent=2, sort_keys=True))
+            click.echo(json.dumps({"plan": report.plan.to_dict(), "commands": report.commands,
+                                   "quantize_memory": report.quantize_memory}, indent=2, sort_keys=True))
             return
         click.echo(format_plan(report.plan))
+        for line in _memory_lines(report.quantize_memory):
+            click.echo(line)
         click.echo("\ncommands (dry run: nothing is run)")
         for c in report.commands:
             click.echo(f"  [{c['tier']}/{c['step']}] " + " ".join(c["command"]))

@@ -10,9 +10,17 @@ need CUDA; on a CPU this module registers a ModelOpt quantization backend that e
 numerics in torch (E2M1 values, one E4M3 scale per 16-value block, a per-tensor FP32 scale from the
 calibrated amax), using ModelOpt's own `NVFP4QTensor` quantize/dequantize reference code.
 
-Text sources: `builtin:stdlib` (Python standard-library top-level sources, what the demo models
-are trained on), `builtin:stdlib-heldout` (sources from standard-library sub-packages, never used for
-training or calibration), or a local `.txt` / `.jsonl` (a "text" field per line) file.
+Text sources (`resolve_text_sources` picks them for a build):
+- `auto` (the default): the reference calibration set, cnn_dailymail articles, when `datasets` can
+  load it (TensorRT-LLM's quantize path defaults to it: get_calib_dataloader in
+  https://github.com/NVIDIA/TensorRT-LLM/blob/main/tensorrt_llm/quantization/quantize_by_modelopt.py);
+  on a host that cannot (offline, no `datasets`), the built-in corpus below, and the build says so;
+- a local `.jsonl` of real traffic (a "text" or "prompt" string per line) or `.txt` (paragraphs):
+  every 10th record is held out for the quality gate, the rest calibrates;
+- `builtin:stdlib` (Python standard-library top-level sources, what the demo models are trained on)
+  and `builtin:stdlib-heldout` (standard-library sub-packages, never used for training or calibration):
+  for offline hosts and the CPU demo only.
+The quality gate's `auto` evaluates on held-out text of the same kind as the calibration set.
 """
 
 from __future__ import annotations
@@ -84,10 +92,12 @@ def load_texts(source: str, base_dir: Path | None = None) -> TextSet:
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError:
-                    raise UserError(f"{p}:{i}: not valid JSON; each line of a .jsonl must be an object with \"text\"") from None
-                text = obj.get("text") if isinstance(obj, dict) else obj if isinstance(obj, str) else None
-                if not isinstance(text, str):
-                    raise UserError(f"{p}:{i}: no \"text\" string field")
+                    raise UserError(f"{p}:{i}: not valid JSON; each line of a .jsonl must be an object with "
+                                    f"\"text\" or \"prompt\"") from None
+                text = _record_text(obj)
+                if text is None:
+                    raise UserError(f"{p}:{i}: no \"text\" or \"prompt\" string field; each line must be a JSON "
+                                    f"object like {{\"text\": \"...\"}}")
                 texts.append(text)
         else:
             texts = [t for t in raw.split("\n\n") if t.strip()]
@@ -98,6 +108,129 @@ def load_texts(source: str, base_dir: Path | None = None) -> TextSet:
     if not texts:
         raise UserError(f"{source}: no Python standard-library sources found under {_stdlib()}")
     return TextSet(source, texts, _digest([str(f.relative_to(_stdlib())) for f in files], texts), len(files))
+
+
+def _record_text(obj: Any) -> str | None:
+    if isinstance(obj, str):
+        return obj
+    if isinstance(obj, dict):
+        for key in ("text", "prompt"):
+            if isinstance(obj.get(key), str) and obj[key].strip():
+                return obj[key]
+    return None
+
+
+REFERENCE_DATASET = "cnn_dailymail"  # name, config and column as TensorRT-LLM's get_calib_dataloader loads it
+REFERENCE_CONFIG = "3.0.0"
+HELDOUT_EVERY = 10  # every 10th record of a user's file is held out for the quality gate
+
+
+@dataclass(frozen=True)
+class TextSources:
+    """The calibration and evaluation text a build uses, and how they were chosen (for the manifest)."""
+
+    calib: TextSet
+    eval: TextSet | None
+    info: dict  # requested, kind (reference | file | builtin), used, fallback (why the reference was not used)
+
+
+def split_heldout(ts: TextSet) -> tuple[TextSet, TextSet]:
+    """(calibration part, held-out part) of a user's text set: every `HELDOUT_EVERY`-th record held out."""
+    if len(ts.texts) < 2:
+        raise UserError(f"{ts.name}: {len(ts.texts)} record(s); give at least 2 (one is held out for the quality "
+                        f"gate), or set quantization.quality_gate.eval_dataset")
+    held = [t for i, t in enumerate(ts.texts) if i % HELDOUT_EVERY == HELDOUT_EVERY - 1] or ts.texts[-1:]
+    keep = [t for i, t in enumerate(ts.texts) if i % HELDOUT_EVERY != HELDOUT_EVERY - 1]
+    if len(held) == 1 and len(keep) == len(ts.texts):
+        keep = keep[:-1]
+
+    def part(name: str, texts: list[str]) -> TextSet:
+        return TextSet(f"{ts.name} ({name})", texts, _digest([str(i) for i in range(len(texts))], texts), ts.files)
+
+    return part("calibration", keep), part("held out", held)
+
+
+def load_reference(calib_size: int, eval_samples: int) -> tuple[TextSet, TextSet]:
+    """cnn_dailymail articles: `calib_size` from the train split, `eval_samples` from validation.
+
+    Streams the splits (only the first records are read). Raises whatever `datasets` raises when it
+    is missing or the hub is unreachable and nothing is cached."""
+    import itertools
+    import os
+    import socket
+
+    import datasets  # noqa: F401  (ImportError: not installed)
+
+    offline = any(os.environ.get(k, "").lower() in ("1", "true", "yes")
+                  for k in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"))
+    if offline:
+        raise ConnectionError("HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set")
+    try:  # fail in seconds on a host without network, instead of the hub client's retries
+        socket.create_connection(("huggingface.co", 443), timeout=3).close()
+    except OSError as exc:
+        raise ConnectionError(f"huggingface.co unreachable ({exc.__class__.__name__})") from None
+
+    def take(split: str, n: int) -> TextSet:
+        ds = datasets.load_dataset(REFERENCE_DATASET, REFERENCE_CONFIG, split=split, streaming=True)
+        texts = [r["article"] for r in itertools.islice(ds, n)]
+        if not texts:
+            raise ValueError(f"{REFERENCE_DATASET} {split}: no records")
+        name = f"{REFERENCE_DATASET} {REFERENCE_CONFIG} {split}[:{len(texts)}]"
+        return TextSet(name, texts, _digest([str(i) for i in range(len(texts))], texts), 1)
+
+    return take("train", calib_size), take("validation", eval_samples)
+
+
+def resolve_text_sources(dataset: str, eval_dataset: str | None, calib_size: int, eval_samples: int,
+                         base_dir: Path | None = None, reference=load_reference) -> TextSources:
+    """Pick the calibration set (and, when `eval_dataset` is given, the evaluation set) of a build.
+
+    `eval_dataset="auto"` takes held-out text of the same kind as the calibration set. `reference`
+    loads the reference set (injectable so that a test can exercise the fallback deterministically)."""
+    info: dict[str, Any] = {"requested": dataset}
+    heldout: TextSet | None = None
+    if dataset in ("auto", REFERENCE_DATASET):
+        try:
+            calib, heldout = reference(calib_size, eval_samples)
+            info.update(kind="reference", used=calib.name)
+        except Exception as exc:  # noqa: BLE001 - any failure to load means: not available on this host
+            why = f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
+            if dataset == REFERENCE_DATASET:
+                raise UserError(f"calibration dataset {REFERENCE_DATASET} cannot be loaded here ({why}); use "
+                                f"--calib-data traffic.jsonl, or dataset: auto to fall back offline") from None
+            calib = load_texts("builtin:stdlib", base_dir)
+            info.update(kind="builtin", used="builtin:stdlib", fallback=f"{REFERENCE_DATASET} not loadable: {why}")
+    elif dataset.startswith("builtin:"):
+        calib = load_texts(dataset, base_dir)
+        info.update(kind="builtin", used=dataset)
+    else:
+        whole = load_texts(dataset, base_dir)
+        calib, heldout = split_heldout(whole) if eval_dataset == "auto" else (whole, None)
+        info.update(kind="file", used=whole.name, records=len(whole.texts))
+    ev = None
+    if eval_dataset is not None:
+        if eval_dataset != "auto":
+            ev = load_texts(eval_dataset, base_dir)
+        elif heldout is not None:
+            ev = heldout
+        else:
+            ev = load_texts("builtin:stdlib-heldout", base_dir)
+        info["eval"] = ev.name
+    return TextSources(calib, ev, info)
+
+
+def write_jsonl(ts: TextSet, directory: Path) -> Path:
+    """A text set as `<sha256[:16]>.jsonl` in `directory` (atomically; kept when already there), so a
+    quantize job run in a container reads exactly these records."""
+    import os
+
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{ts.sha256[:16]}.jsonl"
+    if not path.is_file():
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text("".join(json.dumps({"text": t}) + "\n" for t in ts.texts), encoding="utf-8")
+        os.replace(tmp, path)
+    return path
 
 
 def token_windows(tokenizer, texts: list[str], count: int, seq_len: int) -> list:

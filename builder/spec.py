@@ -66,11 +66,13 @@ class KvCacheDtype(str, Enum):
 
 
 class Calibration(Strict):
-    """Calibration set for ModelOpt (a local .txt or .jsonl file; `builtin:stdlib` uses Python sources)."""
+    """Calibration set for ModelOpt: `auto` = cnn_dailymail (TensorRT-LLM's reference set) when it can be
+    loaded, else the built-in Python-source corpus (offline hosts); or a local .jsonl of real traffic
+    ("text"/"prompt" per line) or .txt; `builtin:stdlib` forces the built-in corpus."""
 
-    dataset: str = "builtin:stdlib"
-    size: int = Field(64, ge=1, le=100_000)
-    seq_len: int = Field(256, ge=8, le=32_768)
+    dataset: str = "auto"
+    size: int = Field(512, ge=1, le=100_000, description="samples; AWQ formats use 32 unless set")
+    seq_len: int = Field(512, ge=8, le=32_768)
 
 
 class QualityGate(Strict):
@@ -80,7 +82,7 @@ class QualityGate(Strict):
     max_kl_divergence: float = Field(0.05, ge=0)
     min_top1_agreement: float = Field(0.90, ge=0, le=1)
     max_perplexity_increase: float = Field(0.10, ge=0, description="relative, 0.10 = +10%")
-    eval_dataset: str = "builtin:stdlib-heldout"
+    eval_dataset: str = Field("auto", description="auto = held-out text of the calibration set's kind")
     eval_samples: int = Field(16, ge=1, le=100_000)
 
 
