@@ -319,7 +319,8 @@ def check_replaceable(out: Path, force: bool) -> Ownership | None:
     if not any(out.iterdir()):
         return None
     own = inspect_dir(out)
-    not_ours = "nothing was changed; --force replaces only a repository tritonforge wrote, so move them out or choose another -o path"
+    not_ours = ("nothing was changed; --force replaces only a repository tritonforge wrote, so move those files "
+                "elsewhere or choose another -o path")
     if own.lock is None:
         why = "its tritonforge.lock.json is not a valid tritonforge lock file" if (out / LOCK_FILE).exists() \
             else "it has no tritonforge.lock.json"
