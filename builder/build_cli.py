@@ -83,15 +83,25 @@ def format_plan(plan) -> str:
 
 
 @click.command("plan")
-@click.argument("spec", type=click.Path(dir_okay=False))
+@click.argument("spec", type=click.Path(dir_okay=False), required=False)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("-o", "--build-dir", default=None, help="Build directory the commands refer to (default build/<spec name>).")
+@click.option("-o", "--build-dir", default=None,
+              help="Build directory the commands refer to (default build/<spec name>); with --recommend, the spec "
+                   "file to write.")
 @click.option("--workload", default=None, metavar="isl=N,osl=N[,isl_std=N,osl_std=N]",
               help="Predict TTFT, ITL, tokens/s, batch and $/1M output tokens at this traffic (and a bound).")
 @click.option("--concurrency", type=int, default=None, help="With --workload: this many users in a closed loop.")
 @click.option("--request-rate", type=float, default=None, help="With --workload: requests/s arriving (open loop).")
-def plan_command(spec: str, as_json: bool, build_dir: str | None, workload: str | None, concurrency: int | None,
-                 request_rate: float | None) -> None:
+@click.option("--recommend", is_flag=True,
+              help="Search GPU x TP x format x KV dtype x batch for the cheapest deployment meeting --slo (no SPEC).")
+@click.option("--model", default=None, help="With --recommend: fixture name (llama-3.1-70b), fixture:NAME or checkpoint dir.")
+@click.option("--slo", default=None, metavar="ttft=500ms,itl=30ms", help="With --recommend: latency targets.")
+@click.option("--gpus", default=None, metavar="H100-SXM,H200,B200", help="With --recommend: GPU types to consider.")
+@click.option("--max-gpus", type=int, default=8, show_default=True, help="With --recommend: GPUs at most.")
+@click.option("--price", default=None, metavar="H100-SXM=2.99,...", help="With --recommend: $/GPU-hour overrides.")
+def plan_command(spec: str | None, as_json: bool, build_dir: str | None, workload: str | None, concurrency: int | None,
+                 request_rate: float | None, recommend: bool, model: str | None, slo: str | None, gpus: str | None,
+                 max_gpus: int, price: str | None) -> None:
     """Capacity plan for every tier of SPEC: memory, KV capacity, roofline throughput, cost, build flags.
 
     \b
@@ -104,6 +114,11 @@ def plan_command(spec: str, as_json: bool, build_dir: str | None, workload: str 
     from tritonforge.builder.planner import plan_deployment
     from tritonforge.builder.spec import load_spec
 
+    if recommend:
+        _recommend(spec, as_json, build_dir, workload, concurrency, request_rate, model, slo, gpus, max_gpus, price)
+        return
+    if spec is None:
+        raise UserError("plan needs a SPEC file (or --recommend --model MODEL --workload ... --slo ...)")
     w = None
     if workload is not None:
         from tritonforge.builder.predict import parse_workload
@@ -133,6 +148,58 @@ def plan_command(spec: str, as_json: bool, build_dir: str | None, workload: str 
         if preds is not None:
             click.echo(format_predictions(preds))
     rules.raise_for_errors(plan)
+
+
+def _recommend(spec, as_json, out, workload, concurrency, request_rate, model, slo, gpus, max_gpus, price) -> None:
+    """`plan --recommend`: rank deployments by $/1M output tokens under an SLO; write the best as a spec."""
+    from pathlib import Path
+
+    import yaml
+
+    from tritonforge.builder.predict import parse_workload
+    from tritonforge.builder.predict_recommend import format_table, parse_prices, parse_slo, recommend
+
+    if spec is not None:
+        raise UserError("--recommend takes no SPEC: give --model, --workload and --slo")
+    if not model or not workload or not slo:
+        raise UserError("--recommend needs --model MODEL --workload isl=N,osl=N --slo ttft=500ms,itl=30ms")
+    if concurrency is not None:
+        raise UserError("--recommend sizes for --request-rate (or one replica at the SLO's batch), not --concurrency")
+    w = parse_workload(workload, None, request_rate)
+    s = parse_slo(slo)
+    gpu_list = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else None
+    if out is not None and Path(out).exists() and (
+            not Path(out).is_file() or "written by `tritonforge plan --recommend`" not in Path(out).read_text(errors="replace")):
+        raise UserError(f"-o {out}: exists and was not written by --recommend; give a new path for the spec")
+    cands = recommend(model, w, s, gpus=gpu_list, max_gpus=max_gpus, prices=parse_prices(price))
+    if not cands:
+        raise UserError("no deployment meets the SLO within --max-gpus; relax --slo, allow more GPUs or other --gpus")
+    best = cands[0]
+    if out is not None:
+        import os
+        import tempfile
+
+        target = Path(out)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent if str(target.parent) else ".")
+        try:  # whole file or nothing
+            with os.fdopen(fd, "w") as fh:
+                fh.write(yaml.safe_dump(best.spec, sort_keys=False))
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    if as_json:
+        click.echo(json.dumps([{"gpu": c.gpu, "gpu_count": c.gpu_count, "tp": c.tp, "format": c.fmt, "kv_cache_dtype": c.kv,
+                                "batch": c.batch, "calibrated": c.calibrated, "why": c.why,
+                                "prediction": c.prediction.to_dict(), "spec": c.spec} for c in cands],
+                              indent=2, sort_keys=True))
+        return
+    lim = f"TTFT <= {s.ttft_ms:g} ms" if s.ttft_ms else ""
+    lim += (", " if lim else "") + (f"ITL <= {s.itl_ms:g} ms" if s.itl_ms else "")
+    click.echo(f"recommend {model}  isl {w.isl} osl {w.osl}  {lim}  ({len(cands)} candidates meet it; cheapest first)")
+    click.echo(format_table(cands))
+    if out is not None:
+        click.echo(f"\nwrote {out}: {best.gpu_count} x {best.gpu} tp {best.tp} {best.fmt} KV {best.kv} max batch {best.batch}")
 
 
 def format_predictions(preds: dict) -> str:
