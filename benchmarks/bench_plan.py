@@ -37,11 +37,12 @@ def command() -> list[str]:
     return [found] if found else [sys.executable, "-c", "from tritonforge.cli import main; main()"]
 
 
-def run(spec: Path, repeat: int) -> tuple[list[float], dict]:
+def run(spec: Path, repeat: int, extra: list[str] | None = None) -> tuple[list[float], dict]:
     times, out = [], ""
     for _ in range(repeat):
         t0 = time.perf_counter()
-        proc = subprocess.run(command() + ["plan", str(spec), "--json"], capture_output=True, text=True, cwd=ROOT)
+        proc = subprocess.run(command() + ["plan", str(spec), "--json", *(extra or [])], capture_output=True, text=True,
+                              cwd=ROOT)
         times.append(time.perf_counter() - t0)
         if proc.returncode != 0:
             raise SystemExit(f"plan {spec.name} failed ({proc.returncode}): {proc.stderr.strip()}")
@@ -76,6 +77,9 @@ def main() -> int:
             print(f"{r['spec']:<34}{r['median_s']:>7.3f}s{r['max_s']:>7.3f}s  {r['gpu']:<12}{r['weights_gib']:>6.2f}GiB"
                   f"{r['kv_kib_per_token']:>6.0f}KiB{r['max_sequences']:>6}{r['decode_tok_s']:>14,.0f}"
                   f"{r['usd_per_m_tokens']:>9.4f}")
+    # --workload adds the prediction (no target: it may call AIConfigurator when installed)
+    wt, _ = run(SPECS / GOLDEN[1], args.repeat, ["--workload", "isl=2048,osl=256", "--no-aiconfigurator"])
+    print(f"with --workload isl=2048,osl=256 (calibrated model), {GOLDEN[1]}: median {statistics.median(wt):.3f}s")
     slow = [r["spec"] for r in rows if r["median_s"] >= TARGET_S]
     if slow:
         print(f"over target: {', '.join(slow)}", file=sys.stderr)

@@ -92,6 +92,8 @@ def format_plan(plan) -> str:
               help="Predict TTFT, ITL, tokens/s, batch and $/1M output tokens at this traffic (and a bound).")
 @click.option("--concurrency", type=int, default=None, help="With --workload: this many users in a closed loop.")
 @click.option("--request-rate", type=float, default=None, help="With --workload: requests/s arriving (open loop).")
+@click.option("--no-aiconfigurator", "no_aic", is_flag=True,
+              help="With --workload: our calibrated model only, even where AIConfigurator is installed and closer.")
 @click.option("--recommend", is_flag=True,
               help="Search GPU x TP x format x KV dtype x batch for the cheapest deployment meeting --slo (no SPEC).")
 @click.option("--model", default=None, help="With --recommend: fixture name (llama-3.1-70b), fixture:NAME or checkpoint dir.")
@@ -101,7 +103,7 @@ def format_plan(plan) -> str:
 @click.option("--price", default=None, metavar="H100-SXM=2.99,...", help="With --recommend: $/GPU-hour overrides.")
 def plan_command(spec: str | None, as_json: bool, build_dir: str | None, workload: str | None, concurrency: int | None,
                  request_rate: float | None, recommend: bool, model: str | None, slo: str | None, gpus: str | None,
-                 max_gpus: int, price: str | None) -> None:
+                 max_gpus: int, price: str | None, no_aic: bool) -> None:
     """Capacity plan for every tier of SPEC: memory, KV capacity, roofline throughput, cost, build flags.
 
     \b
@@ -133,7 +135,7 @@ def plan_command(spec: str | None, as_json: bool, build_dir: str | None, workloa
     if w is not None:
         from tritonforge.builder.predict import predict_plan
 
-        preds = predict_plan(plan, w)
+        preds = predict_plan(plan, w, use_aiconfigurator=not no_aic)
     if as_json:
         d = plan.to_dict()
         if preds is not None:

@@ -4,8 +4,9 @@ Everything in here is arithmetic on plain values (pure functions); reading the c
 `builder.modelref`. `plan_tier(tier, hf_config, gpu)` plans one tier, `plan_deployment(spec)` reads the
 configs and plans every tier, then attaches the validation problems from `builder.rules`.
 
-Memory is per GPU, after TP/PP sharding, for the busiest pipeline rank. Numbers follow the facts in
-`shared/reference/trtllm-build-facts.md`:
+Memory is per GPU, after TP/PP sharding, for the busiest pipeline rank. Numbers follow TensorRT-LLM's
+memory guide (https://github.com/NVIDIA/TensorRT-LLM, docs/source/reference/memory.md) and ModelOpt's
+quantization configs (https://github.com/NVIDIA/TensorRT-Model-Optimizer, modelopt/torch/quantization/config.py):
 - weight bytes per parameter: BF16 2, FP8 1, INT4-AWQ 0.5 + one fp16 scale per group (0.515625 at
   group 128), W4A8-AWQ as INT4-AWQ, NVFP4 0.5 + one E4M3 scale per 16 (0.5625), INT8-SQ 1; the
   embedding and lm_head stay 16-bit (ModelOpt's configs disable `*lm_head*` quantization, and the
@@ -14,8 +15,9 @@ Memory is per GPU, after TP/PP sharding, for the busiest pipeline rank. Numbers 
 - KV bytes per token = 2 x layers x kv_heads x head_dim x dtype bytes (per GPU: layers / PP, heads / TP);
 - the paged KV pool is `free_gpu_mem_fraction` x (memory - weights - activations), capped by
   `kv_cache.max_tokens`.
-The activation/workspace figure is an estimate (see `activation_bytes`), so are the roofline figures:
-they are upper bounds from peak FLOP/s and HBM bandwidth, not measurements.
+The activation/workspace figure is an estimate (see `activation_bytes`). The roofline here is at the
+engine's longest context and max batch; `builder.predict` gives the bound and a calibrated prediction at
+a given workload (ISL/OSL), which is what `plan --workload` prints.
 """
 
 from __future__ import annotations

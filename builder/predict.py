@@ -368,6 +368,8 @@ def predict_model(g: Geometry, w: Workload, f: Factors) -> Prediction:
                          "deployment completes: queues grow without bound; figures are at saturation")
     if w.concurrency is None and w.request_rate is None:
         notes.append("maximum throughput: TTFT excludes queueing (offline benchmarks queue every request)")
+    if w.isl_std or w.osl_std:
+        notes.append("isl_std/osl_std are recorded; this model uses the mean lengths")
     return Prediction(
         ttft_ms=ttft * 1e3, itl_ms=itl * 1e3, request_latency_ms=latency * 1e3, output_tokens_per_s=tps,
         output_tokens_per_s_per_gpu=tps / g.gpu_count, output_tokens_per_s_per_user=1.0 / itl,

@@ -133,10 +133,35 @@ def leave_one_out(cases, default_group: str) -> list[float]:
     return ratios
 
 
+def aic_preference(cases, loo_ratios: list[float], aic_rows: list[dict]) -> dict:
+    """Per calibration group, which source is closer to the published rows: our leave-one-out
+    prediction (ours is fitted on these rows, so in-sample would flatter it) or AIConfigurator's.
+    Mean |log(predicted/published)| over the rows both cover; a group AIConfigurator could not
+    estimate (an error on every row) stays ours."""
+    by_key = {(r["source"], r["model"], r["gpu"], r["tp"], r["format"], r["isl"], r["osl"]): r for r in aic_rows}
+    per: dict[str, dict[str, list[float]]] = {}
+    for (row, g, _), lr in zip(cases, loo_ratios, strict=True):
+        a = by_key.get((row["source"], row["model"], row["gpu"], row["tp"], row["format"], row["isl"], row["osl"]))
+        tps = ((a or {}).get("raw") or {}).get("tokens/s")
+        if not tps:
+            continue
+        d = per.setdefault(predict.calibration_group(g.gpu, g.fmt), {"ours": [], "aic": []})
+        d["ours"].append(abs(math.log(lr)))
+        d["aic"].append(abs(math.log(tps / row["output_tokens_per_s"])))
+    out = {}
+    for grp, d in sorted(per.items()):
+        ours, aic = sum(d["ours"]) / len(d["ours"]), sum(d["aic"]) / len(d["aic"])
+        out[grp] = {"prefer": "aiconfigurator" if aic < ours else "calibrated", "rows": len(d["ours"]),
+                    "mean_abs_log_err_ours_loo": round(ours, 4), "mean_abs_log_err_aiconfigurator": round(aic, 4)}
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description="fit the prediction's efficiency factors")
     ap.add_argument("--write", action="store_true", help="store them in builder/fixtures/predict_calibration.json")
     ap.add_argument("--loo", action="store_true", help="also report leave-one-out error (slower)")
+    ap.add_argument("--aic-eval", default=None, metavar="FILE",
+                    help="AIConfigurator's estimates of the rows (predict_aic.py): choose per group (needs --loo)")
     args = ap.parse_args()
     doc = load_published()
     cases = row_cases(doc)
@@ -144,10 +169,20 @@ def main() -> int:
     calib["default_group"] = "Hopper/fp8"
     res = evaluate(cases, calib)
     summary = {"in_sample": error_summary([r["ratio"] for r in res])}
+    loo = None
     if args.loo:
-        summary["leave_one_out"] = error_summary(leave_one_out(cases, calib["default_group"]))
+        loo = leave_one_out(cases, calib["default_group"])
+        summary["leave_one_out"] = error_summary(loo)
     calib["fit"] = {"rows": len(cases), "published": "builder/fixtures/published_trtllm_perf.json",
                     "objective": "least squares of log(predicted/published)", **summary}
+    old = predict.load_calibration() if predict.CALIBRATION_FILE.is_file() else {}
+    if args.aic_eval and loo is not None:
+        aic_rows = json.loads(Path(args.aic_eval).read_text())
+        pref = aic_preference(cases, loo, aic_rows)
+        calib["aiconfigurator"] = {"version": "0.12.0", "evaluation": Path(args.aic_eval).name, "groups": pref,
+                                   "prefer": {g: v["prefer"] for g, v in pref.items()}}
+    elif "aiconfigurator" in old:
+        calib["aiconfigurator"] = old["aiconfigurator"]  # keep the last evaluation's choice
     print(json.dumps(calib, indent=1))
     if args.write:
         predict.CALIBRATION_FILE.write_text(json.dumps(calib, indent=1) + "\n")

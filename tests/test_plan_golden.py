@@ -1,9 +1,10 @@
 """Golden capacity plans: exact trtllm-build argv and memory figures, re-derived here by hand.
 
-Sources of the arithmetic (shared/reference/trtllm-build-facts.md unless noted):
+Sources of the arithmetic (TensorRT-LLM docs/source/reference/memory.md and tensorrt_llm/builder.py,
+https://github.com/NVIDIA/TensorRT-LLM; ModelOpt modelopt/torch/quantization/config.py, unless noted):
 - weight bytes per parameter: FP8 1, INT4-AWQ 0.5 + fp16 scale per 128 = 33/64, NVFP4 0.5 + e4m3
   scale per 16 = 9/16; embedding and lm_head stay 16-bit (ModelOpt configs disable "*lm_head*");
-- KV bytes/token = 2 x layers x kv_heads x head_dim x bytes (facts: 8B 64 KiB FP8, 70B 160 KiB FP8);
+- KV bytes/token = 2 x layers x kv_heads x head_dim x bytes (8B: 64 KiB FP8, 70B: 160 KiB FP8);
 - KV pool = free_gpu_mem_fraction x (memory - weights - activations);
 - TensorRT-LLM builder.py: a draft_tokens_external target gets max_seq_len += max_draft_len and
   max_num_tokens >= max_batch_size x (max_draft_len + 1); FP8 context FMHA for FP8/W4A8/NVFP4 on sm89+;
@@ -82,7 +83,7 @@ def test_llama31_8b_fp8_h100():
     weights = 32 * L8_LINEAR_PER_LAYER * 1 + 32 * 2 * 4096 * 2 + 4096 * 2 + 2 * VOCAB * 4096 * 2
     assert t.memory.weights == weights == 9_081_200_640  # 8.46 GiB
     kv = 2 * 32 * 8 * 128 * 1
-    assert kv == 64 * 1024 and t.memory.kv_bytes_per_token == kv  # facts: 64 KiB FP8
+    assert kv == 64 * 1024 and t.memory.kv_bytes_per_token == kv  # 64 KiB FP8
     acts = activations(4096, 4096, 1024, 14336, 1, 8192, 64, 1, RESERVE)
     assert t.memory.activations == acts
     free, pool_bytes, tokens, seqs = pool(H100, weights, acts, 0.9, kv, 32, 2560)
@@ -106,7 +107,7 @@ def test_llama31_70b_fp8_tp2_h100():
     weights = 80 * L70_LINEAR_PER_LAYER // 2 + 80 * 2 * 8192 * 2 + 8192 * 2 + 2 * (VOCAB * 8192 * 2 // 2)
     assert t.memory.weights == weights
     kv = 2 * 80 * (8 // 2) * 128 * 1
-    assert kv == 160 * 1024 // 2 and t.memory.kv_bytes_per_token == kv  # facts: 160 KiB FP8, half per GPU
+    assert kv == 160 * 1024 // 2 and t.memory.kv_bytes_per_token == kv  # 160 KiB FP8, half per GPU
     acts = activations(8192, 8192, 1024, 28672, 2, 8192, 64, 1, RESERVE_MULTI)
     assert t.memory.activations == acts
     free, pool_bytes, tokens, seqs = pool(H100, weights, acts, 0.9, kv, 64, 5120)
@@ -132,7 +133,7 @@ def test_llama31_70b_int4_awq_one_h100():
     weights = linear + 80 * 2 * 8192 * 2 + 8192 * 2 + 2 * VOCAB * 8192 * 2
     assert t.memory.weights == weights  # 36.79 GiB
     kv = 2 * 80 * 8 * 128 * 2
-    assert kv == 320 * 1024 and t.memory.kv_bytes_per_token == kv  # facts: 320 KiB BF16
+    assert kv == 320 * 1024 and t.memory.kv_bytes_per_token == kv  # 320 KiB BF16
     acts = activations(8192, 8192, 1024, 28672, 1, 4096, 16, 1, RESERVE)
     _, pool_bytes, tokens, seqs = pool(H100, weights, acts, 0.9, kv, 32, 2560)
     assert (t.memory.kv_pool_bytes, t.memory.kv_pool_tokens, t.memory.max_concurrent_sequences) == \
