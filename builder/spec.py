@@ -280,6 +280,82 @@ class TritonSettings(Strict):
     shm_size: str = "2g"
 
 
+K8S_QUANTITY = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti)?$"
+K8S_LABEL_KEY = r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+
+
+class ReplicaRange(Strict):
+    min: int = Field(1, ge=1, le=1000)
+    max: int = Field(4, ge=1, le=1000)
+
+
+class Autoscale(Strict):
+    """HorizontalPodAutoscaler on a Triton metric of the entry model (through the Prometheus adapter).
+
+    inflight_requests: requests in flight per replica (rate of nv_inference_request_duration_us / 1e6);
+    queue_time: requests waiting in Triton's queue per replica (rate of nv_inference_queue_duration_us / 1e6);
+    pending_requests: nv_inference_pending_request_count. `target` per replica; default from the tier limits.
+    """
+
+    enabled: bool = True
+    metric: Literal["inflight_requests", "queue_time", "pending_requests"] = "inflight_requests"
+    target: float | None = Field(None, gt=0, le=1e9, description="per replica; default: from max_batch_size")
+
+
+class Toleration(Strict):
+    key: str | None = None
+    operator: Literal["Equal", "Exists"] = "Equal"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+
+
+class Deploy(Strict):
+    """`tritonforge deploy k8s`: replicas, autoscaling, placement, storage, image."""
+
+    replicas: ReplicaRange = ReplicaRange()
+    autoscale: Autoscale = Autoscale()
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+    storage_class: str | None = Field(None, pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+    storage_size: str | None = Field(None, pattern=K8S_QUANTITY, description="model store PVC; default by runtime")
+    image: str | None = Field(None, pattern=r"^[A-Za-z0-9][^\s]*$",
+                              description="serving image; default: the generated Dockerfile's, tagged by spec hash")
+    gpus_per_node: int = Field(8, ge=1, le=16)
+    multi_node: bool = Field(True, description="a replica needing more GPUs than one node: a LeaderWorkerSet")
+    redis_url: str | None = Field(None, description="external Redis; default: an in-cluster StatefulSet")
+    checkpoints_claim: str | None = Field(None, description="existing PVC with the HF checkpoints (build Job only)")
+    checkpoints_path: str = Field("/models", pattern=r"^/[^\s]*$")
+    loadtest_workers: int = Field(2, ge=0, le=64)
+
+    @field_validator("node_selector")
+    @classmethod
+    def _label_keys(cls, v: dict[str, str]) -> dict[str, str]:
+        for key in v:
+            if not re.match(K8S_LABEL_KEY, key):
+                raise ValueError(f"{key!r} is not a Kubernetes label key; use e.g. nvidia.com/gpu.product")
+        return v
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^rediss?://[^\s/@]+(/\d+)?$", v):
+            raise PydanticCustomError(SECRET, "must be redis://host:port/db or rediss://host:port/db, without "
+                                              "credentials (never write them into the spec)")
+        return v
+
+    @model_validator(mode="after")
+    def _min_max(self) -> Deploy:
+        if self.replicas.min > self.replicas.max:
+            raise ValueError(f"replicas.min {self.replicas.min} is above replicas.max {self.replicas.max}; "
+                             f"set min <= max")
+        return self
+
+
+def replica_gpus(spec: DeploymentSpec) -> int:
+    """GPUs one replica (one Triton server over the whole repository) holds: every GPU tier's gpu.count."""
+    return sum(t.gpu.count for t in spec.tiers if t.runtime == Runtime.trtllm_engine)
+
+
 class DeploymentSpec(Strict):
     """One deployment: model tiers plus router and cache."""
 
@@ -289,6 +365,7 @@ class DeploymentSpec(Strict):
     router: Router = Router()
     cache: Cache = Cache()
     triton: TritonSettings = TritonSettings()
+    deploy: Deploy = Deploy()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> DeploymentSpec:
@@ -308,7 +385,17 @@ class DeploymentSpec(Strict):
         if self.triton.entry_model in {t.name for t in self.tiers}:
             raise ValueError(f"triton.entry_model {self.triton.entry_model!r} clashes with a tier name; rename one")
         self._check_generated_names()
+        self._check_deploy()
         return self
+
+    def _check_deploy(self) -> None:
+        gpus, per_node = replica_gpus(self), self.deploy.gpus_per_node
+        if gpus > per_node and not self.deploy.multi_node:
+            raise ValueError(f"deploy: a replica needs {gpus} GPUs but a node has {per_node} (deploy.gpus_per_node); "
+                             f"set deploy.multi_node: true (LeaderWorkerSet) or use fewer GPUs per replica")
+        if gpus > per_node and gpus % per_node:
+            raise ValueError(f"deploy: a replica spanning nodes takes whole nodes, but {gpus} GPUs is not a multiple "
+                             f"of deploy.gpus_per_node {per_node}; make gpu.count a multiple of it")
 
     def _check_generated_names(self) -> None:
         """User-chosen names must not be a generated model's name (one would overwrite the other)."""
@@ -341,7 +428,8 @@ class DeploymentSpec(Strict):
 
     def canonical_json(self) -> str:
         """Stable JSON of the resolved spec (defaults filled) for hashing and lock files."""
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        # `deploy` (replicas, placement) does not change the repository or its engines, so not their hash.
+        return json.dumps(self.model_dump(mode="json", exclude={"deploy"}), sort_keys=True, separators=(",", ":"))
 
     def spec_hash(self) -> str:
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()

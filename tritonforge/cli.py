@@ -298,6 +298,44 @@ def demo_model(name: str, out: str | None) -> None:
     click.echo(str(path))
 
 
+# --- deploy -------------------------------------------------------------------------------------------
+@cli.group("deploy")
+def deploy_group() -> None:
+    """Deploy a spec beyond one machine."""
+
+
+@deploy_group.command("k8s")
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "output", required=True, type=click.Path(file_okay=False),
+              help="Directory to write: new, empty, or one tritonforge deploy wrote before.")
+@click.option("--namespace", default=None, help="Kubernetes namespace (default: from the spec name).")
+@click.option("--registry", default=None, help="Image registry prefix for the built images, e.g. registry.example.com/ml.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
+def deploy_k8s_command(spec: str, output: str, namespace: str | None, registry: str | None, as_json: bool) -> None:
+    """Kustomize base + overlay for SPEC in OUTPUT: server Deployment (LeaderWorkerSet across nodes), Service,
+    build Job, Redis, ServiceMonitor, HPA, PDB, NetworkPolicy, a load-test Job, and the image's Dockerfile.
+
+    \b
+    Every object is checked against the Kubernetes schemas (pip install 'tritonforge[k8s]') before writing.
+    Then: build and push image/ (targets serve and tools), kubectl apply -k OUTPUT/overlays/<kind>,
+    and once the server is READY: kubectl apply -k OUTPUT/loadtest.
+    """
+    from tritonforge.builder.k8s import K8sOptions, deploy_k8s
+
+    summary = deploy_k8s(Path(spec), Path(output), K8sOptions(namespace=namespace, registry=registry))
+    if as_json:
+        _echo_json(summary)
+        return
+    checked = "checked against the Kubernetes schemas" if summary["schema_checked"] else \
+        "NOT schema-checked (pip install 'tritonforge[k8s]')"
+    click.echo(f"wrote {summary['files']} files to {summary['directory']} ({checked})")
+    click.echo(f"  {summary['workload']}: {summary['pods_per_replica']} pod(s) per replica, "
+               f"{summary['gpus_per_pod']} GPU(s) per pod; service {summary['service']} in {summary['namespace']}")
+    click.echo(f"  images: {summary['image']} (target serve), {summary['tools_image']} (target tools)")
+    click.echo(f"next: docker build --target serve -t {summary['image']} {summary['directory']}/image && "
+               f"kubectl apply -k {summary['directory']}/{summary['overlay']}")
+
+
 cli.add_command(plan_command)
 cli.add_command(build_command)
 cli.add_command(loadtest_group)
