@@ -60,3 +60,47 @@ def test_real_estimate_runs_and_parses():
     r = predict_aic.estimate_cli(predict_aic.find_executable(), cfg, gpu="H100-SXM", fmt="fp8", kv="fp8",
                                  isl=128, osl=128, batch=64, ctx_tokens=128, tp=1)
     assert r["batch_size"] == 64 and r["tokens_per_s"] > 0 and r["tpot_ms"] > 0
+
+
+def _golden_8b():
+    from tritonforge.builder.planner import plan_deployment
+    from tritonforge.builder.spec import load_spec
+
+    spec = Path(__file__).parent / "fixtures" / "specs" / "llama31-8b-fp8-h100.yaml"
+    return plan_deployment(load_spec(spec), build_dir="out").tiers[0]
+
+
+def _calib_preferring_aic() -> dict:
+    from tritonforge.builder import predict
+
+    calib = predict.load_calibration()
+    return {**calib, "aiconfigurator": {"version": "0.12.0", "prefer": {"Hopper/fp8": "aiconfigurator"}}}
+
+
+def test_preferred_but_absent_falls_back_and_says_so(monkeypatch, tmp_path):
+    from tritonforge.builder import predict
+
+    monkeypatch.setenv(predict_aic.ENV_EXE, str(tmp_path / "no-such-aiconfigurator"))
+    tp = predict.predict_tier(_golden_8b(), predict.Workload(128, 128), calib=_calib_preferring_aic())
+    assert tp.prediction.source.startswith("calibrated")
+    assert any("not installed" in n for n in tp.prediction.notes)
+
+
+def test_not_preferred_stays_calibrated():
+    from tritonforge.builder import predict
+
+    calib = {**predict.load_calibration(), "aiconfigurator": {"prefer": {"Hopper/fp8": "calibrated"}}}
+    tp = predict.predict_tier(_golden_8b(), predict.Workload(128, 128), calib=calib)
+    assert tp.prediction.source == "calibrated (Hopper/fp8)" and tp.alternatives == {}
+
+
+@pytest.mark.skipif(predict_aic.find_executable() is None,
+                    reason="aiconfigurator not installed (pip install 'tritonforge[predict]' or set "
+                           "TRITONFORGE_AICONFIGURATOR to its executable)")
+def test_preferred_and_installed_uses_it():
+    from tritonforge.builder import predict
+
+    tp = predict.predict_tier(_golden_8b(), predict.Workload(128, 128), calib=_calib_preferring_aic())
+    assert tp.prediction.source.startswith("aiconfigurator 0.12.0")
+    assert tp.alternatives["calibrated"]["source"] == "calibrated (Hopper/fp8)"
+    assert tp.prediction.batch == 64 and tp.prediction.output_tokens_per_s > 0
