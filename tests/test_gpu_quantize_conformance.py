@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -248,3 +249,141 @@ def test_quantization_that_cannot_fit_the_host_is_refused_in_one_line():
     assert load_plan(mem, [], room) == {}
     with pytest.raises(UserError):
         load_plan(mem, [], int((mem.total - 1) / 0.8))
+
+
+# ------------------------------------------------------------------------------------ calibration
+
+
+def test_calibration_defaults_follow_the_reference():
+    """Spec defaults: cnn_dailymail when loadable ("auto"), 512 samples x 512 tokens, AWQ cut to 32 unless
+    the size is set (examples/quantization/quantize.py defaults --calib_size 512 --calib_max_seq_length 512,
+    quantize_and_export: `if "awq" in qformat: if calib_size > 32: calib_size = 32`)."""
+    from tritonforge.builder.build import calib_size
+    from tritonforge.builder.planner import plan_deployment
+    from tritonforge.builder.spec import parse_spec
+
+    def tier(fmt: str, **cal):
+        spec = parse_spec({"name": "t", "tiers": [{"name": "main", "model": "fixture:llama-3.1-8b",
+                                                    "quantization": {"format": fmt, "calibration": cal}}]})
+        return plan_deployment(spec, "out").tiers[0].quantize, spec.tiers[0].quantization
+
+    qp, q = tier("fp8")
+    assert (q.calibration.dataset, q.calibration.size, q.calibration.seq_len) == ("auto", 512, 512)
+    assert q.quality_gate.eval_dataset == "auto" and calib_size(qp, q) == 512
+    assert calib_size(*tier("int4_awq")) == 32 and calib_size(*tier("w4a8_awq")) == 32
+    assert calib_size(*tier("int4_awq", size=100)) == 100  # an explicit size is kept
+
+
+def test_reference_set_when_loadable_else_builtin_with_the_reason():
+    from tritonforge.builder import quality
+
+    # `datasets` cannot reach the hub from this machine: the loader below stands in for
+    # load_reference (same signature: calib_size, eval_samples -> train and validation TextSets).
+    def hub(n: int, m: int):
+        mk = quality.TextSet
+        return mk("cnn_dailymail 3.0.0 train[:2]", ["a", "b"], "1" * 64, 1), mk("cnn_dailymail 3.0.0 validation[:1]",
+                                                                               ["c"], "2" * 64, 1)
+
+    got = quality.resolve_text_sources("auto", "auto", 512, 16, reference=hub)
+    assert got.info["kind"] == "reference" and got.eval.texts == ["c"] and "fallback" not in got.info
+    offline = quality.resolve_text_sources("auto", "auto", 4, 2)  # the real loader, on this offline host
+    assert offline.info["kind"] == "builtin" and offline.info["used"] == "builtin:stdlib"
+    assert offline.info["fallback"].startswith("cnn_dailymail not loadable: ")
+    assert offline.eval.name == "builtin:stdlib-heldout"
+    with pytest.raises(UserError, match="cannot be loaded here .*--calib-data"):
+        quality.resolve_text_sources("cnn_dailymail", None, 4, 0)
+
+
+def _spec(tmp_path: Path) -> Path:
+    import yaml
+
+    p = tmp_path / "spec.yaml"
+    p.write_text(yaml.safe_dump({"name": "calib", "tiers": [{
+        "name": "main", "model": "builtin:tiny", "runtime": "cpu-reference", "dtype": "float32",
+        "quantization": {"format": "fp8", "calibration": {"size": 8, "seq_len": 64},
+                         # a random-weight model: the gate measures, these limits do not fail it
+                         "quality_gate": {"eval_samples": 2, "max_kl_divergence": 100, "min_top1_agreement": 0,
+                                          "max_perplexity_increase": 100}},
+        "limits": {"max_batch_size": 2, "max_input_len": 128, "max_output_len": 32}}]}))
+    return p
+
+
+def _traffic(path: Path, n: int = 40) -> list[str]:
+    texts = [f"user {i}: please summarize the quarterly report for region {i % 7}, list the three largest "
+             f"cost items, compare them with last year and suggest two savings with their expected impact"
+             for i in range(n)]
+    path.write_text("".join(json.dumps({"prompt" if i % 2 else "text": t}) + "\n" for i, t in enumerate(texts)))
+    return texts
+
+
+@pytest.mark.slow
+def test_build_calibrates_on_a_traffic_jsonl_and_records_the_source(tmp_path, monkeypatch):
+    from importlib import metadata
+
+    from click.testing import CliRunner
+
+    from tritonforge.builder.build_cli import build_command
+    from tritonforge.builder.manifest import read_manifest
+
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no trtllm-build
+    spec, traffic = _spec(tmp_path), tmp_path / "traffic.jsonl"
+    texts = _traffic(traffic)
+    r = CliRunner().invoke(build_command, [str(spec), "-o", str(tmp_path / "b1"), "--calib-data", str(traffic)])
+    assert r.exit_code == 0, r.output
+    m = read_manifest(tmp_path / "b1")
+    tier = m["tiers"]["main"]
+    assert tier["modelopt_version"] == metadata.version("nvidia-modelopt") == m["tools"]["modelopt"]
+    src = tier["calibration"]
+    assert src["kind"] == "file" and src["used"] == str(traffic) and src["records"] == 40
+    step = next(s for s in tier["steps"] if s["name"] == "checkpoint")
+    cal = step["details"]["calibration"]
+    assert cal["windows"] == 8 and cal["seq_len"] == 64
+    # the calibration records are the file's, minus every 10th, which the quality gate evaluates on
+    used = [json.loads(line)["text"] for line in Path(cal["dataset"]).read_text().splitlines()]
+    held = [json.loads(line)["text"] for line in Path(tier["quality"]["eval_dataset"]).read_text().splitlines()]
+    assert used == [t for i, t in enumerate(texts) if i % 10 != 9] and held == texts[9::10]
+    assert tier["quality"]["windows"] >= 1 and tier["quality"]["tokens"] > 0
+    assert "calib 8 x 64 of file" in r.stdout
+
+    # No --calib-data on this offline host: the reference set cannot load; the build says so and records it.
+    r = CliRunner().invoke(build_command, [str(spec), "-o", str(tmp_path / "b2")])
+    assert r.exit_code == 0, r.output
+    src = read_manifest(tmp_path / "b2")["tiers"]["main"]["calibration"]
+    assert src["kind"] == "builtin" and src["requested"] == "auto" and "cnn_dailymail not loadable" in src["fallback"]
+    assert "fit only for offline hosts" in r.stderr and "(offline fallback)" in r.stdout
+
+
+def _run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str]:
+    """`tritonforge ARGS` through the console entry point in this process: exit code, stderr."""
+    import sys
+
+    from tritonforge.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["tritonforge", *args])
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content,expect", [
+    ('{"text": "fine"}\n{"message": "no text"}\n', r'traffic.jsonl:2: no "text" or "prompt" string field'),
+    ('{"text": "fine"}\nnot json\n', "traffic.jsonl:2: not valid JSON"),
+    ('{"text": "only one"}\n', "1 record"),
+    ("", "no text found"),
+])
+def test_bad_calib_data_is_one_line_and_exit_2(tmp_path, content, expect, monkeypatch, capsys):
+    import re
+
+    spec, traffic = _spec(tmp_path), tmp_path / "traffic.jsonl"
+    traffic.write_text(content)
+    code, err = _run_cli(["build", str(spec), "-o", str(tmp_path / "b"), "--calib-data", str(traffic)],
+                         monkeypatch, capsys)
+    assert code == 2 and re.search(expect, err), err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "b").exists()
+    code, err = _run_cli(["build", str(spec), "-o", str(tmp_path / "b"), "--calib-data",
+                          str(tmp_path / "missing.jsonl")], monkeypatch, capsys)
+    assert code == 2 and "file not found" in err and not (tmp_path / "b").exists()
