@@ -13,9 +13,10 @@ Two figures per tier:
   plus TP all-reduce time, and the batch the engine's KV pool really allows at ISL+OSL per sequence.
 
 The model of one replica (TP x PP GPUs) in steady state, continuous (in-flight) batching, batch B:
-- decode step t_step(B) = max(W / BW_e, B F / P_e) + B c kv / BW_e + B A(c) / P_e + t_comm(B),
+- decode step t_step(B) = max(W / BW_w, B F / P_e) + B c kv / BW_kv + B A(c) / P_e + t_comm(B),
   W all weights, F matmul FLOPs per token, kv KV bytes per token, c = ISL + OSL/2 the mean context,
-  A(c) attention FLOPs per token at context c, BW_e/P_e the derated bandwidth/peak of the replica;
+  A(c) attention FLOPs per token at context c, BW_w/BW_kv/P_e the derated bandwidths (streaming
+  weights / reading paged KV) and peak of the replica;
 - prefill per token t_pf = (F + A(ISL/2)) / P_e (compute-bound, chunks of max_num_tokens);
 - each step also prefills the requests that replace finished ones: B ISL/OSL prompt tokens a step
   on average, so the inter-token latency is ITL = t_step(B) + B (ISL/OSL) t_pf;
@@ -174,11 +175,13 @@ def geometry(t: TierPlan) -> Geometry:
 
 @dataclass(frozen=True)
 class Factors:
-    """Fitted efficiencies: fractions of peak FLOP/s, of peak HBM bandwidth and of NVLink bandwidth
-    (TP all-reduce) reached."""
+    """Fitted efficiencies: fractions of peak FLOP/s, of peak HBM bandwidth when streaming weights
+    (`bandwidth`) and when reading the paged KV cache in attention (`kv_bandwidth`), and of NVLink
+    bandwidth in TP all-reduces (`nvlink`)."""
 
     compute: float
     bandwidth: float
+    kv_bandwidth: float
     nvlink: float
     group: str
     fitted: bool  # False: borrowed from another group (no published data for this GPU/format)
@@ -199,10 +202,10 @@ def factors_for(gpu: GpuSpec, fmt: str, calib: dict | None = None) -> Factors:
     ar = float(calib["nvlink"])
     if group in groups:
         g = groups[group]
-        return Factors(g["compute"], g["bandwidth"], ar, group, True)
+        return Factors(g["compute"], g["bandwidth"], g["kv_bandwidth"], ar, group, True)
     fallback = calib["default_group"]
     g = groups[fallback]
-    return Factors(g["compute"], g["bandwidth"], ar, fallback, False)
+    return Factors(g["compute"], g["bandwidth"], g["kv_bandwidth"], ar, fallback, False)
 
 
 def attn(g: Geometry, ctx: float) -> float:
@@ -210,8 +213,17 @@ def attn(g: Geometry, ctx: float) -> float:
 
 
 def prefill_token_s(g: Geometry, w: Workload, f: Factors) -> float:
-    """Seconds per prompt token on one replica (compute-bound; causal attention over ISL/2 on average)."""
-    return (g.matmul_flops + attn(g, w.isl / 2)) / (g.world * g.peak * f.compute)
+    """Seconds per prompt token on one replica (compute-bound; causal attention over ISL/2 on average),
+    plus its share of the TP all-reduce volume (latency is paid per step, not per token)."""
+    return (g.matmul_flops + attn(g, w.isl / 2)) / (g.world * g.peak * f.compute) + allreduce_volume_s(g, 1.0, f)
+
+
+def allreduce_volume_s(g: Geometry, tokens: float, f: Factors) -> float:
+    """Two ring all-reduces per layer of `tokens` hidden states: 2 (tp-1)/tp of the payload over NVLink."""
+    if g.tp <= 1:
+        return 0.0
+    link = NVLINK_BYTES_S.get(g.gpu.arch, 450e9)
+    return 2 * g.layers * tokens * g.hidden * ACT_BYTES * 2 * (g.tp - 1) / g.tp / (link * f.nvlink)
 
 
 def comm_s(g: Geometry, b: float, f: Factors) -> float:
@@ -219,17 +231,16 @@ def comm_s(g: Geometry, b: float, f: Factors) -> float:
     the fitted efficiency) plus a fixed latency each."""
     if g.tp <= 1:
         return 0.0
-    link = NVLINK_BYTES_S.get(g.gpu.arch, 450e9)
-    payload = b * g.hidden * ACT_BYTES * 2 * (g.tp - 1) / g.tp
-    return 2 * g.layers * (ALLREDUCE_LATENCY_S + payload / (link * f.nvlink))
+    return 2 * g.layers * ALLREDUCE_LATENCY_S + allreduce_volume_s(g, b, f)
 
 
 def decode_step_s(g: Geometry, w: Workload, b: float, f: Factors) -> float:
     ctx = w.isl + w.osl / 2
     bw = g.world * g.gpu.bandwidth_bytes_s * f.bandwidth
     peak = g.world * g.peak * f.compute
+    kv_bw = g.world * g.gpu.bandwidth_bytes_s * f.kv_bandwidth
     gemm = max(g.weights / bw, b * g.matmul_flops / peak)
-    return gemm + b * ctx * g.kv_per_token / bw + b * attn(g, ctx) / peak + comm_s(g, b, f)
+    return gemm + b * ctx * g.kv_per_token / kv_bw + b * attn(g, ctx) / peak + comm_s(g, b, f)
 
 
 def itl_s(g: Geometry, w: Workload, b: float, f: Factors) -> float:

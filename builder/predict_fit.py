@@ -7,8 +7,8 @@ tier (the model's real config.json from `builder/fixtures/`, the row's GPU, TP, 
 assumed engine limits of the file), and the model in `builder.predict` is run at maximum throughput.
 
 Parameters fitted: per calibration group (GPU architecture / weight format), the fraction of peak
-FLOP/s (`compute`) and of peak HBM bandwidth (`bandwidth`) reached; one NVLink efficiency for TP
-all-reduces (`nvlink`) shared by every group. Objective: least squares of log(predicted / published). `--write` stores
+FLOP/s (`compute`), of peak HBM bandwidth streaming weights (`bandwidth`) and reading the paged KV
+cache (`kv_bandwidth`); one NVLink efficiency for TP all-reduces (`nvlink`) shared by every group. Objective: least squares of log(predicted / published). `--write` stores
 them in `builder/fixtures/predict_calibration.json`; the report gives in-sample and
 leave-one-out errors (each row predicted by factors fitted without it).
 """
@@ -72,8 +72,8 @@ def row_cases(doc: dict | None = None) -> list[tuple[dict, predict.Geometry, pre
 
 def _predict(g, w, groups: dict, nvlink: float, default_group: str) -> float:
     grp = predict.calibration_group(g.gpu, g.fmt)
-    c, b = groups.get(grp, groups[default_group])
-    f = predict.Factors(c, b, nvlink, grp, grp in groups)
+    c, b, kvb = groups.get(grp, groups[default_group])
+    f = predict.Factors(c, b, kvb, nvlink, grp, grp in groups)
     return predict.predict_model(g, w, f).output_tokens_per_s
 
 
@@ -83,11 +83,11 @@ def fit(cases, start: dict | None = None) -> dict:
     from scipy.optimize import least_squares
 
     names = sorted({predict.calibration_group(g.gpu, g.fmt) for _, g, _ in cases})
-    x0 = [0.5, 0.7] * len(names)
+    x0 = [0.5, 0.7, 0.7] * len(names)
     x0.append(0.5)
 
     def unpack(x):
-        groups = {n: (x[2 * i], x[2 * i + 1]) for i, n in enumerate(names)}
+        groups = {n: (x[3 * i], x[3 * i + 1], x[3 * i + 2]) for i, n in enumerate(names)}
         return groups, x[-1]
 
     def resid(x):
@@ -95,17 +95,17 @@ def fit(cases, start: dict | None = None) -> dict:
         return np.array([math.log(_predict(g, w, groups, ar, names[0]) / row["output_tokens_per_s"])
                          for row, g, w in cases])
 
-    lo = [0.05] * (2 * len(names)) + [0.02]
-    hi = [1.0] * (2 * len(names)) + [1.0]
-    r = least_squares(resid, x0, bounds=(lo, hi), x_scale=[0.1] * (2 * len(names) + 1))
+    lo = [0.05] * (3 * len(names)) + [0.02]
+    hi = [1.0] * (3 * len(names) + 1)
+    r = least_squares(resid, x0, bounds=(lo, hi), x_scale=[0.1] * (3 * len(names) + 1))
     groups, ar = unpack(r.x)
-    return {"groups": {n: {"compute": round(float(c), 4), "bandwidth": round(float(b), 4)}
-                       for n, (c, b) in groups.items()},
+    return {"groups": {n: {"compute": round(float(c), 4), "bandwidth": round(float(b), 4),
+                           "kv_bandwidth": round(float(k), 4)} for n, (c, b, k) in groups.items()},
             "nvlink": round(float(ar), 4)}
 
 
 def evaluate(cases, calib: dict) -> list[dict]:
-    groups = {n: (v["compute"], v["bandwidth"]) for n, v in calib["groups"].items()}
+    groups = {n: (v["compute"], v["bandwidth"], v["kv_bandwidth"]) for n, v in calib["groups"].items()}
     out = []
     for row, g, w in cases:
         pred = _predict(g, w, groups, calib["nvlink"], calib["default_group"])
@@ -128,7 +128,7 @@ def leave_one_out(cases, default_group: str) -> list[float]:
         c = fit(rest)
         c["default_group"] = default_group
         row, g, w = cases[i]
-        groups = {n: (v["compute"], v["bandwidth"]) for n, v in c["groups"].items()}
+        groups = {n: (v["compute"], v["bandwidth"], v["kv_bandwidth"]) for n, v in c["groups"].items()}
         ratios.append(_predict(g, w, groups, c["nvlink"], default_group) / row["output_tokens_per_s"])
     return ratios
 
