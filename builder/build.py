@@ -368,13 +368,13 @@ def plan_commands(plan: DeploymentPlan, spec: DeploymentSpec, build_dir: Path, e
     """Every command a build would run, per tier and step (for --dry-run)."""
     out = []
     for tier, tp in zip(spec.tiers, plan.tiers, strict=True):
-        pairs = [("checkpoint", "engine", tp.quantize, tp.engine, tier.model, tier.quantization)]
+        pairs = [("checkpoint", "engine", tp.quantize, tp.engine, tier.model, tier.quantization, tp.shape)]
         if tp.draft is not None and tier.draft is not None:
             pairs.append(("draft_checkpoint", "draft_engine", tp.draft.quantize, tp.draft.engine, tier.draft.model,
-                          tier.draft.quantization))
-        for ck, en, qp, e, model, quant in pairs:
+                          tier.draft.quantization, tp.draft.shape))
+        for ck, en, qp, e, model, quant, shape in pairs:
             ckpt_dir = build_dir / tp.name / ck
-            job = quantize_job(qp, Path(model), quant, None)
+            job = quantize_job(qp, Path(model), quant, None, shape)
             out.append({"tier": tp.name, "step": ck, "job": job,
                         "command": quantize_command(job, ckpt_dir, executor, build_dir / tp.name / f".{ck}.job.json")})
             out.append({"tier": tp.name, "step": en,

@@ -9,11 +9,16 @@ Written by `tritonforge build` (atomically), read by `emit` through `read_manife
      "tiers": {NAME: {"runtime", "model": {"ref", "path", "sha256"}, "checkpoint_dir", "engine_dir",
                       "tokenizer_dir", "draft_checkpoint_dir", "draft_engine_dir", "engine_limits",
                       "kv_cache_free_gpu_mem_fraction", "draft_kv_cache_free_gpu_mem_fraction",
-                      "num_draft_tokens", "enable_kv_cache_reuse", "quality", "draft_quality",
-                      "steps": [StepResult...]}}}
+                      "num_draft_tokens", "enable_kv_cache_reuse", "calibration", "modelopt_version",
+                      "quality", "draft_quality", "steps": [StepResult...]}}}
 
 `engine_dir` / `draft_engine_dir` are null until an engine was really built (never faked);
 `engine_limits` are the limits the engine is built with (engine max batch = Triton max batch).
+`calibration` says where the calibration text came from: {"requested", "kind": reference | file |
+builtin, "used", "fallback" (why the reference set was not loadable), "eval"}; `modelopt_version` is
+the ModelOpt that quantized the checkpoint (inside the container with --docker; `tools.modelopt` is
+this host's). A checkpoint step's details add the calibration windows, their sha256 and the placement
+(device map) of the model during quantization.
 """
 
 from __future__ import annotations

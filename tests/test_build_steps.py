@@ -104,9 +104,13 @@ def test_dry_run_lists_every_command_and_runs_nothing(tmp_path, monkeypatch):
     r = CliRunner().invoke(build_command, [str(SPECS / "llama31-8b-fp8-h100.yaml"), "--dry-run", "-o", "b2"])
     assert r.exit_code == 0, r.output
     assert "commands (dry run: nothing is run)" in r.output and "[main/engine] trtllm-build" in r.output
+    assert "quantization memory" in r.output  # weights + calibration activations against this host
     assert not (tmp_path / "b2").exists()
     r = CliRunner().invoke(build_command, [str(SPECS / "llama31-8b-fp8-h100.yaml"), "--dry-run", "--json"])
-    assert json.loads(r.output)["commands"][1]["step"] == "engine"
+    out = json.loads(r.output)
+    assert out["commands"][1]["step"] == "engine"
+    assert out["commands"][0]["job"]["calib_size"] == 512 and out["commands"][0]["job"]["memory"]["weights"] > 15e9
+    assert out["quantize_memory"]  # per step figures, or the one-line reason it does not fit this host
 
 
 def test_build_refuses_invalid_specs_before_doing_anything(tmp_path):
