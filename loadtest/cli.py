@@ -97,6 +97,7 @@ def _command_line() -> list[str]:
 def run_command(**kw: Any) -> None:
     """Run a load test (the default subcommand: `tritonforge loadtest --url ...`)."""
     from tritonforge.loadtest import compare, workload
+    from tritonforge.loadtest.models import Comparison
     from tritonforge.loadtest.report import summary_table, write_reports
     from tritonforge.loadtest.runner import LoadTestConfig, run_loadtest
 
@@ -122,19 +123,20 @@ def run_command(**kw: Any) -> None:
     result = None
     if baseline is not None:
         result = compare.compare_reports(baseline, report, tolerances)
-        report["comparison"] = {"baseline": kw["baseline"], "tolerances": kw["tolerance"], **result}
+        report.comparison = Comparison.from_dict({"baseline": kw["baseline"], "tolerances": list(kw["tolerance"]), **result})
     paths = write_reports(report, records, cfg.output)
     if kw["as_json"]:
-        click.echo(json.dumps(report, indent=2, default=str))
+        click.echo(json.dumps(report.to_dict(), indent=2, default=str))
     else:
         click.echo(summary_table(report))
         if result is not None:
             click.echo(compare.format_comparison(result, kw["baseline"], str(paths["json"])))
         click.echo(f"reports: {paths['json']}, {paths['csv']}, {paths['html']}")
-    measured = report["summary"]["requests"]
-    if measured and report["summary"]["failed"] == measured:
-        top = (report["errors"].get("top_messages") or [{}])[0]
-        raise UserError(f"all {measured} requests failed ({top.get('type')}: {top.get('message')}); report in {cfg.output}")
+    measured = report.summary.requests if report.summary else 0
+    if measured and report.summary is not None and report.summary.failed == measured:
+        top = report.errors.top_messages[0] if report.errors and report.errors.top_messages else None
+        what = f"{top.type}: {top.message}" if top else "no message"
+        raise UserError(f"all {measured} requests failed ({what}); report in {cfg.output}")
     if result is not None and result["regression"]:
         sys.exit(1)
 

@@ -14,7 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from tritonforge.errors import UserError
+from tritonforge.loadtest.models import Report, as_dict
 
 
 @dataclass(frozen=True)
@@ -109,9 +112,10 @@ def _value(metrics: dict[str, Any], key: str) -> float | None:
     return float(cur) if isinstance(cur, (int, float)) and not isinstance(cur, bool) else None
 
 
-def compare_reports(baseline: dict[str, Any], current: dict[str, Any],
+def compare_reports(baseline: Report | dict[str, Any], current: Report | dict[str, Any],
                     overrides: dict[str, tuple[float | None, float | None]] | None = None) -> dict[str, Any]:
     """Per level and metric: baseline, current, ratio, verdict; `regression` if any metric regressed."""
+    baseline, current = as_dict(baseline), as_dict(current)
     base_levels = {lv["label"]: lv for lv in baseline.get("levels", [])}
     cur_levels = {lv["label"]: lv for lv in current.get("levels", [])}
     rows: list[dict[str, Any]] = []
@@ -172,7 +176,8 @@ def setup_differences(baseline: dict[str, Any], current: dict[str, Any]) -> list
     return out
 
 
-def load_report(path: str | Path) -> dict[str, Any]:
+def load_report(path: str | Path) -> Report:
+    """A report.json (this version's or an earlier one's) as a typed `Report`."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"report {str(p)!r} not found; pass a report.json written by `tritonforge loadtest`")
@@ -182,7 +187,13 @@ def load_report(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{p} is not JSON; pass a report.json written by `tritonforge loadtest`") from None
     if not isinstance(data, dict) or not str(data.get("schema", "")).startswith("tritonforge.loadtest/"):
         raise UserError(f"{p} is not a tritonforge load-test report (no tritonforge.loadtest schema)")
-    return data
+    try:
+        return Report.from_dict(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        raise UserError(f"{p} is not a valid load-test report ({where}: {first['msg']}); pass a report.json written by "
+                        "`tritonforge loadtest`") from None
 
 
 def format_comparison(result: dict[str, Any], baseline: str = "baseline", current: str = "current") -> str:

@@ -23,9 +23,17 @@ def _tier(spec: Any, tier: str | None) -> Any:
     return spec.tier(tier) if tier else spec.tiers[0]
 
 
+def tier_runtime(spec: Any, tier: str | None) -> str | None:
+    """The runtime (`tensorrt-llm`, `cpu-reference`, ...) of the spec's tier; None without a spec."""
+    if spec is None:
+        return None
+    runtime = _tier(spec, tier).runtime
+    return str(getattr(runtime, "value", runtime))
+
+
 def on_cpu(spec: Any, tier: str | None) -> bool:
     """Does the tier run the CPU reference runtime (so its spec's GPU does not serve it)?"""
-    return str(getattr(_tier(spec, tier).runtime, "value", "")) == "cpu-reference"
+    return tier_runtime(spec, tier) == "cpu-reference"
 
 
 def resolve_gpu(gpu: str | None, spec: Any, tier: str | None) -> tuple[str | None, int, float | None]:

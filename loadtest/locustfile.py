@@ -55,6 +55,8 @@ def _add_arguments(parser: Any) -> None:
     g.add_argument("--seed", type=int, default=0, help="workload seed")
     g.add_argument("--request-rate", type=float, default=0.0, help="open loop: requests/s in total (0 = closed loop)")
     g.add_argument("--max-inflight", type=int, default=0, help="open loop: cap on requests in flight per process")
+    g.add_argument("--item-offset", type=int, default=0,
+                   help="start at this workload item (tritonforge loadtest: where the previous run stopped)")
     g.add_argument("--warmup", type=int, default=0, help="first N requests per process are warm-up (excluded)")
     g.add_argument("--batch-dim", default="auto", choices=("auto", "0", "1"),
                    help="gRPC: inputs get a batch dimension (auto: when the model's max_batch_size > 0)")
@@ -80,7 +82,8 @@ class _Process:
         runner = environment.runner
         index = getattr(runner, "worker_index", 0) if isinstance(runner, WorkerRunner) else 0
         self.stride = max(1, int(getattr(opts, "expect_workers", 1) or 1)) if isinstance(runner, WorkerRunner) else 1
-        self.offset = max(0, index)
+        self.worker_index = max(0, index)
+        self.offset = self.worker_index + max(0, int(getattr(opts, "item_offset", 0) or 0))  # first item this process sends
         self.counter = itertools.count()
         self.ids = itertools.count(1)
         self.user_ids = itertools.count(1)
@@ -147,7 +150,7 @@ class _Process:
             lag_sorted = sorted(self.lag) or [0.0]
             stats = {
                 "process": PROCESS,
-                "worker_index": self.offset,
+                "worker_index": self.worker_index,
                 "started": self.started,
                 "stopped": time.time(),
                 "requests_started": self.sent,

@@ -119,3 +119,27 @@ def diff(before: tuple[dict, dict] | None, after: tuple[dict, dict] | None, mode
         custom[key] = {"kind": kind, "delta": round(v - b.get((name, labels), 0.0), 6), "after": v}
     out["tritonforge"] = custom
     return out
+
+
+# KV-cache blocks served from the prefix cache, as running totals (a run's reuse is the change):
+# - the CPU engine's `tf_cpu_engine_reused_blocks` (model_repo_templates/python/tensorrt_llm_cpu.py.j2);
+# - TensorRT-LLM's Triton backend: gauge family `nv_trt_llm_kv_cache_block_metrics`, label
+#   kv_cache_block_type="reused" (backends that report it; older ones export only max/free/used/tokens_per),
+#   https://github.com/triton-inference-server/tensorrtllm_backend/blob/main/inflight_batcher_llm/src/custom_metrics_reporter/custom_metrics_reporter.cc
+KV_REUSE_METRICS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
+    ("tf_cpu_engine_reused_blocks", ()),
+    ("nv_trt_llm_kv_cache_block_metrics", (("kv_cache_block_type", "reused"),)),
+)
+
+
+def kv_reused_blocks(before: tuple[dict, dict] | None, after: tuple[dict, dict] | None) -> tuple[float | None, str | None]:
+    """(KV blocks reused between the two scrapes, metric name), or (None, None) where none is exported."""
+    if before is None or after is None:
+        return None, None
+    b, a = before[0], after[0]
+    for name, want in KV_REUSE_METRICS:
+        keys = [(n, lb) for (n, lb) in a if n == name and all(dict(lb).get(k) == v for k, v in want)]
+        if keys:
+            label = ",".join(f"{k}={v}" for k, v in want)
+            return sum(a[k] - b.get(k, 0.0) for k in keys), f"{name}{{{label}}}" if label else name
+    return None, None

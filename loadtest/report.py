@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tritonforge.loadtest import svg
+from tritonforge.loadtest.models import Report, as_dict
 from tritonforge.loadtest.records import RequestRecord, write_csv
 
 CSS = """
@@ -23,9 +24,10 @@ th{background:#f3f3f3}td.l,th.l{text-align:left}.bad{color:#b00020;font-weight:6
 """
 
 
-def write_reports(report: dict[str, Any], records: list[RequestRecord], out: Path) -> dict[str, Path]:
+def write_reports(report: Report | dict[str, Any], records: list[RequestRecord], out: Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "report.json", "csv": out / "requests.csv", "html": out / "report.html"}
+    report = as_dict(report)
     paths["json"].write_text(json.dumps(report, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
     write_csv(records, paths["csv"])
     paths["html"].write_text(render_html(report, records), encoding="utf-8")
@@ -69,8 +71,20 @@ SUMMARY_COLUMNS = (
 )
 
 
-def summary_table(report: dict[str, Any]) -> str:
+def reuse_line(report: dict[str, Any]) -> str | None:
+    """One line: measured requests that re-sent a prompt, and the KV blocks the server reused."""
+    pr = _g(report, "summary", "prompt_reuse")
+    if not pr:
+        return None
+    kv = (f"the server's KV cache reused {_n(pr.get('kv_reused_blocks'), 0)} blocks ({pr.get('kv_metric')})"
+          if pr.get("kv_reused_blocks") is not None else "the server exports no KV-cache reuse metric")  # fmt: skip
+    return (f"prompt reuse: {_n(pr.get('repeated_requests'))} of {_n(pr.get('requests'))} measured requests re-sent an "
+            f"earlier prompt ({_n(pr.get('distinct_prompts'))} distinct prompts); {kv}")  # fmt: skip
+
+
+def summary_table(report: Report | dict[str, Any]) -> str:
     """The per-level summary (latencies in ms) as aligned text."""
+    report = as_dict(report)
     head = [c for c, _ in SUMMARY_COLUMNS]
     rows = [[f(lv) for _, f in SUMMARY_COLUMNS] for lv in report.get("levels", [])]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
@@ -80,6 +94,9 @@ def summary_table(report: dict[str, Any]) -> str:
     title = (f"{env.get('model', {}).get('name') or report['config']['model']} via {report['config']['protocol']} "
              f"on Triton {_g(env, 'triton', 'version') or '?'} (latencies in ms)")  # fmt: skip
     out = [title, *lines]
+    reuse = reuse_line(report)
+    if reuse:
+        out.append(reuse)
     for note in report.get("notes", []):
         out.append(f"note: {note}")
     for lv in report.get("levels", []):
@@ -151,7 +168,8 @@ def _charts(report: dict[str, Any], records: list[RequestRecord]) -> list[str]:
     return charts
 
 
-def render_html(report: dict[str, Any], records: list[RequestRecord]) -> str:
+def render_html(report: Report | dict[str, Any], records: list[RequestRecord]) -> str:
+    report = as_dict(report)
     cfg, env = report.get("config", {}), report.get("environment", {})
     levels = report.get("levels", [])
     parts = [
@@ -162,6 +180,9 @@ def render_html(report: dict[str, Any], records: list[RequestRecord]) -> str:
         f"{escape(str(_g(env, 'triton', 'version')))} &middot; tritonforge {escape(str(env.get('tritonforge_version')))} "
         f"&middot; {cfg.get('duration_s')} s per level &times; {cfg.get('repeat')} repeat(s)</p>",
     ]
+    reuse = reuse_line(report)
+    if reuse:
+        parts.append(f"<p>{escape(reuse)}</p>")
     for note in report.get("notes", []):
         parts.append(f"<div class='note'>{escape(note)}</div>")
     comp = report.get("comparison")

@@ -24,6 +24,18 @@ from urllib.parse import urlsplit
 
 from tritonforge.errors import UserError
 from tritonforge.loadtest import cost, fingerprint, metrics, prom, protocols, workload
+from tritonforge.loadtest.models import (
+    Cost,
+    LevelMetrics,
+    LevelReport,
+    LoadGenerator,
+    PromptReuse,
+    Report,
+    Roofline,
+    ServerMetrics,
+    Summary,
+    WorkloadSummary,
+)
 from tritonforge.loadtest.records import RequestRecord, read_jsonl
 
 SCHEMA = "tritonforge.loadtest/1"
@@ -101,8 +113,8 @@ def _free_port() -> int:
 
 
 def locust_commands(cfg: LoadTestConfig, level: Level, repeat: int, workload_file: Path, raw_dir: Path,
-                    locust_dir: Path) -> tuple[list[str], list[list[str]]]:
-    """(main command, worker commands) for one level and repeat."""
+                    locust_dir: Path, item_offset: int = 0) -> tuple[list[str], list[list[str]]]:
+    """(main command, worker commands) for one level and repeat, starting at workload item `item_offset`."""
     py = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE)]
     processes = max(1, cfg.workers)
     if level.mode == "concurrency":
@@ -117,7 +129,7 @@ def locust_commands(cfg: LoadTestConfig, level: Level, repeat: int, workload_fil
         "--workload-file", str(workload_file), "--records-dir", str(raw_dir), "--level", level.label,
         "--repeat-index", str(repeat), "--request-timeout", f"{cfg.request_timeout:g}", "--seed", str(cfg.seed),
         "--request-rate", f"{rate:g}", "--max-inflight", str(cfg.max_inflight), "--warmup", "0",
-        "--batch-dim", "1" if cfg.batch_dim else "0",
+        "--batch-dim", "1" if cfg.batch_dim else "0", "--item-offset", str(item_offset),
     ]  # fmt: skip
     main = py + custom + [
         "--headless", "--host", cfg.url, "-u", str(users), "-r", f"{spawn:g}",
@@ -135,8 +147,9 @@ def locust_commands(cfg: LoadTestConfig, level: Level, repeat: int, workload_fil
     return main, workers
 
 
-def run_locust(cfg: LoadTestConfig, level: Level, repeat: int, workload_file: Path, out: Path) -> dict[str, Any]:
-    """Run Locust for one level/repeat; return its records and process stats."""
+def run_locust(cfg: LoadTestConfig, level: Level, repeat: int, workload_file: Path, out: Path,
+               item_offset: int = 0) -> dict[str, Any]:
+    """Run Locust for one level/repeat from workload item `item_offset`; return its records and process stats."""
     name = f"{level.label}-r{repeat}"
     raw_dir = out / "raw" / name
     locust_dir = out / "locust"
@@ -144,7 +157,7 @@ def run_locust(cfg: LoadTestConfig, level: Level, repeat: int, workload_file: Pa
     locust_dir.mkdir(parents=True, exist_ok=True)
     for old in raw_dir.glob("*"):
         old.unlink()
-    main_cmd, worker_cmds = locust_commands(cfg, level, repeat, workload_file, raw_dir, locust_dir)
+    main_cmd, worker_cmds = locust_commands(cfg, level, repeat, workload_file, raw_dir, locust_dir, item_offset)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     log_path = locust_dir / f"{name}.log"
     procs: list[subprocess.Popen[bytes]] = []
@@ -300,7 +313,7 @@ def retokenize(records: list[RequestRecord], tok: workload.TokenizerAdapter | No
 Progress = Callable[[str], None]
 
 
-def run_loadtest(cfg: LoadTestConfig, progress: Progress | None = None) -> tuple[dict[str, Any], list[RequestRecord]]:
+def run_loadtest(cfg: LoadTestConfig, progress: Progress | None = None) -> tuple[Report, list[RequestRecord]]:
     """Run every level (and repeat) and return (report, all records)."""
     say = progress or (lambda _msg: None)
     if cfg.protocol not in protocols.PROTOCOLS:
@@ -324,22 +337,28 @@ def run_loadtest(cfg: LoadTestConfig, progress: Progress | None = None) -> tuple
     else:
         tok = workload.load_tokenizer(cfg.tokenizer)
         items = workload.generate(cfg.workload, tok, cfg.seed)
+    # warm-up prompts are never measured prompts (a warm-up must not pre-fill a cache the run then hits)
+    warm_items, items = workload.warmup_split(cfg.workload, tok, cfg.seed, cfg.warmup, items)
     cfg.output.mkdir(parents=True, exist_ok=True)
     workload_file = cfg.output / "workload.jsonl"
     workload.save(items, workload_file)
     notes: list[str] = []
+    if cfg.workload.trace and cfg.warmup and warm_items and warm_items[0].get("kind") == "trace":
+        notes.append(f"the trace's first {len(warm_items)} requests were the warm-up and are not measured")
 
-    say(f"warm-up: {cfg.warmup} requests")
-    warm_items = _warmup_items(cfg, tok, items)
+    say(f"warm-up: {len(warm_items)} requests")
     first_users = int(cfg.levels[0].value) if cfg.levels[0].mode == "concurrency" else 4
     warm = warm_up(cfg, warm_items, min(8, first_users))
     if warm and all(not r.ok for r in warm):
         r = warm[0]
         raise UserError(f"every warm-up request failed ({r.error_type}: {r.error}); check --model, --protocol and the server log")
 
+    prompt_of = {it["index"]: it["prompt"] for it in items}
+    sent: set[str] = {it["prompt"] for it in warm_items}  # every prompt sent so far
     all_records: list[RequestRecord] = list(warm)
     levels_out = []
     scrape_ok = True
+    offset = 0  # each run continues the workload where the previous one stopped
     for level in cfg.levels:
         runs, servers, gens = [], [], []
         for rep in range(cfg.repeat):
@@ -347,15 +366,17 @@ def run_loadtest(cfg: LoadTestConfig, progress: Progress | None = None) -> tuple
             time.sleep(0.5)  # let the previous requests' last counters land before the "before" scrape
             before = prom.scrape(metrics_url)
             t0 = time.time()
-            result = run_locust(cfg, level, rep, workload_file, cfg.output)
+            result = run_locust(cfg, level, rep, workload_file, cfg.output, offset % max(1, len(items)))
             time.sleep(0.3)  # let the server publish its last counters
             after = prom.scrape(metrics_url)
             scrape_ok = scrape_ok and before is not None and after is not None
             recs = result["records"]
+            offset += max((p.get("requests_started") or 0 for p in result["processes"]), default=0) * max(1, cfg.workers)
             retokenize(recs, tok)
             all_records.extend(recs)
             m = metrics.level_metrics(recs, cfg.slo)
             m["token_check"] = metrics.token_check(recs)
+            m["prompt_reuse"] = prompt_reuse(recs, prompt_of, sent, *prom.kv_reused_blocks(before, after))
             m["wall_s"] = round(time.time() - t0, 2)
             runs.append(m)
             servers.append(prom.diff(before, after, cfg.model))
@@ -365,8 +386,29 @@ def run_loadtest(cfg: LoadTestConfig, progress: Progress | None = None) -> tuple
         levels_out.append(_level_entry(cfg, level, runs, servers, gens, spec))
     if not scrape_ok:
         notes.append(f"Triton metrics not read from {metrics_url}; pass --metrics-url (server metrics omitted)")
-    report = _report(cfg, pre, repo_fp, spec, items, tok, levels_out, all_records, notes, metrics_url)
+    distinct = len({prompt_of[r.item] for r in all_records if not r.warmup and r.item in prompt_of})
+    report = _report(cfg, pre, repo_fp, spec, items, warm_items, tok, levels_out, all_records, notes, metrics_url)
+    if report.summary is not None:
+        report.summary.prompt_reuse = _total_reuse(levels_out, distinct)
     return report, all_records
+
+
+def prompt_reuse(records: list[RequestRecord], prompt_of: dict[int, str], sent: set[str],
+                 kv_blocks: float | None = None, kv_metric: str | None = None) -> dict[str, Any]:
+    """How many of a run's requests re-sent a prompt sent before (adds the run's prompts to `sent`),
+    with the KV-cache blocks the server reused over the run where it exports them."""
+    measured = sorted((r for r in records if not r.warmup), key=lambda r: r.start)
+    repeated, distinct = 0, set()
+    for r in measured:
+        prompt = prompt_of.get(r.item)
+        if prompt is None:
+            continue
+        repeated += prompt in sent
+        sent.add(prompt)
+        distinct.add(prompt)
+    out: dict[str, Any] = {"requests": len(measured), "distinct_prompts": len(distinct), "repeated_requests": repeated,
+                           "kv_reused_blocks": kv_blocks, "kv_metric": kv_metric}  # fmt: skip
+    return out
 
 
 def _check_tcp(hostport: str, what: str) -> None:
@@ -392,50 +434,41 @@ def _load_spec(spec_path: str | None, lock_spec: dict[str, Any] | None) -> Any:
     return None
 
 
-def _warmup_items(cfg: LoadTestConfig, tok: Any, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Warm-up prompts distinct from the measured ones (so they do not pre-fill a response cache)."""
-    if cfg.warmup <= 0:
-        return []
-    if cfg.workload.trace:
-        return items[: cfg.warmup]
-    spec = workload.WorkloadSpec(**{**cfg.workload.to_dict(), "prompts": cfg.warmup, "repeat": 0.0, "paraphrase": 0.0})
-    return workload.generate(spec, tok, cfg.seed + 7919)
-
-
 def _level_entry(cfg: LoadTestConfig, level: Level, runs: list[dict[str, Any]], servers: list[dict[str, Any]],
-                 gens: list[dict[str, Any]], spec: Any) -> dict[str, Any]:
-    m = metrics.median_metrics(runs)
+                 gens: list[dict[str, Any]], spec: Any) -> LevelReport:
+    m = LevelMetrics.from_dict(metrics.median_metrics(runs))
     gpu, count, spec_price = cost.resolve_gpu(cfg.gpu, spec, cfg.tier)
     if spec is not None and cost.on_cpu(spec, cfg.tier) and not cfg.gpu and cfg.gpu_price is None:
         gpu = None  # the spec's GPU does not serve this tier: no cost or roofline unless asked for
-    tps = m.get("output_tokens_per_s")
+    tps = m.output_tokens_per_s
     conc = int(level.value) if level.mode == "concurrency" else None
-    in_len = (m.get("input_tokens_per_request") or {}).get("avg")
-    out_len = (m.get("output_tokens_per_request") or {}).get("avg")
-    return {
-        "label": level.label,
-        "mode": level.mode,
-        "value": level.value,
-        "metrics": m,
-        "runs": runs if len(runs) > 1 else [],
-        "server_metrics": servers[0] if len(servers) == 1 else {"runs": servers},
-        "load_generator": {
+    in_len = m.input_tokens_per_request.avg if m.input_tokens_per_request else None
+    out_len = m.output_tokens_per_request.avg if m.output_tokens_per_request else None
+    e2e_avg = (m.e2e_ms.avg if m.e2e_ms else None) or 0
+    return LevelReport(
+        label=level.label,
+        mode=level.mode,
+        value=level.value,
+        metrics=m,
+        runs=[LevelMetrics.from_dict(r) for r in runs] if len(runs) > 1 else [],
+        server_metrics=ServerMetrics.from_dict(servers[0] if len(servers) == 1 else {"runs": servers}),
+        load_generator=LoadGenerator.from_dict({
             "saturated": any(g["saturated"] for g in gens),
             "reasons": sorted({r for g in gens for r in g["reasons"]}),
             "warnings": sorted({w for g in gens for w in g["warnings"]}),
             "runs": gens,
-        },
-        "cost": cost.cost_section(tps, gpu, count, cfg.gpu_price, spec_price),
-        "roofline": cost.roofline_section(tps, conc or max(1, round((m.get("requests_per_s") or 0) * ((m.get("e2e_ms") or {}).get("avg") or 0) / 1000)),
-                                          in_len, out_len, gpu, spec, cfg.tier),  # fmt: skip
-    }
+        }),  # fmt: skip
+        cost=Cost.from_dict(cost.cost_section(tps, gpu, count, cfg.gpu_price, spec_price)),
+        roofline=Roofline.from_dict(cost.roofline_section(tps, conc or max(1, round((m.requests_per_s or 0) * e2e_avg / 1000)),
+                                                          in_len, out_len, gpu, spec, cfg.tier)),  # fmt: skip
+    )
 
 
 def _report(cfg: LoadTestConfig, pre: dict[str, Any], repo_fp: dict[str, Any], spec: Any, items: list[dict[str, Any]],
-            tok: Any, levels: list[dict[str, Any]], records: list[RequestRecord], notes: list[str],
-            metrics_url: str) -> dict[str, Any]:
+            warm_items: list[dict[str, Any]], tok: Any, levels: list[LevelReport], records: list[RequestRecord],
+            notes: list[str], metrics_url: str) -> Report:
     measured = [r for r in records if not r.warmup and r.error_type != "interrupted"]
-    best = max(levels, key=lambda lv: lv["metrics"].get("output_tokens_per_s") or 0)
+    best = max(levels, key=lambda lv: lv.metrics.output_tokens_per_s or 0)
     tc = metrics.token_check(measured)
     if tc.get("compared") and tc.get("requests_differing"):
         notes.append(f"output token counts: server reported {tc['server_total']}, re-tokenising gave "
@@ -445,7 +478,8 @@ def _report(cfg: LoadTestConfig, pre: dict[str, Any], repo_fp: dict[str, Any], s
         notes.append("the server returned no num_output_tokens: output tokens are re-tokenised counts (may be inexact)")
     if cfg.protocol == "http":
         notes.append("non-streaming protocol: TTFT and ITL are not measured (E2E only)")
-    if any(lv["load_generator"]["saturated"] for lv in levels):
+    saturated = any(lv.load_generator is not None and lv.load_generator.saturated for lv in levels)
+    if saturated:
         notes.append("the load generator was saturated at some level (see load_generator.reasons); add --workers")
     wraps = max(0, len(measured) - len(items))
     if wraps:
@@ -453,29 +487,44 @@ def _report(cfg: LoadTestConfig, pre: dict[str, Any], repo_fp: dict[str, Any], s
                      "(raise --workload prompts=N when testing a response cache)")  # fmt: skip
     env_extra = {
         "gpu": None if spec is not None and cost.on_cpu(spec, cfg.tier) and not cfg.gpu else cost.resolve_gpu(cfg.gpu, spec, cfg.tier)[0],
-        "tier_runtime": cost._tier(spec, cfg.tier).runtime.value if spec is not None else None,
+        "tier_runtime": cost.tier_runtime(spec, cfg.tier),
         "spec": {"name": spec.name, "hash": spec.spec_hash(), "path": cfg.spec_path} if spec is not None else None,
         "metrics_url": metrics_url,
         "tokenizer": getattr(tok, "name", None),
     }
-    return {
-        "schema": SCHEMA,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "metric_definitions": metrics.DEFINITIONS,
-        "config": cfg.public(),
-        "environment": fingerprint.environment(pre, repo_fp, cfg.argv, env_extra),
-        "workload": {"spec": cfg.workload.to_dict(), **workload.summarize(items)},
-        "levels": levels,
-        "summary": {
-            "best_level": best["label"],
-            "output_tokens_per_s": best["metrics"].get("output_tokens_per_s"),
-            "requests_per_s": best["metrics"].get("requests_per_s"),
-            "cost_per_1m_output_tokens": best["cost"].get("cost_per_1m_output_tokens"),
-            "requests": sum(lv["metrics"].get("requests", 0) for lv in levels),
-            "failed": sum(lv["metrics"].get("failed", 0) for lv in levels),
-            "load_generator_saturated": any(lv["load_generator"]["saturated"] for lv in levels),
-        },
-        "token_check": tc,
-        "errors": metrics.error_summary(measured),
-        "notes": notes,
-    }
+    return Report(
+        schema_=SCHEMA,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        metric_definitions=metrics.DEFINITIONS,
+        config=cfg.public(),
+        environment=fingerprint.environment(pre, repo_fp, cfg.argv, env_extra),
+        workload=WorkloadSummary.from_dict({"spec": cfg.workload.to_dict(), **workload.summarize(items, warm_items)}),
+        levels=levels,
+        summary=Summary(
+            best_level=best.label,
+            output_tokens_per_s=best.metrics.output_tokens_per_s,
+            requests_per_s=best.metrics.requests_per_s,
+            cost_per_1m_output_tokens=best.cost.cost_per_1m_output_tokens if best.cost else None,
+            requests=sum(lv.metrics.requests for lv in levels),
+            failed=sum(lv.metrics.failed for lv in levels),
+            load_generator_saturated=saturated,
+        ),
+        token_check=tc,
+        errors=metrics.error_summary(measured),
+        notes=notes,
+    )
+
+
+def _total_reuse(levels: list[LevelReport], distinct: int) -> PromptReuse:
+    """Prompt reuse over every run of every level (per-run figures, not the medians); `distinct`
+    measured prompts in all."""
+    runs = [r for lv in levels for r in (lv.runs or [lv.metrics])]
+    parts = [r.prompt_reuse for r in runs if r.prompt_reuse is not None]
+    kv = [p.kv_reused_blocks for p in parts if p.kv_reused_blocks is not None]
+    return PromptReuse(
+        requests=sum(p.requests for p in parts),
+        distinct_prompts=distinct,
+        repeated_requests=sum(p.repeated_requests for p in parts),
+        kv_reused_blocks=sum(kv) if kv else None,
+        kv_metric=next((p.kv_metric for p in parts if p.kv_metric), None),
+    )

@@ -156,23 +156,53 @@ def load_tokenizer(spec: str | None) -> TokenizerAdapter:
 
 
 class _TextMaker:
-    """Prompts of an exact token length cut from the corpus."""
+    """Prompts of an exact token length: a head of words unique to the item, then corpus text.
+
+    The head spells a distinct number in words (mixed radix over the corpus's words), so no two
+    prompts of one workload are equal and no two share their first KV-cache block: synthetic
+    prompts are unique by construction, not by luck of where in the corpus they were cut. The
+    head's first word comes from one half of the word list for measured prompts (`namespace` 0)
+    and from the other half for warm-up prompts (1), so warm-up prompts never equal measured ones.
+    """
 
     def __init__(self, tok: TokenizerAdapter) -> None:
         self.tok = tok
         self.ids = tok.encode(CORPUS.replace("\n", " "))
+        words = sorted(set(re.findall(r"[a-z]+", CORPUS.lower())))
+        single = [w for w in words if len(tok.encode(f" {w}")) == 1]
+        self.words = single if len(single) >= 64 else words  # one token per head word where the vocabulary allows
 
-    def make(self, n: int, rng: random.Random) -> tuple[str, int]:
+    def heads(self, count: int, rng: random.Random, namespace: int = 0) -> list[str]:
+        """`count` distinct heads (distinct numbers drawn without replacement, spelled in words)."""
+        first = self.words[namespace % 2 :: 2]
+        digits, capacity = 1, len(first)
+        while capacity < 4 * count:  # room to spare, so the drawn numbers spread over the first word
+            digits, capacity = digits + 1, capacity * len(self.words)
+        out = []
+        for number in rng.sample(range(capacity), count):
+            number, d0 = divmod(number, len(first))
+            spelled = [first[d0]]
+            for _ in range(digits - 1):
+                number, d = divmod(number, len(self.words))
+                spelled.append(self.words[d])
+            out.append(" ".join(spelled).capitalize())
+        return out
+
+    def make(self, n: int, rng: random.Random, head: str = "") -> tuple[str, int]:
         start = rng.randrange(len(self.ids))
-        ids = [self.ids[(start + k) % len(self.ids)] for k in range(n)]
+        floor = 0 if head else 1
+        body = max(floor, n - (len(self.tok.encode(head)) if head else 0))
+        ids = [self.ids[(start + k) % len(self.ids)] for k in range(body)]
         text, count = "", 0
         for _ in range(6):  # re-tokenising may merge or split at the edges; converge on n
-            text = self.tok.decode(ids).strip()
+            text = " ".join(t for t in (head, self.tok.decode(ids).strip()) if t)
             count = len(self.tok.encode(text))
             if count == n:
                 break
             if count > n:
-                ids = ids[: max(1, len(ids) - (count - n))]
+                if len(ids) <= floor:
+                    break  # the head alone is longer than n: the prompt is the head
+                ids = ids[: max(floor, len(ids) - (count - n))]
             else:
                 ids = ids + [self.ids[(start + len(ids) + k) % len(self.ids)] for k in range(n - count)]
         return text, count
@@ -196,8 +226,12 @@ def paraphrase(text: str, rng: random.Random) -> str:
     return template.format(p=out)
 
 
-def generate(spec: WorkloadSpec, tok: TokenizerAdapter | None, seed: int) -> list[Item]:
-    """The workload's items (prompt, max_tokens, min_tokens, input_tokens, kind, source, inputs)."""
+def generate(spec: WorkloadSpec, tok: TokenizerAdapter | None, seed: int, namespace: int = 0) -> list[Item]:
+    """The workload's items (prompt, max_tokens, min_tokens, input_tokens, kind, source, inputs).
+
+    Synthetic prompts are distinct (see `_TextMaker`); only `repeat` items repeat a prompt.
+    `namespace` 1 makes warm-up prompts, disjoint from the measured ones (namespace 0).
+    """
     if spec.trace:
         return read_trace(spec.trace, spec, tok)
     if tok is None:
@@ -205,8 +239,10 @@ def generate(spec: WorkloadSpec, tok: TokenizerAdapter | None, seed: int) -> lis
     rng = random.Random(seed)
     maker = _TextMaker(tok)
     prefixes = [maker.make(spec.prefix, rng)[0] for _ in range(spec.prefix_groups)] if spec.prefix else []
+    heads = iter(maker.heads(spec.prompts, rng, namespace))
     items: list[Item] = []
     originals: list[int] = []
+    seen: set[str] = set()
     for i in range(spec.prompts):
         osl = _normal_int(rng, spec.osl, spec.osl_std)
         base = {"index": i, "max_tokens": osl, "min_tokens": osl if spec.fixed_output else None, "inputs": dict(spec.inputs)}
@@ -219,19 +255,60 @@ def generate(spec: WorkloadSpec, tok: TokenizerAdapter | None, seed: int) -> lis
         if originals and u < spec.repeat + spec.paraphrase:
             src = items[rng.choice(originals)]
             text = paraphrase(src["prompt"], rng)
-            items.append({**base, "prompt": text, "input_tokens": len(tok.encode(text)), "kind": "paraphrase",
-                          "source": src["index"], "max_tokens": src["max_tokens"], "min_tokens": src["min_tokens"]})  # fmt: skip
-            continue
-        text, count = maker.make(_normal_int(rng, spec.isl, spec.isl_std), rng)
+            if text not in seen:  # a paraphrase that happens to equal another prompt becomes a fresh prompt
+                seen.add(text)
+                items.append({**base, "prompt": text, "input_tokens": len(tok.encode(text)), "kind": "paraphrase",
+                              "source": src["index"], "max_tokens": src["max_tokens"], "min_tokens": src["min_tokens"]})  # fmt: skip
+                continue
+        text, count = maker.make(_normal_int(rng, spec.isl, spec.isl_std), rng, next(heads))
         kind = "synthetic"
         if prefixes:
             group = rng.randrange(len(prefixes))
             text = f"{prefixes[group]} {text}"
             count = len(tok.encode(text))
             kind, base["prefix_group"] = "prefix", group
+        seen.add(text)
         items.append({**base, "prompt": text, "input_tokens": count, "kind": kind, "source": None})
         originals.append(i)
+    check_distinct(items)
     return items
+
+
+def check_distinct(items: list[Item]) -> None:
+    """Raise when two items that are not deliberate repeats carry the same prompt."""
+    prompts = [it["prompt"] for it in items if it["kind"] != "repeat"]
+    dupes = len(prompts) - len(set(prompts))
+    if dupes:
+        raise UserError(f"the workload made {dupes} duplicate prompts where none were asked for; raise --workload isl "
+                        "(prompts too short to be distinct) or lower prompts")  # fmt: skip
+
+
+def warmup_split(spec: WorkloadSpec, tok: TokenizerAdapter | None, seed: int, count: int,
+                 items: list[Item]) -> tuple[list[Item], list[Item]]:
+    """(warm-up items, measured items), the warm-up prompts disjoint from the measured ones.
+
+    Synthetic workloads warm up with prompts of the same shape from the warm-up namespace. A
+    trace warms up with its first `count` requests, which are then not measured; a trace too
+    short for that warms up with synthetic prompts of its mean lengths (or not at all without a
+    tokenizer). Warm-up prompts equal to a measured prompt are dropped.
+    """
+    if count <= 0:
+        return [], items
+    if not spec.trace:
+        warm_spec = WorkloadSpec(**{**spec.to_dict(), "prompts": count, "repeat": 0.0, "paraphrase": 0.0})
+        warm = generate(warm_spec, tok, seed + 7919, namespace=1)
+    elif len(items) > count:
+        warm, items = items[:count], items[count:]
+    elif tok is not None:
+        isl = [it["input_tokens"] for it in items if it.get("input_tokens")] or [WorkloadSpec.isl]
+        osl = [it["max_tokens"] for it in items]
+        warm_spec = WorkloadSpec(isl=max(1, round(sum(isl) / len(isl))), osl=max(1, round(sum(osl) / len(osl))),
+                                 prompts=count, inputs=dict(spec.inputs))  # fmt: skip
+        warm = generate(warm_spec, tok, seed + 7919, namespace=1)
+    else:
+        return [], items
+    measured = {it["prompt"] for it in items}
+    return [it for it in warm if it["prompt"] not in measured], items
 
 
 def read_trace(path: str, spec: WorkloadSpec, tok: TokenizerAdapter | None) -> list[Item]:
@@ -287,7 +364,7 @@ def load(path: str | Path) -> list[Item]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
-def summarize(items: list[Item]) -> dict[str, Any]:
+def summarize(items: list[Item], warmup: list[Item] | None = None) -> dict[str, Any]:
     kinds: dict[str, int] = {}
     for it in items:
         kinds[it["kind"]] = kinds.get(it["kind"], 0) + 1
@@ -300,4 +377,6 @@ def summarize(items: list[Item]) -> dict[str, Any]:
         "input_tokens_min": min(isl) if isl else None,
         "input_tokens_max": max(isl) if isl else None,
         "output_tokens_mean": round(sum(osl) / len(osl), 2),
+        "distinct_prompts": len({it["prompt"] for it in items}),
+        "warmup_items": len(warmup or []),
     }

@@ -485,3 +485,201 @@ def test_compare_warns_about_different_setups() -> None:
     warnings = compare.compare_reports(a, b)["warnings"]
     assert warnings == ["protocol differs: 'http-stream' vs 'grpc-stream'", "workload osl differs: 64 vs 32"]
     assert "warning: protocol differs" in compare.format_comparison(compare.compare_reports(a, b))
+
+
+# ------------------------------------------------------------------------------------------ honest workloads
+
+
+def test_default_workload_sends_no_duplicate_prompt(tok: workload.TokenizerAdapter) -> None:
+    spec = workload.parse_workload("repeat=0")  # the default item count (1000) and lengths
+    items = workload.generate(spec, tok, seed=0)
+    prompts = [it["prompt"] for it in items]
+    assert len(prompts) == spec.prompts == 1000 and len(set(prompts)) == len(prompts)
+    # no two prompts share their first 8 tokens, so none shares a KV-cache block (16+ tokens) with another
+    ids = [tok.encode(p) for p in prompts]
+    assert len({tuple(x[:8]) for x in ids}) == len(prompts)
+    # token counts stay exact: input_tokens is the tokenizer's count, and nearly always the asked-for isl
+    assert all(it["input_tokens"] == len(x) for it, x in zip(items, ids, strict=True))
+    assert sum(it["input_tokens"] == spec.isl for it in items) >= 0.95 * len(items)
+
+
+def test_only_repeat_items_repeat_a_prompt(tok: workload.TokenizerAdapter) -> None:
+    items = workload.generate(workload.parse_workload("isl=24,prompts=500,repeat=0.2,paraphrase=0.2"), tok, 3)
+    others = [it["prompt"] for it in items if it["kind"] != "repeat"]
+    assert len(set(others)) == len(others)
+    assert len({it["prompt"] for it in items}) == len(others)  # repeats add no new prompt
+    with pytest.raises(UserError) as e:
+        workload.check_distinct([{"prompt": "same", "kind": "synthetic"}, {"prompt": "same", "kind": "prefix"}])
+    assert "1 duplicate prompts" in str(e.value) and "\n" not in str(e.value)
+    workload.check_distinct([{"prompt": "same", "kind": "synthetic"}, {"prompt": "same", "kind": "repeat"}])
+
+
+def test_warmup_prompts_are_disjoint_from_measured(tok: workload.TokenizerAdapter, tmp_path: Path) -> None:
+    spec = workload.parse_workload("isl=32,osl=8")
+    items = workload.generate(spec, tok, seed=0)
+    warm, measured = workload.warmup_split(spec, tok, 0, 8, items)
+    assert measured == items and len(warm) == 8
+    assert not {w["prompt"] for w in warm} & {m["prompt"] for m in measured}
+    assert all(w["input_tokens"] == len(tok.encode(w["prompt"])) for w in warm)
+    # a trace warms up with its first lines, which are then not measured
+    trace = tmp_path / "t.jsonl"
+    trace.write_text("".join(json.dumps({"prompt": f"question number {i}", "max_tokens": 4}) + "\n" for i in range(12)))
+    tspec = workload.parse_workload(f"trace={trace}")
+    titems = workload.generate(tspec, tok, 0)
+    twarm, tmeasured = workload.warmup_split(tspec, tok, 0, 8, titems)
+    assert [w["index"] for w in twarm] == list(range(8)) and [m["index"] for m in tmeasured] == list(range(8, 12))
+    assert not {w["prompt"] for w in twarm} & {m["prompt"] for m in tmeasured}
+    # a trace too short for that warms up with synthetic prompts instead, and measures every line
+    swarm, smeasured = workload.warmup_split(tspec, tok, 0, 20, titems)
+    assert smeasured == titems and len(swarm) == 20 and all(w["kind"] == "synthetic" for w in swarm)
+    assert not {w["prompt"] for w in swarm} & {m["prompt"] for m in smeasured}
+    assert workload.warmup_split(spec, tok, 0, 0, items) == ([], items)
+
+
+def test_prompt_reuse_counts_resent_prompts() -> None:
+    from tritonforge.loadtest.runner import prompt_reuse
+
+    prompt_of = {0: "a", 1: "b", 2: "c"}
+    sent = {"w"}  # the warm-up prompt
+    recs = [RequestRecord(id=str(i), start=float(i), item=item) for i, item in enumerate([0, 1, 0, 2])]
+    first = prompt_reuse(recs, prompt_of, sent, 0.0, "tf_cpu_engine_reused_blocks")
+    assert first == {"requests": 4, "distinct_prompts": 3, "repeated_requests": 1, "kv_reused_blocks": 0.0,
+                     "kv_metric": "tf_cpu_engine_reused_blocks"}  # fmt: skip
+    again = prompt_reuse(recs[:2], prompt_of, sent)  # a later run re-sending the same items
+    assert again["repeated_requests"] == 2 and again["kv_reused_blocks"] is None
+
+
+KV_BEFORE = """# TYPE tf_cpu_engine_reused_blocks gauge
+tf_cpu_engine_reused_blocks{model="tensorrt_llm"} 10
+"""
+TRTLLM_BEFORE = """# TYPE nv_trt_llm_kv_cache_block_metrics gauge
+nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type="used",model="tensorrt_llm",version="1"} 50
+nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type="reused",model="tensorrt_llm",version="1"} 7
+"""
+
+
+def test_kv_reused_blocks_from_triton_metrics() -> None:
+    cpu = prom.kv_reused_blocks(prom.parse(KV_BEFORE), prom.parse(KV_BEFORE.replace("} 10", "} 14")))
+    assert cpu == (4.0, "tf_cpu_engine_reused_blocks")
+    trt = prom.kv_reused_blocks(prom.parse(TRTLLM_BEFORE), prom.parse(TRTLLM_BEFORE.replace("} 7", "} 9").replace("} 50", "} 80")))
+    assert trt == (2.0, "nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type=reused}")
+    assert prom.kv_reused_blocks(prom.parse(PROM_BEFORE), prom.parse(PROM_AFTER)) == (None, None)
+    assert prom.kv_reused_blocks(None, prom.parse(KV_BEFORE)) == (None, None)
+
+
+def test_runs_continue_the_workload_instead_of_restarting_it(tmp_path: Path) -> None:
+    from tritonforge.loadtest.runner import Level, LoadTestConfig, locust_commands
+
+    cfg = LoadTestConfig(url="http://127.0.0.1:8000", model="ensemble", output=tmp_path)
+    main, _ = locust_commands(cfg, Level("concurrency", 2), 1, tmp_path / "w.jsonl", tmp_path, tmp_path, item_offset=137)
+    assert main[main.index("--item-offset") + 1] == "137"
+
+
+# ------------------------------------------------------------------------------------------ typed report
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "loadtest_reports"
+
+
+def _extras(model: object, path: str = "report") -> list[str]:
+    """Keys of a typed report that no model declares (each should be typed)."""
+    from pydantic import BaseModel
+
+    out: list[str] = []
+    if isinstance(model, BaseModel):
+        out += [f"{path}.{k}" for k in model.model_extra or {}]
+        for name in model.model_fields_set:
+            out += _extras(getattr(model, name), f"{path}.{name}")
+    elif isinstance(model, list):
+        for i, x in enumerate(model):
+            out += _extras(x, f"{path}[{i}]")
+    elif isinstance(model, dict):
+        for k, x in model.items():
+            out += _extras(x, f"{path}.{k}")
+    return out
+
+
+@pytest.mark.parametrize("name", ["sweep_repeats_v1.json", "with_comparison_v1.json"])
+def test_old_reports_load_typed_and_write_back_unchanged(name: str) -> None:
+    """Reports written by the untyped code before the typed models: same bytes out, every key typed."""
+    from tritonforge.loadtest.models import LevelMetrics, Report, Stats
+
+    text = (FIXTURES / name).read_text()
+    report = compare.load_report(FIXTURES / name)
+    assert isinstance(report, Report) and report.to_json() == text
+    assert _extras(report) == []
+    level = report.levels[-1]
+    assert isinstance(level.metrics, LevelMetrics) and isinstance(level.metrics.ttft_ms, Stats)
+    assert level.metrics.ttft_ms.p50 == json.loads(text)["levels"][-1]["metrics"]["ttft_ms"]["p50"]
+
+
+def test_compare_reads_old_reports(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from tritonforge.loadtest.cli import loadtest_group
+
+    old = FIXTURES / "sweep_repeats_v1.json"
+    result = compare.compare_reports(compare.load_report(old), compare.load_report(old))
+    assert not result["regression"] and result["compared"] > 10 and result["missing_levels"] == []
+    # a slower copy of the old report is caught, through the CLI as users run it
+    data = json.loads(old.read_text())
+    for lv in data["levels"]:
+        lv["metrics"]["output_tokens_per_s"] /= 2
+    slow = tmp_path / "slow.json"
+    slow.write_text(json.dumps(data))
+    run = CliRunner().invoke(loadtest_group, ["compare", str(old), str(slow)])
+    assert run.exit_code == 1 and "REGRESSION" in run.output and "output_tokens_per_s" in run.output
+    same = CliRunner().invoke(loadtest_group, ["compare", str(old), str(FIXTURES / "with_comparison_v1.json")])
+    assert same.exit_code in (0, 1) and "c=2" in same.output
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"schema": "tritonforge.loadtest/1", "levels": [{"label": 3, "metrics": {}}]}))
+    with pytest.raises(UserError) as e:
+        compare.load_report(bad)
+    assert "levels.0.label" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_typed_report_from_runner_parts(tmp_path: Path) -> None:
+    """The runner's typed level entry and report serialize to the report.json shape (and new reuse figures)."""
+    from tritonforge.loadtest import runner
+    from tritonforge.loadtest.models import Report
+    from tritonforge.loadtest.report import summary_table, write_reports
+
+    cfg = runner.LoadTestConfig(url="http://x", model="ensemble", output=tmp_path, gpu="H100-SXM")
+    recs = [_rec(i, 100 + i * 0.1, 0.01, 0.2, 16, item=i) for i in range(20)]
+    runs, sent = [], set()
+    for _ in range(2):
+        m = metrics.level_metrics(recs)
+        m["token_check"] = metrics.token_check(recs)
+        m["prompt_reuse"] = runner.prompt_reuse(recs, {i: f"p{i}" for i in range(20)}, sent, 3.0, "tf_cpu_engine_reused_blocks")
+        m["wall_s"] = 2.0
+        runs.append(m)
+    gens = [runner.generator_stats([{"process": "h:1", "cpu_percent": [10.0]}], runner.Level("concurrency", 2), runs[0], 0)]
+    level = runner._level_entry(cfg, runner.Level("concurrency", 2), runs, [{"available": False}] * 2, gens * 2, None)
+    d = level.to_dict()
+    assert list(d) == ["label", "mode", "value", "metrics", "runs", "server_metrics", "load_generator", "cost", "roofline"]
+    assert d["server_metrics"] == {"runs": [{"available": False}, {"available": False}]} and d["metrics"]["repeats"] == 2
+    assert d["cost"]["price_source"] == "planner GPU catalog" and "note" in d["roofline"]
+    assert d["metrics"]["prompt_reuse"]["repeated_requests"] == 10  # median of 0 and 20: run 2 re-sent run 1's prompts
+    pre = {"server": {"version": "2.51.0"}, "model_config": {}, "model_metadata": {}}
+    report = runner._report(cfg, pre, {}, None, [{"index": i, "prompt": f"p{i}", "kind": "synthetic", "input_tokens": 4,
+                            "max_tokens": 16} for i in range(20)], [], None, [level], recs, [], "http://x:8002/metrics")  # fmt: skip
+    report.summary.prompt_reuse = runner._total_reuse([level], 20)
+    out = report.to_dict()
+    assert list(out) == ["schema", "created", "metric_definitions", "config", "environment", "workload", "levels",
+                         "summary", "token_check", "errors", "notes"]  # fmt: skip
+    assert out["summary"]["prompt_reuse"] == {"requests": 40, "distinct_prompts": 20, "repeated_requests": 20,
+                                              "kv_reused_blocks": 6.0, "kv_metric": "tf_cpu_engine_reused_blocks"}  # fmt: skip
+    assert out["workload"]["distinct_prompts"] == 20 and out["workload"]["warmup_items"] == 0
+    assert Report.from_dict(json.loads(json.dumps(out))).to_dict() == json.loads(json.dumps(out))
+    assert "prompt reuse: 20 of 40 measured requests" in summary_table(report)
+    paths = write_reports(report, recs, tmp_path / "rep")
+    assert compare.load_report(paths["json"]).to_dict() == json.loads(paths["json"].read_text())
+
+
+def test_runner_uses_only_public_cost_functions() -> None:
+    from tritonforge.builder.spec import load_spec
+    from tritonforge.loadtest import runner
+
+    assert "cost._" not in Path(runner.__file__).read_text()
+    spec = load_spec(Path(__file__).resolve().parent.parent / "examples" / "llama3.1-8b-fp8-h100.yaml")
+    assert cost.tier_runtime(spec, None) == "trtllm-engine" and cost.tier_runtime(None, None) is None
+    assert not cost.on_cpu(spec, None)
