@@ -336,6 +336,36 @@ def deploy_k8s_command(spec: str, output: str, namespace: str | None, registry: 
                f"kubectl apply -k {summary['directory']}/{summary['overlay']}")
 
 
+# --- doctor / smoke (GPU hosts) ---------------------------------------------------------------------
+@cli.command("doctor")
+@click.argument("spec", required=False, type=click.Path(dir_okay=False))
+@click.option("--docker", "image", default=None, metavar="IMAGE",
+              help="Also check Docker, that IMAGE is present, GPUs inside it and its TensorRT-LLM/ModelOpt/Triton.")
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
+def doctor(spec: str | None, image: str | None, as_json: bool) -> None:
+    """Is this host ready to build and serve SPEC on GPUs? One line per check: ok / warn / fail + fix.
+
+    \b
+    Checks the NVIDIA driver and GPUs (nvidia-smi), every GPU tier of SPEC planned again on the GPUs it
+    gets here (compute capability and free memory against the plan's rules), MPI where the launch needs
+    it, /dev/shm, the Python clients and, with --docker, the container.
+    Exit status: 0 ready (warnings may be listed), 1 a blocker failed, 2 bad input."""
+    from tritonforge.builder.doctor import run_doctor
+    from tritonforge.builder.spec import load_spec
+
+    result = run_doctor(load_spec(spec) if spec else None, image)
+    if as_json:
+        _echo_json([c.to_dict() for c in result.checks])
+    else:
+        for c in result.checks:
+            click.echo(c.line())
+        failed = [c.name for c in result.checks if c.status == "fail" and c.blocker]
+        click.echo(f"not ready: {len(failed)} blocker(s): {', '.join(dict.fromkeys(failed))}" if failed
+                   else "ready" + (" (with warnings)" if any(c.status == "warn" for c in result.checks) else ""))
+    if result.blocked:
+        sys.exit(1)
+
+
 cli.add_command(plan_command)
 cli.add_command(build_command)
 cli.add_command(loadtest_group)
