@@ -588,6 +588,18 @@ def objects(files: dict[str, bytes], folder: str | None = None) -> list[tuple[st
     return out
 
 
+def check_rendered(files: dict[str, bytes], plan: K8sPlan) -> list[str]:
+    """Problems of DIR: each kustomization (overlay and load test) rendered as kustomize would, and every
+    object it yields checked against the schemas."""
+    from tritonforge.builder import k8s_validate
+
+    problems = []
+    for folder in (f"overlays/{plan.overlay}", "loadtest"):
+        objs, found = k8s_validate.render_kustomization(files, folder)
+        problems += found + k8s_validate.validate_objects([(folder, o) for o in objs])
+    return problems
+
+
 def deploy_k8s(spec_path: Path, out: Path, opts: K8sOptions, validate: bool = True) -> dict[str, Any]:
     """Render, check against the schemas, and publish DIR (emit's rules: only a directory tritonforge wrote
     is replaced, atomically). Returns a summary."""
@@ -602,7 +614,7 @@ def deploy_k8s(spec_path: Path, out: Path, opts: K8sOptions, validate: bool = Tr
         from tritonforge.builder import k8s_validate
 
         if k8s_validate.available():
-            problems = k8s_validate.validate_objects(objects(files))
+            problems = check_rendered(files, plan)
             if problems:
                 raise UserError(f"a rendered object does not match the Kubernetes {k8s_validate.K8S_VERSION} schema: "
                                 f"{problems[0]}; if the spec is right this is a tritonforge bug, please report it")

@@ -89,3 +89,116 @@ def validate_objects(objs: list[tuple[str, dict[str, Any]]], version: str = K8S_
         name = f"{obj.get('kind')}/{(obj.get('metadata') or {}).get('name')}"
         out += [f"{file}: {name}: {p}" for p in validate_object(obj, version)]
     return out
+
+
+# ------------------------------------------------------------------ kustomizations, checked without kubectl
+
+
+def _pointer(doc: Any, path: str) -> tuple[Any, str]:
+    """The parent of a JSON pointer (RFC 6901) target and its last key; KeyError when the parent is missing."""
+    parts = [p.replace("~1", "/").replace("~0", "~") for p in path.lstrip("/").split("/")]
+    node = doc
+    for part in parts[:-1]:
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    return node, parts[-1]
+
+
+def apply_json_patch(doc: dict[str, Any], ops: list[dict[str, Any]]) -> dict[str, Any]:
+    """`add` / `replace` / `remove` operations (the ones tritonforge writes) applied to a copy of `doc`."""
+    import copy
+
+    out = copy.deepcopy(doc)
+    for op in ops:
+        parent, key = _pointer(out, op["path"])
+        if isinstance(parent, list):
+            index = len(parent) if key == "-" else int(key)
+            if op["op"] == "add":
+                parent.insert(index, op["value"])
+            elif op["op"] == "replace":
+                parent[index] = op["value"]
+            else:
+                del parent[index]
+        elif op["op"] in ("add", "replace"):
+            if op["op"] == "replace" and key not in parent:
+                raise KeyError(key)
+            parent[key] = op["value"]
+        else:
+            del parent[key]
+    return out
+
+
+def _load(files: dict[str, bytes], path: str) -> list[Any]:
+    import yaml
+
+    return [d for d in yaml.safe_load_all(files[path]) if d is not None]
+
+
+def render_kustomization(files: dict[str, bytes], folder: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """What `kubectl kustomize folder` renders, for the features tritonforge uses (resources, namespace,
+    JSON patches by target, configMapGenerator), and the problems found on the way. Generated ConfigMap
+    names keep no hash suffix here."""
+    problems: list[str] = []
+    kpath = f"{folder}/kustomization.yaml"
+    if kpath not in files:
+        return [], [f"{kpath}: missing"]
+    k = _load(files, kpath)[0]
+    if k.get("apiVersion") != "kustomize.config.k8s.io/v1beta1" or k.get("kind") != "Kustomization":
+        problems.append(f"{kpath}: not a kustomize.config.k8s.io/v1beta1 Kustomization")
+    allowed = {"apiVersion", "kind", "namespace", "resources", "patches", "configMapGenerator"}
+    problems += [f"{kpath}: unexpected field {f}" for f in sorted(set(k) - allowed)]
+    objs: list[dict[str, Any]] = []
+    for res in k.get("resources", []):
+        rel = _join(folder, res)
+        if f"{rel}/kustomization.yaml" in files:
+            sub, more = render_kustomization(files, rel)
+            objs += sub
+            problems += more
+        elif rel in files:
+            objs += _load(files, rel)
+        else:
+            problems.append(f"{kpath}: resource {res} does not exist")
+    for gen in k.get("configMapGenerator", []):
+        data = {}
+        for f in gen.get("files", []):
+            if _join(folder, f) not in files:
+                problems.append(f"{kpath}: configMapGenerator file {f} does not exist")
+            else:
+                data[f] = files[_join(folder, f)].decode()
+        objs.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": gen["name"]}, "data": data})
+    for patch in k.get("patches", []):
+        t = patch.get("target", {})
+        pfile = _join(folder, patch.get("path", ""))
+        if pfile not in files:
+            problems.append(f"{kpath}: patch {patch.get('path')} does not exist")
+            continue
+        hits = [i for i, o in enumerate(objs) if o.get("kind") == t.get("kind")
+                and o.get("metadata", {}).get("name") == t.get("name")
+                and _group_version(o) == (t.get("group", ""), t.get("version", _group_version(o)[1]))]
+        if len(hits) != 1:
+            problems.append(f"{kpath}: patch target {t.get('kind')}/{t.get('name')} matches {len(hits)} objects")
+            continue
+        try:
+            objs[hits[0]] = apply_json_patch(objs[hits[0]], _load(files, pfile)[0])
+        except (KeyError, IndexError, ValueError, TypeError) as exc:
+            problems.append(f"{pfile}: does not apply to {t.get('kind')}/{t.get('name')} ({exc!r})")
+    if k.get("namespace"):
+        for o in objs:
+            if o.get("kind") != "Namespace":
+                o.setdefault("metadata", {})["namespace"] = k["namespace"]
+    return objs, problems
+
+
+def _group_version(obj: dict[str, Any]) -> tuple[str, str]:
+    api = str(obj.get("apiVersion", ""))
+    group, _, version = api.rpartition("/")
+    return group, version
+
+
+def _join(folder: str, rel: str) -> str:
+    parts: list[str] = folder.split("/") if folder else []
+    for p in rel.split("/"):
+        if p == "..":
+            parts.pop()
+        elif p not in ("", "."):
+            parts.append(p)
+    return "/".join(parts)

@@ -346,3 +346,47 @@ def test_golden(example: str) -> None:
         golden.parent.mkdir(parents=True, exist_ok=True)
         golden.write_text(text)
     assert text == golden.read_text()
+
+
+# ---------------------------------------------------------------- kustomize structure without kubectl
+
+
+def _strip_generated(docs: list[dict]) -> list[dict]:
+    """kubectl's output with the ConfigMap hash suffixes taken off (the Python rendering keeps plain names)."""
+    text = json.dumps(docs, sort_keys=True)
+    for d in docs:
+        if d["kind"] == "ConfigMap":
+            name = d["metadata"]["name"]
+            text = text.replace(f'"{name}"', f'"{name.rsplit("-", 1)[0]}"')
+    return sorted(json.loads(text), key=lambda d: (d["kind"], d["metadata"]["name"]))
+
+
+@needs_kubectl
+@pytest.mark.parametrize("example", ["cpu-demo.yaml", "cascade-h100.yaml"])
+def test_python_kustomize_matches_kubectl(tmp_path: Path, example: str) -> None:
+    """The structure check that runs where kubectl is absent renders what kubectl renders."""
+    plan = plan_k8s(load_spec(EXAMPLES / example), K8sOptions(namespace="llm"))
+    files = render_k8s(plan)
+    for rel, data in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(data)
+    for folder in (f"overlays/{plan.overlay}", "loadtest"):
+        ours, problems = k8s_validate.render_kustomization(files, folder)
+        assert problems == []
+        assert sorted(ours, key=lambda d: (d["kind"], d["metadata"]["name"])) == _strip_generated(_kustomize(tmp_path / folder))
+
+
+def test_kustomization_problems_found_without_kubectl() -> None:
+    plan = plan_k8s(load_spec(EXAMPLES / "cpu-demo.yaml"), K8sOptions())
+    files = render_k8s(plan)
+    overlay = f"overlays/{plan.overlay}"
+    assert k8s_validate.render_kustomization(files, overlay)[1] == []
+    broken = dict(files)
+    broken[f"{overlay}/server-patch.yaml"] = b"- {op: add, path: /spec/nope/containers/0/resources, value: {}}\n"
+    assert any("does not apply" in p for p in k8s_validate.render_kustomization(broken, overlay)[1])
+    broken = dict(files)
+    del broken["base/pdb.yaml"]
+    assert any("pdb.yaml does not exist" in p for p in k8s_validate.render_kustomization(broken, overlay)[1])
+    broken = dict(files)
+    broken["base/kustomization.yaml"] = files["base/kustomization.yaml"].replace(b"spec.yaml", b"spec.yml")
+    assert any("spec.yml does not exist" in p for p in k8s_validate.render_kustomization(broken, overlay)[1])
