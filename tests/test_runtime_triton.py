@@ -285,5 +285,15 @@ def test_speculative_bls_errors(server):
         rid = s.send("tensorrt_llm_bls", bls_inputs(s, "x", 0, False))
         s.wait(rid, 30)
         assert "max_tokens" in s.errors.get(rid, "")
+        nan = bls_inputs(s, "x", 8, False) + [
+            s.tensor("temperature", np.array([np.nan], dtype=np.float32), "FP32"),
+            s.tensor("top_k", np.array([5], dtype=np.int32), "INT32"),
+        ]
+        rid = s.send("tensorrt_llm_bls", nan)
+        s.wait(rid, 30)
+        assert "temperature must be a finite number" in s.errors.get(rid, ""), s.errors.get(rid)
+        rid = s.send("tensorrt_llm_bls", bls_inputs(s, "x", 1000, False))
+        s.wait(rid, 30)
+        assert "max_tokens must be between 1 and 256" in s.errors.get(rid, ""), s.errors.get(rid)
     finally:
         s.close()
