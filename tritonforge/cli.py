@@ -310,8 +310,11 @@ def deploy_group() -> None:
               help="Directory to write: new, empty, or one tritonforge deploy wrote before.")
 @click.option("--namespace", default=None, help="Kubernetes namespace (default: from the spec name).")
 @click.option("--registry", default=None, help="Image registry prefix for the built images, e.g. registry.example.com/ml.")
+@click.option("--force", is_flag=True, help="Also replace a directory tritonforge deploy wrote whose files were edited "
+                                            "since. Never one holding files tritonforge did not write.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
-def deploy_k8s_command(spec: str, output: str, namespace: str | None, registry: str | None, as_json: bool) -> None:
+def deploy_k8s_command(spec: str, output: str, namespace: str | None, registry: str | None, force: bool,
+                       as_json: bool) -> None:
     """Kustomize base + overlay for SPEC in OUTPUT: server Deployment (LeaderWorkerSet across nodes), Service,
     build Job, Redis, ServiceMonitor, HPA, PDB, NetworkPolicy, a load-test Job, and the image's Dockerfile.
 
@@ -322,7 +325,7 @@ def deploy_k8s_command(spec: str, output: str, namespace: str | None, registry: 
     """
     from tritonforge.builder.k8s import K8sOptions, deploy_k8s
 
-    summary = deploy_k8s(Path(spec), Path(output), K8sOptions(namespace=namespace, registry=registry))
+    summary = deploy_k8s(Path(spec), Path(output), K8sOptions(namespace=namespace, registry=registry), force=force)
     if as_json:
         _echo_json(summary)
         return
@@ -364,6 +367,66 @@ def doctor(spec: str | None, image: str | None, as_json: bool) -> None:
                    else "ready" + (" (with warnings)" if any(c.status == "warn" for c in result.checks) else ""))
     if result.blocked:
         sys.exit(1)
+
+
+@cli.command("smoke")
+@click.option("--gpu", "on_gpu", is_flag=True, help="Run on this host's GPU (required: the smoke test builds real engines).")
+@click.option("--runtime", default="trtllm-engine", show_default=True, help="Target under test.")
+@click.option("--image", default=None, metavar="IMAGE",
+              help="NGC tritonserver:<yy.mm>-trtllm-python-py3 image (default: the targeted release's).")
+@click.option("-o", "--output", "out_dir", default="out/smoke", show_default=True, type=click.Path(file_okay=False),
+              help="Directory for specs, builds, repositories, logs and smoke-report.json.")
+@click.option("--duration", default=30, show_default=True, help="Seconds of the load test.")
+@click.option("--http-port", default=18000, show_default=True, help="Host port of the server's HTTP (gRPC +1, metrics +2).")
+@click.option("--print", "print_only", is_flag=True, help="List the steps and their commands; run nothing.")
+@click.option("--compute-cap", default=None, metavar="X.Y",
+              help="With --print: plan for a GPU of this compute capability instead of this host's.")
+def smoke(on_gpu: bool, runtime: str, image: str | None, out_dir: str, duration: int, http_port: int, print_only: bool,
+          compute_cap: str | None) -> None:
+    """End-to-end check of a GPU host; writes OUTPUT/smoke-report.json to attach to an issue.
+
+    \b
+    Builds the embedded demo model into real engines (FP16, and FP8 where this GPU supports it) in the
+    container, serves them with the backend's launch, compares greedy tokens with the CPU reference
+    engine, streams through HTTP and gRPC, load-tests for --duration seconds, and stops the server.
+    Exit status: 0 every step passed, 1 a step failed (the report names it), 2 no GPU or bad input."""
+    from tritonforge.builder import smoke as sm
+    from tritonforge.builder import versions
+
+    if not on_gpu:
+        raise UserError("pass --gpu: the smoke test builds and serves real engines on this host's GPU")
+    sm.check_runtime(runtime)
+    if duration < 1:
+        raise UserError("--duration must be >= 1 (seconds)")
+    if compute_cap and not print_only:
+        raise UserError("--compute-cap only goes with --print; a real run uses this host's GPU")
+    if compute_cap:
+        cap, name = sm.parse_compute_cap(compute_cap), None
+    else:
+        first, _ = sm.detect_gpu()  # no GPU: one line, exit 2
+        cap, name = first.sm, first.name
+    cfg = sm.SmokeConfig(out_dir=Path(out_dir).resolve(), image=image or versions.TRITON_IMAGE, sm=cap,
+                         gpu_type=sm.catalog_for(name, cap), runtime=runtime, http_port=http_port,
+                         grpc_port=http_port + 1, metrics_port=http_port + 2, load_seconds=duration)
+    steps = sm.plan_steps(cfg)
+    _, skipped = sm.plan_precisions(cfg)
+    if print_only:
+        click.echo(f"smoke plan for sm{cap} ({cfg.gpu_type} in the planner), {runtime}, {cfg.image}:")
+        for line in sm.dump_steps(steps, skipped):
+            click.echo(line)
+        return
+    for p, why in skipped.items():
+        click.echo(f"[smoke] {p}: skipped on this GPU: {why}", err=True)
+    report = sm.Executor(cfg, progress=lambda m: click.echo(m, err=True)).run(steps, skipped)
+    path = sm.write_report(cfg.out_dir, report)
+    if report["ok"]:
+        agree = ", ".join(f"{p} first-token {a['first_token']:.0%} exact {a['exact']:.0%}"
+                          for p, a in report["agreement"].items())
+        tput = ", ".join(f"{p} {t.get('output_tokens_per_s', 0):,.0f} output tok/s" for p, t in report["throughput"].items())
+        click.echo(f"smoke test passed in {report['total_s']:.0f}s: {agree}; {tput}; report: {path}")
+        return
+    click.echo(f"smoke test FAILED at {report['failed_step']}: {report['reason']}; report: {path}")
+    sys.exit(1)
 
 
 cli.add_command(plan_command)
