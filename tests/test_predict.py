@@ -249,3 +249,21 @@ def test_plan_without_workload_has_no_prediction():
     assert proc.returncode == 0, proc.stderr
     d = json.loads(proc.stdout)
     assert "prediction" not in d["tiers"][0] and "workload" not in d
+
+
+def test_aic_preference_picks_the_closer_source_per_group(published):
+    """A source exact on a group's rows wins it; one 50% off loses to ours (within a few % on average)."""
+    doc, cases = published
+    loo = [1.1] * len(cases)  # ours 10% high everywhere
+    aic_rows = []
+    for r, g, _ in cases:
+        grp = predict.calibration_group(g.gpu, g.fmt)
+        factor = 1.0 if grp == "Hopper/fp8" else 1.5
+        aic_rows.append({**r, "raw": {"tokens/s": r["output_tokens_per_s"] * factor}})
+    pref = predict_fit.aic_preference(cases, loo, aic_rows)
+    assert pref["Hopper/fp8"]["prefer"] == "aiconfigurator"
+    assert pref["Blackwell/nvfp4"]["prefer"] == "calibrated"
+    assert pref["Hopper/fp8"]["mean_abs_log_err_ours_loo"] == pytest.approx(math.log(1.1), abs=1e-4)
+    # rows it could not estimate do not count
+    pref2 = predict_fit.aic_preference(cases, loo, [{**a, "raw": {}} for a in aic_rows])
+    assert pref2 == {}
