@@ -8,7 +8,7 @@ STAMP := $(VENV)/.tritonforge-setup
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 APT_PACKAGES := redis-server chromium
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo test test-fast lint bench clean gpu-smoke
 
 setup: $(STAMP)
 
@@ -40,6 +40,12 @@ lint: setup
 
 bench: setup
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# On a GPU host with Docker and the NGC image: build, serve and check the demo model, write
+# out/smoke/smoke-report.json (IMAGE=... picks the container; without a GPU it says so and exits 2).
+gpu-smoke: setup
+	@$(VENV)/bin/tritonforge doctor $(if $(IMAGE),--docker $(IMAGE),) || true
+	@$(VENV)/bin/tritonforge smoke --gpu $(if $(IMAGE),--image $(IMAGE),) -o $(or $(SMOKE_OUT),out/smoke)
 
 clean:
 	rm -rf out build dist *.egg-info .pytest_cache

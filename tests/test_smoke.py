@@ -246,3 +246,33 @@ def test_print_lists_the_steps(tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "-m", "tritonforge", "smoke", "--gpu", "--runtime", "trtllm-pytorch"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "use --runtime trtllm-engine" in bad.stderr
+
+
+@pytest.mark.skipif(shutil.which("docker") is None, reason="no docker client here")
+def test_serve_step_without_a_docker_engine_fails_with_dockers_reason(tiny_demo_repo: Path, tmp_path: Path) -> None:
+    """The real serve step on this machine (docker client, no engine): docker's own error ends up in the
+    report, the stop step still runs, and no server is left behind."""
+    from tritonforge.builder.doctor import run_command
+
+    if run_command(["docker", "info", "--format", "{{.ServerVersion}}"], 30).rc == 0:
+        pytest.skip("a Docker engine is reachable here")
+    cfg = cfg_for(tmp_path, 90)
+    serve = Step("fp16/serve", "serve", "fp16", params={
+        "repo": str(tiny_demo_repo), "image": IMAGE, "container": "tritonforge-smoke-test", "http_url": cfg.http_url,
+        "ports": [cfg.http_port, cfg.grpc_port, cfg.metrics_port], "log": str(tmp_path / "server.log")}, timeout_s=60)
+    stop = Step("fp16/stop", "stop", "fp16", params={"container": "tritonforge-smoke-test"}, cleanup=True)
+    ex = smoke.Executor(cfg)
+    report = ex.run([serve, stop])
+    assert report["failed_step"] == "fp16/serve"
+    assert "the container exited" in report["reason"] and "docker daemon" in report["reason"].lower()
+    assert [s["status"] for s in report["steps"]] == ["failed", "ok"]
+    assert ex.servers == {}
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make")
+def test_make_gpu_smoke_runs_the_smoke_command() -> None:
+    root = Path(__file__).resolve().parent.parent
+    p = subprocess.run(["make", "-n", "gpu-smoke", f"IMAGE={IMAGE}", "SMOKE_OUT=out/s1"], capture_output=True, text=True,
+                       cwd=root, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert f".venv/bin/tritonforge smoke --gpu --image {IMAGE} -o out/s1" in p.stdout.splitlines()
