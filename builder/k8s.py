@@ -501,7 +501,13 @@ def overlay_patches(plan: K8sPlan) -> list[dict[str, Any]]:
         {"file": "build-patch.yaml", "why": "build Job: resources (GPU builds quantize and build on the GPUs), placement",
          "target": {"group": "batch", "version": "v1", "kind": "Job", "name": f"{plan.app}-build-{plan.short_hash}"},
          "ops": build_ops},
-    ]
+    ] + ([] if plan.kind == "gpu" else [
+        # Single-node demo clusters (kind, minikube, k3d) provision ReadWriteOnce volumes only; pods on one node
+        # share such a volume. Replicas spread over GPU nodes need ReadWriteMany (NFS, EFS, Filestore, Lustre).
+        {"file": "store-patch.yaml", "why": "model store: ReadWriteOnce, what single-node demo clusters provision",
+         "target": {"version": "v1", "kind": "PersistentVolumeClaim", "name": f"{plan.app}-store"},
+         "ops": [{"op": "replace", "path": "/spec/accessModes", "value": ["ReadWriteOnce"]}]},
+    ])
 
 
 # --------------------------------------------------------------------------------------------- render
@@ -602,7 +608,8 @@ def check_rendered(files: dict[str, bytes], plan: K8sPlan) -> list[str]:
     return problems
 
 
-def deploy_k8s(spec_path: Path, out: Path, opts: K8sOptions, validate: bool = True) -> dict[str, Any]:
+def deploy_k8s(spec_path: Path, out: Path, opts: K8sOptions, validate: bool = True,
+               force: bool = False) -> dict[str, Any]:
     """Render, check against the schemas, and publish DIR (emit's rules: only a directory tritonforge wrote
     is replaced, atomically). Returns a summary."""
     from tritonforge.builder.render import LOCK_FILE, write_repository
@@ -623,7 +630,7 @@ def deploy_k8s(spec_path: Path, out: Path, opts: K8sOptions, validate: bool = Tr
             checked = True
     files[LOCK_FILE] = lock_file(spec, plan, files)
     try:
-        write_repository(files, out, spec_path=spec_path, validate=False)
+        write_repository(files, out, force=force, spec_path=spec_path, validate=False)
     except OSError as exc:
         raise UserError(f"cannot write {out}: {exc.strerror or exc} ({exc.filename}); "
                         "check the path and its permissions") from None

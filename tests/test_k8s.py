@@ -122,9 +122,12 @@ def test_kustomize_renders_and_validates(tmp_path: Path, example: str, overlay: 
     server = next(d for d in docs if d["kind"] == "Deployment"
                   and d["metadata"]["labels"].get("app.kubernetes.io/component") == "server")
     container = server["spec"]["template"]["spec"]["containers"][0]
+    store = next(d for d in docs if d["kind"] == "PersistentVolumeClaim")
     if overlay == "gpu":
         assert container["resources"]["limits"]["nvidia.com/gpu"] == container["resources"]["requests"]["nvidia.com/gpu"]
+        assert store["spec"]["accessModes"] == ["ReadWriteMany"]  # replicas on many nodes read the engines
     else:
+        assert store["spec"]["accessModes"] == ["ReadWriteOnce"]  # what kind/minikube provision
         assert "nvidia.com/gpu" not in json.dumps(container["resources"])
         assert set(container["resources"]["limits"]) == {"cpu", "memory"}
     # The spec ConfigMap's generated name is what the build Job mounts.
@@ -310,6 +313,13 @@ def test_output_ownership(tmp_path: Path) -> None:
     assert "tritonforge.lock.json" in first and "base/kustomization.yaml" in first
     assert _cli("deploy", "k8s", spec, "-o", str(out), "--namespace", "other").returncode == 0  # ours: replaced
     assert "namespace: other" in (out / "base" / "kustomization.yaml").read_text()
+    hpa = out / "base" / "hpa.yaml"
+    hpa.write_text(hpa.read_text() + "# tuned by hand\n")
+    proc = _cli("deploy", "k8s", spec, "-o", str(out))
+    assert proc.returncode == 2 and "base/hpa.yaml" in proc.stderr and "--force" in proc.stderr
+    assert hpa.read_text().endswith("# tuned by hand\n")
+    assert _cli("deploy", "k8s", spec, "-o", str(out), "--force").returncode == 0
+    assert "# tuned by hand" not in hpa.read_text()
     (out / "notes.txt").write_text("mine")
     proc = _cli("deploy", "k8s", spec, "-o", str(out))
     assert proc.returncode == 2 and "notes.txt" in proc.stderr
