@@ -400,3 +400,33 @@ def test_kustomization_problems_found_without_kubectl() -> None:
     broken = dict(files)
     broken["base/kustomization.yaml"] = files["base/kustomization.yaml"].replace(b"spec.yaml", b"spec.yml")
     assert any("spec.yml does not exist" in p for p in k8s_validate.render_kustomization(broken, overlay)[1])
+
+
+def _invocations(script: str) -> list[list[str]]:
+    """Every `tritonforge ...` command line of a Job's shell script, shell variables given values."""
+    out = []
+    for line in script.splitlines():
+        line = line.replace('"$D', '"/store/x').replace('"$OUT"', "/reports/run")
+        if line.startswith("tritonforge "):
+            out.append(shlex.split(line)[1:])
+    return out
+
+
+@pytest.mark.parametrize("example", ["cpu-demo.yaml", "llama3.1-70b-fp8-tp2-draft-h100.yaml"])
+def test_job_commands_parse_with_the_real_cli(example: str) -> None:
+    """The build and load-test Jobs' tritonforge command lines are accepted by this tritonforge's CLI."""
+    import click
+
+    from tritonforge.cli import cli
+
+    plan = plan_k8s(load_spec(EXAMPLES / example), K8sOptions())
+    commands = _invocations(plan.build_script) + _invocations(plan.loadtest["script"])
+    assert [c[0] for c in commands] == ["build", "emit", "loadtest"]
+    for argv in commands:
+        ctx = cli.make_context("tritonforge", list(argv), resilient_parsing=False)
+        with ctx:
+            sub = cli.get_command(ctx, argv[0])
+            assert sub is not None
+            if isinstance(sub, click.Group):  # loadtest: a group whose default command is `run`
+                sub = sub.get_command(ctx, "run")
+            sub.make_context(argv[0], list(argv[1:]), parent=ctx)
