@@ -28,7 +28,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -417,6 +417,9 @@ def build_report(cfg: SmokeConfig, steps: list[dict[str, Any]], *, host: dict[st
         "gpu": {"sm": cfg.sm, "catalog": cfg.gpu_type},
         "versions": {"image": cfg.image, "trtllm_target": cfg.trtllm_version,
                      "modelopt_target": versions.MODELOPT_VERSION, "container": container or {}},
+        "settings": {"prompts": len(cfg.prompts), "max_tokens": cfg.max_tokens, "load_seconds": cfg.load_seconds,
+                     "load_users": cfg.load_users, "load_workload": LOAD_WORKLOAD,
+                     "min_first_token_agreement": MIN_FIRST_TOKEN_AGREEMENT},
         "precisions": sorted({s["precision"] for s in steps if s.get("precision")}, key=PRECISIONS.index),
         "skipped_precisions": skipped_precisions or {},
         "steps": steps,
@@ -432,7 +435,7 @@ def report_problems(report: dict[str, Any]) -> list[str]:
     problems = []
     need = {"schema": str, "tritonforge_version": str, "created": str, "runtime": str, "ok": bool, "host": dict,
             "gpu": dict, "versions": dict, "precisions": list, "skipped_precisions": dict, "steps": list,
-            "timings_s": dict, "total_s": (int, float), "agreement": dict, "throughput": dict}
+            "timings_s": dict, "total_s": (int, float), "agreement": dict, "throughput": dict, "settings": dict}
     for key, typ in need.items():
         if not isinstance(report.get(key), typ):
             problems.append(f"{key}: missing or not {typ}")
@@ -487,6 +490,7 @@ class Executor:
         self.cfg = cfg
         self.say = progress or (lambda _m: None)
         self.servers: dict[str, subprocess.Popen] = {}
+        self.logs: dict[str, Any] = {}
         self.container: dict[str, Any] | None = None
         self.host: dict[str, Any] = {}
         self.handlers: dict[str, Callable[[Step], dict[str, Any]]] = {
@@ -515,6 +519,8 @@ class Executor:
                         status = "skipped"
                 except (StepFailed, UserError) as exc:
                     status, error = "failed", str(exc)
+                except Exception as exc:  # noqa: BLE001 - any surprise still ends in a report naming the step
+                    status, error = "failed", f"{type(exc).__name__}: {' '.join(str(exc).split())[:400]}"
                 secs = round(time.perf_counter() - t0, 3)
                 records.append({**step.to_dict(), "status": status, "seconds": secs, "details": details,
                                 "error": error})
@@ -591,9 +597,15 @@ class Executor:
         # Not interactive: no TTY here; a name so the container can be stopped.
         cmd = [c for c in cmd if c != "-it"]
         cmd[2:2] = ["--name", name]
-        fh = open(log, "wb")  # noqa: SIM115 - the server's whole life
-        self.servers[name] = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                              start_new_session=True)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        fh = self.logs[name] = open(log, "wb")  # noqa: SIM115 - closed when the server is stopped
+        try:
+            self.servers[name] = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                                  start_new_session=True)
+        except OSError as exc:
+            self.logs.pop(name).close()
+            raise StepFailed(f"cannot start docker: {exc.strerror or exc}; install Docker and the NVIDIA Container "
+                             f"Toolkit") from None
         t0 = time.monotonic()
         while time.monotonic() - t0 < step.timeout_s:
             if self.servers[name].poll() is not None:
@@ -661,13 +673,19 @@ class Executor:
 
     def _stop_container(self, name: str) -> dict[str, Any]:
         proc = self.servers.pop(name)
-        r = subprocess.run(["docker", "stop", "-t", "30", name], capture_output=True, text=True, timeout=120)
+        try:
+            rc = subprocess.run(["docker", "stop", "-t", "30", name], capture_output=True, text=True, timeout=120).returncode
+        except (OSError, subprocess.TimeoutExpired):
+            rc = None
         try:
             proc.wait(60)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
-        return {"docker_stop_rc": r.returncode}
+        fh = self.logs.pop(name, None)
+        if fh is not None:
+            fh.close()
+        return {"docker_stop_rc": rc}
 
 
 def _stream_result(out: Any) -> dict[str, Any]:
@@ -720,8 +738,3 @@ def dump_steps(steps: Sequence[Step], skipped: dict[str, str]) -> list[str]:
     lines += [f"    {p}: skipped on this GPU: {why}" for p, why in skipped.items()]
     return lines
 
-
-def asdict_config(cfg: SmokeConfig) -> dict[str, Any]:
-    d = asdict(cfg)
-    d["out_dir"] = str(cfg.out_dir)
-    return d
