@@ -1,14 +1,18 @@
 """Response-cache benchmarks (no Triton): lookup latency at scale, Redis exact hits, workload hit rates.
 
-    python benchmarks/bench_cache.py [--sizes 10000,100000] [--requests 1000] [--redis]
+    python benchmarks/bench_cache.py [--sizes 10000,100000] [--requests 1000] [--redis] [--pairs-only]
 
 1. Semantic lookup including the embedding of the query (all-MiniLM-L6-v2, 1 thread) against an
    index of N entries, p50/p99. The N stored vectors are random unit vectors (embedding 100k real
    prompts would take ~10 minutes on 2 cores); the queries are real prompts embedded per lookup.
 2. Exact-hit lookup p50 (memory backend; and Redis with --redis, which starts a redis-server).
 3. Hit rates on a synthetic workload: 55% new prompts, 30% exact repeats (some with different
-   whitespace), 15% paraphrases of earlier prompts; with the false-hit rate (a semantic hit
-   whose cached answer belongs to a different question).
+   whitespace: the exact key is the prompt's bytes, so those are for the semantic layer), 15%
+   paraphrases of earlier prompts; with the false-hit rate (a semantic hit whose cached answer
+   belongs to a different question), with and without semantic verification.
+4. The labelled near-duplicate set (benchmarks/data/near_duplicates.jsonl, made by
+   make_near_duplicates.py): paraphrase hit rate and wrong-answer rate, by kind, cosine alone vs
+   cosine + verification.
 
 Prints figures; asserts nothing.
 """
@@ -16,6 +20,7 @@ Prints figures; asserts nothing.
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import shutil
 import sys
@@ -32,7 +37,10 @@ from tritonforge.ensembles.policy.embedding import load_embedder  # noqa: E402
 from tritonforge.ensembles.policy.index import SemanticIndex  # noqa: E402
 from tritonforge.ensembles.policy.memory_backend import MemoryBackend  # noqa: E402
 from tritonforge.ensembles.policy.metrics import MemoryMetrics  # noqa: E402
-from tritonforge.ensembles.policy.params import exact_key, namespace, parse_request  # noqa: E402
+from tritonforge.ensembles.policy.params import exact_key, namespace, normalize_prompt, parse_request  # noqa: E402
+from tritonforge.ensembles.policy.verify import verify  # noqa: E402
+
+PAIRS = Path(__file__).resolve().parent / "data" / "near_duplicates.jsonl"
 
 
 def req(text: str, max_tokens: int = 64):
@@ -102,13 +110,12 @@ def workload(n: int, seed: int = 0) -> list[tuple[str, str, str]]:
     return out
 
 
-def hit_rates(emb, n: int, threshold: float) -> None:
+def hit_rates(emb, n: int, threshold: float, verified: bool = True) -> None:
     m = MemoryMetrics()
     cfg = CacheConfig(enabled=True, semantic=True, similarity_threshold=threshold, capacity=100_000)
     index = SemanticIndex(emb.dim)
-    cache = ResponseCache(
-        cfg, MemoryBackend(100_000, 3600, on_evict=index.remove, metrics=m), emb.embed, index, m
-    )
+    cache = ResponseCache(cfg, MemoryBackend(100_000, 3600, on_evict=index.remove, metrics=m), emb.embed, index,
+                          m, verifier=verify if verified else None)  # fmt: skip
     counts: dict[str, int] = {}
     by_kind: dict[str, dict[str, int]] = {}
     false_hits = 0
@@ -123,7 +130,9 @@ def hit_rates(emb, n: int, threshold: float) -> None:
         if look.status == "miss":
             cache.store(look, r, "small", "", qid, 10)
     total = sum(counts.values())
-    print(f"  threshold {threshold}: " + ", ".join(f"{k} {v / total:.1%}" for k, v in sorted(counts.items()))
+    label = "cosine + verification" if verified else "cosine alone"
+    print(f"  threshold {threshold}, {label}: "
+          + ", ".join(f"{k} {v / total:.1%}" for k, v in sorted(counts.items()))
           + f"; false hits {false_hits} ({false_hits / total:.2%})")  # fmt: skip
     for kind, st in sorted(by_kind.items()):
         k_total = sum(st.values())
@@ -212,16 +221,49 @@ def redis_exact(queries: int) -> None:
         proc.stop()
 
 
+def near_duplicates(emb, thresholds: list[float]) -> None:
+    rows = [json.loads(line) for line in PAIRS.read_text(encoding="utf-8").splitlines() if line.strip()]
+    texts = sorted({normalize_prompt(t) for r in rows for t in (r["a"], r["b"])})
+    vecs = dict(zip(texts, emb.embed_batch(texts), strict=True))
+    sims = [float(vecs[normalize_prompt(r["a"])] @ vecs[normalize_prompt(r["b"])]) for r in rows]
+    t0 = time.perf_counter()
+    why = [verify(r["b"], r["a"]) for r in rows]
+    per_pair_us = (time.perf_counter() - t0) / len(rows) * 1e6
+    same = [i for i, r in enumerate(rows) if r["same"]]
+    diff = [i for i, r in enumerate(rows) if not r["same"]]
+    print(f"  {len(rows)} pairs: {len(same)} paraphrases (must hit), {len(diff)} answer-changing edits (must not); "
+          f"verification {per_pair_us:.0f} us per pair")  # fmt: skip
+    for th in thresholds:
+        for verified in (False, True):
+            def served(i: int, th: float = th, verified: bool = verified) -> bool:
+                return sims[i] >= th and (not verified or why[i] is None)
+
+            hits = sum(served(i) for i in same)
+            wrong = sum(served(i) for i in diff)
+            kinds: dict[str, list[int]] = {}
+            for i in diff:
+                kinds.setdefault(rows[i]["kind"], []).append(i)
+            by_kind = ", ".join(f"{k} {sum(served(i) for i in ix)}/{len(ix)}" for k, ix in sorted(kinds.items()))
+            print(f"  threshold {th}, {'cosine + verification' if verified else 'cosine alone'}: paraphrases hit "
+                  f"{hits}/{len(same)} ({hits / len(same):.1%}); wrong answers {wrong}/{len(diff)} "
+                  f"({wrong / len(diff):.1%}) [{by_kind}]")  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="10000,100000")
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--requests", type=int, default=1000)
     ap.add_argument("--redis", action="store_true")
+    ap.add_argument("--pairs-only", action="store_true", help="only the labelled near-duplicate set")
     a = ap.parse_args()
     t0 = time.perf_counter()
     emb = load_embedder("builtin:all-minilm-l6-v2", threads=1)
     print(f"embedder loaded in {time.perf_counter() - t0:.1f}s (dim {emb.dim}, 1 torch thread)")
+    print("labelled near-duplicates:")
+    near_duplicates(emb, [0.85, 0.9, 0.92, 0.95, 0.97])
+    if a.pairs_only:
+        return
     print("semantic lookup at scale (memory backend, hnswlib):")
     scale(emb, [int(s) for s in a.sizes.split(",") if s], a.queries)
     print("exact hits:")
@@ -229,8 +271,9 @@ def main() -> None:
         redis_exact(a.queries)
     print(f"hit rates, {a.requests} requests (30% repeats, 15% paraphrases):")
     for th in (0.85, 0.92, 0.95, 0.97):
-        emb._memo.clear()
-        hit_rates(emb, a.requests, th)
+        for verified in (False, True):
+            emb._memo.clear()
+            hit_rates(emb, a.requests, th, verified)
     print(f"total {time.perf_counter() - t0:.0f}s; load average {open('/proc/loadavg').read().split()[0]}")
 
 

@@ -280,6 +280,58 @@ SWAPS = [
     ("Who was the first president of the United States?", "Who was the second president of the United States?"),
 ]
 
+# Written after the rules above were tuned, as a check on unseen pairs: 45 pairs, one wrong answer found
+# ("ounces in a pound" vs "pounds in an ounce", cosine 0.956), which added the relation-word rule.
+LATER_SAME = [
+    ("How do I list files in a directory with Python?", "How can I list the files in a directory using Python?"),
+    ("What is the freezing point of water in Fahrenheit?", "In Fahrenheit, what is the freezing point of water?"),
+    ("Give me a packing list for a weekend camping trip.", "What should I pack for a weekend camping trip?"),
+    ("Explain the difference between a list and a tuple in Python.", "What's the difference between a list and a tuple in Python?"),
+    ("How do I check my Node.js version?", "How can I check which version of Node.js I have?"),
+    ("Write a limerick about a cat.", "Compose a limerick about a cat."),
+    ("What is the GDP of Germany?", "What's Germany's GDP?"),
+    ("How do I remove duplicates from a list in Python?", "How can I remove duplicates from a Python list?"),
+    ("Who painted the Mona Lisa?", "Who is the painter of the Mona Lisa?"),
+    ("Describe the plot of Hamlet.", "Explain the plot of Hamlet."),
+    ("What are good exercises for lower back pain?", "Which exercises are good for lower back pain?"),
+    ("How do I create a virtual environment in Python?", "How can I create a Python virtual environment?"),
+    ("Tell me a fun fact about octopuses.", "Give me a fun fact about octopuses."),
+    ("What is the chemical formula of table salt?", "What's the chemical formula for table salt?"),
+    ("How long should I boil an egg?", "How long do I boil an egg for?"),
+    ("Summarize the causes of World War I.", "Give a summary of the causes of World War I."),
+    ("What is Docker used for?", "What is Docker used for?  "),
+    ("how do i exit vim", "How do I exit Vim?"),
+    ("What does HTTP status 404 mean?", "What does the HTTP status 404 mean?"),
+    ("Recommend a good book on machine learning.", "Suggest a good book on machine learning."),
+]
+LATER_DIFF = [
+    ("How do I list files in a directory with Python?", "How do I delete files in a directory with Python?"),
+    ("What is the freezing point of water in Fahrenheit?", "What is the freezing point of water in Celsius?"),
+    ("What is 15% of 80?", "What is 15% of 90?"),
+    ("Explain the difference between a list and a tuple in Python.", "Explain the difference between a list and a set in Python."),
+    ("How do I upgrade Node.js on Mac?", "How do I downgrade Node.js on Mac?"),
+    ("Write a limerick about a cat.", "Write a limerick about a dog."),
+    ("What is the GDP of Germany?", "What is the GDP of Japan?"),
+    ("How do I remove duplicates from a list in Python?", "How do I keep duplicates in a list in Python?"),
+    ("Who painted the Mona Lisa?", "Who stole the Mona Lisa?"),
+    ("Is it safe to drink tap water in Mexico?", "Is it unsafe to drink tap water in Mexico?"),
+    ("Should I use tabs or spaces in Python?", "Should I not use tabs or spaces in Python?"),
+    ("Convert 5 feet to meters.", "Convert 5 meters to feet."),
+    ("What is 3 squared?", "What is 3 cubed?"),
+    ("How do I sort a dict by value in Python?", "How do I sort a dict by key in Python?"),
+    ("What does `git pull` do?", "What does `git push` do?"),
+    ("What does HTTP status 404 mean?", "What does HTTP status 403 mean?"),
+    ("How many ounces are in a pound?", "How many pounds are in an ounce?"),
+    ("Write a Python function is_prime(n).", "Write a Python function is_even(n)."),
+    ("What time zone is New York in?", "What time zone is Los Angeles in?"),
+    ("Is Mercury closer to the sun than Venus?", "Is Venus closer to the sun than Mercury?"),
+    ("Translate 'cat' from English to Japanese.", "Translate 'cat' from Japanese to English."),
+    ("What is the integral of x^2?", "What is the derivative of x^2?"),
+    ("How do I make my code run faster?", "How do I make my code run slower?"),
+    ("Why can't I connect to Wi-Fi?", "Why can I connect to Wi-Fi?"),
+    ("What is the sum of the first 100 integers?", "What is the sum of the first 1000 integers?"),
+]
+
 
 def build() -> list[dict[str, object]]:
     rng = random.Random(7)
@@ -312,6 +364,10 @@ def build() -> list[dict[str, object]]:
             add(t.format(s=s, a=a1), t.format(s=s, a=a2), False, "qualifier")
     for a, b in SWAPS:
         add(a, b, False, "antonym")
+    for a, b in LATER_SAME:
+        add(a, b, True, "paraphrase-later")
+    for a, b in LATER_DIFF:
+        add(a, b, False, "mixed-later")
     return rows
 
 

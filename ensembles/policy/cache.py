@@ -186,8 +186,12 @@ class ResponseCache:
         embed: Callable[[str], np.ndarray] | None = None,
         index: SemanticIndex | None = None,
         metrics: Metrics | None = None,
+        verifier: Callable[[str, str], str | None] | None = verify,
     ) -> None:
+        """`verifier(query, cached_prompt)` returns why a semantic candidate may not answer (None: it may);
+        None turns verification off (benchmarks measure what it prevents)."""
         self.cfg, self.backend, self.embed, self.index = cfg, backend, embed, index
+        self.verifier = verifier
         self.metrics = metrics or Metrics()
         self.semantic = bool(cfg.semantic and embed is not None and index is not None)
         self._warned: dict[str, float] = {}
@@ -257,7 +261,7 @@ class ResponseCache:
                     if entry.ns != ns:
                         continue
                     # Cosine similarity cannot tell "12 * 13" from "12 * 14" or "A to B" from "B to A".
-                    why = verify(req.text, entry.prompt)
+                    why = self.verifier(req.text, entry.prompt) if self.verifier is not None else None
                     if why is not None:
                         self._reject(why)
                         continue

@@ -8,7 +8,8 @@ Sentence embeddings put "convert Celsius to Fahrenheit" and its reverse at cosin
 - numbers, in order (number words and full-width digits count as digits; ``2⁸`` is ``2 ^ 8``);
 - operators, in order (``+ - * / % ^ = < >``, brackets, and the words plus / minus / times ...);
 - negations (not, no, never, without, n't ...), by count;
-- direction: words next to to / from / into / than / vs / arrows must appear in the same order;
+- direction: words next to to / from / into / than / vs / arrows must appear in the same order, and
+  the two sides of in / of / per / for ... must not swap;
 - code identifiers (snake_case, camelCase, dotted names, calls) and quoted literals, case-sensitive;
 - line structure and indentation, for prompts of several lines (code);
 - every content word (names of languages, libraries, places, topics ...) after lower-casing, plural
@@ -54,6 +55,9 @@ _OP_WORDS = {"plus": "+", "minus": "-", "times": "*", "multiplied": "*", "divide
 _NEGATIONS = {"not", "no", "never", "none", "nothing", "nobody", "nowhere", "neither", "nor", "without",
               "cannot", "n't"}  # fmt: skip
 _DIRECTION = {"to", "into", "from", "than", "vs", "versus", "->", "<-", "towards", "onto"}
+# Relations whose two sides must not swap ("ounces in a pound" vs "pounds in an ounce"); unlike the
+# words above, the rest of the sentence may be reordered around them ("a string in Python").
+_RELATION = {"in", "of", "per", "for", "by", "on", "at", "with", "over", "under", "within", "inside", "outside"}
 _STOP = set(
     """a an the is are was were be been being am of in on at for with about by as and also please kindly
     me i my we our us you your it its this that these those there here do does did doing can could would
@@ -86,6 +90,7 @@ class Features:
     content: frozenset[str]
     order: tuple[str, ...]  # content words in order of first appearance
     anchors: frozenset[str]  # content words next to a direction word
+    pairs: frozenset[tuple[str, str]]  # (word before, word after) each direction or relation word
     layout: tuple[int, ...]  # indentation of each non-empty line, for text of several lines (code)
 
 
@@ -174,16 +179,22 @@ def features(text: str) -> Features:
                 operators.append("*")  # "12 x 13"
             elif w in _DIRECTION:
                 seq.append(("dir", w))
+            elif w in _RELATION:
+                seq.append(("rel", w))
             elif w not in _STOP and w not in _FRAME:
                 seq.append(("content", _lemma(w)))
     content = [v for k, v in seq if k == "content"]
     anchors: set[str] = set()
+    pairs: set[tuple[str, str]] = set()
     for i, (k, _) in enumerate(seq):
-        if k != "dir":
+        if k == "content":
             continue
-        for j in (i - 1, i + 1):
-            if 0 <= j < len(seq) and seq[j][0] == "content":
-                anchors.add(seq[j][1])
+        before = next((v for kk, v in reversed(seq[:i]) if kk == "content"), None)
+        after = next((v for kk, v in seq[i + 1 :] if kk == "content"), None)
+        if before is not None and after is not None:
+            pairs.add((before, after))
+        if k == "dir":
+            anchors.update(w for w in (before, after) if w is not None)
     return Features(
         numbers=tuple(numbers),
         operators=tuple(operators),
@@ -193,6 +204,7 @@ def features(text: str) -> Features:
         content=frozenset(content),
         order=tuple(dict.fromkeys(content)),
         anchors=frozenset(anchors),
+        pairs=frozenset(pairs),
         layout=layout,
     )
 
@@ -211,6 +223,8 @@ def mismatch(a: Features, b: Features) -> str | None:
         return "words"
     if a.layout != b.layout:
         return "layout"
+    if any((y, x) in b.pairs for x, y in a.pairs if x != y):
+        return "direction"
     anchors = sorted((a.anchors | b.anchors) & a.content)
     pos_a = {w: i for i, w in enumerate(a.order)}
     pos_b = {w: i for i, w in enumerate(b.order)}
