@@ -65,6 +65,24 @@ print(json.dumps({"tensorrt_llm": v("tensorrt_llm", "tensorrt-llm"), "modelopt":
                   "torch": v("torch"), "mpirun": mpi}))
 """
 
+# Run with --gpus all: does CUDA start inside the image on this driver? torch is part of the TensorRT-LLM
+# images; torch.cuda.is_available() warns with the reason (e.g. "The NVIDIA driver on your system is too old").
+CUDA_PROBE = r"""
+import json, warnings
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    try:
+        import torch
+        ok = torch.cuda.is_available()
+        out = {"cuda": ok, "cuda_runtime": torch.version.cuda, "devices": torch.cuda.device_count() if ok else 0}
+        if ok:
+            out["capability"] = list(torch.cuda.get_device_capability(0))
+    except Exception as e:
+        out = {"cuda": False, "error": type(e).__name__ + ": " + str(e)}
+out["warnings"] = [str(w.message) for w in caught][:3]
+print(json.dumps(out))
+"""
+
 
 @dataclass(frozen=True)
 class CmdResult:
@@ -394,13 +412,24 @@ def container_checks(image: str, host: Host, trtllm_target: str) -> tuple[list[C
     out.append(Check("triton", OK if probe.get("triton") else WARN,
                      f"Triton {probe.get('triton') or 'version unknown'} (container {probe.get('triton_container') or '?'})",
                      "" if probe.get("triton") else "use an NGC tritonserver image", blocker=False))
-    r = host.run(["docker", "run", "--rm", "--gpus", "all", "--entrypoint", "nvidia-smi", image, "-L"], 120.0)
-    if r.rc == 0 and r.out.strip():
-        n = len([ln for ln in r.out.splitlines() if ln.startswith("GPU ")])
-        out.append(Check("container gpus", OK, f"{n} GPU(s) visible inside the container"))
-    else:
+    r = host.run(["docker", "run", "--rm", "--gpus", "all", "--entrypoint", "python3", image, "-c", CUDA_PROBE], 300.0)
+    try:
+        cuda = json.loads(r.out.strip().splitlines()[-1]) if r.rc == 0 else None
+    except (ValueError, IndexError):
+        cuda = None
+    if cuda is None:
         out.append(Check("container gpus", FAIL, f"no GPU inside the container: {r.first_error_line()}",
                          "install the NVIDIA Container Toolkit and restart Docker (docker run --gpus all must work)"))
+    elif not cuda.get("cuda"):
+        why = (cuda.get("warnings") or [cuda.get("error") or "torch.cuda.is_available() is False"])[0]
+        out.append(Check("container gpus", FAIL, f"CUDA does not start inside the container: {' '.join(str(why).split())[:240]}",
+                         f"install a driver the image's CUDA {cuda.get('cuda_runtime') or ''} supports (its release "
+                         f"notes, Driver Requirements)"))
+    else:
+        cap = cuda.get("capability") or []
+        info["cuda_runtime"] = cuda.get("cuda_runtime")
+        out.append(Check("container gpus", OK, f"CUDA {cuda.get('cuda_runtime')} starts inside the container: "
+                                               f"{cuda.get('devices')} GPU(s)" + (f", sm{cap[0]}{cap[1]}" if len(cap) == 2 else "")))
     return out, info
 
 

@@ -38,6 +38,7 @@ SMI_DOWN = ("NVIDIA-SMI has failed because it couldn't communicate with the NVID
 IMAGE = "nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3"
 PROBE_OK = json.dumps({"tensorrt_llm": "1.2.1", "modelopt": "0.37.0", "triton": "2.71.0", "triton_container": "26.07",
                        "torch": "2.9.0", "mpirun": "mpirun (Open MPI) 4.1.7"})
+CUDA_OK = json.dumps({"cuda": True, "cuda_runtime": "13.0", "devices": 1, "capability": [9, 0], "warnings": []})
 
 
 def recorded(answers: dict[tuple[str, ...], CmdResult]) -> Host:
@@ -228,7 +229,7 @@ def docker_ok(probe: str = PROBE_OK) -> dict[tuple[str, ...], CmdResult]:
         ("docker", "info"): CmdResult(0, "27.3.1\n"),
         ("docker", "image", "inspect"): CmdResult(0, "sha256:4f2a9c0e1b7d3a5f6e8c9b0a1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f6a7b8c9d0e\n"),
         ("docker", "run", "--rm", "--entrypoint", "python3"): CmdResult(0, probe + "\n"),
-        ("docker", "run", "--rm", "--gpus"): CmdResult(0, "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-5f1c)\n"),
+        ("docker", "run", "--rm", "--gpus"): CmdResult(0, CUDA_OK + "\n"),
     }
 
 
@@ -242,6 +243,7 @@ def test_container_all_good(tmp_path: Path) -> None:
         assert n in names
     assert by_name(result, "mpi")[0].message.endswith("in the image")
     assert result.container["tensorrt_llm"] == "1.2.1"
+    assert by_name(result, "container gpus")[0].message == "CUDA 13.0 starts inside the container: 1 GPU(s), sm90"
     # the probe runs python3 inside the image, never on this host
     assert any(c[:5] == ["docker", "run", "--rm", "--entrypoint", "python3"] and IMAGE in c for c in host.calls)
 
@@ -276,6 +278,13 @@ def test_no_gpu_inside_the_container(tmp_path: Path) -> None:
     result = doctor.run_doctor(None, IMAGE, recorded(answers))
     (c,) = by_name(result, "container gpus")
     assert c.status == FAIL and "could not select device driver" in c.message and "Container Toolkit" in c.fix
+    # The driver is older than the image's CUDA: torch says so (torch/cuda/__init__.py's warning text).
+    old = json.dumps({"cuda": False, "cuda_runtime": "13.0", "devices": 0, "warnings": [
+        "CUDA initialization: The NVIDIA driver on your system is too old (found version 12020). Please update your "
+        "GPU driver by downloading and installing a new version from the URL: http://www.nvidia.com/Download/index.aspx"]})
+    answers[("docker", "run", "--rm", "--gpus")] = CmdResult(0, old + "\n")
+    (c,) = by_name(doctor.run_doctor(None, IMAGE, recorded(answers)), "container gpus")
+    assert c.status == FAIL and "driver on your system is too old" in c.message and "CUDA 13.0" in c.fix
 
 
 # ------------------------------------------------------------------------------- shm / python
