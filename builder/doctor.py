@@ -282,10 +282,9 @@ def spec_checks(spec: Any, found: list[Gpu]) -> list[Check]:
     from tritonforge.builder.gpus import get_gpu
     from tritonforge.builder.launch import parse_gpu_device_ids, place_tiers
     from tritonforge.builder.modelref import resolve_model
-    from tritonforge.builder.planner import plan_tier
-    from tritonforge.builder.spec import Runtime
+    from tritonforge.builder.planner import plan_tier, runtime_is_gpu
 
-    engine_tiers = [t for t in spec.tiers if t.runtime == Runtime.trtllm_engine]
+    engine_tiers = [t for t in spec.tiers if runtime_is_gpu(t)]
     if not engine_tiers:
         return [Check("spec", OK, f"{spec.name}: no GPU tier (cpu-reference only); GPU checks not needed")]
     if not found:
@@ -297,7 +296,9 @@ def spec_checks(spec: Any, found: list[Gpu]) -> list[Check]:
         return [Check("spec", FAIL, str(exc))]
     out = []
     for tier in engine_tiers:
-        ids = sorted({g for inst in parse_gpu_device_ids(placement[tier.name]) for g in inst})
+        placed = placement.get(tier.name)  # GPU tiers launched another way: their first tp x pp GPUs
+        ids = sorted({g for inst in parse_gpu_device_ids(placed) for g in inst}) if placed else \
+            list(range(tier.parallelism.tp * tier.parallelism.pp))
         name = f"tier {tier.name}"
         missing = [i for i in ids if i >= len(found)]
         if missing:
@@ -505,12 +506,12 @@ class DoctorResult:
 
 def run_doctor(spec: Any | None = None, image: str | None = None, host: Host | None = None) -> DoctorResult:
     """All checks, in a fixed order. `spec` is a loaded DeploymentSpec (or None)."""
-    from tritonforge.builder.spec import Runtime
+    from tritonforge.builder.planner import runtime_is_gpu
 
     host = host or Host()
     checks: list[Check] = []
     found, driver = query_gpus(host)
-    gpu_needed = spec is None or any(t.runtime == Runtime.trtllm_engine for t in spec.tiers)
+    gpu_needed = spec is None or any(runtime_is_gpu(t) for t in spec.tiers)
     if driver.status == FAIL and not gpu_needed:
         driver = dataclasses.replace(driver, status=WARN, blocker=False,
                                      message=driver.message + " (not needed: the spec has only cpu-reference tiers)")
