@@ -188,13 +188,13 @@ def repository_plan(spec: DeploymentSpec):  # -> RepositoryPlan
     return plan_repository(spec, _placeholder_paths(spec), tritonforge.__version__)
 
 
-def replica_launch(spec: DeploymentSpec, image: str):  # -> launch.Launch
+def replica_launch(spec: DeploymentSpec, image: str, rplan=None):  # -> launch.Launch
     """The server launch of one replica: `launch.repository_launch` (what `serve --docker` runs) over the
     model configs this spec renders."""
     from tritonforge.builder.launch import repository_launch
     from tritonforge.builder.render import _environment, _render  # the same templates emit renders
 
-    plan = repository_plan(spec)
+    plan = rplan or repository_plan(spec)
     env = _environment()
     with tempfile.TemporaryDirectory(prefix="tritonforge-k8s-") as tmp:
         for model in plan.models:
@@ -204,9 +204,9 @@ def replica_launch(spec: DeploymentSpec, image: str):  # -> launch.Launch
         return repository_launch(Path(tmp), image)
 
 
-def requirements_of(spec: DeploymentSpec) -> list[str]:
+def requirements_of(spec: DeploymentSpec, rplan=None) -> list[str]:
     """What the repository's Python models import (the lines of its requirements.txt)."""
-    return sorted({r for m in repository_plan(spec).models for r in m.requirements})
+    return sorted({r for m in (rplan or repository_plan(spec)).models for r in m.requirements})
 
 
 # ------------------------------------------------------------------------------------------ decisions
@@ -326,8 +326,8 @@ def plan_k8s(spec: DeploymentSpec, opts: K8sOptions) -> K8sPlan:
     else:
         repo = f"{opts.registry}/tritonforge-{app}" if opts.registry else f"tritonforge-{app}"
         image, tools_image = f"{repo}:{short}", f"{repo}:{short}-tools"
-    launch = replica_launch(spec, image)
     rplan = repository_plan(spec)
+    launch = replica_launch(spec, image, rplan)
     entry = rplan.entry_model
     labels = {"app.kubernetes.io/name": app, "app.kubernetes.io/part-of": PART_OF,
               "tritonforge.io/spec-hash": short}
@@ -413,7 +413,7 @@ def plan_k8s(spec: DeploymentSpec, opts: K8sOptions) -> K8sPlan:
         "resources": {"requests": {"cpu": str(d.loadtest_workers + 1), "memory": "2Gi"},
                       "limits": {"memory": "4Gi"}},
     }
-    requirements = requirements_of(spec)
+    requirements = requirements_of(spec, rplan)
     data = spec.model_dump(mode="json")
     plan = K8sPlan(
         app=app, namespace=namespace, kind=kind, spec_hash=spec_hash, short_hash=short, image=image,

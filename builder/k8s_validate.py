@@ -48,18 +48,48 @@ def _pod_templates(schema: dict[str, Any], obj: Any, path: str = "") -> list[tup
     return out
 
 
-def _builtin(obj: dict[str, Any], version: str) -> list[str]:
+@functools.cache
+def _schema_dir(version: str) -> Path:
+    """kubernetes-validate's strict schemas of the newest Kubernetes release not newer than `version`."""
     import kubernetes_validate
-    from kubernetes_validate.utils import SchemaNotFoundError
 
-    try:
-        kubernetes_validate.validate(obj, version, strict=True)
-    except kubernetes_validate.ValidationError as exc:
-        where = ".".join(str(p) for p in exc.path)
-        return [f"{where or '(top)'}: {exc.message}"]
-    except SchemaNotFoundError:
+    root = Path(kubernetes_validate.__file__).parent / "kubernetes-json-schema"
+    wanted = tuple(int(x) for x in version.split(".")[:2])
+    found = sorted((tuple(int(x) for x in d.name[1:].split("-")[0].split(".")[:2]), d)
+                   for d in root.iterdir() if d.name.endswith("-local-strict"))
+    usable = [d for v, d in found if v <= wanted]
+    if not usable:
+        raise ValueError(f"kubernetes-validate has no schemas for Kubernetes {version}")
+    return usable[-1]
+
+
+@functools.cache
+def _validator(version: str, api_version: str, kind: str) -> Any:
+    """A JSON-schema validator for one kind (schema files read once per process, not once per object)."""
+    import jsonschema
+    from referencing import Registry, Resource
+
+    group, _, ver = api_version.rpartition("/")
+    name = f"{kind.lower()}-{group.split('.')[0] + '-' if group else ''}{ver}.json"
+    path = _schema_dir(version) / name
+    if not path.is_file():
+        return None
+    schema = json.loads(path.read_text())
+    # Both files carry their own $id (https://kubernetes.io/api/...), under which the registry holds them.
+    registry = Resource.from_contents(_definitions(version)) @ (Resource.from_contents(schema) @ Registry())
+    return jsonschema.Draft202012Validator(schema, registry=registry)
+
+
+@functools.cache
+def _definitions(version: str) -> dict[str, Any]:
+    return json.loads((_schema_dir(version) / "_definitions.json").read_text())
+
+
+def _builtin(obj: dict[str, Any], version: str) -> list[str]:
+    validator = _validator(version, str(obj.get("apiVersion")), str(obj.get("kind")))
+    if validator is None:
         return [f"no Kubernetes {version} schema for {obj.get('apiVersion')}/{obj.get('kind')}"]
-    return []
+    return [f"{'.'.join(str(p) for p in e.absolute_path) or '(top)'}: {e.message}" for e in validator.iter_errors(obj)]
 
 
 def validate_object(obj: dict[str, Any], version: str = K8S_VERSION) -> list[str]:
