@@ -237,7 +237,7 @@ def plan_steps(cfg: SmokeConfig) -> list[Step]:
     run, _ = plan_precisions(cfg)
     if "fp16" not in run:
         raise UserError(f"the demo model cannot be planned in FP16 on sm{cfg.sm}: {precision_problem(cfg, 'fp16')}")
-    steps = [Step("doctor", "doctor", params={"image": cfg.image}, timeout_s=600)]
+    steps = [Step("doctor", "doctor", params={"image": cfg.image, "spec": smoke_spec(cfg, "fp16")}, timeout_s=900)]
     for p in run:
         steps += RUNTIMES[cfg.runtime](cfg, p)
     return steps
@@ -535,8 +535,10 @@ class Executor:
     # -- handlers -------------------------------------------------------------------------------
     def _doctor(self, step: Step) -> dict[str, Any]:
         from tritonforge.builder.doctor import run_doctor
+        from tritonforge.builder.spec import DeploymentSpec
 
-        result = run_doctor(None, step.params["image"])
+        spec = DeploymentSpec.model_validate(step.params["spec"]) if step.params.get("spec") else None
+        result = run_doctor(spec, step.params["image"])
         self.container = result.container
         self.host = {"gpus": [g.to_dict() for g in result.gpus], "driver": result.gpus[0].driver if result.gpus else None}
         blockers = [c for c in result.checks if c.status == "fail" and c.blocker]

@@ -276,3 +276,16 @@ def test_make_gpu_smoke_runs_the_smoke_command() -> None:
                        cwd=root, timeout=60)
     assert p.returncode == 0, p.stderr
     assert f".venv/bin/tritonforge smoke --gpu --image {IMAGE} -o out/s1" in p.stdout.splitlines()
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="this host has an NVIDIA driver")
+def test_planned_run_on_this_machine_stops_at_the_doctor(tmp_path: Path) -> None:
+    """The real planned steps, executed here: the preflight finds no driver, nothing else runs, and the
+    report says which step failed and why (it never pretends a GPU result)."""
+    cfg = cfg_for(tmp_path, 90)
+    report = smoke.Executor(cfg).run(smoke.plan_steps(cfg))
+    assert report["failed_step"] == "doctor" and report["reason"].startswith("driver: no NVIDIA driver")
+    assert {s["status"] for s in report["steps"][1:]} == {"skipped"}
+    assert report["agreement"] == {} and report["throughput"] == {}
+    assert not (cfg.out_dir / "fp16").exists()
+    assert smoke.report_problems(report) == []
