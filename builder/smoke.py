@@ -510,7 +510,8 @@ class Executor:
                     records.append({**step.to_dict(), "status": "skipped", "seconds": 0.0, "details": {},
                                     "error": "an earlier step failed"})
                     continue
-                self.say(f"{tag}: {step.describe()[:200]}")
+                self.say(f"{tag}: {step.describe()[:200]}" + (f"  (log: {step.params['log']})" if "log" in step.params
+                                                              else ""))
                 t0 = time.perf_counter()
                 status, error, details = "ok", None, {}
                 try:
@@ -590,11 +591,18 @@ class Executor:
 
     def _serve(self, step: Step) -> dict[str, Any]:
         from tritonforge.builder.launch import repository_launch
-        from tritonforge.builder.server import Ports, docker_command
+        from tritonforge.builder.server import Ports, docker_command, port_in_use
+        from tritonforge.builder.validate import validate_repository
         from tritonforge.cli import _host_paths
 
         p = step.params
         repo, name, log = Path(p["repo"]), p["container"], Path(p["log"])
+        problems = validate_repository(repo)
+        if problems:
+            raise StepFailed(f"{problems[0]} ({len(problems)} problem(s); `tritonforge validate {repo}` lists them)")
+        busy = [port for port in p["ports"] if port_in_use(port)]
+        if busy:
+            raise StepFailed(f"port {busy[0]} is in use on this host; stop what holds it or pass --http-port")
         cmd = docker_command(p["image"], repo, Ports(*p["ports"]), mounts=_host_paths(repo), publish_host="127.0.0.1")
         # Not interactive: no TTY here; a name so the container can be stopped.
         cmd = [c for c in cmd if c != "-it"]

@@ -289,3 +289,19 @@ def test_planned_run_on_this_machine_stops_at_the_doctor(tmp_path: Path) -> None
     assert report["agreement"] == {} and report["throughput"] == {}
     assert not (cfg.out_dir / "fp16").exists()
     assert smoke.report_problems(report) == []
+
+
+def test_serve_step_refuses_a_busy_port(tiny_demo_repo: Path, tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        busy = s.getsockname()[1]
+        cfg = cfg_for(tmp_path, 90, http_port=busy)
+        serve = Step("fp16/serve", "serve", "fp16", params={
+            "repo": str(tiny_demo_repo), "image": IMAGE, "container": "tritonforge-smoke-busy", "http_url": cfg.http_url,
+            "ports": [busy, cfg.grpc_port, cfg.metrics_port], "log": str(tmp_path / "server.log")}, timeout_s=30)
+        report = smoke.Executor(cfg).run([serve])
+    assert report["failed_step"] == "fp16/serve" and f"port {busy} is in use" in report["reason"]
+    assert not (tmp_path / "server.log").exists()  # nothing was started
