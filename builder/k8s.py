@@ -513,9 +513,16 @@ def overlay_patches(plan: K8sPlan) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------------------------- render
 
 
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings (the Jobs' shell scripts) as literal blocks, readable as written."""
+
+
+_Dumper.add_representer(str, lambda d, v: d.represent_scalar("tag:yaml.org,2002:str", v, style="|" if "\n" in v else None))
+
+
 def _toyaml(value: Any, indent: int = 0) -> str:
     """Block YAML of `value`, every line after the first indented by `indent` (for `key:{{ v|toyaml(n) }}`)."""
-    text = yaml.safe_dump(value, sort_keys=False, default_flow_style=False, width=1000).rstrip("\n")
+    text = yaml.dump(value, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=1000).rstrip("\n")
     if isinstance(value, (dict, list)) and value:
         pad = " " * indent
         return "\n" + "\n".join(pad + line for line in text.splitlines())
