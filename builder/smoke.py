@@ -671,9 +671,7 @@ class Executor:
         s = report.get("summary") or {}
         if not s.get("requests") or s.get("failed") == s.get("requests"):
             raise StepFailed(f"the load test completed no request ({s.get('failed')} failed); see {step.params['report']}")
-        keep = ("requests", "failed", "error_rate", "output_tokens_per_s", "requests_per_s", "ttft_ms", "itl_ms",
-                "e2e_ms", "duration_s")
-        return {"report": step.params["report"], "summary": {k: s.get(k) for k in keep if k in s}}
+        return {"report": step.params["report"], "summary": load_summary(report)}
 
     def _stop(self, step: Step) -> dict[str, Any]:
         name = step.params["container"]
@@ -696,6 +694,20 @@ class Executor:
         if fh is not None:
             fh.close()
         return {"docker_stop_rc": rc}
+
+
+def load_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """Throughput and latency of a `tritonforge loadtest` report.json at its best level (p50 / p90)."""
+    s = report.get("summary") or {}
+    best = next((lv for lv in report.get("levels") or [] if lv.get("label") == s.get("best_level")), None)
+    m = (best or {}).get("metrics") or {}
+    out: dict[str, Any] = {k: s.get(k) for k in ("best_level", "output_tokens_per_s", "requests_per_s", "requests",
+                                                 "failed", "cost_per_1m_output_tokens", "load_generator_saturated")}
+    out["error_rate"] = m.get("error_rate")
+    for k in ("ttft_ms", "itl_ms", "e2e_ms"):
+        if (m.get(k) or {}).get("count"):
+            out[k] = {"p50": m[k].get("p50"), "p90": m[k].get("p90")}
+    return out
 
 
 def _stream_result(out: Any) -> dict[str, Any]:

@@ -305,3 +305,43 @@ def test_serve_step_refuses_a_busy_port(tiny_demo_repo: Path, tmp_path: Path) ->
         report = smoke.Executor(cfg).run([serve])
     assert report["failed_step"] == "fp16/serve" and f"port {busy} is in use" in report["reason"]
     assert not (tmp_path / "server.log").exists()  # nothing was started
+
+
+def test_loadtest_step_reads_the_report_the_loadtest_writes(tmp_path: Path) -> None:
+    """The loadtest step's handler on a report.json written by the current report code (a stored fixture),
+    put in place by a real command standing in for the locust run."""
+    fixture = Path(__file__).parent / "fixtures" / "loadtest_reports" / "sweep_repeats_v1.json"
+    dest = tmp_path / "load" / "report.json"
+    step = Step("fp16/loadtest", "loadtest", "fp16",
+                (sys.executable, "-c", f"import os, shutil; os.makedirs({str(dest.parent)!r}); "
+                                       f"shutil.copy({str(fixture)!r}, {str(dest)!r})"),
+                params={"log": str(tmp_path / "loadtest.log"), "report": str(dest)})
+    report = smoke.Executor(cfg_for(tmp_path, 90)).run([step])
+    assert report["ok"], report["reason"]
+    t = report["throughput"]["fp16"]
+    src = json.loads(fixture.read_text())
+    best = next(lv for lv in src["levels"] if lv["label"] == src["summary"]["best_level"])
+    assert t["output_tokens_per_s"] == src["summary"]["output_tokens_per_s"] and t["best_level"] == "c=2"
+    assert t["ttft_ms"]["p50"] == best["metrics"]["ttft_ms"]["p50"] and t["error_rate"] == best["metrics"]["error_rate"]
+
+
+@pytest.mark.slow
+def test_build_step_without_tensorrt_llm_is_a_failure_not_a_fake(tmp_path: Path) -> None:
+    """The real `tritonforge build` of the smoke spec (tiny model, no --docker) on this machine: the
+    checkpoint is exported, the engine step is skipped because TensorRT-LLM is not here, and the smoke
+    step fails saying so instead of going on without an engine."""
+    import yaml
+
+    cfg = cfg_for(tmp_path, 90)
+    spec = smoke.smoke_spec(cfg, "fp16")
+    spec["tiers"][0]["model"] = "builtin:tiny"
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(spec))
+    build = tmp_path / "build"
+    step = Step("fp16/build", "command", "fp16", (sys.executable, "-m", "tritonforge", "build", str(spec_path), "-o",
+                                                  str(build), "--json"),
+                params={"log": str(tmp_path / "build.log"), "manifest": str(build / "build_manifest.json")}, timeout_s=600)
+    report = smoke.Executor(cfg).run([step])
+    assert report["failed_step"] == "fp16/build"
+    assert report["reason"].startswith("no engine was built (engine step skipped: TensorRT-LLM not installed")
+    assert (build / "main" / "checkpoint").is_dir()  # the part that can run here did
