@@ -82,7 +82,7 @@ def place_tiers(spec: DeploymentSpec) -> dict[str, str]:
     out: dict[str, str] = {}
     next_id = 0
     for t in spec.tiers:
-        if t.runtime != Runtime.trtllm_engine:
+        if t.runtime not in (Runtime.trtllm_engine, Runtime.trtllm_pytorch):
             continue
         world, n = t.parallelism.tp * t.parallelism.pp, t.serving.instance_count
         if world * n > t.gpu.count:

@@ -202,3 +202,53 @@ def manifest_skeleton(spec, spec_path: str | None, executor: str, docker_image: 
         "tools": tools,
         "tiers": {},
     }
+
+
+def _checkpoint_ref(ref: str, spec_dir: Path) -> str:
+    """A checkpoint the spec names, as a path: builtin models materialized, relative paths from the spec's dir."""
+    if ref.startswith("builtin:"):
+        from tritonforge.builder.render import resolve_builtin
+
+        return resolve_builtin(ref)
+    p = Path(ref).expanduser()
+    return str(p if p.is_absolute() else (spec_dir / p).resolve())
+
+
+def pytorch_tier_paths(tier, a: TierArtifacts, spec_dir: Path):
+    """(TierPaths, sources) of a trtllm-pytorch tier: the HF checkpoint the LLM API loads.
+
+    The build's unified HF checkpoint when there is one; else, for an unquantized tier, the spec's own
+    checkpoint (the LLM API loads it as it is); else a placeholder where the GPU host is expected to have
+    the quantized checkpoint (`tritonforge build` makes it). Sources as in `render.resolve_tier_paths_sourced`.
+    """
+    from tritonforge.ensembles.wiring import TierPaths
+
+    def pick(built: str | None, ref: str | None, quantized: bool, placeholder: str) -> tuple[str, str]:
+        if built:
+            return str(Path(built).resolve()), "build"
+        if ref is not None and not quantized:
+            return _checkpoint_ref(ref, spec_dir), "spec"
+        return placeholder, "placeholder"
+
+    q = tier.quantization
+    model, model_src = pick(a.checkpoint_dir, tier.model, q.format.value != "none" or q.kv_cache_dtype.value != "auto",
+                            f"/checkpoints/{tier.name}/checkpoint")
+    if tier.tokenizer:
+        tok, tok_src = _checkpoint_ref(tier.tokenizer, spec_dir), "spec"
+    else:
+        tok, tok_src = pick(a.tokenizer_dir, tier.model, False, f"/checkpoints/{tier.name}/tokenizer")
+    draft = draft_src = None
+    if tier.draft is not None:
+        dq = tier.draft.quantization
+        draft, draft_src = pick(a.draft_checkpoint_dir, tier.draft.model,
+                                dq.format.value != "none" or dq.kv_cache_dtype.value != "auto",
+                                f"/checkpoints/{tier.name}/draft_checkpoint")
+    sources = {"checkpoint_dir": {"path": model, "source": model_src},
+               "tokenizer_dir": {"path": tok, "source": tok_src},
+               **({"draft_checkpoint_dir": {"path": draft, "source": draft_src}} if tier.draft else {})}
+    paths = TierPaths(model, tok, draft,
+                      engine_limits={"max_batch_size": a.max_batch_size, "max_input_len": a.max_input_len,
+                                     # the LLM API sizes draft tokens itself: the tier's own length
+                                     "max_seq_len": tier.limits.max_seq_len, "max_num_tokens": a.max_num_tokens},
+                      kv_fraction=a.kv_cache_free_gpu_mem_fraction)
+    return paths, sources

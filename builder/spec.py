@@ -46,6 +46,7 @@ class Strict(BaseModel):
 
 class Runtime(str, Enum):
     trtllm_engine = "trtllm-engine"
+    trtllm_pytorch = "trtllm-pytorch"  # TensorRT-LLM's PyTorch backend through its LLM API (>= 1.0)
     cpu_reference = "cpu-reference"
 
 
@@ -178,6 +179,22 @@ class Serving(Strict):
     cpu_threads: int | None = Field(None, ge=1, le=4096, description="cpu-reference only: torch threads")
 
 
+class CudaGraphConfig(Strict):
+    """`cuda_graph_config` of TensorRT-LLM's LLM API (CudaGraphConfig): CUDA graphs for decode batches."""
+
+    max_batch_size: int | None = Field(None, ge=1, le=4096, description="largest batch captured; default: LLM API's")
+    enable_padding: bool = False
+
+
+class PyTorchBackend(Strict):
+    """trtllm-pytorch only: LLM API (TorchLlmArgs) options, under their LLM API names."""
+
+    cuda_graph_config: CudaGraphConfig | None = Field(
+        default_factory=CudaGraphConfig, description="null turns CUDA graphs off")
+    disable_overlap_scheduler: bool = False
+    attn_backend: Literal["TRTLLM", "FLASHINFER", "VANILLA"] = "TRTLLM"
+
+
 class Tier(Strict):
     name: str = Field(pattern=NAME_PATTERN)
     model: str = Field(description="HF checkpoint dir, or builtin:demo / builtin:demo-draft")
@@ -192,6 +209,7 @@ class Tier(Strict):
     draft: Draft | None = None
     serving: Serving = Serving()
     engine_dir: str | None = Field(None, description="trtllm-engine: where the engine is (default from build)")
+    pytorch: PyTorchBackend | None = Field(None, description="trtllm-pytorch only: LLM API options")
 
     @field_validator("model")
     @classmethod
@@ -206,6 +224,15 @@ class Tier(Strict):
     def _draft_needs_reuse(self) -> Tier:
         if self.draft is not None and not self.kv_cache.paged:
             raise ValueError("draft-target speculation needs a paged KV cache: set kv_cache.paged: true")
+        return self
+
+    @model_validator(mode="after")
+    def _runtime_fields(self) -> Tier:
+        from tritonforge.builder.llmapi import runtime_field_problem
+
+        problem = runtime_field_problem(self)
+        if problem:
+            raise ValueError(problem)
         return self
 
 
@@ -353,7 +380,7 @@ class Deploy(Strict):
 
 def replica_gpus(spec: DeploymentSpec) -> int:
     """GPUs one replica (one Triton server over the whole repository) holds: every GPU tier's gpu.count."""
-    return sum(t.gpu.count for t in spec.tiers if t.runtime == Runtime.trtllm_engine)
+    return sum(t.gpu.count for t in spec.tiers if t.runtime in (Runtime.trtllm_engine, Runtime.trtllm_pytorch))
 
 
 class DeploymentSpec(Strict):

@@ -169,6 +169,10 @@ def _tier_models(spec: DeploymentSpec, tier: Tier, paths: TierPaths, version: st
     limits = _engine_limits(tier, paths)
     mbs = limits["max_batch_size"]
     cpu = tier.runtime == Runtime.cpu_reference
+    # trtllm-pytorch: a Python model over the LLM API; its draft runs inside the LLM (speculative_config),
+    # so there is no draft engine model and no speculative BLS.
+    pytorch = tier.runtime == Runtime.trtllm_pytorch
+    python_engine = cpu or pytorch
     streaming = tier.serving.streaming
     models: list[ModelPlan] = []
 
@@ -205,18 +209,23 @@ def _tier_models(spec: DeploymentSpec, tier: Tier, paths: TierPaths, version: st
     )
 
     def engine_model(name: str, role: str, model_dir: str, draft: bool) -> ModelPlan:
-        params = engine_parameters(tier, model_dir, limits, draft=draft, gpu_device_ids=gpus.get(tier.name), paths=paths)
-        outputs = c.ENGINE_OUTPUTS if cpu else c.TRTLLM_ENGINE_OUTPUTS
+        if pytorch:
+            params = pytorch_engine_parameters(spec, tier, model_dir, limits, gpus.get(tier.name), paths)
+        else:
+            params = engine_parameters(tier, model_dir, limits, draft=draft, gpu_device_ids=gpus.get(tier.name),
+                                       paths=paths)
+        outputs = c.ENGINE_OUTPUTS if python_engine else c.TRTLLM_ENGINE_OUTPUTS
+        template = "python/tensorrt_llm_pytorch.py.j2" if pytorch else "python/tensorrt_llm_cpu.py.j2"
         return ModelPlan(
             name,
             role,
             "config/model.pbtxt.j2",
             {
                 **_common(spec, name, role, version),
-                "backend": "python" if cpu else "tensorrtllm",
+                "backend": "python" if python_engine else "tensorrtllm",
                 "max_batch_size": mbs,
-                # The CPU reference is always decoupled (one code path); /generate still gets one response.
-                "decoupled": cpu or streaming or tier.draft is not None,
+                # The Python engine models are always decoupled (one code path); /generate still gets one response.
+                "decoupled": python_engine or streaming or tier.draft is not None,
                 "dynamic_batching": {
                     "max_queue_delay_us": tier.serving.max_queue_delay_us,
                     "max_queue_size": tier.serving.max_queue_size,
@@ -230,13 +239,15 @@ def _tier_models(spec: DeploymentSpec, tier: Tier, paths: TierPaths, version: st
                 "instance_kind": "KIND_CPU",
                 "parameters": _params(params),
             },
-            model_py_template="python/tensorrt_llm_cpu.py.j2" if cpu else None,
+            model_py_template=template if python_engine else None,
             vendor=("runtime",) if cpu else (),
-            requirements=("numpy<2", "torch", "transformers", "safetensors") if cpu else (),
+            # trtllm-pytorch imports tensorrt_llm, which the serving container provides (not pip-installable here).
+            requirements=("numpy<2", "torch", "transformers", "safetensors") if cpu else
+            ("numpy<2",) if pytorch else (),
         )
 
     models.append(engine_model(n["engine"], "engine", paths.model_dir, draft=False))
-    if tier.draft is not None:
+    if tier.draft is not None and not pytorch:
         assert paths.draft_model_dir is not None
         models.append(engine_model(n["draft_engine"], "draft_engine", paths.draft_model_dir, draft=True))
 
@@ -281,7 +292,7 @@ def _tier_models(spec: DeploymentSpec, tier: Tier, paths: TierPaths, version: st
     )
     entry = n["ensemble"]
 
-    if tier.draft is not None:
+    if tier.draft is not None and not pytorch:
         models.append(
             ModelPlan(
                 n["speculative_bls"],
@@ -318,7 +329,26 @@ def _tier_models(spec: DeploymentSpec, tier: Tier, paths: TierPaths, version: st
             )
         )
         entry = n["speculative_bls"]
-    return models, TierModels(tier.name, entry, n["ensemble"], n["engine"], streaming or tier.draft is not None)
+    return models, TierModels(tier.name, entry, n["ensemble"], n["engine"],
+                              streaming or (tier.draft is not None and not pytorch))
+
+
+def pytorch_engine_parameters(spec: DeploymentSpec, tier: Tier, model_dir: str, limits: dict[str, int],
+                              gpu_device_ids: str | None, paths: TierPaths) -> dict[str, Any]:
+    """`tensorrt_llm` parameters of a trtllm-pytorch tier: the LLM API's constructor arguments as JSON."""
+    from tritonforge.builder.llmapi import llm_kwargs
+
+    kwargs = llm_kwargs(tier, model_dir, trtllm_version=spec.triton.trtllm_version, limits=limits,
+                        kv_fraction=paths.kv_fraction if tier.draft is None else None,
+                        draft_dir=paths.draft_model_dir)
+    params: dict[str, Any] = {
+        "llmapi_kwargs": json.dumps(kwargs, sort_keys=True),
+        "exclude_input_in_output": tier.serving.exclude_input_in_output,
+        "cancellation_check_period_ms": 100,
+    }
+    if gpu_device_ids:
+        params["gpu_device_ids"] = gpu_device_ids
+    return params
 
 
 def _unbatched(tensors: tuple[c.Tensor, ...]) -> tuple[c.Tensor, ...]:
