@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -15,11 +16,15 @@ import pytest
 pytestmark = pytest.mark.server
 
 
-def _engine_output_tokens(metrics_url: str) -> float:
+def _engine_metric(metrics_url: str, name: str) -> float:
     text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
-    values = [float(m.group(1)) for m in re.finditer(r"^tf_cpu_engine_output_tokens\{[^}]*\} ([0-9.e+]+)$", text, re.M)]
-    assert values, "the CPU engine exports tf_cpu_engine_output_tokens"
+    values = [float(m.group(1)) for m in re.finditer(rf"^{name}\{{[^}}]*\}} ([0-9.e+]+)$", text, re.M)]
+    assert values, f"the CPU engine exports {name}"
     return sum(values)
+
+
+def _engine_output_tokens(metrics_url: str) -> float:
+    return _engine_metric(metrics_url, "tf_cpu_engine_output_tokens")
 
 
 def test_report_matches_engine_count(tiny_demo_server, tiny_demo_repo: Path, tmp_path: Path) -> None:
@@ -44,3 +49,29 @@ def test_report_matches_engine_count(tiny_demo_server, tiny_demo_repo: Path, tmp
     assert metrics["output_tokens_per_s"] == pytest.approx(metrics["output_tokens"] / span, rel=0.02)
     assert report["environment"]  # fingerprint present
     assert (out / "report.html").read_text().count("<svg") >= 2
+    # repeat=0: no measured request re-sent a prompt, and the engine's prefix cache reused no block
+    reuse = report["summary"]["prompt_reuse"]
+    assert reuse["repeated_requests"] == 0 and reuse["distinct_prompts"] == reuse["requests"] == metrics["requests"]
+    assert reuse["kv_metric"] == "tf_cpu_engine_reused_blocks" and reuse["kv_reused_blocks"] == 0
+
+
+def test_reported_kv_reuse_is_the_engines(tiny_demo_server, tmp_path: Path) -> None:
+    """Deliberate repeats: the report counts them and the KV blocks the engine reused for them."""
+    url = tiny_demo_server.metrics_url
+    before = _engine_metric(url, "tf_cpu_engine_reused_blocks")
+    out = tmp_path / "repeats"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tritonforge", "loadtest", "--url", tiny_demo_server.http_url, "--model", "ensemble",
+         "--users", "2", "--duration", "6s", "--warmup", "0", "--tokenizer", "tiny",
+         "--workload", "isl=80,osl=4,repeat=0.5,prompts=3000", "--metrics-url", url, "--output", str(out)],
+        capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    time.sleep(0.5)
+    after = _engine_metric(url, "tf_cpu_engine_reused_blocks")
+    report = json.loads((out / "report.json").read_text())
+    reuse = report["summary"]["prompt_reuse"]
+    kinds = report["levels"][0]["metrics"]["kinds"]
+    assert reuse["requests"] < 3000  # the run did not wrap around the items: only `repeat` items re-send a prompt
+    assert reuse["repeated_requests"] == kinds["repeat"] > 0 and reuse["distinct_prompts"] == reuse["requests"] - kinds["repeat"]
+    assert reuse["kv_reused_blocks"] == after - before > 0  # 80-token prompts: up to 2 blocks of 32 each
+    assert "prompt reuse:" in proc.stdout
