@@ -4,6 +4,8 @@ Synthetic prompts have token lengths ~ N(isl, isl_std) in the model's tokenizer;
 fixed length (`min_tokens` = `max_tokens`) unless `fixed_output=false`. Options add shared-prefix
 prompts (prefix reuse), exact repeats and paraphrases of earlier prompts at given rates (response
 cache), or replace everything with a JSONL trace. Everything is drawn from one seeded RNG.
+Synthetic prompts are distinct by construction (a head of words unique to each item), so only
+the requested repeats re-send a prompt, and warm-up prompts are never measured prompts.
 """
 
 from __future__ import annotations
