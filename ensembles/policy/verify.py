@@ -25,6 +25,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
+from functools import lru_cache
 
 _SUPER = dict(zip("⁰¹²³⁴⁵⁶⁷⁸⁹", "0123456789", strict=True))
 _SUB = dict(zip("₀₁₂₃₄₅₆₇₈₉", "0123456789", strict=True))
@@ -62,7 +63,7 @@ _STOP = set(
     """a an the is are was were be been being am of in on at for with about by as and also please kindly
     me i my we our us you your it its this that these those there here do does did doing can could would
     should will shall may might must have has had just really very so if then let lets hey hi thanks thank
-    s 's 're 've 'll 'd 'm like help want need using use""".split()
+    s 's 're 've 'll 'd 'm like help want need using use got""".split()  # "has a spider got" = "has"
 )
 # Words that frame a request ("what is X", "tell me X", "explain X") without changing what is asked.
 # Not "list" or "name": nouns too ("convert a list to a tuple").
@@ -129,6 +130,7 @@ def _is_hyphen_joiner(text: str, start: int) -> bool:
     return before.isalpha() or after.isalpha()
 
 
+@lru_cache(maxsize=4096)  # a cached prompt is checked against many queries
 def features(text: str) -> Features:
     """The facts about `text` that two prompts must share for one cached answer to serve both."""
     raw = _prepare(text)
