@@ -107,18 +107,29 @@ def check_no_leftovers(files: dict[str, bytes]) -> None:
                 raise UserError(f"{path}: contains an unfilled placeholder {marker!r}; this is a tritonforge bug, please report it")
 
 
-def render_repository(spec: DeploymentSpec, plan: RepositoryPlan, spec_text: str | None = None) -> dict[str, bytes]:
-    """All files of the repository (models, vendored code, requirements.txt, lock file)."""
+REQUIREMENTS_HEADER = (
+    "# What the Python models of this repository import. The NGC trtllm container has numpy, torch, transformers,\n"
+    "# tokenizers and safetensors (TensorRT-LLM dependencies), but not redis, hnswlib, sentence-transformers or the\n"
+    "# embedding model: the Dockerfile next to this file adds exactly those (`tritonforge serve --docker` builds it).\n"
+)
+
+
+def render_repository(spec: DeploymentSpec, plan: RepositoryPlan, spec_text: str | None = None,
+                      paths: dict[str, dict] | None = None) -> dict[str, bytes]:
+    """All files of the repository (models, vendored code, requirements.txt, Dockerfile, lock file).
+
+    `paths`: per tier, where each engine/tokenizer directory came from (`tier_path_sources`); the lock
+    file records it, so `serve` can tell an engine that was never built from one that is missing."""
+    from tritonforge.builder.dockerfile import render_dockerfile
+
     env = _environment()
     files: dict[str, bytes] = {}
     requirements: set[str] = set()
     for model in plan.models:
         files.update(render_model(env, model))
         requirements.update(model.requirements)
-    files["requirements.txt"] = (
-        "# What the Python models of this repository import (the NGC trtllm container has them).\n"
-        + "".join(f"{r}\n" for r in sorted(requirements))
-    ).encode()
+    files["requirements.txt"] = (REQUIREMENTS_HEADER + "".join(f"{r}\n" for r in sorted(requirements))).encode()
+    files["Dockerfile"] = render_dockerfile(files["requirements.txt"].decode(), base_image=spec.triton.image).encode()
     check_no_leftovers(files)
     lock = {
         "tritonforge_version": tritonforge.__version__,
@@ -130,6 +141,7 @@ def render_repository(spec: DeploymentSpec, plan: RepositoryPlan, spec_text: str
             {"tier": t.tier, "entry": t.entry, "ensemble": t.ensemble, "engine": t.engine, "streaming": t.streaming}
             for t in plan.tiers
         ],
+        "paths": paths or {},
         "files": {p: hashlib.sha256(d).hexdigest() for p, d in sorted(files.items())},
     }
     files[LOCK_FILE] = (json.dumps(lock, indent=2, sort_keys=True) + "\n").encode()
@@ -162,12 +174,32 @@ def _built_path(built: bool, path: str | None, placeholder: str) -> str:
     return str(Path(path).resolve()) if built and path else placeholder
 
 
+def _sourced(built: bool, path: str | None, placeholder: str) -> tuple[str, str]:
+    """(path, source): "build" for a built artifact, else the placeholder, marked "placeholder"."""
+    return (str(Path(path).resolve()), "build") if built and path else (placeholder, "placeholder")
+
+
+def _spec_path(ref: str, base: Path) -> str:
+    """A directory the spec names, absolute (relative to the spec's directory)."""
+    p = Path(ref).expanduser()
+    return str(p if p.is_absolute() else (base / p).resolve())
+
+
 def resolve_tier_paths(spec: DeploymentSpec, spec_dir: Path, build_dir: Path | None = None) -> dict[str, TierPaths]:
     """Each tier's local directories (builtin models materialized); GPU tiers from the build manifest
     when one exists, else from the plan (engine dirs then are placeholders on the serving host)."""
+    return resolve_tier_paths_sourced(spec, spec_dir, build_dir)[0]
+
+
+def resolve_tier_paths_sourced(spec: DeploymentSpec, spec_dir: Path, build_dir: Path | None = None
+                               ) -> tuple[dict[str, TierPaths], dict[str, dict]]:
+    """`resolve_tier_paths`, plus per GPU tier where each directory came from: {"engine_dir": {"path",
+    "source"}, ...} with source "build" (the build manifest), "spec" (the tier names it) or "placeholder"
+    (not built: the path exists nowhere; `serve` refuses such a repository and names the build command)."""
     out: dict[str, TierPaths] = {}
+    sources: dict[str, dict] = {}
     artifacts = None
-    if any(t.runtime == Runtime.trtllm_engine for t in spec.tiers):
+    if any(t.runtime in (Runtime.trtllm_engine, Runtime.trtllm_pytorch) for t in spec.tiers):
         from tritonforge.builder.manifest import deployment_artifacts
 
         artifacts = deployment_artifacts(spec, build_dir)
@@ -180,10 +212,29 @@ def resolve_tier_paths(spec: DeploymentSpec, spec_dir: Path, build_dir: Path | N
             continue
         assert artifacts is not None
         a = artifacts[tier.name]
+        if tier.runtime == Runtime.trtllm_pytorch:  # an HF checkpoint for the LLM API, no engine
+            from tritonforge.builder.manifest import pytorch_tier_paths
 
-        engine = tier.engine_dir or _built_path(a.built, a.engine_dir, f"/engines/{tier.name}/engine")
-        draft = _built_path(a.built, a.draft_engine_dir, f"/engines/{tier.name}/draft_engine") if tier.draft else None
-        tokenizer = tier.tokenizer or _built_path(a.built, a.tokenizer_dir, "") or tier.model
+            out[tier.name], sources[tier.name] = pytorch_tier_paths(tier, a, spec_dir)
+            continue
+
+        if tier.engine_dir:
+            engine, engine_src = _spec_path(tier.engine_dir, spec_dir), "spec"
+        else:
+            engine, engine_src = _sourced(a.built, a.engine_dir, f"/engines/{tier.name}/engine")
+        draft, draft_src = (_sourced(a.built, a.draft_engine_dir, f"/engines/{tier.name}/draft_engine")
+                            if tier.draft else (None, None))
+        if tier.tokenizer:
+            tokenizer, tok_src = _spec_path(tier.tokenizer, spec_dir), "spec"
+        else:
+            # Without a build, no tokenizer was copied next to the engine: the checkpoint the build would copy
+            # it from is only where the GPU host is expected to have it.
+            tokenizer, tok_src = _sourced(a.built, a.tokenizer_dir, f"/engines/{tier.name}/tokenizer")
+        sources[tier.name] = {
+            "engine_dir": {"path": engine, "source": engine_src},
+            "tokenizer_dir": {"path": tokenizer, "source": tok_src},
+            **({"draft_engine_dir": {"path": draft, "source": draft_src}} if tier.draft else {}),
+        }
         out[tier.name] = TierPaths(
             engine,
             tokenizer,
@@ -194,13 +245,13 @@ def resolve_tier_paths(spec: DeploymentSpec, spec_dir: Path, build_dir: Path | N
             draft_kv_fraction=a.draft_kv_cache_free_gpu_mem_fraction,
             enable_kv_cache_reuse=a.enable_kv_cache_reuse,
         )
-    return out
+    return out, sources
 
 
 def emit_files(spec: DeploymentSpec, spec_dir: Path, build_dir: Path | None = None) -> tuple[dict[str, bytes], RepositoryPlan]:
-    paths = resolve_tier_paths(spec, spec_dir, build_dir)
+    paths, sources = resolve_tier_paths_sourced(spec, spec_dir, build_dir)
     plan = plan_repository(spec, paths, tritonforge.__version__)
-    return render_repository(spec, plan), plan
+    return render_repository(spec, plan, paths=sources), plan
 
 
 HEX64 = frozenset("0123456789abcdef")

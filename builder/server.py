@@ -5,6 +5,13 @@ inside the `nvidia-pytriton` wheel. That build needs three things arranged (all 
 a backends directory holding the Python backend *and* the stub for this interpreter, the wheel's
 bundled libraries on LD_LIBRARY_PATH, and this interpreter's libpython first on it (the stub links
 `libpython3.11.so.1.0`; Debian's copy would meet pyenv's stdlib and fail to import ssl).
+
+The stub embeds Python in isolated mode (`sys.flags.isolated == 1`: PYTHONPATH and PYTHONHOME are ignored),
+but it still finds its prefix the way CPython does for a program named `python3`: it looks `python3` up on
+PATH and, next to it, for a `pyvenv.cfg` (CPython 3.11 Modules/getpath.py, https://github.com/python/cpython).
+So PATH with this interpreter's directory first makes every Python model, hand-written ones included, run in
+this interpreter's environment (its site-packages, no other) without any cooperation from the model — what
+the Python backend's own EXECUTION_ENV_PATH does by sourcing an environment's `bin/activate`.
 """
 
 from __future__ import annotations
@@ -65,6 +72,12 @@ def _python_paths() -> list[str]:
     return [p for p in sys.path if p and Path(p).is_dir()]
 
 
+def _interpreter_bin() -> str:
+    """The directory of this interpreter when it holds a `python3` (a venv's bin/ does), else ""."""
+    exe_dir = Path(sys.executable).parent  # not resolved: a venv's python3 is a symlink out of the venv
+    return str(exe_dir) if (exe_dir / "python3").exists() else ""
+
+
 def locate_triton(prefer_path: bool = True) -> TritonInstall:
     """Find a runnable tritonserver: PATH first, then the nvidia-pytriton wheel's CPU build."""
     on_path = shutil.which("tritonserver")
@@ -86,8 +99,9 @@ def locate_triton(prefer_path: bool = True) -> TritonInstall:
     ld = [p for p in (libdir, str(libs), os.environ.get("LD_LIBRARY_PATH", "")) if p]
     env = {
         "LD_LIBRARY_PATH": os.pathsep.join(ld),
-        # The stub's embedded interpreter ignores PYTHONPATH; generated model.py files put these first
-        # (before the base interpreter's site-packages, whose numpy 2 breaks BYTES tensors in 2.51).
+        # The stub's interpreter resolves `python3` on PATH to find its environment (module docstring).
+        "PATH": os.pathsep.join(p for p in (_interpreter_bin(), os.environ.get("PATH", "")) if p),
+        # Kept for models emitted before the PATH mechanism: they put these first on sys.path.
         "TRITONFORGE_PYTHONPATH": os.pathsep.join(_python_paths()),
         # Python models must never reach a model hub; everything they load is local.
         "HF_HUB_OFFLINE": "1",
@@ -183,21 +197,130 @@ def server_command(install: TritonInstall, repo: Path, ports: Ports, extra: list
     return cmd + list(extra or [])
 
 
+# Parameters naming a directory the serving host must have, per the backend's docs/model_config.md
+# (https://github.com/triton-inference-server/tensorrtllm_backend docs/model_config.md): `engine_dir` ("the path
+# to the engine for the model", written into the `tensorrt_llm` config as `gpt_model_path`), `encoder_engine_dir`
+# (`encoder_model_path`) and `tokenizer_dir` ("the path to the tokenizer for the model": preprocessing,
+# postprocessing, tensorrt_llm_bls).
+ENGINE_PARAMS = ("gpt_model_path", "encoder_model_path")
+PATH_PARAMS = (*ENGINE_PARAMS, "tokenizer_dir")
+# Where the container sees the repository: the launcher's /models, unless a mounted host path overlaps it.
+CONTAINER_REPOS = ("/models", "/opt/tritonforge/models")
+# Container paths a mount must not cover (the image's own files, Triton, the stubs' shared memory).
+CONTAINER_SYSTEM = ("/bin", "/dev", "/etc", "/lib", "/lib64", "/opt/tritonserver", "/proc", "/sbin", "/sys", "/tmp",
+                    "/usr")
+
+
+@dataclass(frozen=True)
+class RepoPath:
+    model: str
+    param: str
+    value: str
+
+    @property
+    def is_engine(self) -> bool:
+        return self.param in ENGINE_PARAMS
+
+
+def repository_paths(repo: Path) -> list[RepoPath]:
+    """Every engine/tokenizer directory the repository's configs name (empty values skipped)."""
+    from tritonforge.builder.validate import load_configs
+
+    configs, _ = load_configs(Path(repo))
+    out = []
+    for name, cfg in sorted(configs.items()):
+        for key in PATH_PARAMS:
+            value = cfg.parameters[key].string_value if key in cfg.parameters else ""
+            if value:
+                out.append(RepoPath(name, key, value))
+    return out
+
+
+def _build_hint(repo: Path) -> str:
+    from tritonforge.builder.render import read_lock
+
+    lock = read_lock(repo) or {}
+    name = lock.get("spec_name") or "NAME"
+    return (f"run `tritonforge build SPEC -o build/{name}` then `tritonforge emit SPEC -o {repo} "
+            f"--build-dir build/{name}`")
+
+
+def check_servable(repo: Path) -> None:
+    """Refuse (one line) a repository whose TensorRT-LLM engines or tokenizers are not on this host: the
+    backend would fail with "model path does not exist" minutes into loading, or in the container."""
+    from tritonforge.builder.render import read_lock
+
+    repo = Path(repo)
+    lock = read_lock(repo) or {}
+    for tier, info in sorted((lock.get("paths") or {}).items()):
+        for key in ("engine_dir", "draft_engine_dir", "tokenizer_dir"):
+            entry = info.get(key) if isinstance(info, dict) else None
+            if isinstance(entry, dict) and entry.get("source") == "placeholder":
+                raise UserError(f"{repo}: tier {tier}'s {key.replace('_', ' ')} {entry.get('path')!r} was never built "
+                                f"(the repository was emitted without a build); {_build_hint(repo)}")
+    fix = _build_hint(repo) if lock else "point it at a directory on this host (or build the engine there)"
+    for rp in sorted(repository_paths(repo), key=lambda r: not r.is_engine):  # engines first: the root cause
+        if not rp.value.startswith("/"):
+            if rp.is_engine:
+                raise UserError(f"{rp.model}: {rp.param} {rp.value!r} is not an absolute path, so no server finds it; "
+                                f"{fix}")
+            continue  # a relative tokenizer_dir may be a model-hub name: the model's own business
+        if not Path(rp.value).is_dir():
+            what = "engine" if rp.is_engine else "tokenizer"
+            raise UserError(f"{rp.model}: {rp.param} {rp.value!r} does not exist on this host, so the {what} cannot "
+                            f"be loaded or mounted; {fix}")
+
+
+def repository_mounts(repo: Path) -> list[str]:
+    """Host directories (absolute, existing) the repository names: engines and tokenizers."""
+    return sorted({rp.value for rp in repository_paths(repo) if rp.value.startswith("/") and Path(rp.value).is_dir()})
+
+
+def _overlaps(a: str, b: str) -> bool:
+    pa, pb = Path(a), Path(b)
+    return pa == pb or pa in pb.parents or pb in pa.parents
+
+
+def plan_mounts(mounts: list[str]) -> tuple[str, list[str]]:
+    """(container path of the repository, host paths to mount at the same path inside): duplicates and
+    paths inside another mounted path dropped, so no two `-v` targets are equal or nested."""
+    norm = sorted({os.path.normpath(m) for m in mounts})
+    for m in norm:
+        if not m.startswith("/"):
+            raise UserError(f"cannot mount {m!r} into the container: not an absolute path; use an absolute path")
+        hit = next((c for c in CONTAINER_SYSTEM if Path(m) == Path(c) or Path(m) in Path(c).parents), None)
+        if m == "/" or hit:
+            raise UserError(f"cannot mount {m} into the container at the same path: it would hide the image's {hit or '/'}; "
+                            f"move the engine/tokenizer directory elsewhere (e.g. /data/...) and re-emit")
+    kept = [m for m in norm if not any(o != m and Path(o) in Path(m).parents for o in norm)]
+    repo_at = next((c for c in CONTAINER_REPOS if not any(_overlaps(c, m) for m in kept)), None)
+    if repo_at is None:
+        raise UserError(f"engine/tokenizer directories overlap every container path for the repository "
+                        f"({', '.join(CONTAINER_REPOS)}); move them elsewhere (e.g. /data/...) and re-emit")
+    return repo_at, kept
+
+
 def docker_command(image: str, repo: Path, ports: Ports, shm_size: str = "2g", gpus: str | None = None,
                    mounts: list[str] | None = None, publish_host: str | None = None) -> list[str]:
     """The NGC container command that serves `repo` on a GPU host; `mounts` appear at the same path inside.
 
     Inside, the TensorRT-LLM backend's own launch (MPI leader or orchestrator mode): `builder.launch`.
-    With `publish_host` the ports are published on that host address only (`-p 127.0.0.1:8000:8000`);
-    inside the container Triton keeps binding 0.0.0.0, which Docker's port forwarding needs.
+    Every mount is read-only and at its own container path (`plan_mounts`); the repository is at /models
+    unless an engine or tokenizer directory overlaps that. With `publish_host` the ports are published on
+    that host address only (`-p 127.0.0.1:8000:8000`); inside the container Triton keeps binding 0.0.0.0,
+    which Docker's port forwarding needs.
     """
-    from tritonforge.builder.launch import repository_launch
+    from tritonforge.builder import versions
+    from tritonforge.builder.launch import engine_models, launch_command
+    from tritonforge.builder.validate import load_configs
 
     at = f"{publish_host}:" if publish_host else ""
-
-    launch = repository_launch(repo, image)
+    repo_at, kept = plan_mounts(list(mounts or []))
+    configs, _ = load_configs(Path(repo))
+    release = versions.container_release(image) or versions.TRITON_CONTAINER
+    launch = launch_command(engine_models(configs), model_repo=repo_at, triton_release=release)
     extra: list[str] = []
-    for m in sorted(set(mounts or [])):
+    for m in kept:
         extra += ["-v", f"{m}:{m}:ro"]
     return [
         "docker", "run", "--rm", "-it",
@@ -205,12 +328,36 @@ def docker_command(image: str, repo: Path, ports: Ports, shm_size: str = "2g", g
         f"--shm-size={shm_size}",
         "--ulimit", "memlock=-1", "--ulimit", "stack=67108864",
         "-p", f"{at}{ports.http}:8000", "-p", f"{at}{ports.grpc}:8001", "-p", f"{at}{ports.metrics}:8002",
-        "-v", f"{repo.resolve()}:/models",
+        "-v", f"{Path(repo).resolve()}:{repo_at}:ro",
         *extra,
         *launch.docker_env(),
         image,
         *launch.argv,
     ]  # fmt: skip
+
+
+DOCKERFILE = "Dockerfile"
+
+
+def deployment_image(repo: Path, image: str) -> tuple[str, list[str]] | None:
+    """(tag, `docker build` argv) of the repository's own Dockerfile (IMAGE plus what its Python models
+    import), or None when the repository has none (hand-written, or emitted before tritonforge wrote one)."""
+    from tritonforge.builder.render import read_lock
+
+    repo = Path(repo)
+    dockerfile = repo / DOCKERFILE
+    if not dockerfile.is_file():
+        return None
+    base = next((ln.split()[1] for ln in dockerfile.read_text(errors="replace").splitlines()
+                 if ln.upper().startswith("FROM ") and len(ln.split()) > 1), None)
+    if base != image:
+        raise UserError(f"{dockerfile} builds on {base} but --docker names {image}; pass --docker {base}, "
+                        f"set triton.image: {image} in the spec and re-emit, or pass --no-build to run {image} as given")
+    lock = read_lock(repo) or {}
+    name = re.sub(r"[^a-z0-9_.-]", "-", str(lock.get("spec_name") or repo.resolve().name).lower()).strip("-._") or "repo"
+    digest = str(lock.get("spec_hash") or "")[:12] or "latest"
+    tag = f"tritonforge/{name}:{digest}"
+    return tag, ["docker", "build", "--target", "serve", "-t", tag, str(repo.resolve())]
 
 
 def _death_signal(sig: int) -> Callable[[], None] | None:

@@ -16,16 +16,21 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_docker_print(tmp_path: Path) -> None:
-    files, _ = emit_files(load_spec(EXAMPLES / "llama3.1-8b-fp8-h100.yaml"), EXAMPLES)
+    from tests.test_gpu_paths_conformance import _fake_build
+
+    example = "llama3.1-8b-fp8-h100.yaml"
+    files, _ = emit_files(load_spec(EXAMPLES / example), EXAMPLES, _fake_build(example, tmp_path))
     write_repository(files, tmp_path / "repo")
     proc = _cli("serve", str(tmp_path / "repo"), "--docker", "nvcr.io/nvidia/tritonserver:24.12-trtllm-python-py3",
                 "--print", "--http-port", "9000")
     assert proc.returncode == 0, proc.stderr
-    cmd = proc.stdout.strip()
+    build, cmd = proc.stdout.strip().splitlines()
+    tag = build.split()[5]
+    assert build.startswith("docker build --target serve -t tritonforge/llama31-8b-fp8-h100:")
     assert cmd.startswith("docker run") and "'--gpus=\"device=0\"'" in cmd and "--shm-size=2g" in cmd
     assert "-p 127.0.0.1:9000:8000" in cmd and f"{(tmp_path / 'repo').resolve()}:/models" in cmd
     # The backend launcher's MPI leader-mode command (argument by argument: test_gpu_launch_conformance.py).
-    assert "trtllm-python-py3 mpirun --allow-run-as-root -n 1 /opt/tritonserver/bin/tritonserver" in cmd
+    assert f"{tag} mpirun --allow-run-as-root -n 1 /opt/tritonserver/bin/tritonserver" in cmd
     assert cmd.endswith("--backend-config=python,shm-region-prefix-name=prefix0_ :")
 
 

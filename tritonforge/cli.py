@@ -154,38 +154,57 @@ def validate(repo: str, as_json: bool) -> None:
               help="Address the HTTP, gRPC and metrics endpoints bind (with --docker: the host address the ports are "
                    "published on). Loopback keeps a test server off the network; use 0.0.0.0 only where other machines "
                    "must reach it, e.g. when tritonforge serve itself runs inside a container with published ports.")
-@click.option("--docker", "image", default=None, help="Run the NGC container IMAGE (GPU hosts) instead of a local server.")
-@click.option("--print", "print_only", is_flag=True, help="With --docker: print the command, run nothing.")
+@click.option("--docker", "image", default=None,
+              help="Run the NGC container IMAGE (GPU hosts) instead of a local server: first `docker build` the "
+                   "repository's Dockerfile (IMAGE plus what its Python models import), then run that image.")
+@click.option("--no-build", is_flag=True, help="With --docker: run IMAGE as given, without building the repository's Dockerfile.")
+@click.option("--print", "print_only", is_flag=True, help="With --docker: print the commands (build, run), run nothing.")
 @click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait for all models to be READY.")
 @click.option("--log", "log_path", type=click.Path(dir_okay=False), default=None, help="Server log file.")
 @click.option("--ready-file", type=click.Path(dir_okay=False), default=None, help="Write endpoints as JSON here once READY.")
-def serve(repo: str, http_port: int, grpc_port: int, metrics_port: int, host: str, image: str | None, print_only: bool,
-          timeout: float, log_path: str | None, ready_file: str | None) -> None:
+def serve(repo: str, http_port: int, grpc_port: int, metrics_port: int, host: str, image: str | None, no_build: bool,
+          print_only: bool, timeout: float, log_path: str | None, ready_file: str | None) -> None:
     """Start a real Triton server on REPO, wait until every model is READY, stop on Ctrl-C/SIGTERM.
 
     The server goes with this command: if `tritonforge serve` is killed, even with SIGKILL, tritonserver
-    gets SIGTERM (Linux) and stops its Python models, so no orphan keeps the ports.
+    gets SIGTERM (Linux) and stops its Python models, so no orphan keeps the ports. Hand-written
+    repositories are served unchanged: their Python models import from this interpreter's environment.
+    A repository whose TensorRT-LLM engines were never built (or are not on this host) is refused.
     """
     import shlex
     import subprocess
 
-    from tritonforge.builder.server import Ports, TritonServer, docker_command
+    from tritonforge.builder import server as srv
     from tritonforge.builder.validate import validate_repository
 
     repo_path = Path(repo)
     if not repo_path.is_dir():
         raise UserError(f"model repository {repo!r} does not exist; run `tritonforge emit SPEC -o {repo}` first")
-    ports = Ports(http_port, grpc_port, metrics_port)
+    ports = srv.Ports(http_port, grpc_port, metrics_port)
     problems = validate_repository(repo_path)
     if problems:
         raise UserError(f"{problems[0]} ({len(problems)} problem(s); `tritonforge validate {repo}` lists them)")
+    if no_build and not image:
+        raise UserError("--no-build goes with --docker IMAGE; drop it to serve locally")
+    srv.check_servable(repo_path)
     if image:
-        cmd = docker_command(image, repo_path, ports, mounts=_host_paths(repo_path), publish_host=host)
+        built = None if no_build else srv.deployment_image(repo_path, image)
+        if built is None and not no_build:
+            click.echo(f"note: {repo} has no Dockerfile; running {image} as given (re-emit to get one)", err=True)
+        cmd = srv.docker_command(built[0] if built else image, repo_path, ports, mounts=_host_paths(repo_path),
+                                 publish_host=host)
         if print_only:
+            if built:
+                click.echo(shlex.join(built[1]))
             click.echo(shlex.join(cmd))
             return
+        if built:
+            rc = subprocess.call(built[1])
+            if rc != 0:
+                raise UserError(f"`{shlex.join(built[1])}` failed (exit {rc}); fix what its output names, "
+                                f"or pass --no-build to run {image} as given")
         sys.exit(subprocess.call(cmd))
-    server = TritonServer(repo_path, ports, log_path=Path(log_path) if log_path else None, host=host)
+    server = srv.TritonServer(repo_path, ports, log_path=Path(log_path) if log_path else None, host=host)
     stop = {"flag": False}
 
     def _stop(*_: object) -> None:
@@ -218,16 +237,9 @@ def serve(repo: str, http_port: int, grpc_port: int, metrics_port: int, host: st
 
 def _host_paths(repo: Path) -> list[str]:
     """Engine and tokenizer directories the repository names that exist here (mounted into the container)."""
-    from tritonforge.builder.validate import load_configs
+    from tritonforge.builder.server import repository_mounts
 
-    configs, _ = load_configs(repo)
-    found = []
-    for cfg in configs.values():
-        for key in ("gpt_model_path", "tokenizer_dir"):
-            value = cfg.parameters[key].string_value if key in cfg.parameters else ""
-            if value.startswith("/") and Path(value).is_dir():
-                found.append(value)
-    return found
+    return repository_mounts(repo)
 
 
 # --- generate (a small client) -----------------------------------------------------------------------
