@@ -112,9 +112,7 @@ class RedisBackend:
                 log.error("cache: %s; the redis cache is off (requests pass through)", exc)
                 self.metrics.count("tf_cache_errors_total", kind="signing_key")
                 self._disabled = True
-        if self.mac_key is None and not self._disabled:
-            log.warning("cache: redis entries are not signed: anyone who can write to %s can plant answers; "
-                        "set cache.hmac_key_env", _redact_url(url))  # fmt: skip
+        self._warned_unsigned = False
 
     def _connect(self) -> Any:
         import redis  # type: ignore[import-not-found]
@@ -209,6 +207,10 @@ class RedisBackend:
         return CacheEntry.from_json(raw, self.mac_key, key)
 
     def put(self, key: str, entry: CacheEntry) -> None:
+        if self.mac_key is None and not self._warned_unsigned:
+            self._warned_unsigned = True
+            log.warning("cache: redis entries are not signed: anyone who can write to %s can plant answers; "
+                        "set cache.hmac_key_env", _redact_url(self.url))  # fmt: skip
         data = entry.to_json(self.mac_key, key)
 
         def run() -> None:
