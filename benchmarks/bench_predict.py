@@ -55,7 +55,7 @@ def plan_time() -> float:
     times = []
     for _ in range(3):
         t0 = time.perf_counter()
-        subprocess.run([str(exe), "plan", str(spec), "--json", "--workload", "isl=2048,osl=256"],
+        subprocess.run([str(exe), "plan", str(spec), "--json", "--workload", "isl=2048,osl=256", "--no-aiconfigurator"],
                        capture_output=True, check=True)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
@@ -121,7 +121,7 @@ def main() -> int:
         print(f"  {name:<22} ours: {summary([x[ours_key] for x in xs])}")
         if aic:
             print(f"  {'':<22} AIC:  {summary([x['aic_ratio'] for x in xs if x['aic_ratio']])}")
-    print(f"\ntritonforge plan --workload, whole process, median of 3: {plan_time():.3f} s")
+    print(f"\ntritonforge plan --workload --no-aiconfigurator, whole process, median of 3: {plan_time():.3f} s")
     return 0
 
 

@@ -222,7 +222,8 @@ def test_uncalibrated_group_says_so():
 
 
 def test_plan_json_carries_prediction_and_bound():
-    proc = run_cli("plan", str(SPECS / "llama31-70b-fp8-tp2-h100.yaml"), "--json", "--workload", "isl=2048,osl=256")
+    proc = run_cli("plan", str(SPECS / "llama31-70b-fp8-tp2-h100.yaml"), "--json", "--workload", "isl=2048,osl=256",
+                   "--no-aiconfigurator")
     assert proc.returncode == 0, proc.stderr
     d = json.loads(proc.stdout)
     assert d["workload"]["isl"] == 2048
@@ -238,7 +239,7 @@ def test_plan_json_carries_prediction_and_bound():
 
 def test_plan_text_has_prediction_section():
     proc = run_cli("plan", str(SPECS / "llama31-8b-fp8-h100.yaml"), "--workload", "isl=128,osl=128",
-                   "--concurrency", "4")
+                   "--concurrency", "4", "--no-aiconfigurator")
     assert proc.returncode == 0, proc.stderr
     assert "predicted  tier main  isl 128 osl 128  concurrency 4" in proc.stdout
     assert "bound " in proc.stdout and "source calibrated (Hopper/fp8)" in proc.stdout
