@@ -225,6 +225,10 @@ def format_predictions(preds: dict) -> str:
                      f"{_num(p.kv_batch_limit)} sequences of {tp.blocks_per_sequence} blocks)")
         lines.append(f"  bound       {_num(b.output_tokens_per_s)} output tok/s ({b.limited_by}-bound, batch {b.batch}); "
                      f"source {p.source}")
+        alt = tp.alternatives.get("calibrated")
+        if alt:
+            lines.append(f"  also        {alt['source']}: {_num(alt['output_tokens_per_s'])} output tok/s  TTFT "
+                         f"{alt['ttft_ms']:,.1f} ms  ITL {alt['itl_ms']:,.2f} ms")
         for n in p.notes:
             lines.append(f"  note        {n}")
     return "\n".join(lines)

@@ -266,7 +266,7 @@ def kv_batch(g: Geometry, w: Workload) -> int:
 class Bound:
     output_tokens_per_s: float
     batch: int
-    limited_by: str  # "compute" or "bandwidth"
+    limited_by: str  # "compute", "bandwidth" or "request rate"
 
     def to_dict(self) -> dict:
         return {"output_tokens_per_s": round(self.output_tokens_per_s, 1), "batch": self.batch,
@@ -278,11 +278,16 @@ def bound(g: Geometry, w: Workload) -> Bound:
     mean_ctx = w.isl + w.osl / 2
     per_seq = max(1.0, mean_ctx * g.kv_per_token)  # mean KV a sequence holds, blocks allocated on demand
     b = max(1, min(g.max_batch_size, int(g.free_bytes_all // per_seq)))
+    if w.concurrency is not None:  # a closed loop of N users never batches more than N
+        b = min(b, math.ceil(w.concurrency / g.replicas))
     flops = g.matmul_flops + attn(g, mean_ctx) + (w.isl / w.osl) * (g.matmul_flops + attn(g, w.isl / 2))
     t_c = flops / (g.world * g.peak)
     t_bw = (g.weights / b + mean_ctx * g.kv_per_token) / (g.world * g.gpu.bandwidth_bytes_s)
     t = max(t_c, t_bw)
-    return Bound(g.replicas / t, b, "compute" if t_c >= t_bw else "bandwidth")
+    tps = g.replicas / t
+    if w.request_rate is not None and w.request_rate * w.osl < tps:  # cannot emit more than arrives
+        return Bound(w.request_rate * w.osl, b, "request rate")
+    return Bound(tps, b, "compute" if t_c >= t_bw else "bandwidth")
 
 
 @dataclass

@@ -268,3 +268,16 @@ def test_aic_preference_picks_the_closer_source_per_group(published):
     # rows it could not estimate do not count
     pref2 = predict_fit.aic_preference(cases, loo, [{**a, "raw": {}} for a in aic_rows])
     assert pref2 == {}
+
+
+def test_bound_follows_the_offered_load():
+    t = tier("llama31-8b-fp8-h100.yaml")
+    g = predict.geometry(t)
+    free = predict.bound(g, predict.Workload(512, 128))
+    closed = predict.bound(g, predict.Workload(512, 128, concurrency=8))
+    assert (free.batch, closed.batch) == (64, 8) and closed.output_tokens_per_s < free.output_tokens_per_s
+    opened = predict.bound(g, predict.Workload(512, 128, request_rate=2.0))
+    assert (opened.output_tokens_per_s, opened.limited_by) == (256.0, "request rate")
+    for w in (predict.Workload(512, 128, concurrency=8), predict.Workload(512, 128, request_rate=2.0)):
+        p = predict.predict_tier(t, w, use_aiconfigurator=False).prediction
+        assert predict.bound(g, w).output_tokens_per_s >= p.output_tokens_per_s * (1 - 1e-9)
