@@ -142,7 +142,7 @@ def plan_command(spec: str | None, as_json: bool, build_dir: str | None, workloa
             d["workload"] = w.to_dict()
             for td in d["tiers"]:
                 p = preds[td["name"]].to_dict()
-                td["prediction"], td["bound"], td["workload_kv"] = p["prediction"], p["bound"], {
+                td["prediction"], td["bound"], td["prediction_detail"] = p["prediction"], p["bound"], {
                     k: p[k] for k in ("kv_pool_tokens", "blocks_per_sequence", "alternatives", "error")}
         click.echo(json.dumps(d, indent=2, sort_keys=True))
     else:

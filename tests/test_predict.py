@@ -234,7 +234,7 @@ def test_plan_json_carries_prediction_and_bound():
         assert k in p, k
     assert p["batch"] == min(64, p["kv_batch_limit"])
     assert t["bound"]["output_tokens_per_s"] >= p["output_tokens_per_s"] > 0
-    assert t["workload_kv"]["blocks_per_sequence"] == math.ceil(2304 / 64)
+    assert t["prediction_detail"]["blocks_per_sequence"] == math.ceil(2304 / 64)
 
 
 def test_plan_text_has_prediction_section():
