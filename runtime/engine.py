@@ -14,13 +14,21 @@ engine verifies the draft in one forward pass and returns the accepted tokens pl
 engine built with ``draft_tokens_external`` does), then finishes. With ``enable_block_reuse`` the
 KV of full prompt blocks is cached and reused by later requests sharing the prefix.
 
+Beyond that: repetition / presence / frequency penalties and an embedding bias (see ``sampling``);
+``num_return_sequences`` N > 1 runs N independent sequences of one request (as the executor does with
+child requests when beam width is 1; sequence i is seeded with seed + i), each chunk naming its
+``sequence_index``; context logits (every prompt position) and generation logits (the raw logits each
+output token was chosen from) on request; per-request timing and KV figures.
+
 Only stdlib, numpy, torch and transformers are imported, and only relative imports inside this
 package, because the package is copied into Triton model directories as ``tf_runtime``.
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
+import math
 import os
 import sys
 import threading
@@ -34,7 +42,16 @@ import torch
 
 from .kv import PrefixBlockCache, SlotKVCache, block_hashes
 from .model_runner import LlamaRunner, RowSpec, load_model
-from .sampling import INT32_MAX, SamplingState, banned_tokens, check_sampling, ends_with_any
+from .sampling import (
+    INT32_MAX,
+    UINT64_MAX,
+    Penalties,
+    SamplingState,
+    banned_tokens,
+    check_penalties,
+    check_sampling,
+    ends_with_any,
+)
 
 __all__ = ["Chunk", "CpuEngine", "EngineError", "FINISH_REASONS", "GenerationRequest", "default_num_threads"]
 
@@ -68,6 +85,13 @@ class GenerationRequest:
     return_log_probs: bool = False
     draft_input_ids: list[int] | None = None
     streaming: bool = True
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    embedding_bias: list[float] | None = None  # vocabulary-sized, added to the logits
+    num_return_sequences: int = 1
+    return_context_logits: bool = False
+    return_generation_logits: bool = False
 
 
 @dataclass
@@ -86,6 +110,17 @@ class Chunk:
     acceptance_rate: float = -1.0  # accepted / offered draft tokens, -1 without a draft
     cum_log_prob: float = 0.0
     error: str | None = None
+    sequence_index: int = 0
+    # True on the last chunk of the whole request (all num_return_sequences sequences finished).
+    request_finished: bool = False
+    first_scheduled_time_ns: int = 0
+    num_input_tokens: int = 0
+    kv_cache_alloc_new_blocks: int = 0
+    kv_cache_alloc_total_blocks: int = 0
+    total_draft_tokens: int = 0
+    total_accepted_draft_tokens: int = 0
+    context_logits: torch.Tensor | None = None  # [prompt_len, vocab] (first chunk only)
+    generation_logits: torch.Tensor | None = None  # [tokens in this chunk, vocab]
 
 
 class _Seq:
@@ -94,7 +129,8 @@ class _Seq:
     __slots__ = (
         "handle", "req", "on_chunk", "prompt", "draft", "query", "pos", "kv_valid", "generated",
         "log_probs", "cum_log_prob", "slot", "state", "sampler", "end_ids", "arrival", "first", "last",
-        "reused_blocks", "emitted", "acceptance", "stored_blocks",
+        "reused_blocks", "emitted", "acceptance", "stored_blocks", "penalties", "bias", "index", "group",
+        "scheduled", "accepted", "ctx_logits", "ctx_sent", "gen_logits",
     )  # fmt: skip
 
     def __init__(self, handle: int, req: GenerationRequest, on_chunk: Callable[[Chunk], None], end_ids: set[int]):
@@ -120,6 +156,15 @@ class _Seq:
         self.emitted = 0
         self.acceptance = -1.0
         self.stored_blocks = 0
+        self.penalties = Penalties(req.repetition_penalty, req.presence_penalty, req.frequency_penalty, self.prompt)
+        self.bias = torch.tensor(req.embedding_bias, dtype=torch.float32) if req.embedding_bias else None
+        self.index = 0  # sequence_index within its request
+        self.group: list[int] = [1, handle]  # [sequences of the request not finished, first handle] (shared)
+        self.scheduled = 0
+        self.accepted = 0
+        self.ctx_logits: list[torch.Tensor] = []
+        self.ctx_sent = False
+        self.gen_logits: list[torch.Tensor] = []
 
 
 def _int_list(name: str, value) -> list[int]:
@@ -192,6 +237,7 @@ class CpuEngine:
         self._waiting: deque[_Seq] = deque()
         self._active: list[_Seq] = []  # _active[i].slot == i
         self._seqs: dict[int, _Seq] = {}
+        self._groups: dict[int, list[int]] = {}  # first handle -> handles of a num_return_sequences request
         self._stop = False
         self._steps = 0
         self._peak_active = 0
@@ -206,22 +252,37 @@ class CpuEngine:
     def submit(self, req: GenerationRequest, on_chunk: Callable[[Chunk], None]) -> int:
         """Validate and enqueue ``req``; returns its handle. Raises :class:`EngineError` for bad input."""
         end_ids = self._validate(req)
-        handle = next(self._handles)
-        seq = _Seq(handle, req, on_chunk, end_ids)
+        n = req.num_return_sequences
+        seqs = []
+        group = [n, 0]  # [sequences not finished, first handle]
+        for i in range(n):
+            r = req
+            if i:
+                r = copy.copy(req)
+                r.seed = None if req.seed is None else (req.seed + i) % (UINT64_MAX + 1)
+            seq = _Seq(next(self._handles), r, on_chunk, end_ids)
+            seq.index, seq.group = i, group
+            if not i:
+                group[1] = seq.handle
+            seqs.append(seq)
         with self._cv:
             if self._stop:
                 raise EngineError("engine is shut down")
-            self._seqs[handle] = seq
-            self._incoming.append(seq)
+            for seq in seqs:
+                self._seqs[seq.handle] = seq
+                self._incoming.append(seq)
+            if n > 1:
+                self._groups[seqs[0].handle] = [s.handle for s in seqs]
             self._cv.notify()
-        return handle
+        return seqs[0].handle
 
     def cancel(self, handle: int) -> None:
         """Cancel a request: its slot is freed at the next step and a final 'cancelled' chunk is sent."""
         with self._cv:
-            if handle in self._seqs:
-                self._cancels.add(handle)
-                self._cv.notify()
+            for h in self._groups.get(handle, [handle]):
+                if h in self._seqs:
+                    self._cancels.add(h)
+            self._cv.notify()
 
     def stats(self) -> dict:
         """Counters: active, queued, free slots, prefix-reuse totals, steps."""
@@ -305,6 +366,31 @@ class CpuEngine:
         except ValueError as e:  # the engine's tensors are runtime_top_k / runtime_top_p
             msg = str(e)
             raise EngineError("runtime_" + msg if msg.startswith("top_") else msg) from None
+        try:
+            req.repetition_penalty, req.presence_penalty, req.frequency_penalty = check_penalties(
+                req.repetition_penalty, req.presence_penalty, req.frequency_penalty
+            )
+        except ValueError as e:
+            raise EngineError(str(e)) from None
+        try:
+            n_seq = int(req.num_return_sequences if req.num_return_sequences is not None else 1)
+        except (TypeError, ValueError):
+            raise EngineError(f"num_return_sequences must be an integer, got {req.num_return_sequences!r}") from None
+        if not 1 <= n_seq <= self.max_batch_size:
+            raise EngineError(f"num_return_sequences must be between 1 and max_batch_size={self.max_batch_size}, "
+                              f"got {n_seq}")
+        if n_seq > 1 and req.draft_input_ids:
+            raise EngineError("num_return_sequences > 1 cannot be combined with draft_input_ids")
+        req.num_return_sequences = n_seq
+        if req.embedding_bias is not None and len(req.embedding_bias) == 0:
+            req.embedding_bias = None
+        if req.embedding_bias is not None:
+            bias = [float(x) for x in req.embedding_bias]
+            if len(bias) > self.vocab_size:
+                raise EngineError(f"embedding_bias has {len(bias)} entries, more than the vocabulary ({self.vocab_size})")
+            if not all(math.isfinite(x) for x in bias):
+                raise EngineError("embedding_bias must hold finite numbers")
+            req.embedding_bias = bias + [0.0] * (self.vocab_size - len(bias))
         for name in ("end_id", "pad_id"):
             v = getattr(req, name)
             if v is not None and not -1 <= int(v) <= INT32_MAX:
@@ -417,9 +503,15 @@ class CpuEngine:
             for seq, take in prefill:
                 final = seq.pos + take == len(seq.query)
                 logits_from = len(seq.prompt) - 1 - seq.pos if final else take
+                if seq.req.return_context_logits:
+                    logits_from = 0  # every prompt position (the chunk starts inside the prompt)
                 rows.append(RowSpec(seq.slot, seq.pos, seq.query[seq.pos : seq.pos + take], logits_from))
             logits = self.runner.forward(rows)
             for (seq, take), lg in zip(prefill, logits, strict=True):
+                if seq.req.return_context_logits:
+                    in_prompt = max(0, min(take, len(seq.prompt) - seq.pos))
+                    seq.ctx_logits.append(lg[:in_prompt].float().clone())
+                    lg = lg[max(0, len(seq.prompt) - 1 - seq.pos):]
                 seq.pos += take
                 if seq.pos < len(seq.query):
                     seq.kv_valid = seq.pos
@@ -450,7 +542,9 @@ class CpuEngine:
             seq.slot = len(self._active)
             self._active.append(seq)
             seq.state = "prefill"
-            if self.enable_block_reuse:
+            seq.scheduled = time.time_ns()
+            # Context logits need every prompt position computed, so such a request reuses no blocks.
+            if self.enable_block_reuse and not seq.req.return_context_logits:
                 # reuse at most up to the block before the last prompt token (its logits are needed)
                 hashes = block_hashes(seq.prompt, self.tokens_per_block, (len(seq.prompt) - 1) // self.tokens_per_block)
                 blocks = self.prefix_cache.lookup(hashes)
@@ -480,8 +574,12 @@ class CpuEngine:
             banned = banned_tokens(seq.prompt + seq.generated, req.bad_words)
         if len(seq.generated) < req.min_tokens and seq.end_ids:
             banned.extend(seq.end_ids)
-        token, logp = seq.sampler.select(logits, banned)
-        return self._append(seq, token, logp)
+        token, logp = seq.sampler.select(logits, banned, seq.penalties, seq.bias)
+        before = len(seq.generated)
+        reason = self._append(seq, token, logp)
+        if req.return_generation_logits and len(seq.generated) > before:
+            seq.gen_logits.append(logits.float().clone())
+        return reason
 
     def _append(self, seq: _Seq, token: int, logp: float) -> str | None:
         now = time.time_ns()
@@ -491,6 +589,7 @@ class CpuEngine:
         if token in seq.end_ids:
             return "eos"
         seq.generated.append(token)
+        seq.penalties.add(token)
         seq.log_probs.append(logp)
         seq.cum_log_prob += logp
         self._tokens_out += 1
@@ -520,11 +619,21 @@ class CpuEngine:
             if reason or not token_matches:
                 break
         seq.acceptance = accepted / k if k else -1.0
+        seq.accepted = accepted
         seq.kv_valid = len(seq.prompt) + fed_ok
         return reason or "length"
 
     def _chunk(self, seq: _Seq, tokens: list[int], log_probs: list[float], finished: bool, reason: str | None,
-               error: str | None = None) -> Chunk:  # fmt: skip
+               error: str | None = None, start: int = 0) -> Chunk:  # fmt: skip
+        req = seq.req
+        total_blocks = -(-(len(seq.prompt) + len(seq.generated)) // self.tokens_per_block)
+        ctx = gen = None
+        if req.return_context_logits and seq.ctx_logits and not seq.ctx_sent:
+            ctx = torch.cat(seq.ctx_logits, dim=0)
+            seq.ctx_sent = True
+        if req.return_generation_logits:
+            rows = seq.gen_logits[start : start + len(tokens)]
+            gen = torch.stack(rows) if rows else torch.zeros((0, self.vocab_size))
         return Chunk(
             token_ids=tokens,
             log_probs=log_probs if seq.req.return_log_probs else [],
@@ -538,6 +647,16 @@ class CpuEngine:
             acceptance_rate=seq.acceptance,
             cum_log_prob=seq.cum_log_prob if seq.req.return_log_probs else 0.0,
             error=error,
+            sequence_index=seq.index,
+            request_finished=finished and seq.group[0] == 0,
+            first_scheduled_time_ns=seq.scheduled,
+            num_input_tokens=len(seq.prompt),
+            kv_cache_alloc_new_blocks=max(0, total_blocks - seq.reused_blocks),
+            kv_cache_alloc_total_blocks=total_blocks,
+            total_draft_tokens=len(seq.draft),
+            total_accepted_draft_tokens=seq.accepted,
+            context_logits=ctx,
+            generation_logits=gen,
         )
 
     def _emit(self, seq: _Seq, finished: bool, reason: str | None = None, error: str | None = None) -> None:
@@ -545,7 +664,7 @@ class CpuEngine:
             start = seq.emitted
         else:
             start = 0
-        chunk = self._chunk(seq, seq.generated[start:], seq.log_probs[start:], finished, reason, error)
+        chunk = self._chunk(seq, seq.generated[start:], seq.log_probs[start:], finished, reason, error, start)
         seq.emitted = len(seq.generated)
         try:
             seq.on_chunk(chunk)
@@ -561,6 +680,9 @@ class CpuEngine:
         with self._lock:
             self._seqs.pop(seq.handle, None)
             self._finished[reason] = self._finished.get(reason, 0) + 1
+            seq.group[0] -= 1
+            if seq.group[0] == 0:
+                self._groups.pop(seq.group[1], None)
         if remove_slot and seq.slot >= 0:
             self._release_slot(seq)
         self._emit(seq, finished=True, reason=reason, error=error)

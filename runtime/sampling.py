@@ -5,6 +5,14 @@ greedy too); the temperature scales logits only when sampling; top-k is applied 
 seeded requests draw from their own ``torch.Generator`` so they are reproducible whatever else is
 in the batch. Bad words are banned (a multi-token bad word bans its last token when the tail of the
 sequence matches the rest), and the end id is suppressed until ``min_tokens`` tokens exist.
+
+Penalties and the embedding bias follow TensorRT-LLM's executor (``SamplingConfig`` in
+https://github.com/NVIDIA/TensorRT-LLM cpp/include/tensorrt_llm/executor/executor.h, applied in
+cpp/tensorrt_llm/kernels/penaltyKernels.cu): over every token of the sequence so far, prompt included,
+``repetition_penalty`` (> 0, 1 = off) divides a positive logit and multiplies a negative one,
+``presence_penalty`` (0 = off) is subtracted once from a token that occurred, ``frequency_penalty``
+(0 = off) is subtracted once per occurrence. They act after the temperature, before top-k/top-p; the
+bias is added to the logits first.
 """
 
 from __future__ import annotations
@@ -14,7 +22,10 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["INT32_MAX", "SamplingState", "UINT64_MAX", "banned_tokens", "check_sampling", "ends_with_any", "is_greedy"]
+__all__ = [
+    "INT32_MAX", "Penalties", "SamplingState", "UINT64_MAX", "banned_tokens", "check_penalties", "check_sampling",
+    "ends_with_any", "is_greedy",
+]  # fmt: skip
 
 INT32_MAX = 2**31 - 1
 UINT64_MAX = 2**64 - 1
@@ -53,6 +64,63 @@ def check_sampling(top_k, top_p, temperature, seed=None, min_tokens=0) -> tuple[
     seed = None if seed is None else integer("seed", seed, 0, UINT64_MAX)
     min_tokens = integer("min_tokens", min_tokens or 0, 0, INT32_MAX)
     return top_k, top_p, temperature, seed, min_tokens
+
+
+class Penalties:
+    """Per-request penalties with the token counts of its sequence (prompt + generated)."""
+
+    __slots__ = ("repetition", "presence", "frequency", "counts")
+
+    def __init__(self, repetition: float = 1.0, presence: float = 0.0, frequency: float = 0.0,
+                 tokens: Sequence[int] = ()) -> None:
+        self.repetition = float(repetition)
+        self.presence = float(presence)
+        self.frequency = float(frequency)
+        self.counts: dict[int, int] = {}
+        for t in tokens:
+            self.add(t)
+
+    @property
+    def active(self) -> bool:
+        return self.repetition != 1.0 or self.presence != 0.0 or self.frequency != 0.0
+
+    def add(self, token: int) -> None:
+        self.counts[int(token)] = self.counts.get(int(token), 0) + 1
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        """A penalized copy of ``logits`` [vocab]."""
+        if not self.active or not self.counts:
+            return logits
+        vocab = logits.shape[-1]
+        items = [(t, n) for t, n in self.counts.items() if 0 <= t < vocab]
+        if not items:
+            return logits
+        idx = torch.tensor([t for t, _ in items], dtype=torch.long)
+        cnt = torch.tensor([n for _, n in items], dtype=logits.dtype)
+        out = logits.clone()
+        sel = out[idx]
+        if self.repetition != 1.0:
+            sel = torch.where(sel > 0, sel / self.repetition, sel * self.repetition)
+        sel = sel - self.presence - self.frequency * cnt
+        out[idx] = sel
+        return out
+
+
+def check_penalties(repetition, presence, frequency) -> tuple[float, float, float]:
+    """Normalized (repetition, presence, frequency); ValueError naming the first bad one."""
+    out = []
+    for name, v, default in (("repetition_penalty", repetition, 1.0), ("presence_penalty", presence, 0.0),
+                             ("frequency_penalty", frequency, 0.0)):
+        try:
+            f = float(default if v is None else v)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a number, got {v!r}") from None
+        if not math.isfinite(f):
+            raise ValueError(f"{name} must be finite, got {f}")
+        out.append(f)
+    if out[0] <= 0.0:
+        raise ValueError(f"repetition_penalty must be > 0 (1 = off), got {out[0]}")
+    return out[0], out[1], out[2]
 
 
 def is_greedy(top_k: int, top_p: float, temperature: float) -> bool:
@@ -97,12 +165,20 @@ class SamplingState:
             else:
                 self.generator.manual_seed(int(seed) & 0xFFFF_FFFF_FFFF_FFFF)
 
-    def select(self, logits: torch.Tensor, banned: Sequence[int] = ()) -> tuple[int, float]:
+    def select(self, logits: torch.Tensor, banned: Sequence[int] = (), penalties: Penalties | None = None,
+               bias: torch.Tensor | None = None) -> tuple[int, float]:
         """Pick one token from ``logits`` ``[vocab]`` (float32); returns (token, its log-prob).
 
-        The log-prob is that of the distribution the token was drawn from (after temperature,
-        before top-k/top-p truncation), as the engine reports in ``output_log_probs``.
+        The log-prob is that of the distribution the token was drawn from (after bias, temperature and
+        penalties, before top-k/top-p truncation), as the engine reports in ``output_log_probs``.
         """
+        if bias is not None:
+            logits = logits + bias
+        if penalties is not None and penalties.active:
+            if not self.greedy:  # TensorRT-LLM applies the temperature before the penalties
+                logits = penalties.apply(logits / max(self.temperature, 1e-6)) * max(self.temperature, 1e-6)
+            else:
+                logits = penalties.apply(logits)
         if banned:
             logits = logits.clone()
             idx = [t for t in banned if 0 <= t < logits.shape[-1]]

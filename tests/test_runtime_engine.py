@@ -365,3 +365,110 @@ def test_a_sampling_failure_ends_only_its_own_sequence(tiny_dir):
         assert [c.final.finish_reason for c in good] == ["length"] * 3
         assert all(len(c.tokens) == 12 for c in good)
         assert eng.stats()["errors_total"] == 1
+
+
+# ---------------------------------------------------------------- penalties, bias, n sequences, logits
+
+
+class GroupCollector(Collector):
+    """Collects every sequence of a num_return_sequences request; done on `request_finished`."""
+
+    def __call__(self, chunk: Chunk) -> None:
+        self.chunks.append(chunk)
+        if chunk.request_finished:
+            self.done.set()
+
+    def tokens_of(self, index: int) -> list[int]:
+        return [t for c in self.chunks if c.sequence_index == index for t in c.token_ids]
+
+
+def _manual_greedy(hf_model, prompt, n, rep=1.0, presence=0.0, frequency=0.0):
+    """Greedy decoding with full forwards and the penalties written out (TensorRT-LLM's definitions:
+    executor.h SamplingConfig; CTRL-style repetition penalty over prompt + output)."""
+    seq = list(prompt)
+    out = []
+    for _ in range(n):
+        with torch.no_grad():
+            lg = hf_model(input_ids=torch.tensor([seq])).logits[0, -1].float().clone()
+        counts: dict[int, int] = {}
+        for t in seq:
+            counts[t] = counts.get(t, 0) + 1
+        for t, c in counts.items():
+            v = lg[t]
+            v = v / rep if v > 0 else v * rep
+            lg[t] = v - presence - frequency * c
+        tok = int(torch.argmax(lg))
+        seq.append(tok)
+        out.append(tok)
+    return out
+
+
+def test_repetition_penalty_matches_transformers(engine, hf_model):
+    prompt = prompt_of(12, salt=40) * 2  # a repeated prompt: the penalty has something to act on
+    plain = greedy(engine, prompt, 24)  # repeats one of its own tokens within 24 (checked below)
+    out = greedy(engine, prompt, 24, repetition_penalty=50.0)
+    ref = hf_model.generate(
+        torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+        max_new_tokens=24, do_sample=False, eos_token_id=None, pad_token_id=0, repetition_penalty=50.0,
+    )  # fmt: skip
+    assert out == ref[0, len(prompt) :].tolist()
+    assert len(set(plain)) < len(plain) and out != plain  # the penalty changed a repeating output
+
+
+def test_presence_and_frequency_penalties_match_a_written_out_loop(engine, hf_model):
+    prompt = prompt_of(10, salt=41)
+    for kw in ({"presence_penalty": 2.0}, {"frequency_penalty": 1.5}, {"presence_penalty": 0.5, "frequency_penalty": 0.7}):
+        out = greedy(engine, prompt, 10, **kw)
+        ref = _manual_greedy(hf_model, prompt, 10, presence=kw.get("presence_penalty", 0.0),
+                             frequency=kw.get("frequency_penalty", 0.0))
+        assert out == ref, kw
+
+
+def test_embedding_bias_steers_tokens(engine):
+    prompt = prompt_of(8, salt=42)
+    plain = greedy(engine, prompt, 6)
+    target = 777 if 777 not in plain else 778
+    bias = [0.0] * engine.vocab_size
+    bias[target] = 1e4
+    assert greedy(engine, prompt, 6, embedding_bias=bias) == [target] * 6
+
+
+def test_num_return_sequences_runs_independent_seeded_sequences(engine):
+    prompt = prompt_of(9, salt=43)
+    kw = dict(top_k=50, temperature=1.5, end_id=-1)
+    col = GroupCollector()
+    engine.submit(GenerationRequest(prompt, 10, seed=7, num_return_sequences=3, **kw), col)
+    col.wait()
+    assert sorted({c.sequence_index for c in col.chunks}) == [0, 1, 2]
+    assert [c.request_finished for c in col.chunks].count(True) == 1 and col.final.request_finished
+    for i in range(3):
+        alone = run(engine, GenerationRequest(prompt, 10, seed=7 + i, **kw)).tokens
+        assert col.tokens_of(i) == alone, i
+    assert len({tuple(col.tokens_of(i)) for i in range(3)}) > 1
+
+
+def test_context_and_generation_logits(engine, hf_model):
+    prompt = prompt_of(40, salt=44)
+    col = run(engine, GenerationRequest(prompt, 5, end_id=-1, return_context_logits=True,
+                                        return_generation_logits=True, streaming=False))
+    with torch.no_grad():
+        ref = hf_model(input_ids=torch.tensor([prompt + col.tokens])).logits[0].float()
+    ctx, gen = col.final.context_logits, col.final.generation_logits
+    assert ctx.shape == (len(prompt), engine.vocab_size)
+    assert torch.allclose(ctx, ref[: len(prompt)], atol=1e-4)
+    assert gen.shape == (5, engine.vocab_size)
+    assert torch.allclose(gen, ref[len(prompt) - 1 : len(prompt) + 4], atol=1e-4)
+    assert [int(torch.argmax(r)) for r in gen] == col.tokens
+    plain = run(engine, GenerationRequest(prompt, 5, end_id=-1))
+    assert plain.final.context_logits is None and plain.final.generation_logits is None
+    assert plain.final.num_input_tokens == len(prompt)
+    assert plain.final.kv_cache_alloc_total_blocks >= 1 and plain.final.first_scheduled_time_ns >= plain.final.arrival_time_ns
+
+
+@pytest.mark.parametrize("kw,name", [({"repetition_penalty": 0.0}, "repetition_penalty"),
+                                     ({"presence_penalty": float("nan")}, "presence_penalty"),
+                                     ({"num_return_sequences": 0}, "num_return_sequences"),
+                                     ({"embedding_bias": [float("inf")]}, "embedding_bias")])
+def test_bad_penalty_and_sequence_values_are_refused(engine, kw, name):
+    with pytest.raises(EngineError, match=name):
+        engine.submit(GenerationRequest(prompt_of(5), 4, **kw), Collector())
