@@ -144,3 +144,18 @@ def test_model_calling_itself(label: str, example: str, breaker: Callable[[Path]
     assert all(p.model.startswith(model) and p.fix for p in problems)
     proc = subprocess.run([sys.executable, "-m", "tritonforge", "validate", str(repo)], capture_output=True, text=True)
     assert proc.returncode == 1 and expected in proc.stderr
+
+
+def test_empty_gpt_model_path_is_optional_in_python_models(tmp_path: Path) -> None:
+    """The TensorRT-LLM backend's own preprocessing model carries `gpt_model_path` (its `engine_dir`, read only
+    for multimodal models, https://github.com/triton-inference-server/tensorrtllm_backend docs/model_config.md)
+    and leaves it empty otherwise; only the `tensorrtllm` backend needs it."""
+    for backend, expect_problem in (("python", False), ("tensorrtllm", True)):
+        repo = tmp_path / backend
+        (repo / "m" / "1").mkdir(parents=True)
+        (repo / "m" / "1" / "model.py").write_text("")
+        (repo / "m" / "config.pbtxt").write_text(
+            f'name: "m"\nbackend: "{backend}"\nmax_batch_size: 8\n'
+            'parameters { key: "gpt_model_path" value: { string_value: "" } }\n')
+        problems = [str(p) for p in validate_repository(repo)]
+        assert any("gpt_model_path: empty" in p for p in problems) == expect_problem, problems
