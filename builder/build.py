@@ -1,5 +1,8 @@
 """`tritonforge build`: per tier, quantize/export, engine, draft, tokenizer, then `build_manifest.json`.
 
+A `trtllm-pytorch` tier has no engine steps: its `checkpoint` / `draft_checkpoint` steps export a unified
+Hugging Face checkpoint (ModelOpt `export_hf_checkpoint`, tokenizer included) that `tensorrt_llm.LLM` loads.
+
 Steps (see `builder.steps`): `checkpoint` (ModelOpt quantize + quality gate + TRT-LLM checkpoint
 export), `engine` (`trtllm-build` with the planned flags), `draft_checkpoint` / `draft_engine` for a
 draft-target tier, and `tokenizer` (a copy of the tokenizer files). Executors:
@@ -32,7 +35,7 @@ from tritonforge.builder.manifest import (
 )
 from tritonforge.builder.modelref import materialize_checkpoint, resolve_model
 from tritonforge.builder.planner import DeploymentPlan, EnginePlan, QuantizePlan, TierPlan, plan_deployment
-from tritonforge.builder.spec import DeploymentSpec, Quantization, Tier
+from tritonforge.builder.spec import DeploymentSpec, Quantization, Runtime, Tier
 from tritonforge.builder.steps import (
     HASH_CACHE,
     HashCache,
@@ -112,8 +115,18 @@ def quantize_memory_of(shape, seq_len: int, dtype_bytes: int = 2):
                            seq_len, dtype_bytes)
 
 
+def export_format(runtime: str) -> str:
+    """What a checkpoint step exports for a tier's runtime: a TRT-LLM checkpoint for trtllm-build, or a
+    unified HF checkpoint for the PyTorch backend."""
+    return "hf" if runtime == Runtime.trtllm_pytorch.value else "trtllm"
+
+
+def has_engine(runtime: str) -> bool:
+    return runtime != Runtime.trtllm_pytorch.value
+
+
 def quantize_job(qp: QuantizePlan, model_dir: Path, quant: Quantization, base_dir: Path | None,
-                 shape=None) -> dict:
+                 shape=None, runtime: str = Runtime.trtllm_engine.value) -> dict:
     from tritonforge.builder.quantize import QuantizeJob
 
     return QuantizeJob(
@@ -122,6 +135,7 @@ def quantize_job(qp: QuantizePlan, model_dir: Path, quant: Quantization, base_di
         calib_seq_len=qp.calib_seq_len, export_dtype=qp.export_dtype, decoder_type=qp.decoder_type,
         tp=qp.tp, pp=qp.pp, gate=_gate_dict(quant), base_dir=str(base_dir) if base_dir else None,
         memory=quantize_memory_of(shape, qp.calib_seq_len).to_dict() if shape is not None else None,
+        export_format=export_format(runtime),
     ).to_dict()
 
 
@@ -209,7 +223,7 @@ class Builder:
         from tritonforge.builder import quality
 
         out = self.dir / tp.name / name
-        job = quantize_job(qp, model_dir, quant, self.base_dir, shape)
+        job = quantize_job(qp, model_dir, quant, self.base_dir, shape, tp.runtime)
         if self.calib_data:
             job["calib_dataset"] = self.calib_data
         calib = heldout = None
@@ -270,6 +284,8 @@ class Builder:
 
         what = (f"ModelOpt {qp.qformat}{' + ' + qp.kv_cache_dtype + ' KV' if qp.kv_cache_dtype else ''}"
                 if calib else "export without quantization")
+        if job["export_format"] == "hf":
+            what += " (unified HF checkpoint for the PyTorch backend)"
         self.progress(f"{tp.name}: {name}: {what} -> {out}")
         return run_step(name, tp.name, key, out, action, cmd, self.progress, self.cache)
 
@@ -322,14 +338,16 @@ class Builder:
     def tier(self, tier: Tier, tp: TierPlan) -> dict:
         model_dir, src = self.source(tier.model)
         steps = [self.checkpoint_step(tp, "checkpoint", model_dir, src, tp.quantize, tier.quantization, tp.shape)]
-        steps.append(self.engine_step(tp, "engine", tp.engine, steps[0]))
+        engine = has_engine(tp.runtime)
+        if engine:
+            steps.append(self.engine_step(tp, "engine", tp.engine, steps[0]))
         entry: dict[str, Any] = {"runtime": tp.runtime, "model": src}
         if tier.draft is not None and tp.draft is not None:
             dmodel, dsrc = self.source(tier.draft.model)
             entry["draft_model"] = dsrc
             dck = self.checkpoint_step(tp, "draft_checkpoint", dmodel, dsrc, tp.draft.quantize,
                                        tier.draft.quantization, tp.draft.shape)
-            steps += [dck, self.engine_step(tp, "draft_engine", tp.draft.engine, dck)]
+            steps += [dck, self.engine_step(tp, "draft_engine", tp.draft.engine, dck)] if engine else [dck]
         tok = Path(tier.tokenizer).expanduser() if tier.tokenizer else model_dir
         if tier.tokenizer and not tok.is_absolute() and self.base_dir:
             tok = self.base_dir / tok
@@ -374,11 +392,12 @@ def plan_commands(plan: DeploymentPlan, spec: DeploymentSpec, build_dir: Path, e
                           tier.draft.quantization, tp.draft.shape))
         for ck, en, qp, e, model, quant, shape in pairs:
             ckpt_dir = build_dir / tp.name / ck
-            job = quantize_job(qp, Path(model), quant, None, shape)
+            job = quantize_job(qp, Path(model), quant, None, shape, tp.runtime)
             out.append({"tier": tp.name, "step": ck, "job": job,
                         "command": quantize_command(job, ckpt_dir, executor, build_dir / tp.name / f".{ck}.job.json")})
-            out.append({"tier": tp.name, "step": en,
-                        "command": engine_command(e, ckpt_dir, build_dir / tp.name / en, executor)})
+            if has_engine(tp.runtime):
+                out.append({"tier": tp.name, "step": en,
+                            "command": engine_command(e, ckpt_dir, build_dir / tp.name / en, executor)})
         out.append({"tier": tp.name, "step": "tokenizer",
                     "command": ["copy", tier.tokenizer or tier.model, str(build_dir / tp.name / "tokenizer")]})
     return out

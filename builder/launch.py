@@ -15,6 +15,10 @@ same `get_cmd` as tensorrtllm_backend v0.19+ scripts/launch_triton_server.py), w
   strict >) the rank also gets --pinned-memory-pool-byte-size=0 --enable-peer-access=false and
   --cuda-memory-pool-byte-size=<j>:0 for every visible GPU j (`number_of_gpus()`, nvidia-smi).
   `participant_ids` are needed only with --disable-spawn-processes, which tritonforge does not use.
+- A repository whose only TensorRT-LLM models are PyTorch-backend (LLM API) Python models: the script's
+  default world size 1 (`launch_triton_server.py --model_repo=...`, as tensorrtllm_backend docs/llmapi.md
+  launches the llmapi model), i.e. `mpirun -n 1 tritonserver ...`; the LLM API spawns its own MPI workers
+  for TP x PP, so the GPUs it needs are those of its `gpu_device_ids` (TP x PP per instance).
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ class EngineModel:
 class Launch:
     """What to run inside the container (or on the host): argv, extra environment, GPUs it needs."""
 
-    mode: str  # "plain" (no TensorRT-LLM model) | "leader" | "orchestrator"
+    mode: str  # "plain" (no TensorRT-LLM model) | "leader" | "orchestrator" | "llmapi" (PyTorch backend only)
     argv: tuple[str, ...]
     env: dict[str, str] = field(default_factory=dict)
     gpus: tuple[int, ...] = ()
@@ -148,6 +152,30 @@ def engine_models(configs: Mapping[str, object]) -> list[EngineModel]:
     return out
 
 
+def llmapi_models(configs: Mapping[str, object]) -> list[EngineModel]:
+    """The PyTorch-backend (LLM API) `tensorrt_llm` models of a repository: Python models carrying the
+    `llmapi_kwargs` parameter; world size = tensor_parallel_size x pipeline_parallel_size of those kwargs."""
+    out = []
+    for name in sorted(configs):
+        cfg = configs[name]
+        if getattr(cfg, "backend", "") != "python":
+            continue
+        params = {k: v.string_value for k, v in cfg.parameters.items()}  # type: ignore[attr-defined]
+        if "llmapi_kwargs" not in params:
+            continue
+        try:
+            kw = json.loads(params["llmapi_kwargs"])
+        except ValueError:
+            raise UserError(f"{name}: parameter llmapi_kwargs is not JSON; re-emit the repository") from None
+        world = _int(kw.get("tensor_parallel_size", 1)) * _int(kw.get("pipeline_parallel_size", 1))
+        ids = parse_gpu_device_ids(params["gpu_device_ids"]) if params.get("gpu_device_ids") else ()
+        count = sum(g.count for g in cfg.instance_group) or 1  # type: ignore[attr-defined]
+        if not ids:
+            ids = tuple(tuple(range(i * world, (i + 1) * world)) for i in range(count))
+        out.append(EngineModel(name, world, ids))
+    return out
+
+
 def _ports(ports: Mapping[str, int]) -> list[str]:
     # add_port_config: grpc, http, metrics in this order.
     return [f"--grpc-port={ports['grpc']}", f"--http-port={ports['http']}", f"--metrics-port={ports['metrics']}"]
@@ -155,13 +183,15 @@ def _ports(ports: Mapping[str, int]) -> list[str]:
 
 def launch_command(engines: Sequence[EngineModel], *, model_repo: str = CONTAINER_REPO,
                    ports: Mapping[str, int] = CONTAINER_PORTS, tritonserver: str = TRITONSERVER,
-                   triton_release: str = versions.TRITON_CONTAINER) -> Launch:
-    """The launcher script's command for a repository holding `engines` (pure)."""
-    if not engines:
+                   triton_release: str = versions.TRITON_CONTAINER, llmapi: Sequence[EngineModel] = ()) -> Launch:
+    """The launcher script's command for a repository holding `engines` and LLM API models `llmapi` (pure)."""
+    if not engines and not llmapi:
         return Launch("plain", (tritonserver, f"--model-repository={model_repo}", *_ports(ports)))
-    gpus = tuple(sorted(set().union(*(e.gpus for e in engines))))
+    gpus = tuple(sorted(set().union(*(e.gpus for e in (*engines, *llmapi)))))
     multi = len(engines) > 1 or any(len(e.instances) > 1 for e in engines)
-    if multi:
+    if not engines:
+        multi, world, env, mode = False, 1, {}, "llmapi"
+    elif multi:
         # --multi-model: the script asserts world_size == 1 when spawning (its __main__).
         world, env = 1, {"TRTLLM_ORCHESTRATOR": "1", "TRTLLM_ORCHESTRATOR_SPAWN_PROCESSES": "1"}
         mode = "orchestrator"
@@ -190,4 +220,4 @@ def repository_launch(repo: Path, image: str | None = None) -> Launch:
 
     configs, _ = load_configs(Path(repo))
     release = (versions.container_release(image) if image else None) or versions.TRITON_CONTAINER
-    return launch_command(engine_models(configs), triton_release=release)
+    return launch_command(engine_models(configs), triton_release=release, llmapi=llmapi_models(configs))

@@ -8,8 +8,10 @@
    config (FP8_KV_CFG, NVFP4_KV_CFG, or INT8 on the k/v BMM quantizers) when asked, calibrating over
    `calib_size` windows of `calib_seq_len` tokens;
 4. the quality figures through fake quantization (`builder.quality`); the gate's failures are returned;
-5. `export_tensorrt_llm_checkpoint(...)` into `out_dir` (config.json + rank{N}.safetensors), and a check
-   that the exported `quantization` section says what was asked.
+5. `export_tensorrt_llm_checkpoint(...)` into `out_dir` (config.json + rank{N}.safetensors) for the engine
+   target, or for the PyTorch-backend target (`export_format: hf`) `export_hf_checkpoint(...)`: a Hugging
+   Face unified checkpoint (config.json, model*.safetensors, hf_quant_config.json) plus the tokenizer, which
+   `tensorrt_llm.LLM` loads directly; then a check that the exported `quantization` section says what was asked.
 
 It is also a script (`python quantize.py JOB.json OUT_DIR`) for the `--docker` executor, where the
 NGC TensorRT-LLM container provides torch, transformers and ModelOpt.
@@ -64,6 +66,7 @@ class QuantizeJob:
     device: str = "auto"
     memory: dict | None = None  # QuantizeMemory figures from the planner; None = from the checkpoint's size
     calib_source: dict | None = None  # how the calibration set was chosen (recorded, not used here)
+    export_format: str = "trtllm"  # trtllm: TRT-LLM checkpoint for trtllm-build | hf: unified HF checkpoint
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -326,14 +329,27 @@ def _device(job: QuantizeJob) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def check_exported_config(out_dir: Path, qformat: str, kv_cache_dtype: str | None) -> dict:
-    """Read the exported checkpoint's `quantization` section and check it says what was asked."""
-    cfg = json.loads((out_dir / "config.json").read_text(encoding="utf-8"))
+HF_QUANT_CONFIG = "hf_quant_config.json"  # written by ModelOpt's export_hf_checkpoint beside config.json
+
+
+def check_exported_config(out_dir: Path, qformat: str, kv_cache_dtype: str | None, export_format: str = "trtllm") -> dict:
+    """Read the exported checkpoint's `quantization` section and check it says what was asked.
+
+    TRT-LLM checkpoint: config.json's `quantization`; unified HF checkpoint: hf_quant_config.json's
+    `quantization` (same quant_algo / kv_cache_quant_algo names; absent when nothing was quantized)."""
+    if export_format == "hf":
+        path = out_dir / HF_QUANT_CONFIG
+        if not (out_dir / "config.json").is_file():
+            raise RuntimeError(f"exported HF checkpoint {out_dir} has no config.json")
+        cfg = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    else:
+        path = out_dir / "config.json"
+        cfg = json.loads(path.read_text(encoding="utf-8"))
     q = cfg.get("quantization") or {}
     want, want_kv = EXPECTED_QUANT_ALGO[qformat], EXPECTED_KV_ALGO[kv_cache_dtype]
     if q.get("quant_algo") != want or q.get("kv_cache_quant_algo") != want_kv:
         raise RuntimeError(
-            f"exported checkpoint {out_dir / 'config.json'} has quant_algo={q.get('quant_algo')!r}, "
+            f"exported checkpoint {path} has quant_algo={q.get('quant_algo')!r}, "
             f"kv_cache_quant_algo={q.get('kv_cache_quant_algo')!r}; expected {want!r}, {want_kv!r}"
         )
     return q
@@ -424,8 +440,6 @@ def run_quantize(job: QuantizeJob, out_dir: Path, progress: Callable[[str], None
         return QuantizeResult({}, calib_info, figures.to_dict() if figures else None, failures, timings, device, note,
                               modelopt_version(), placement)
 
-    from modelopt.torch.export import export_tensorrt_llm_checkpoint
-
     if getattr(model, "hf_device_map", None):
         # Offloaded weights back in place before export, as TensorRT-LLM's quantize_and_export does
         # (remove_hook_from_module in tensorrt_llm/quantization/quantize_by_modelopt.py).
@@ -433,17 +447,37 @@ def run_quantize(job: QuantizeJob, out_dir: Path, progress: Callable[[str], None
 
         remove_hook_from_module(model, recurse=True)
     t = time.time()
-    progress(f"exporting TensorRT-LLM checkpoint (tp {job.tp}, pp {job.pp}, {job.export_dtype})")
     out_dir.mkdir(parents=True, exist_ok=True)
-    export_tensorrt_llm_checkpoint(
-        model, job.decoder_type, getattr(torch, job.export_dtype), export_dir=str(out_dir),
-        inference_tensor_parallel=job.tp, inference_pipeline_parallel=job.pp,
-    )
+    if job.export_format == "hf":
+        export_hf(model, tokenizer, out_dir, getattr(torch, job.export_dtype), quantized, progress)
+    else:
+        from modelopt.torch.export import export_tensorrt_llm_checkpoint
+
+        progress(f"exporting TensorRT-LLM checkpoint (tp {job.tp}, pp {job.pp}, {job.export_dtype})")
+        export_tensorrt_llm_checkpoint(
+            model, job.decoder_type, getattr(torch, job.export_dtype), export_dir=str(out_dir),
+            inference_tensor_parallel=job.tp, inference_pipeline_parallel=job.pp,
+        )
     timings["export"] = round(time.time() - t, 2)
-    section = check_exported_config(out_dir, job.qformat, job.kv_cache_dtype)
+    section = check_exported_config(out_dir, job.qformat, job.kv_cache_dtype, job.export_format)
     timings["total"] = round(time.time() - t0, 2)
     return QuantizeResult(section, calib_info, figures.to_dict() if figures else None, [], timings, device, note,
                           modelopt_version(), placement)
+
+
+def export_hf(model, tokenizer, out_dir: Path, dtype, quantized: bool, progress: Callable[[str], None]) -> None:
+    """The unified HF checkpoint the PyTorch backend loads: ModelOpt's `export_hf_checkpoint` for a quantized
+    model (https://nvidia.github.io/TensorRT-Model-Optimizer/ modelopt.torch.export.unified_export_hf), a plain
+    `save_pretrained` in the export dtype otherwise; the tokenizer beside it (`tensorrt_llm.LLM(model=DIR)`
+    reads the tokenizer from the checkpoint directory unless given another)."""
+    progress(f"exporting unified Hugging Face checkpoint ({'quantized' if quantized else 'unquantized'}, {dtype})")
+    if quantized:
+        from modelopt.torch.export import export_hf_checkpoint
+
+        export_hf_checkpoint(model, dtype=dtype, export_dir=str(out_dir))
+    else:
+        model.to(dtype).save_pretrained(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
 
 
 def main(argv: list[str] | None = None) -> int:

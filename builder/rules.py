@@ -329,11 +329,37 @@ ANY_RUNTIME_RULES: tuple[Rule, ...] = (rule_draft_same_vocabulary, rule_model_fa
                                        rule_seq_len_within_positions)
 
 
+# ------------------------------------------------------------------------- trtllm-pytorch (LLM API)
+
+
+# Source: tritonforge passes kv_cache.tokens_per_block to trtllm-build only; the LLM API's KvCacheConfig
+# (https://nvidia.github.io/TensorRT-LLM/llm-api/reference.html) is given enable_block_reuse,
+# free_gpu_memory_fraction, dtype and max_tokens, so another block size would silently not apply.
+def rule_pytorch_tokens_per_block(c: Ctx) -> Iterator[Problem]:
+    if c.tier.kv_cache.tokens_per_block != 32:
+        yield c.warning("pytorch-tokens-per-block",
+                        f"kv_cache.tokens_per_block {c.tier.kv_cache.tokens_per_block} is not passed to the LLM API "
+                        f"(the PyTorch backend uses its own block size); remove it or use runtime trtllm-engine")
+
+
+# Same hardware facts as the engine flow: FP8 tensor cores from sm89; tensor parallelism splits the
+# attention and KV heads; TP x PP GPUs per LLM instance. NVFP4 depends on the release as well as the GPU,
+# so it is checked per deployment (`rule_pytorch_nvfp4`).
+PYTORCH_RULES: tuple[Rule, ...] = (
+    rule_fp8_needs_sm89,
+    rule_tp_divides_heads,
+    rule_world_size_fits_gpus,
+    rule_draft_needs_block_reuse,
+    rule_pytorch_tokens_per_block,
+)
+
+
 def check_tier(tier: Tier, plan: TierPlan, draft_config: dict | None = None,
                target_config: dict | None = None) -> list[Problem]:
-    """All problems of one tier (GPU rules only for trtllm-engine tiers)."""
+    """All problems of one tier (GPU rules per target: trtllm-engine, trtllm-pytorch)."""
     c = Ctx(tier, plan, target_config, draft_config)
-    rules = ANY_RUNTIME_RULES + (GPU_RULES if tier.runtime == Runtime.trtllm_engine else ())
+    target_rules = {Runtime.trtllm_engine: GPU_RULES, Runtime.trtllm_pytorch: PYTORCH_RULES}.get(tier.runtime, ())
+    rules = ANY_RUNTIME_RULES + target_rules
     return [p for rule in rules for p in rule(c)]
 
 
@@ -371,8 +397,59 @@ def rule_trtllm_version_has_engines(spec: DeploymentSpec, installed: str | None 
                       f"the version that built them: set triton.trtllm_version: {installed} or use --docker")
 
 
+# Source: the LLM API arguments tritonforge writes (cuda_graph_config, speculative_model_dir, ...) are those of
+# the 1.0 LLM API (https://nvidia.github.io/TensorRT-LLM/1.0.0/llm-api/reference.html); the PyTorch backend
+# became the default there. The container must ship the release the arguments are written for (the draft
+# path field differs per release: builder/llmapi.py).
+def rule_pytorch_version(spec: DeploymentSpec) -> Iterator[Problem]:
+    from tritonforge.builder.llmapi import MIN_PYTORCH_TRTLLM, release
+
+    tiers = [t.name for t in spec.tiers if t.runtime == Runtime.trtllm_pytorch]
+    if not tiers:
+        return
+    target = spec.triton.trtllm_version
+    if parse_version(target) < MIN_PYTORCH_TRTLLM:
+        yield Problem("error", "", "trtllm-pytorch-version",
+                      f"triton.trtllm_version {target}: runtime trtllm-pytorch (tier(s) {', '.join(tiers)}) needs "
+                      f"TensorRT-LLM 1.0 or newer (its LLM API); set triton.trtllm_version: {versions.TRTLLM_VERSION} "
+                      f"and triton.image: {versions.TRITON_IMAGE}")
+        return
+    shipped = versions.image_trtllm(spec.triton.image)
+    if shipped is not None and release(shipped) != release(target):
+        fits = versions.images_for(target)
+        fix = f"set triton.image: {fits[0]}" if fits else f"set triton.trtllm_version: {shipped}"
+        yield Problem("error", "", "trtllm-image",
+                      f"triton.image {spec.triton.image} ships TensorRT-LLM {shipped} but triton.trtllm_version is "
+                      f"{target}, which the LLM API arguments are written for: {fix}")
+
+
+# Source: TensorRT-LLM's quick-start recipe for Llama-3.3-70B ("NVFP4 is only supported on NVIDIA Blackwell")
+# for releases up to 1.2; the 1.3.0rc20 release notes add NVFP4 on Hopper through a Marlin backend
+# (https://nvidia.github.io/TensorRT-LLM/release-notes.html).
+def rule_pytorch_nvfp4(spec: DeploymentSpec) -> Iterator[Problem]:
+    from tritonforge.builder.gpus import get_gpu
+
+    rel = parse_version(spec.triton.trtllm_version)
+    for t in spec.tiers:
+        q = t.quantization
+        if t.runtime != Runtime.trtllm_pytorch or QuantFormat.nvfp4 not in (q.format,) and \
+                q.kv_cache_dtype != KvCacheDtype.nvfp4:
+            continue
+        try:
+            gpu = get_gpu(t.gpu.type)
+        except UserError:
+            continue  # the planner reports an unknown GPU
+        if gpu.sm >= 100 or (gpu.sm >= 90 and rel >= (1, 3)):
+            continue
+        hopper = " or TensorRT-LLM 1.3+ on Hopper (Marlin)" if gpu.sm >= 90 else ""
+        yield Problem("error", t.name, "nvfp4-needs-blackwell",
+                      f"tier {t.name}: nvfp4 on the PyTorch backend needs a Blackwell GPU (sm100+){hopper}; "
+                      f"{gpu.name} is sm{gpu.sm}: use format fp8, or gpu.type B200")
+
+
 def check_deployment(spec: DeploymentSpec, installed_trtllm: str | None = None) -> list[Problem]:
-    return list(rule_trtllm_version_has_engines(spec, installed_trtllm))
+    return [*rule_trtllm_version_has_engines(spec, installed_trtllm), *rule_pytorch_version(spec),
+            *rule_pytorch_nvfp4(spec)]
 
 
 def check_model_limits(spec: DeploymentSpec) -> list[Problem]:
