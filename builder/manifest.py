@@ -135,6 +135,10 @@ class TierArtifacts:
     draft_kv_cache_free_gpu_mem_fraction: float | None = None
     num_draft_tokens: int | None = None
     built: bool = False  # engine really built (from a manifest), not just planned
+    # Planned KV pools (tokens) of the target and its draft, and the target's --max_draft_len.
+    kv_pool_tokens: int | None = None
+    draft_kv_pool_tokens: int | None = None
+    max_draft_len: int | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -173,6 +177,9 @@ def tier_artifacts(tier_plan, manifest: dict | None = None) -> TierArtifacts:
                                                           draft.memory.kv_fraction)) if draft else None),
         num_draft_tokens=draft.num_draft_tokens if draft else None,
         built=bool(m.get("engine_dir")),
+        kv_pool_tokens=p.memory.kv_pool_tokens,
+        draft_kv_pool_tokens=draft.memory.kv_pool_tokens if draft else None,
+        max_draft_len=int(lim.get("max_draft_len", e.max_draft_len)) if draft else None,
     )
 
 

@@ -244,6 +244,9 @@ def resolve_tier_paths_sourced(spec: DeploymentSpec, spec_dir: Path, build_dir: 
             kv_fraction=a.kv_cache_free_gpu_mem_fraction,
             draft_kv_fraction=a.draft_kv_cache_free_gpu_mem_fraction,
             enable_kv_cache_reuse=a.enable_kv_cache_reuse,
+            kv_pool_tokens=a.kv_pool_tokens,
+            draft_kv_pool_tokens=a.draft_kv_pool_tokens,
+            max_draft_len=a.max_draft_len,
         )
     return out, sources
 

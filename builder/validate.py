@@ -255,6 +255,9 @@ def _check_shared_gpu(configs: dict[str, mc.ModelConfig]) -> list[Problem]:
         if cfg.backend not in ENGINE_BACKENDS:
             continue
         p = _params(cfg)
+        if p.get("max_tokens_in_paged_kv_cache"):
+            # A pool capped in tokens takes at most that, whatever the load order; fractions do not add up.
+            continue
         frac = float(p.get("kv_cache_free_gpu_mem_fraction") or 0.9)
         for gpu in (p.get("gpu_device_ids") or "0").split(";")[0].split(","):
             by_gpu.setdefault(gpu.strip() or "0", []).append((name, frac))

@@ -30,6 +30,11 @@ class TierPaths:
     kv_fraction: float | None = None
     draft_kv_fraction: float | None = None
     enable_kv_cache_reuse: bool | None = None
+    # KV pool sizes (tokens) the planner gave the target and its draft: two engines on one GPU are sized by
+    # these, not by two memory fractions (each fraction applies to what is free when its model loads).
+    kv_pool_tokens: int | None = None
+    draft_kv_pool_tokens: int | None = None
+    max_draft_len: int | None = None  # the target engine's --max_draft_len (build manifest or plan)
 
 
 @dataclass(frozen=True)
@@ -154,6 +159,14 @@ def engine_parameters(tier: Tier, model_dir: str, limits: dict[str, int], *, dra
     )
     if kv.max_tokens is not None:
         params["max_tokens_in_paged_kv_cache"] = kv.max_tokens
+    if tier.draft is not None and paths is not None and paths.kv_pool_tokens and paths.draft_kv_pool_tokens:
+        # Target and draft share their GPUs (place_tiers): each pool is pinned to the planned size with
+        # max_tokens_in_paged_kv_cache (the smaller of it and the fraction wins, per tensorrtllm_backend
+        # docs/model_config.md), and both get the planner's combined fraction, so whichever loads first
+        # cannot take the other's share. See TensorRT-LLM examples/draft_target_model/README.md.
+        both = (paths.kv_fraction or 0.0) + (paths.draft_kv_fraction or 0.0)
+        params["kv_cache_free_gpu_mem_fraction"] = round(min(0.95, both), 4) if both else fraction
+        params["max_tokens_in_paged_kv_cache"] = paths.draft_kv_pool_tokens if draft else paths.kv_pool_tokens
     if gpu_device_ids:
         params["gpu_device_ids"] = gpu_device_ids
     return params
@@ -313,6 +326,11 @@ def _tier_models(spec: DeploymentSpec, tier: Tier, paths: TierPaths, version: st
                             "preprocessing_model": n["preprocessing"],
                             "draft_model": n["draft_engine"],
                             "target_model": n["engine"],
+                            # the backend's tensorrt_llm_bls parameter names for the same two models
+                            "tensorrt_llm_model_name": n["engine"],
+                            "tensorrt_llm_draft_model_name": n["draft_engine"],
+                            "max_draft_len": paths.max_draft_len or tier.draft.num_draft_tokens,
+                            "use_draft_logits_enabled": False,
                             "postprocessing_model": n["postprocessing"],
                             "tokenizer_dir": paths.tokenizer_dir,
                             "num_draft_tokens": tier.draft.num_draft_tokens,
