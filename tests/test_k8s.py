@@ -142,7 +142,8 @@ def test_kustomize_renders_and_validates(tmp_path: Path, example: str, overlay: 
 
 
 def _docker_print(repo: Path, image: str) -> list[str]:
-    proc = _cli("serve", str(repo), "--docker", image, "--print")
+    # --no-build: the cluster's image is built from deploy k8s's image/ Dockerfile, not the repository's.
+    proc = _cli("serve", str(repo), "--docker", image, "--no-build", "--print")
     assert proc.returncode == 0, proc.stderr
     return shlex.split(proc.stdout.strip())
 
@@ -155,7 +156,9 @@ def test_replica_command_is_serve_docker_print(tmp_path: Path, example: str) -> 
     spec_path = tiny_variant(example, tmp_path) if example == "cpu-demo.yaml" else EXAMPLES / example
     spec = load_spec(spec_path)
     plan = plan_k8s(spec, K8sOptions(registry="registry.example.com/ml"))
-    files, _ = emit_files(spec, spec_path.parent)
+    from tests.test_gpu_paths_conformance import _fake_build  # serve refuses engines that were never built
+
+    files, _ = emit_files(spec, spec_path.parent, None if example == "cpu-demo.yaml" else _fake_build(example, tmp_path))
     write_repository(files, tmp_path / "repo")
     docker = _docker_print(tmp_path / "repo", plan.image)
     after_image = docker[docker.index(plan.image) + 1:]
