@@ -120,7 +120,10 @@ def test_killed_parent_of_a_library_server_takes_it_along(tiny_demo_repo: Path, 
 
 
 def test_docker_command_publishes_on_loopback_by_default(tmp_path: Path) -> None:
-    files, _ = emit_files(load_spec(EXAMPLES / "llama3.1-8b-fp8-h100.yaml"), EXAMPLES)
+    from tests.test_gpu_paths_conformance import _fake_build  # serve refuses engines that were never built
+
+    example = "llama3.1-8b-fp8-h100.yaml"
+    files, _ = emit_files(load_spec(EXAMPLES / example), EXAMPLES, _fake_build(example, tmp_path))
     write_repository(files, tmp_path / "repo")
     image = "nvcr.io/nvidia/tritonserver:24.12-trtllm-python-py3"
     base = [sys.executable, "-m", "tritonforge", "serve", str(tmp_path / "repo"), "--docker", image, "--print",
