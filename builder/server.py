@@ -202,7 +202,10 @@ def server_command(install: TritonInstall, repo: Path, ports: Ports, extra: list
 # to the engine for the model", written into the `tensorrt_llm` config as `gpt_model_path`), `encoder_engine_dir`
 # (`encoder_model_path`) and `tokenizer_dir` ("the path to the tokenizer for the model": preprocessing,
 # postprocessing, tensorrt_llm_bls).
-ENGINE_PARAMS = ("gpt_model_path", "encoder_model_path")
+# A trtllm-pytorch `tensorrt_llm` model names its checkpoints inside the `llmapi_kwargs` JSON (the LLM API's
+# `model` and the draft path of `speculative_config`, see builder/llmapi.py); they count as engines here.
+LLMAPI_PARAMS = ("llmapi_kwargs.model", "llmapi_kwargs.speculative_config")
+ENGINE_PARAMS = ("gpt_model_path", "encoder_model_path", *LLMAPI_PARAMS)
 PATH_PARAMS = (*ENGINE_PARAMS, "tokenizer_dir")
 # Where the container sees the repository: the launcher's /models, unless a mounted host path overlaps it.
 CONTAINER_REPOS = ("/models", "/opt/tritonforge/models")
@@ -233,6 +236,15 @@ def repository_paths(repo: Path) -> list[RepoPath]:
             value = cfg.parameters[key].string_value if key in cfg.parameters else ""
             if value:
                 out.append(RepoPath(name, key, value))
+        if "llmapi_kwargs" in cfg.parameters:
+            try:
+                kw = json.loads(cfg.parameters["llmapi_kwargs"].string_value)
+            except ValueError:
+                raise UserError(f"{name}: parameter llmapi_kwargs is not JSON; re-emit the repository") from None
+            draft = [v for k, v in (kw.get("speculative_config") or {}).items() if k != "max_draft_len"]
+            for key, value in zip(LLMAPI_PARAMS, [kw.get("model"), *draft[:1]], strict=False):
+                if isinstance(value, str) and value:
+                    out.append(RepoPath(name, key, value))
     return out
 
 
@@ -253,7 +265,7 @@ def check_servable(repo: Path) -> None:
     repo = Path(repo)
     lock = read_lock(repo) or {}
     for tier, info in sorted((lock.get("paths") or {}).items()):
-        for key in ("engine_dir", "draft_engine_dir", "tokenizer_dir"):
+        for key in ("engine_dir", "draft_engine_dir", "tokenizer_dir", "checkpoint_dir", "draft_checkpoint_dir"):
             entry = info.get(key) if isinstance(info, dict) else None
             if isinstance(entry, dict) and entry.get("source") == "placeholder":
                 raise UserError(f"{repo}: tier {tier}'s {key.replace('_', ' ')} {entry.get('path')!r} was never built "
@@ -266,7 +278,7 @@ def check_servable(repo: Path) -> None:
                                 f"{fix}")
             continue  # a relative tokenizer_dir may be a model-hub name: the model's own business
         if not Path(rp.value).is_dir():
-            what = "engine" if rp.is_engine else "tokenizer"
+            what = "checkpoint" if rp.param in LLMAPI_PARAMS else "engine" if rp.is_engine else "tokenizer"
             raise UserError(f"{rp.model}: {rp.param} {rp.value!r} does not exist on this host, so the {what} cannot "
                             f"be loaded or mounted; {fix}")
 

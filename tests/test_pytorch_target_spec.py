@@ -286,3 +286,16 @@ def test_model_sampling_params_names_are_documented():
 
     written = set(re.findall(r'kw\["(\w+)"\]', text)) | set(re.findall(r'kw = \{"(\w+)"', text))
     assert written and written <= set(llmapi.DOCUMENTED["SamplingParams"]), written - set(llmapi.DOCUMENTED["SamplingParams"])
+
+
+def test_serve_checks_and_mounts_the_llm_api_checkpoints(tmp_path):
+    from tritonforge.builder.render import write_repository
+    from tritonforge.builder.server import check_servable, repository_paths
+
+    files, _ = emit_files(parse_spec(example("llama3.3-70b-nvfp4-b200-pytorch.yaml")), EXAMPLES)
+    write_repository(files, tmp_path / "r")
+    found = {(p.param, p.value) for p in repository_paths(tmp_path / "r") if p.model == "tensorrt_llm"}
+    assert found == {("llmapi_kwargs.model", "/checkpoints/main/checkpoint"),
+                     ("llmapi_kwargs.speculative_config", "/checkpoints/main/draft_checkpoint")}
+    with pytest.raises(UserError, match="checkpoint dir '/checkpoints/main/checkpoint' was never built"):
+        check_servable(tmp_path / "r")
