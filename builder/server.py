@@ -323,14 +323,15 @@ def docker_command(image: str, repo: Path, ports: Ports, shm_size: str = "2g", g
     which Docker's port forwarding needs.
     """
     from tritonforge.builder import versions
-    from tritonforge.builder.launch import engine_models, launch_command
+    from tritonforge.builder.launch import engine_models, launch_command, llmapi_models
     from tritonforge.builder.validate import load_configs
 
     at = f"{publish_host}:" if publish_host else ""
     repo_at, kept = plan_mounts(list(mounts or []))
     configs, _ = load_configs(Path(repo))
     release = versions.container_release(image) or versions.TRITON_CONTAINER
-    launch = launch_command(engine_models(configs), model_repo=repo_at, triton_release=release)
+    launch = launch_command(engine_models(configs), model_repo=repo_at, triton_release=release,
+                            llmapi=llmapi_models(configs))
     extra: list[str] = []
     for m in kept:
         extra += ["-v", f"{m}:{m}:ro"]
