@@ -274,7 +274,10 @@ def _tier_models(spec: DeploymentSpec, tier: Tier, paths: TierPaths, version: st
                 "backend": "python",
                 "max_batch_size": mbs,
                 "decoupled": False,
-                "dynamic_batching": None,
+                # Every streamed response is one postprocessing request: the dynamic batcher hands all that
+                # are queued (one per live stream) to one execute call, no waiting (delay 0), so a decode
+                # step of N streams costs one round trip to the Python stub instead of N.
+                "dynamic_batching": {"max_queue_delay_us": 0, "max_queue_size": 0},
                 "inputs": c.POSTPROCESSING_INPUTS,
                 "outputs": c.POSTPROCESSING_OUTPUTS,
                 # One instance: streamed chunks of a request must meet the same UTF-8 carry-over buffer
