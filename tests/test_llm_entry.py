@@ -109,9 +109,21 @@ def test_streamed_miss_then_streamed_hit(server) -> None:
     assert gen(server, "Count to three.", 5)["text_output"] == text  # and non-streamed
 
 
+def wait_stored(server, at_least: float) -> None:
+    """Insertions follow the response: wait until the model has written `at_least` entries in all."""
+    deadline = time.monotonic() + 30
+    while metric_value(metrics_text(server.metrics_url), "tf_cache_stores_total") < at_least:
+        assert time.monotonic() < deadline, "the insertion never happened"
+        time.sleep(0.1)
+
+
 def test_paraphrase_is_a_semantic_hit(server) -> None:
-    first = gen(server, "How many legs does a spider have?")
-    para = gen(server, "How many legs has a spider got?")
+    # The semantic lookup runs beside generation and wins only before the first token: the tier is made
+    # slow (1 s, under the 1.5 s tier timeout) so that the hit can win; both prompts carry the marker.
+    stored = metric_value(metrics_text(server.metrics_url), "tf_cache_stores_total")
+    first = gen(server, "How many legs does a spider have? #sleep-small_ensemble=1")
+    wait_stored(server, stored + 1)
+    para = gen(server, "How many legs has a spider got? #sleep-small_ensemble=1")
     assert para["cache_status"] == "hit-semantic" and para["text_output"] == first["text_output"]
     other = gen(server, "What is the boiling point of water?")
     assert other["cache_status"] == "miss"

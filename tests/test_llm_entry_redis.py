@@ -54,6 +54,9 @@ def test_two_servers_share_exact_and_semantic_hits(cluster) -> None:
     (a, b), _ = cluster
     first = gen(a, "What is the tallest mountain on Earth?")
     assert first["cache_status"] == "miss"
+    t0 = time.monotonic()  # A writes Redis right after its response went out
+    while metric_value(metrics_text(a.metrics_url), "tf_cache_stores_total") < 1 and time.monotonic() - t0 < 10:
+        time.sleep(0.05)
     hit = gen(b, "What is the tallest mountain on Earth?")
     assert hit["cache_status"] == "hit-exact" and hit["text_output"] == first["text_output"]
     t0 = time.monotonic()  # B's semantic index picks A's vector up within about the sync interval (0.2 s)

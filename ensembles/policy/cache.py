@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import json
 import logging
+import threading
 import time
 import zlib
 from collections.abc import Callable
@@ -64,6 +65,7 @@ class CacheEntry:
     chunks: list[tuple[str, int]] = field(default_factory=list)
     created: float = field(default_factory=time.time)
     vector: np.ndarray | None = None
+    exact_only: bool = field(default=False, repr=False, compare=False)  # never embedded (not stored)
 
     def to_json(self, mac_key: bytes | None = None, bind: str = "") -> str:
         """The stored form; with `mac_key`, signed for the storage key `bind`."""
@@ -174,6 +176,7 @@ class Lookup:
     similarity: float | None = None
     seconds: float = 0.0
     note: str = ""
+    semantic: bool = False  # an exact miss that the semantic layer may still answer
 
 
 class ResponseCache:
@@ -187,14 +190,19 @@ class ResponseCache:
         index: SemanticIndex | None = None,
         metrics: Metrics | None = None,
         verifier: Callable[[str, str], str | None] | None = verify,
+        embed_batch: Callable[[list[str]], Any] | None = None,
     ) -> None:
         """`verifier(query, cached_prompt)` returns why a semantic candidate may not answer (None: it may);
         None turns verification off (benchmarks measure what it prevents)."""
         self.cfg, self.backend, self.embed, self.index = cfg, backend, embed, index
         self.verifier = verifier
+        self.embed_batch = embed_batch
         self.metrics = metrics or Metrics()
         self.semantic = bool(cfg.semantic and embed is not None and index is not None)
         self._warned: dict[str, float] = {}
+        # Entries written after their response but not yet in the backend (read-your-writes on this instance).
+        self._pending: dict[str, CacheEntry] = {}
+        self._pending_lock = threading.Lock()
 
     def _warn(self, kind: str, msg: str) -> None:
         now = time.monotonic()
@@ -212,6 +220,23 @@ class ResponseCache:
     def _reject(self, reason: str) -> None:
         self.metrics.count("tf_cache_semantic_rejects_total", reason=reason)
 
+    def vectors(self, texts: list[str]) -> list[np.ndarray | None]:
+        """Embeddings of several prompts in one batch (None for those the semantic layer skips)."""
+        ok = [i for i, t in enumerate(texts)
+              if self.semantic and estimate_tokens(t) <= self.cfg.semantic_max_tokens]  # fmt: skip
+        out: list[np.ndarray | None] = [None] * len(texts)
+        if not ok:
+            return out
+        try:
+            norm = [normalize_prompt(texts[i]) for i in ok]
+            vecs = self.embed_batch(norm) if self.embed_batch is not None else [self.embed(t) for t in norm]  # type: ignore[misc]
+        except Exception as exc:  # noqa: BLE001 - exact matching only
+            self._warn("embedding", f"embedding failed ({exc}); exact matching only")
+            return out
+        for i, v in zip(ok, vecs, strict=True):
+            out[i] = np.asarray(v, dtype=np.float32)
+        return out
+
     def _vector(self, text: str) -> np.ndarray | None:
         if not self.semantic or estimate_tokens(text) > self.cfg.semantic_max_tokens:
             return None  # a long prompt's tail would be truncated away: only exact matches are safe
@@ -222,54 +247,101 @@ class ResponseCache:
             return None
 
     def lookup(self, req: GenRequest, tier: str, version: str = "", openai: bool = False) -> Lookup:
-        """Find a response for `req` on `tier` (`openai`: the tier samples unless temperature is 0)."""
+        """Find a response for `req` on `tier` (`openai`: the tier samples unless temperature is 0).
+
+        Exact then semantic, in the caller's thread (benchmarks, `router explain`); the entry model
+        uses `lookup_exact` and runs `lookup_semantic` beside generation instead."""
         t0 = time.perf_counter()
-        res = self._lookup(req, tier, version, openai)
+        res = self._exact(req, tier, version, openai)
+        if res.status == "miss" and res.semantic:
+            res = self._semantic(req, res)
         res.seconds = time.perf_counter() - t0
+        self.record(res)
+        return res
+
+    def lookup_exact(self, req: GenRequest, tier: str, version: str = "", openai: bool = False) -> Lookup:
+        """The exact layer only (microseconds): a hit, a bypass, or a miss whose `semantic` says whether
+        a semantic lookup may still answer it. Counts hits and bypasses; a miss is counted by `record`
+        once its semantic lookup (if any) is settled."""
+        t0 = time.perf_counter()
+        res = self._exact(req, tier, version, openai)
+        res.seconds = time.perf_counter() - t0
+        if res.status != "miss":
+            self.record(res)
+        return res
+
+    def lookup_semantic(self, req: GenRequest, res: Lookup, vector: np.ndarray | None = None) -> Lookup:
+        """The semantic layer for an exact miss `res` (embedding unless `vector` is given, search,
+        verification). Never raises."""
+        t0 = time.perf_counter()
+        try:
+            out = self._semantic(req, res, vector)
+        except Exception as exc:  # noqa: BLE001 - a failed semantic lookup is a miss
+            self._warn("semantic", f"semantic lookup failed ({type(exc).__name__}: {exc})")
+            out = res
+        out.seconds = res.seconds + (time.perf_counter() - t0)
+        return out
+
+    def record(self, res: Lookup) -> None:
+        """Count one settled lookup."""
         self.metrics.count("tf_cache_lookups_total", result=res.status)
         if res.status != "bypass":
             self.metrics.count("tf_cache_lookup_us_total", res.seconds * 1e6)
             self.metrics.count("tf_cache_lookup_count")
-        return res
 
-    def _lookup(self, req: GenRequest, tier: str, version: str, openai: bool) -> Lookup:
+    def _exact(self, req: GenRequest, tier: str, version: str, openai: bool) -> Lookup:
         if not self.cacheable(req, openai):
             why = "cache=bypass" if req.cache_mode == "bypass" else "sampled request without seed"
             return Lookup("bypass", note=why)
         ns = namespace(tier, version, req.params)
-        key = exact_key(ns, req.text)
+        key = exact_key(ns, req.prompt_bytes)
         if not self.backend.usable():
             return Lookup("bypass", note=f"{self.backend.name} backend unavailable")
         if req.cache_mode == "refresh":
             return Lookup("miss", cacheable=True, key=key, ns=ns, note="refresh")
+        # not valid UTF-8: two such prompts embed alike (U+FFFD) but the tier sees different bytes
+        semantic = (self.semantic and req.text_bytes is None
+                    and estimate_tokens(req.text) <= self.cfg.semantic_max_tokens)  # fmt: skip
+        with self._pending_lock:
+            pending = self._pending.get(key)
+        if pending is not None and pending.prompt == req.text and pending.ns == ns:
+            return Lookup("hit-exact", pending, True, key, ns, similarity=1.0, note="pending write")
         try:
             entry = self._get(key)
-            if entry is not None:
-                if entry.prompt == req.text and entry.ns == ns:
-                    return Lookup("hit-exact", entry, True, key, ns, similarity=1.0)
-                # Only a tampered store (or a 128-bit hash collision) puts another prompt under this key.
-                self._warn("mismatch", f"entry {key} holds another prompt or namespace; ignored")
-            vec = self._vector(req.text)
-            if vec is not None:
-                for cand, sim in self.index.search(ns, vec, k=3):  # type: ignore[union-attr]
-                    if sim < self.cfg.similarity_threshold:
-                        break
-                    entry = self._get(cand)
-                    if entry is None:  # evicted or expired elsewhere
-                        self.index.remove(cand)  # type: ignore[union-attr]
-                        continue
-                    if entry.ns != ns:
-                        continue
-                    # Cosine similarity cannot tell "12 * 13" from "12 * 14" or "A to B" from "B to A".
-                    why = self.verifier(req.text, entry.prompt) if self.verifier is not None else None
-                    if why is not None:
-                        self._reject(why)
-                        continue
-                    return Lookup("hit-semantic", entry, True, key, ns, vec, sim)
-            return Lookup("miss", None, True, key, ns, vec)
         except BackendError as exc:
             self._warn("backend", f"{self.backend.name} backend failed ({exc}); passing through")
             return Lookup("bypass", note=f"{self.backend.name} backend error")
+        if entry is not None:
+            if entry.prompt == req.text and entry.ns == ns:
+                return Lookup("hit-exact", entry, True, key, ns, similarity=1.0)
+            # Only a tampered store (or a 128-bit hash collision) puts another prompt under this key.
+            self._warn("mismatch", f"entry {key} holds another prompt or namespace; ignored")
+        return Lookup("miss", None, True, key, ns, semantic=semantic)
+
+    def _semantic(self, req: GenRequest, res: Lookup, vec: np.ndarray | None = None) -> Lookup:
+        vec = vec if vec is not None else self._vector(req.text)
+        if vec is None:
+            return res
+        miss = Lookup("miss", None, True, res.key, res.ns, vec, seconds=res.seconds, note=res.note)
+        try:
+            for cand, sim in self.index.search(res.ns, vec, k=3):  # type: ignore[union-attr]
+                if sim < self.cfg.similarity_threshold:
+                    break
+                entry = self._get(cand)
+                if entry is None:  # evicted or expired elsewhere
+                    self.index.remove(cand)  # type: ignore[union-attr]
+                    continue
+                if entry.ns != res.ns:
+                    continue
+                # Cosine similarity cannot tell "12 * 13" from "12 * 14" or "A to B" from "B to A".
+                why = self.verifier(req.text, entry.prompt) if self.verifier is not None else None
+                if why is not None:
+                    self._reject(why)
+                    continue
+                return Lookup("hit-semantic", entry, True, res.key, res.ns, vec, sim, seconds=res.seconds)
+        except BackendError as exc:
+            self._warn("backend", f"{self.backend.name} backend failed ({exc}); semantic layer skipped")
+        return miss
 
     def _get(self, key: str) -> CacheEntry | None:
         try:
@@ -293,14 +365,54 @@ class ResponseCache:
 
     def store(self, res: Lookup, req: GenRequest, tier: str, version: str, text: str,
               num_output_tokens: int, chunks: list[tuple[str, int]] | None = None) -> bool:  # fmt: skip
-        """Write a generated response; the served tier decides the namespace. Never raises."""
-        if not res.cacheable:
+        """Write a generated response now, embedding it here if needed; the served tier decides the
+        namespace. Never raises."""
+        entry = self.prepare(res, req, tier, version, text, num_output_tokens, chunks)
+        if entry is None:
             return False
+        key, e = entry
+        if self.wants_vector(e):
+            e.vector = self._vector(req.text)
+        return self.insert(key, e)
+
+    def prepare(self, res: Lookup, req: GenRequest, tier: str, version: str, text: str,
+                num_output_tokens: int, chunks: list[tuple[str, int]] | None = None
+                ) -> tuple[str, CacheEntry] | None:  # fmt: skip
+        """The (key, entry) to write for a generated response, or None when it is not cacheable.
+        The entry carries the lookup's vector (the prompt's, whatever the namespace) when there is one."""
+        if not res.cacheable:
+            return None
         ns = namespace(tier, version, req.params)
-        key = exact_key(ns, req.text) if ns != res.ns else res.key
-        vec = res.vector if res.vector is not None else self._vector(req.text)
-        entry = CacheEntry(text, int(num_output_tokens), tier, ns, req.text,
-                           list(chunks or [(text, int(num_output_tokens))]), vector=vec)  # fmt: skip
+        key = exact_key(ns, req.prompt_bytes) if ns != res.ns else res.key
+        return key, CacheEntry(text, int(num_output_tokens), tier, ns, req.text,
+                               list(chunks or [(text, int(num_output_tokens))]), vector=res.vector,
+                               exact_only=req.text_bytes is not None)  # fmt: skip
+
+    def hold(self, key: str, entry: CacheEntry, limit: int = 4096) -> None:
+        """Make `entry` an exact hit on this instance at once, until `insert` writes it (microseconds)."""
+        with self._pending_lock:
+            if len(self._pending) >= limit:
+                self._pending.pop(next(iter(self._pending)))
+            self._pending[key] = entry
+
+    def release(self, key: str) -> None:
+        with self._pending_lock:
+            self._pending.pop(key, None)
+
+    def wants_vector(self, entry: CacheEntry) -> bool:
+        """Whether `entry` should be embedded before `insert` (semantic on, prompt short enough)."""
+        return (entry.vector is None and self.semantic and not entry.exact_only
+                and estimate_tokens(entry.prompt) <= self.cfg.semantic_max_tokens)  # fmt: skip
+
+    def insert(self, key: str, entry: CacheEntry, vector_only: bool = False) -> bool:
+        """Write `entry` to the backend and its vector (if any) to the index. Never raises.
+        `vector_only`: the entry was written already and has just been embedded: index it (and rewrite
+        it where the backend shares vectors with other instances)."""
+        if vector_only and self.backend.name == "memory":
+            if entry.vector is not None and self.index is not None:
+                self.index.add(entry.ns, key, entry.vector)
+                self.metrics.gauge("tf_cache_entries", float(len(self.index)))
+            return True
         try:
             self.backend.put(key, entry)
         except BackendError as exc:
@@ -309,9 +421,13 @@ class ResponseCache:
         except Exception as exc:  # noqa: BLE001 - never fail a served request on store
             self._warn("backend", f"store failed ({type(exc).__name__}: {exc})")
             return False
+        finally:
+            self.release(key)
+        vec = entry.vector
         if vec is not None and self.index is not None and getattr(self.backend, "indexes_locally", True):
-            self.index.add(ns, key, vec)
-        self.metrics.count("tf_cache_stores_total")
+            self.index.add(entry.ns, key, vec)
+        if not vector_only:
+            self.metrics.count("tf_cache_stores_total")
         if self.index is not None:
             self.metrics.gauge("tf_cache_entries", float(len(self.index)))
         return True

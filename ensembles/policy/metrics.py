@@ -32,6 +32,20 @@ METRICS: dict[str, tuple[str, str]] = {
         "Semantic candidates above the threshold refused by verification, by reason (numbers, words, ...)",
     ),
     "tf_cache_entries": ("gauge", "Entries in this instance's semantic index"),
+    "tf_cache_degraded": (
+        "gauge",
+        "1 while a cache layer is off or weaker than configured, by reason (redis, embedding, hnswlib)",
+    ),
+    "tf_cache_semantic_race_total": (
+        "counter",
+        "Semantic lookups run beside generation, by outcome (won: served, generation cancelled; late: a hit "
+        "after the first token; miss; skipped: generation answered before the lookup started)",
+    ),
+    "tf_cache_semantic_skipped_total": ("counter", "Semantic lookups not run, by reason (busy: queue full)"),
+    "tf_cache_insert_dropped_total": (
+        "counter",
+        "Responses not written to the cache because the insertion queue was full",
+    ),
     "tf_entry_errors_total": ("counter", "Requests rejected or failed by the entry model, by kind"),
 }
 

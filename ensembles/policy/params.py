@@ -56,6 +56,14 @@ class RequestError(ValueError):
 
 def _scalar(v: Any) -> Any:
     """First element of a 1-element array / list, decoded if bytes; lists of strings stay lists."""
+    v = _scalar_raw(v)
+    if isinstance(v, bytes):
+        return v.decode("utf-8", errors="replace")
+    return v
+
+
+def _scalar_raw(v: Any) -> Any:
+    """First element of a 1-element array / list, bytes left as they are."""
     if v is None:
         return None
     if hasattr(v, "tolist"):
@@ -66,8 +74,6 @@ def _scalar(v: Any) -> Any:
         if not v:
             return None
         v = v[0]
-    if isinstance(v, bytes):
-        return v.decode("utf-8", errors="replace")
     return v
 
 
@@ -100,6 +106,12 @@ class GenRequest:
     cache_mode: str = "use"
     params: dict[str, Any] = field(default_factory=dict)  # output-affecting values, normalized
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)  # inputs as received
+    text_bytes: bytes | None = None  # the prompt as received when it is not valid UTF-8 (`text` has U+FFFD)
+
+    @property
+    def prompt_bytes(self) -> bytes:
+        """The prompt exactly as the tier receives it: what the exact cache key is made of."""
+        return self.text_bytes if self.text_bytes is not None else self.text.encode("utf-8", "surrogatepass")
 
     def sampled(self, openai: bool = False) -> bool:
         """Whether the output is random. TensorRT-LLM semantics: greedy when top_k <= 1 and top_p <= 0,
@@ -141,10 +153,17 @@ def _in_range(name: str, v: Any) -> None:
 
 def parse_request(inputs: dict[str, Any]) -> GenRequest:
     """Build a `GenRequest` from input name -> numpy array (or plain value); raises `RequestError`."""
-    text = _scalar(inputs.get("text_input"))
-    if text is None:
+    raw_text = _scalar_raw(inputs.get("text_input"))
+    if raw_text is None:
         raise RequestError("input 'text_input' is required")
-    text = str(text)
+    text_bytes = None
+    if isinstance(raw_text, bytes):
+        try:
+            text = raw_text.decode("utf-8")
+        except UnicodeDecodeError:  # shown and embedded replaced, but keyed on the bytes the tier receives
+            text, text_bytes = raw_text.decode("utf-8", errors="replace"), raw_text
+    else:
+        text = str(raw_text)
     max_tokens = _num("max_tokens", inputs.get("max_tokens"), int)
     if max_tokens is None:
         raise RequestError("input 'max_tokens' is required")
@@ -172,7 +191,7 @@ def parse_request(inputs: dict[str, Any]) -> GenRequest:
     eio = _scalar(inputs.get("exclude_input_in_output"))
     if eio is not None:
         params["exclude_input_in_output"] = bool(eio)
-    return GenRequest(text, max_tokens, stream, tier, mode, params, dict(inputs))
+    return GenRequest(text, max_tokens, stream, tier, mode, params, dict(inputs), text_bytes)
 
 
 def normalize_prompt(text: str) -> str:
@@ -187,6 +206,8 @@ def namespace(tier: str, version: str, params: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def exact_key(ns: str, prompt: str) -> str:
-    """The exact prompt (no normalization: whitespace and NFKC change what the model sees) in namespace `ns`."""
-    return ns + ":" + hashlib.sha256(prompt.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+def exact_key(ns: str, prompt: str | bytes) -> str:
+    """The exact prompt (no normalization: whitespace and NFKC change what the model sees; bytes as
+    received when they are not valid UTF-8) in namespace `ns`."""
+    data = prompt if isinstance(prompt, bytes) else prompt.encode("utf-8", "surrogatepass")
+    return ns + ":" + hashlib.sha256(data).hexdigest()[:32]

@@ -21,8 +21,43 @@ from .metrics import Metrics
 from .params import GenRequest, RequestError, max_input_bytes
 from .remote import Chunk, TierError, call_remote
 from .router import Decision, Router
+from .semantic_worker import Race, SemanticWorker
 
 log = logging.getLogger(__name__)
+
+class Cancel(threading.Event):
+    """A cancel event that also runs callbacks when set, so a tier call blocked waiting for its
+    engine can be stopped at once (not only when its next response arrives)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._cb_lock = threading.Lock()
+        self._callbacks: list[Callable[[], None]] = []
+
+    def on_set(self, fn: Callable[[], None]) -> None:
+        """Run `fn` when the event is set (now, if it already is)."""
+        with self._cb_lock:
+            if not self.is_set():
+                self._callbacks.append(fn)
+                return
+        fn()
+
+    def set(self) -> None:
+        with self._cb_lock:
+            super().set()
+            callbacks, self._callbacks = self._callbacks, []
+        for fn in callbacks:
+            try:
+                fn()
+            except Exception as exc:  # noqa: BLE001 - best effort
+                log.warning("cancel callback failed: %s: %s", type(exc).__name__, exc)
+
+
+class _SemanticWon(Exception):  # noqa: N818 - control flow, not an error
+    def __init__(self, lookup: Lookup) -> None:
+        super().__init__("semantic hit")
+        self.lookup = lookup
+
 
 # (tier, request, timeout_s, cancel event) -> chunks; raises TierError
 TierCall = Callable[[TierConfig, GenRequest, float, threading.Event], Iterator[Chunk]]
@@ -78,12 +113,19 @@ class EntryService:
         metrics: Metrics | None = None,
         call_remote_tier: TierCall = _remote_call,
         workers: int = 64,
+        semantic_worker: SemanticWorker | None = None,
+        embed_workers: int = 1,
     ) -> None:
+        """The semantic layer (when the cache has one) runs on `semantic_worker`, or on a new one with
+        `embed_workers` threads."""
         self.cfg, self.router, self.cache = cfg, router, cache
         self.call_local, self.call_remote_tier = call_local, call_remote_tier
         self.metrics = metrics or Metrics()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tf-tier")
         self._last_maint = time.monotonic()
+        self.worker = semantic_worker
+        if self.worker is None and cache is not None:
+            self.worker = SemanticWorker(cache, self.metrics, threads=embed_workers)
 
     def validate(self, req: GenRequest) -> None:
         """Refuse at once what no tier (or the forced tier) can serve, before any routing or tokenizing."""
@@ -106,13 +148,18 @@ class EntryService:
                                    f"(max_input_len {max(ins)} tokens, at most {limit} bytes); shorten it")  # type: ignore[type-var]
 
     def handle(self, req: GenRequest, send: Callable[[Reply], None]) -> Outcome:
-        """Serve one request through `send`; raises RequestError (bad input) or TierError (all tiers failed)."""
+        """Serve one request through `send`; raises RequestError (bad input) or TierError (all tiers failed).
+
+        Exact lookup first; on an exact miss, generation starts at once and the semantic lookup runs
+        beside it: a semantic hit confirmed before the first token is sent cancels the generation and
+        is served; otherwise generation wins. The response is written to the cache after it is sent
+        (an exact repeat on this instance hits at once; the embedding and the index follow)."""
         self.validate(req)
         decision = self.router.route(req)
         self.metrics.count("tf_router_decisions_total", tier=decision.tier, policy=decision.policy)
         if self.cache is not None and req.cache_mode != "bypass":
             t = self.cfg.tier(decision.tier)
-            lookup = self.cache.lookup(req, t.name, t.version, openai=_openai(t))
+            lookup = self.cache.lookup_exact(req, t.name, t.version, openai=_openai(t))
         else:
             lookup = Lookup("bypass", note="cache off" if self.cache is None else "cache=bypass")
             if self.cache is not None:
@@ -120,18 +167,55 @@ class EntryService:
         out = Outcome(decision, lookup)
         if lookup.entry is not None:
             return self._replay(req, lookup, out, send)
-        self._generate(req, decision, lookup, out, send)
+        race = None
+        if lookup.status == "miss" and lookup.semantic and self.worker is not None:
+            race = self.worker.lookup(req, lookup)
+        try:
+            self._generate(req, decision, lookup, out, send, race)
+        except _SemanticWon as won:
+            self.metrics.count("tf_cache_semantic_race_total", outcome="won")
+            out.lookup = won.lookup
+            self._settle(won.lookup)
+            return self._replay(req, won.lookup, out, send)
+        except BaseException:
+            if race is not None:
+                race.close()
+            raise
+        if race is not None:
+            race.close()
+            r = race.result
+            if r is not None and r.vector is not None:
+                lookup.vector = r.vector  # this prompt's embedding: the insertion reuses it
+            self.metrics.count("tf_cache_semantic_race_total",
+                               outcome="late" if race.hit() is not None else "miss")  # fmt: skip
+        if lookup.status == "miss":
+            self._settle(lookup)
         served = self.cfg.tier(out.tier)
-        # Stored before the final response goes out, so a client's next request already hits.
+        pending = None
         if self.cache is not None and lookup.cacheable and self.cache.cacheable(req, _openai(served)):
-            out.stored = self.cache.store(lookup, req, out.tier, served.version, out.text,
-                                          out.num_output_tokens, out.chunks)  # fmt: skip
+            pending = self.cache.prepare(lookup, req, out.tier, served.version, out.text,
+                                         out.num_output_tokens, out.chunks)  # fmt: skip
+            if pending is not None:
+                self.cache.hold(*pending)  # an exact repeat from now on hits (microseconds, in memory)
         if req.stream:
             send(Reply(tier=out.tier, cache_status=lookup.status, final=True, data=False))
         else:
             send(Reply(out.text, out.num_output_tokens, out.tier, lookup.status, final=True))
+        if pending is not None:
+            # After the response: the exact entry now (microseconds in memory, one round trip to Redis),
+            # the embedding and the index entry on the semantic worker when the race did not compute it.
+            key, entry = pending
+            if entry.vector is None and race is not None and race.result is not None:
+                entry.vector = race.result.vector
+            out.stored = self.cache.insert(key, entry)  # type: ignore[union-attr]
+            if out.stored and self.worker is not None and self.cache.wants_vector(entry):  # type: ignore[union-attr]
+                self.worker.insert(key, entry, race=race, vector_only=True)
         self._maintain()
         return out
+
+    def _settle(self, lookup: Lookup) -> None:
+        if self.cache is not None:
+            self.cache.record(lookup)
 
     def _replay(
         self, req: GenRequest, lookup: Lookup, out: Outcome, send: Callable[[Reply], None]
@@ -149,7 +233,7 @@ class EntryService:
         return out
 
     def _generate(self, req: GenRequest, decision: Decision, lookup: Lookup, out: Outcome,
-                  send: Callable[[Reply], None]) -> None:  # fmt: skip
+                  send: Callable[[Reply], None], race: Race | None = None) -> None:  # fmt: skip
         chain = self.router.chain(decision)
         for i, name in enumerate(chain):
             tier = self.cfg.tier(name)
@@ -157,9 +241,10 @@ class EntryService:
             chunks: list[Chunk] = []
             sent = False
             try:
-                for text, n in self._with_deadline(tier, req):
+                for text, n in self._with_deadline(tier, req, race):
                     chunks.append((text, n))
                     if req.stream:
+                        self._first_token(race, name)
                         send(Reply(text, n, name, lookup.status))
                         sent = True
             except TierError as exc:
@@ -173,6 +258,8 @@ class EntryService:
                 log.warning("tier %s failed (%s); falling back to %s", name, exc, nxt)
                 self.metrics.count("tf_router_fallbacks_total", from_tier=name, to_tier=nxt, reason=exc.kind)
                 continue
+            if not req.stream:
+                self._first_token(race, name)  # the whole answer is the first thing the client gets
             self.metrics.count("tf_tier_requests_total", tier=name, outcome="ok")
             self.metrics.count("tf_tier_served_total", tier=name, source="engine")
             out.tier = name
@@ -181,12 +268,22 @@ class EntryService:
             out.chunks = chunks
             return
 
-    def _with_deadline(self, tier: TierConfig, req: GenRequest) -> Iterator[Chunk]:
-        """The tier's chunks; TierError('timeout') when the whole call takes longer than the tier timeout."""
+    def _first_token(self, race: Race | None, tier: str) -> None:
+        """Close the race before anything generated reaches the client; a hit confirmed by now wins."""
+        if race is None:
+            return
+        won = race.close()
+        if won is not None:
+            self.metrics.count("tf_tier_requests_total", tier=tier, outcome="cancelled")
+            raise _SemanticWon(won)
+
+    def _with_deadline(self, tier: TierConfig, req: GenRequest, race: Race | None = None) -> Iterator[Chunk]:
+        """The tier's chunks; TierError('timeout') when the whole call takes longer than the tier timeout.
+        Raises _SemanticWon as soon as `race` confirms a semantic hit while it is still open."""
         timeout = self.cfg.timeout_for(tier.name)
         call = self.call_remote_tier if tier.is_remote else self.call_local
         q: queue.Queue[tuple[str, Any]] = queue.Queue()
-        cancel = threading.Event()
+        cancel = Cancel()
 
         def pump() -> None:
             try:
@@ -201,6 +298,8 @@ class EntryService:
                 q.put(("error", TierError(f"tier {tier.name}: {type(exc).__name__}: {exc}")))
 
         self._pool.submit(pump)
+        if race is not None:
+            race.attach(q)
         deadline = time.monotonic() + timeout
         try:
             while True:
@@ -214,9 +313,14 @@ class EntryService:
                     yield val
                 elif kind == "done":
                     return
+                elif kind == "semantic":
+                    won = race.close() if race is not None and race.hit() is not None else None
+                    if won is not None:
+                        self.metrics.count("tf_tier_requests_total", tier=tier.name, outcome="cancelled")
+                        raise _SemanticWon(won)
                 else:
                     raise val
-        finally:  # timeout, error, or the consumer left (client gone): the tier call stops too
+        finally:  # timeout, error, semantic hit, or the consumer left (client gone): the tier call stops too
             cancel.set()
 
     def _maintain(self) -> None:
@@ -229,6 +333,9 @@ class EntryService:
             purge()
 
     def close(self) -> None:
+        if self.worker is not None:
+            self.worker.idle(timeout=2.0)  # let queued insertions finish
+            self.worker.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         if self.cache is not None:
             self.cache.close()
