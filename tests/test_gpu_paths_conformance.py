@@ -207,3 +207,13 @@ def test_spec_engine_and_tokenizer_dirs_resolve_against_the_spec(tmp_path: Path)
     assert lock["paths"]["main"]["engine_dir"] == {"path": str(tmp_path / "engines" / "main"), "source": "spec"}
     assert lock["paths"]["main"]["tokenizer_dir"] == {"path": str(tmp_path / "tok"), "source": "spec"}
     check_servable(tmp_path / "repo")
+
+
+def test_emit_without_build_says_serve_will_refuse(tmp_path: Path) -> None:
+    spec_path = EXAMPLES / "llama3.1-8b-fp8-h100.yaml"
+    proc = _cli("emit", str(spec_path), "-o", str(tmp_path / "repo"), "--build-dir", str(_fake_build(
+        "llama3.1-8b-fp8-h100.yaml", tmp_path)))
+    assert proc.returncode == 0 and "note:" not in proc.stderr, proc.stderr
+    proc = _cli("emit", str(spec_path), "-o", str(tmp_path / "unbuilt"))
+    assert proc.returncode == 0, proc.stderr
+    assert "no engines built for tier(s) main" in proc.stderr and f"tritonforge build {spec_path} -o build/" in proc.stderr

@@ -95,7 +95,7 @@ def emit(spec: str, output: str, force: bool, build_dir: str | None, as_json: bo
     Refused: /, your home, the current directory or a parent of it, a directory holding SPEC, a path
     inside another repository, and a target another emit is writing right now.
     """
-    from tritonforge.builder.render import emit_files, write_repository
+    from tritonforge.builder.render import LOCK_FILE, emit_files, write_repository
     from tritonforge.builder.spec import load_spec
 
     t0 = time.perf_counter()
@@ -123,6 +123,12 @@ def emit(spec: str, output: str, force: bool, build_dir: str | None, as_json: bo
     for m in plan.models:
         click.echo(f"  {m.name:<32} {m.role}")
     click.echo(f"entry model: {plan.entry_model}   next: tritonforge serve {output}")
+    unbuilt = sorted(t for t, paths in json.loads(files[LOCK_FILE])["paths"].items()
+                     if any(v.get("source") == "placeholder" for v in paths.values()))
+    if unbuilt:
+        click.echo(f"note: no engines built for tier(s) {', '.join(unbuilt)}: `tritonforge serve` refuses this repository "
+                   f"until you run `tritonforge build {spec} -o build/{s.name}` and emit again with --build-dir "
+                   f"build/{s.name}", err=True)
 
 
 @cli.command("validate")
