@@ -237,8 +237,11 @@ def _tier_models(spec: DeploymentSpec, tier: Tier, paths: TierPaths, version: st
                 **_common(spec, name, role, version),
                 "backend": "python" if python_engine else "tensorrtllm",
                 "max_batch_size": mbs,
-                # The Python engine models are always decoupled (one code path); /generate still gets one response.
-                "decoupled": python_engine or streaming or tier.draft is not None,
+                # Decoupled only when streaming (or for speculation's BLS calls), as the backend's `decoupled_mode`
+                # says: "Must be set to true for requests setting the stream tensor to true" (tensorrtllm_backend
+                # docs/model_config.md). Not decoupled, KServe /infer serves the ensemble (Triton answers it only
+                # for non-decoupled models). The LLM API model is always decoupled (one code path).
+                "decoupled": pytorch or streaming or tier.draft is not None,
                 "dynamic_batching": {
                     "max_queue_delay_us": tier.serving.max_queue_delay_us,
                     "max_queue_size": tier.serving.max_queue_size,
@@ -303,12 +306,25 @@ def _tier_models(spec: DeploymentSpec, tier: Tier, paths: TierPaths, version: st
                 "inputs": c.ENSEMBLE_INPUTS,
                 "outputs": c.ENSEMBLE_OUTPUTS,
                 "steps": c.ensemble_steps(n["preprocessing"], n["engine"], n["postprocessing"]),
+                # Marks the non-streaming configuration as chosen (validate accepts `stream` mapped to a
+                # non-decoupled engine then: stream=true gets the engine's error, as with the backend's default).
+                "parameters": [] if streaming else _params({"streaming": False}),
             },
         )
     )
     entry = n["ensemble"]
 
     if tier.draft is not None and not pytorch:
+        if paths.max_draft_len is not None and tier.draft.num_draft_tokens > paths.max_draft_len:
+            from tritonforge.errors import UserError
+
+            # The target verifies at most --max_draft_len drafted tokens per step (speculative_decoding_mode
+            # draft_tokens_external; TensorRT-LLM examples/draft_target_model/README.md).
+            raise UserError(
+                f"tier {tier.name}: draft.num_draft_tokens {tier.draft.num_draft_tokens} exceeds the target engine's "
+                f"max_draft_len {paths.max_draft_len} (trtllm-build --max_draft_len); lower num_draft_tokens to at "
+                f"most {paths.max_draft_len} or rebuild the target engine"
+            )
         models.append(
             ModelPlan(
                 n["speculative_bls"],
