@@ -33,6 +33,7 @@ def loadtest_group() -> None:
     tritonforge loadtest --url ... --concurrency 1,2,4,8,16 --duration 30s --slo ttft=500ms,itl=50ms -o out/sweep
     tritonforge loadtest --url ... --request-rate 2,4,8 --workload isl=512,osl=128,repeat=0.2 -o out/open
     tritonforge loadtest compare out/base/report.json out/load/report.json
+    tritonforge loadtest check out/sweep/report.json --min-of-prediction 75%
 
     `run` is the default subcommand; `tritonforge loadtest run --help` lists its options.
     """
@@ -87,6 +88,10 @@ def _command_line() -> list[str]:
 @click.option("--gpu-price", type=float, default=None, help="$ per GPU-hour (overrides the catalog and the spec).")
 @click.option("--spec", "spec_path", default=None, help="Deployment spec (tier GPU, price, roofline).")
 @click.option("--tier", default=None, help="Tier of the spec being measured (default: the first).")
+@click.option("--cpu-system", default=None, help="Fitted CPU system JSON for a cpu-reference tier's prediction "
+              "(default: the checked-in one; write one with benchmarks/bench_cpu_system.py).")
+@click.option("--min-of-prediction", default=None,
+              help="Exit 1 when a metric's measured performance is below this share of the prediction, e.g. 75%%.")
 @click.option("--repo", default=None, help="Served repository dir: its tritonforge.lock.json goes in the fingerprint.")
 @click.option("--build-dir", default=None, help="Build dir whose build_manifest.json goes in the fingerprint.")
 @click.option("--baseline", default=None, help="report.json to compare with; exit 1 on a regression.")
@@ -96,8 +101,8 @@ def _command_line() -> list[str]:
 @click.option("--json", "as_json", is_flag=True, help="Print report.json instead of the summary table.")
 def run_command(**kw: Any) -> None:
     """Run a load test (the default subcommand: `tritonforge loadtest --url ...`)."""
-    from tritonforge.loadtest import compare, workload
-    from tritonforge.loadtest.models import Comparison
+    from tritonforge.loadtest import compare, predicted, workload
+    from tritonforge.loadtest.models import Comparison, PredictionCheck
     from tritonforge.loadtest.report import summary_table, write_reports
     from tritonforge.loadtest.runner import LoadTestConfig, run_loadtest
 
@@ -105,6 +110,7 @@ def run_command(**kw: Any) -> None:
         if kw[name] < (1 if name == "repeat" else 0):
             raise UserError(f"--{name.replace('_', '-')} must be >= {1 if name == 'repeat' else 0}")
     tolerances = compare.parse_tolerances(kw["tolerance"])
+    min_of = predicted.parse_min_of_prediction(kw["min_of_prediction"]) if kw["min_of_prediction"] is not None else None
     baseline = compare.load_report(kw["baseline"]) if kw["baseline"] else None
     duration = parse_duration(kw["duration"], "--duration")
     if duration <= 0:
@@ -117,13 +123,17 @@ def run_command(**kw: Any) -> None:
         spec_path=kw["spec_path"], tier=kw["tier"], repo=kw["repo"], build_dir=kw["build_dir"], repeat=kw["repeat"],
         workers=kw["workers"], max_inflight=kw["max_inflight"],
         request_timeout=parse_duration(kw["request_timeout"], "--request-timeout"),
-        argv=_command_line(),
+        argv=_command_line(), cpu_system=kw["cpu_system"],
     )  # fmt: skip
     report, records = run_loadtest(cfg, progress=lambda msg: click.echo(f"[loadtest] {msg}", err=True))
     result = None
     if baseline is not None:
         result = compare.compare_reports(baseline, report, tolerances)
         report.comparison = Comparison.from_dict({"baseline": kw["baseline"], "tolerances": list(kw["tolerance"]), **result})
+    gate = None
+    if min_of is not None:
+        gate = predicted.check(report, min_of)
+        report.prediction_check = PredictionCheck.from_dict(gate)
     paths = write_reports(report, records, cfg.output)
     if kw["as_json"]:
         click.echo(json.dumps(report.to_dict(), indent=2, default=str))
@@ -131,37 +141,90 @@ def run_command(**kw: Any) -> None:
         click.echo(summary_table(report))
         if result is not None:
             click.echo(compare.format_comparison(result, kw["baseline"], str(paths["json"])))
+        if gate is not None:
+            click.echo(_gate_text(gate))
         click.echo(f"reports: {paths['json']}, {paths['csv']}, {paths['html']}")
     measured = report.summary.requests if report.summary else 0
     if measured and report.summary is not None and report.summary.failed == measured:
         top = report.errors.top_messages[0] if report.errors and report.errors.top_messages else None
         what = f"{top.type}: {top.message}" if top else "no message"
         raise UserError(f"all {measured} requests failed ({what}); report in {cfg.output}")
-    if result is not None and result["regression"]:
+    if (result is not None and result["regression"]) or (gate is not None and gate["failed"]):
         sys.exit(1)
+
+
+def _gate_text(gate: dict[str, Any]) -> str:
+    if not gate["checked"]:
+        return "prediction check: no level has a prediction and a measurement to check"
+    if not gate["failed"]:
+        return f"prediction check: all {gate['checked']} metrics at or above {gate['min_of_prediction']:.0%} of the prediction"
+    return "\n".join(f"BELOW PREDICTION: {line}" for line in gate["failures"])
+
+
+def _require_predictions(gate: dict[str, Any], path: str) -> None:
+    if not gate["checked"]:
+        raise UserError(f"{path} has no predicted-vs-measured rows; run `tritonforge loadtest` with --spec SPEC.yaml "
+                        "or --repo DIR so each level carries a prediction")
 
 
 @loadtest_group.command("compare")
 @click.argument("baseline", type=click.Path(dir_okay=False))
 @click.argument("current", type=click.Path(dir_okay=False))
 @click.option("--tolerance", multiple=True, help="metric=rel:abs, e.g. ttft=0.1:5ms, output_tokens_per_s=5%%, error_rate=:0.02.")
+@click.option("--min-of-prediction", default=None,
+              help="Also exit 1 when a metric of CURRENT is below this share of its prediction, e.g. 75%%.")
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
-def compare_command(baseline: str, current: str, tolerance: tuple[str, ...], as_json: bool) -> None:
+def compare_command(baseline: str, current: str, tolerance: tuple[str, ...], min_of_prediction: str | None,
+                    as_json: bool) -> None:
     """Compare CURRENT with BASELINE (report.json files); exit 1 on a regression.
 
     A metric regresses when it moves the bad way (throughput down; latency, errors up) by more than
     both its relative and its absolute tolerance. Percentiles are gated only with enough samples in
     both runs (p90: 50, p99: 300). Levels are matched by label (c=4, r=2).
     """
-    from tritonforge.loadtest import compare
+    from tritonforge.loadtest import compare, predicted
 
     tol = compare.parse_tolerances(tolerance)
-    result = compare.compare_reports(compare.load_report(baseline), compare.load_report(current), tol)
+    min_of = predicted.parse_min_of_prediction(min_of_prediction) if min_of_prediction is not None else None
+    cur = compare.load_report(current)
+    result = compare.compare_reports(compare.load_report(baseline), cur, tol)
     if not result["rows"]:
         raise UserError(f"{baseline} and {current} share no load level with metrics; run both with the same --users/--concurrency/--request-rate")
+    gate = None
+    if min_of is not None:
+        gate = predicted.check(cur, min_of)
+        _require_predictions(gate, current)
+        result["prediction_check"] = gate
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
         click.echo(compare.format_comparison(result, baseline, current))
-    if result["regression"]:
+        if gate is not None:
+            click.echo(_gate_text(gate))
+    if result["regression"] or (gate is not None and gate["failed"]):
+        sys.exit(1)
+
+
+@loadtest_group.command("check")
+@click.argument("report", type=click.Path(dir_okay=False))
+@click.option("--min-of-prediction", required=True,
+              help="Exit 1 when a metric's measured performance is below this share of its prediction, e.g. 75%%.")
+@click.option("--json", "as_json", is_flag=True, help="Print the check as JSON.")
+def check_command(report: str, min_of_prediction: str, as_json: bool) -> None:
+    """Gate REPORT (a report.json) on its predictions: exit 1 with one line per metric measured below
+    --min-of-prediction of its prediction (throughput below it, or latency above prediction / share)."""
+    from tritonforge.loadtest import compare, predicted
+
+    min_of = predicted.parse_min_of_prediction(min_of_prediction)
+    rep = compare.load_report(report)
+    gate = predicted.check(rep, min_of)
+    _require_predictions(gate, report)
+    if as_json:
+        click.echo(json.dumps(gate, indent=2))
+    else:
+        table = predicted.table(rep)
+        if table:
+            click.echo(table)
+        click.echo(_gate_text(gate))
+    if gate["failed"]:
         sys.exit(1)

@@ -184,6 +184,39 @@ class Roofline(ReportModel):
     fraction_of_roofline: Number | None = None
 
 
+class PredictedMetric(ReportModel):
+    """One metric at one level: the prediction, the measurement (`measured_stat`), measured/predicted,
+    and the measured performance as a fraction of the predicted (latencies inverted)."""
+
+    metric: str
+    predicted: Number
+    measured: Number | None = None
+    measured_stat: str | None = None
+    ratio: Number | None = None
+    of_prediction: Number | None = None
+    better: str | None = None
+
+
+class LevelPrediction(ReportModel):
+    """The prediction for one level (planner or CPU system) joined with the measurement."""
+
+    source: str | None = None
+    system: str | None = None
+    workload: dict[str, Any] | None = None
+    predicted: dict[str, Any] | None = None  # the predictor's full output
+    rows: list[PredictedMetric] = Field(default_factory=list)
+    note: str | None = None
+
+
+class PredictionCheck(ReportModel):
+    """`--min-of-prediction`: the metrics measured below that fraction of their prediction."""
+
+    min_of_prediction: Number
+    checked: Number = 0
+    failed: bool = False
+    failures: list[str] = Field(default_factory=list)
+
+
 class LevelReport(ReportModel):
     label: str
     mode: str | None = None
@@ -194,6 +227,7 @@ class LevelReport(ReportModel):
     load_generator: LoadGenerator | None = None
     cost: Cost | None = None
     roofline: Roofline | None = None
+    prediction: LevelPrediction | None = None
 
 
 class WorkloadSummary(ReportModel):
@@ -257,6 +291,7 @@ class Report(ReportModel):
     errors: ErrorSummary | None = None
     notes: list[str] = Field(default_factory=list)
     comparison: Comparison | None = None
+    prediction_check: PredictionCheck | None = None
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False, default=str) + "\n"

@@ -8,7 +8,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from tritonforge.loadtest import svg
+from tritonforge.loadtest import predicted, svg
 from tritonforge.loadtest.models import Report, as_dict
 from tritonforge.loadtest.records import RequestRecord, write_csv
 
@@ -94,6 +94,9 @@ def summary_table(report: Report | dict[str, Any]) -> str:
     title = (f"{env.get('model', {}).get('name') or report['config']['model']} via {report['config']['protocol']} "
              f"on Triton {_g(env, 'triton', 'version') or '?'} (latencies in ms)")  # fmt: skip
     out = [title, *lines]
+    pred = predicted.table(report)
+    if pred:
+        out.append(pred)
     reuse = reuse_line(report)
     if reuse:
         out.append(reuse)
@@ -168,6 +171,33 @@ def _charts(report: dict[str, Any], records: list[RequestRecord]) -> list[str]:
     return charts
 
 
+def _prediction_html(report: dict[str, Any]) -> list[str]:
+    levels = report.get("levels", [])
+    preds = [(lv, lv.get("prediction") or {}) for lv in levels]
+    if not any(p for _, p in preds):
+        return []
+    out = ["<h2>Predicted vs measured</h2>"]
+    gate = report.get("prediction_check")
+    if gate:
+        verdict = (f"<span class='bad'>{len(gate.get('failures', []))} metric(s) below {gate['min_of_prediction']:.0%} of "
+                   "the prediction</span>" if gate.get("failed") else
+                   f"<span class='good'>all at or above {gate['min_of_prediction']:.0%} of the prediction</span>")
+        out.append(f"<p>Check: {verdict}</p>")
+        out += [f"<div class='note'>{escape(f)}</div>" for f in gate.get("failures", [])]
+    src = {p.get("source") for _, p in preds if p.get("source")}
+    if src:
+        out.append(f"<p>Prediction: {escape('; '.join(sorted(src)))}. Means compared; <i>of prediction</i> is "
+                   "measured/predicted for throughput and predicted/measured for latencies.</p>")
+    for note in sorted({p.get("note") for _, p in preds if p.get("note")}):
+        out.append(f"<div class='note'>{escape(note)}</div>")
+    rows = [[lv["label"], r["metric"], _n(r.get("predicted"), 2), _n(r.get("measured"), 2), _n(r.get("ratio"), 3),
+             "-" if r.get("of_prediction") is None else f"{r['of_prediction']:.0%}"]
+            for lv, p in preds for r in p.get("rows") or []]
+    if rows:
+        out.append(_table(["level", "metric", "predicted", "measured", "measured / predicted", "of prediction"], rows, left=2))
+    return out
+
+
 def render_html(report: Report | dict[str, Any], records: list[RequestRecord]) -> str:
     report = as_dict(report)
     cfg, env = report.get("config", {}), report.get("environment", {})
@@ -199,6 +229,7 @@ def render_html(report: Report | dict[str, Any], records: list[RequestRecord]) -
     parts.append("<h2>Summary</h2>")
     parts.append(_table([c for c, _ in SUMMARY_COLUMNS], [[f(lv) for _, f in SUMMARY_COLUMNS] for lv in levels]))
     parts.append("<p>Latencies in ms. " + escape(report.get("metric_definitions", "")) + "</p>")
+    parts.extend(_prediction_html(report))
     parts.append("<h2>Charts</h2><div class='charts'>" + "".join(_charts(report, records)) + "</div>")
     parts.append("<h2>Distributions</h2>")
     parts.append(_table(["level", "metric", "n", "avg", "min", "max", "p50", "p90", "p99"], _stats_rows(levels), left=2))

@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tritonforge.errors import UserError
-from tritonforge.loadtest import cost, fingerprint, metrics, prom, protocols, workload
+from tritonforge.loadtest import cost, fingerprint, metrics, predicted, prom, protocols, workload
 from tritonforge.loadtest.models import (
     Cost,
     LevelMetrics,
@@ -83,6 +83,7 @@ class LoadTestConfig:
     max_inflight: int = 0
     request_timeout: float = 300.0
     argv: list[str] = field(default_factory=list)
+    cpu_system: str | None = None  # fitted CPU system JSON for a cpu-reference tier's prediction
     batch_dim: bool = False  # set from the model's config (max_batch_size > 0): gRPC inputs get [1, 1]
 
     def public(self) -> dict[str, Any]:
@@ -329,6 +330,7 @@ def run_loadtest(cfg: LoadTestConfig, progress: Progress | None = None) -> tuple
     metrics_url = cfg.metrics_url or f"{derived_url(cfg.url, 2)}/metrics"
     repo_fp, lock_spec = fingerprint.repo_info(cfg.repo, cfg.build_dir)
     spec = _load_spec(cfg.spec_path, lock_spec)
+    predictor, no_prediction = predicted.make_predictor(spec, cfg.tier, cfg.gpu, cfg.cpu_system)
 
     if cfg.workload.trace:  # validate the trace before loading a tokenizer (which may build one)
         items = workload.read_trace(cfg.workload.trace, cfg.workload, None)
@@ -383,7 +385,10 @@ def run_loadtest(cfg: LoadTestConfig, progress: Progress | None = None) -> tuple
             gens.append(generator_stats(result["processes"], level, m, cfg.workers))
             say(f"{level.label}: {m.get('completed', 0)} ok, {m.get('failed', 0)} failed, "
                 f"{m.get('output_tokens_per_s', 0):,.1f} output tok/s, {m.get('requests_per_s', 0):.2f} req/s")  # fmt: skip
-        levels_out.append(_level_entry(cfg, level, runs, servers, gens, spec))
+        entry = _level_entry(cfg, level, runs, servers, gens, spec)
+        wl = predicted.level_workload(cfg.workload, level.mode, level.value, entry.metrics)
+        entry.prediction = predicted.level_prediction(predictor, no_prediction, wl, entry.metrics)
+        levels_out.append(entry)
     if not scrape_ok:
         notes.append(f"Triton metrics not read from {metrics_url}; pass --metrics-url (server metrics omitted)")
     distinct = len({prompt_of[r.item] for r in all_records if not r.warmup and r.item in prompt_of})

@@ -1,0 +1,198 @@
+"""Measure the CPU reference runtime as a performance "system" and fit the constants the predictor reads.
+
+    python benchmarks/bench_cpu_system.py [--quick] [--threads N] [--out builder/fixtures/cpu_system.json]
+
+Runs the embedded `demo` model's CPU engine in-process (as `bench_runtime.py` does) and measures:
+- decode: b requests admitted together (prompt length L, N new tokens each, no end id), the time per
+  decode step each saw after its first token, over b in {1, 2, 4, 8} and two prompt lengths;
+  fitted as   t_decode(b, ctx) = a + b (s + k ctx)   (ctx: mean context during decode);
+- prefill: the time to the first token of a lone request of n prompt tokens, n in {16 .. 512};
+  fitted as   t_prefill(n) = q + p n + r n^2   (q: admission, one forward's fixed cost, the callback;
+  r: causal attention over the prompt). Fits minimise the relative error (non-negative coefficients).
+The fitted constants, the raw points, the date, the machine (CPU model, cores, torch threads, load
+average before and after) and the model measured (parameters, matmul FLOPs per token) are written to
+the JSON that `tritonforge.builder.cpu_system` reads. Figures depend on the machine and its load:
+re-run it on the machine that serves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from tritonforge.runtime.demo_model import materialize
+from tritonforge.runtime.engine import CpuEngine, GenerationRequest, default_num_threads
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = ROOT / "builder" / "fixtures" / "cpu_system.json"
+# The served cpu-demo tier's limits (examples/cpu-demo.yaml: max_batch_size 8) and the CPU backend's
+# default token budget per step (model_repo_templates/python/tensorrt_llm_cpu.py.j2).
+LIMITS = dict(max_batch_size=8, max_num_tokens=4096, max_input_len=1024, max_seq_len=2048)
+
+
+class Timed:
+    """One submitted request: first-token and end times (perf_counter)."""
+
+    def __init__(self, engine: CpuEngine, req: GenerationRequest) -> None:
+        self.n = 0
+        self.t_first: float | None = None
+        self.t_end = 0.0
+        self.done = threading.Event()
+        self.t0 = time.perf_counter()
+        engine.submit(req, self._cb)
+
+    def _cb(self, c) -> None:
+        now = time.perf_counter()
+        if c.token_ids and self.t_first is None:
+            self.t_first = now
+        self.n += len(c.token_ids)
+        if c.finished:
+            self.t_end = now
+            self.done.set()
+
+    def wait(self) -> Timed:
+        self.done.wait()
+        return self
+
+
+def _prompt(rng: np.random.Generator, n: int, vocab: int) -> list[int]:
+    return [1] + rng.integers(3, vocab, size=n - 1).tolist()
+
+
+def decode_points(eng: CpuEngine, vocab: int, batches: list[int], lengths: list[int], new: int,
+                  rounds: int) -> list[dict]:
+    """Median seconds per decode step at each (batch, prompt length); ctx = L + new/2."""
+    rng = np.random.default_rng(0)
+    out = []
+    for length in lengths:
+        for b in batches:
+            per_step = []
+            for _ in range(rounds):
+                rs = [Timed(eng, GenerationRequest(_prompt(rng, length, vocab), new, end_id=-1, streaming=True))
+                      for _ in range(b)]
+                for r in rs:
+                    r.wait()
+                    per_step.append((r.t_end - (r.t_first or r.t_end)) / max(1, r.n - 1))
+            out.append({"batch": b, "prompt": length, "ctx": length + new / 2, "step_s": statistics.median(per_step)})
+            print(f"decode b={b} L={length}: {1000 * out[-1]['step_s']:.2f} ms/step", flush=True)
+    return out
+
+
+def prefill_points(eng: CpuEngine, vocab: int, lengths: list[int], rounds: int) -> list[dict]:
+    """Median time to first token of a lone request of n prompt tokens."""
+    rng = np.random.default_rng(1)
+    out = []
+    for n in lengths:
+        t = [(lambda r: (r.t_first or r.t_end) - r.t0)(Timed(eng, GenerationRequest(_prompt(rng, n, vocab), 1,
+                                                                                 end_id=-1)).wait())
+             for _ in range(rounds)]
+        out.append({"tokens": n, "ttft_s": statistics.median(t)})
+        print(f"prefill n={n}: {1000 * out[-1]['ttft_s']:.2f} ms", flush=True)
+    return out
+
+
+def _fit(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Non-negative least squares of the relative error (each row divided by its measured time), so the
+    fast points weigh as much as the slow ones; a negative coefficient is dropped and the rest refitted."""
+    keep = list(range(x.shape[1]))
+    while True:
+        coef, *_ = np.linalg.lstsq(x[:, keep] / y[:, None], np.ones_like(y), rcond=None)
+        if (coef >= 0).all():
+            break
+        keep.pop(int(np.argmin(coef)))
+    full = np.zeros(x.shape[1])
+    full[keep] = coef
+    return full, x @ full
+
+
+def fit_decode(points: list[dict]) -> dict:
+    """t = a + b s + b ctx k."""
+    x = np.array([[1.0, p["batch"], p["batch"] * p["ctx"]] for p in points])
+    y = np.array([p["step_s"] for p in points])
+    coef, pred = _fit(x, y)
+    return {"step_overhead_s": float(coef[0]), "per_sequence_s": float(coef[1]),
+            "per_sequence_per_ctx_token_s": float(coef[2]),
+            "max_abs_pct_error": round(float(np.max(np.abs(pred / y - 1))) * 100, 1)}
+
+
+def fit_prefill(points: list[dict]) -> dict:
+    """t = q + p n + r n^2 (the n^2 term: causal attention over the prompt)."""
+    x = np.array([[1.0, p["tokens"], p["tokens"] ** 2] for p in points])
+    y = np.array([p["ttft_s"] for p in points])
+    coef, pred = _fit(x, y)
+    return {"fixed_s": float(coef[0]), "per_token_s": float(coef[1]), "per_token_squared_s": float(coef[2]),
+            "max_abs_pct_error": round(float(np.max(np.abs(pred / y - 1))) * 100, 1)}
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: the engine's default)")
+    ap.add_argument("--quick", action="store_true", help="fewer rounds and shorter decodes")
+    ap.add_argument("--out", default=str(DEFAULT_OUT), help="where to write the fitted system JSON")
+    args = ap.parse_args(argv)
+    from tritonforge.builder import planner
+
+    demo = materialize("demo")
+    info = json.loads((demo / "tritonforge_demo.json").read_text())
+    hf = json.loads((demo / "config.json").read_text())
+    shape = planner.model_shape(hf)
+    load_before = os.getloadavg()
+    t_start = time.time()
+    eng = CpuEngine(demo, **LIMITS, num_threads=args.threads)
+    vocab = int(hf["vocab_size"])
+    rounds = 2 if args.quick else 3
+    new = 24 if args.quick else 48
+    Timed(eng, GenerationRequest([1, 5, 6, 7], 8, end_id=-1)).wait()  # warm-up
+    pre = prefill_points(eng, vocab, [16, 64, 128, 256, 512], rounds + 2)
+    dec = decode_points(eng, vocab, [1, 2, 4, 8], [32, 256], new, rounds)
+    eng.shutdown()
+    system = {
+        "system": "cpu-reference",
+        "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "how": "benchmarks/bench_cpu_system.py: the demo model's CpuEngine in-process; medians per point",
+        "machine": {
+            "cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": args.threads or default_num_threads(),
+            "platform": platform.platform(), "python": platform.python_version(),
+            "load_average_before": [round(v, 2) for v in load_before],
+            "load_average_after": [round(v, 2) for v in os.getloadavg()],
+            "seconds": round(time.time() - t_start, 1),
+        },
+        "model": {
+            "name": "demo", "parameters": info["parameters"], "dtype": "float32",
+            "matmul_flops_per_token": 2.0 * (shape.num_layers * shape.layer_linear_params
+                                             + shape.vocab_size * shape.hidden_size),
+            "attn_flops_per_ctx_token": 4.0 * shape.num_layers * shape.q_dim,
+        },
+        "limits": LIMITS,
+        "decode": fit_decode(dec),
+        "prefill": fit_prefill(pre),
+        "points": {"decode": dec, "prefill": pre},
+    }
+    Path(args.out).write_text(json.dumps(system, indent=1) + "\n")
+    print(json.dumps({k: system[k] for k in ("decode", "prefill")}, indent=1))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

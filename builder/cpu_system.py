@@ -1,0 +1,173 @@
+"""The CPU reference runtime as a performance "system": predictions for a `cpu-reference` tier.
+
+A GPU tier is predicted from the GPU's datasheet rooflines derated by efficiencies fitted to published
+measurements (`tritonforge.builder.predict`). The CPU runtime has no datasheet worth using, so its
+"system" is measured: `benchmarks/bench_cpu_system.py` times the demo model's `CpuEngine` on this
+machine and fits
+- a decode step with b running sequences at mean context ctx:  t_dec(b) = a + b (s + k ctx);
+- a prefill of n prompt tokens (one forward, with admission and callback):  t_pf(n) = q + p n + r n^2;
+written to `builder/fixtures/cpu_system.json` with the date and the machine it was measured on.
+
+The engine's step (tritonforge.runtime.engine) runs the decode batch, then the prompts admitted that
+step. In steady state with b users in a closed loop, each request's decode steps also carry the
+prefills of the other b - 1 users' next requests, one per OSL steps each, so
+    ITL  = t_dec(b) + (b - 1) / OSL * t_pf(ISL)
+    TTFT = t_pf(ISL) + [b > 1] (t_dec(b - 1) + ITL / 2)     (wait for the running step, then one step)
+    latency = TTFT + (OSL - 1) ITL,   output tokens/s = users x OSL / latency.
+Beyond max_batch_size, users queue (Little's law gives the time in the system); with a request rate R
+the concurrency solves L = R x latency(L), as for GPU tiers. Another model than the one measured is
+predicted by scaling the per-token terms by its matmul / attention FLOPs per token (fixed costs kept).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from tritonforge.builder.predict import Prediction, Workload, littles_law_concurrency
+from tritonforge.errors import UserError
+
+SYSTEM_FILE = Path(__file__).parent / "fixtures" / "cpu_system.json"
+
+
+@dataclass(frozen=True)
+class CpuSystem:
+    """Fitted constants (seconds) of one machine running the CPU reference engine."""
+
+    step_overhead_s: float
+    per_sequence_s: float
+    per_sequence_per_ctx_token_s: float
+    prefill_fixed_s: float
+    prefill_per_token_s: float
+    prefill_per_token_squared_s: float
+    matmul_flops_per_token: float  # of the model measured
+    attn_flops_per_ctx_token: float
+    measured: str  # ISO date
+    machine: str  # CPU model, cores, threads, load average while measured
+    model: str
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CpuSystem:
+        dec, pf, m, mach = d["decode"], d["prefill"], d["model"], d.get("machine", {})
+        load = mach.get("load_average_before")
+        return cls(
+            dec["step_overhead_s"], dec["per_sequence_s"], dec["per_sequence_per_ctx_token_s"], pf["fixed_s"],
+            pf["per_token_s"], pf.get("per_token_squared_s", 0.0), float(m["matmul_flops_per_token"]),
+            float(m["attn_flops_per_ctx_token"]), str(d.get("measured", "?")),
+            f"{mach.get('cpu', '?')}, {mach.get('cores', '?')} cores, {mach.get('torch_threads', '?')} torch threads"
+            + (f", load average {load[0]:.1f} while measured" if load else ""),
+            str(m.get("name", "?")),
+        )
+
+
+def load_system(path: str | Path | None = None) -> CpuSystem:
+    """The fitted CPU system (default: the checked-in fixture); a bad file is a UserError."""
+    p = Path(path) if path else SYSTEM_FILE
+    fix = "write one with `python benchmarks/bench_cpu_system.py --out FILE`"
+    try:
+        return CpuSystem.from_dict(json.loads(p.read_text()))
+    except FileNotFoundError:
+        raise UserError(f"CPU system file {str(p)!r} not found; {fix}") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"CPU system file {p} is not a fitted system ({type(exc).__name__}: {exc}); {fix}") from None
+
+
+@dataclass(frozen=True)
+class ModelCost:
+    """Per-token FLOPs of the model served (what the per-token constants scale with)."""
+
+    matmul_flops_per_token: float
+    attn_flops_per_ctx_token: float
+    name: str = ""
+
+
+def model_cost(hf_config: dict, name: str = "") -> ModelCost:
+    from tritonforge.builder.planner import model_shape
+
+    s = model_shape(hf_config)
+    return ModelCost(2.0 * (s.num_layers * s.layer_linear_params + s.vocab_size * s.hidden_size),
+                     4.0 * s.num_layers * s.q_dim, name)
+
+
+class _Costs:
+    """The system's step and prefill times for one model and workload."""
+
+    def __init__(self, sysm: CpuSystem, cost: ModelCost | None, w: Workload) -> None:
+        lin = cost.matmul_flops_per_token / sysm.matmul_flops_per_token if cost else 1.0
+        att = cost.attn_flops_per_ctx_token / sysm.attn_flops_per_ctx_token if cost else 1.0
+        self.sysm, self.lin, self.att, self.w = sysm, lin, att, w
+        self.ctx = w.isl + w.osl / 2
+
+    def decode(self, b: float) -> float:
+        s = self.sysm
+        return s.step_overhead_s + b * (s.per_sequence_s * self.lin + s.per_sequence_per_ctx_token_s * self.ctx * self.att)
+
+    def prefill(self) -> float:
+        s, n = self.sysm, self.w.isl
+        return s.prefill_fixed_s + s.prefill_per_token_s * n * self.lin + s.prefill_per_token_squared_s * n * n * self.att
+
+    def itl(self, b: float) -> float:
+        return self.decode(b) + max(0.0, b - 1) / self.w.osl * self.prefill()
+
+    def ttft(self, b: float) -> float:
+        if b <= 1:
+            return self.prefill()
+        # a fraction of a second user (request-rate levels) shares steps that often
+        return self.prefill() + min(1.0, b - 1) * (self.decode(b - 1) + self.itl(b) / 2)
+
+    def latency(self, b: float) -> float:
+        return self.ttft(b) + (self.w.osl - 1) * self.itl(b)
+
+
+def predict_cpu(sysm: CpuSystem, w: Workload, max_batch_size: int, cost: ModelCost | None = None) -> Prediction:
+    """Predicted TTFT, ITL, latency and output tokens/s of the CPU engine at workload `w` (module doc)."""
+    if max_batch_size < 1:
+        raise UserError(f"max_batch_size must be >= 1, not {max_batch_size}")
+    c = _Costs(sysm, cost, w)
+    bmax = float(max_batch_size)
+    notes: list[str] = []
+    if cost is not None and abs(c.lin - 1) > 0.01:
+        notes.append(f"per-token costs scaled from the measured {sysm.model} model by FLOPs per token (x{c.lin:.3g})")
+    saturated = False
+    if w.concurrency is None and w.request_rate is None:
+        users = b = bmax
+    elif w.concurrency is not None:
+        users = float(w.concurrency)
+        b = min(bmax, users)
+        saturated = users > bmax
+    else:
+        if w.request_rate >= bmax / c.latency(bmax):
+            b, saturated = bmax, True
+        else:
+            lo, hi = 0.0, bmax
+            for _ in range(60):
+                mid = (lo + hi) / 2
+                if littles_law_concurrency(w.request_rate, c.latency(max(mid, 1.0))) > mid:
+                    lo = mid
+                else:
+                    hi = mid
+            b = hi
+        users = b
+    bb = max(b, 1.0)
+    itl, ttft, latency = c.itl(bb), c.ttft(bb), c.latency(bb)
+    served = bb * w.osl / latency  # requests complete at bb / latency per second
+    if w.request_rate is not None and not saturated:
+        tps = w.request_rate * w.osl
+    else:
+        tps = served if saturated or w.concurrency is None else users * w.osl / latency
+    if saturated and w.concurrency is not None:
+        latency = users * w.osl / tps  # Little's law: the users beyond the batch queue
+        ttft = latency - (w.osl - 1) * itl
+        notes.append(f"{w.concurrency} users exceed max_batch_size {max_batch_size}; the rest queue")
+    elif saturated:
+        notes.append(f"request rate {w.request_rate}/s is at or above the ~{served / w.osl:.2f}/s the engine "
+                     "completes: queues grow without bound; figures are at saturation")
+    return Prediction(
+        ttft_ms=ttft * 1e3, itl_ms=itl * 1e3, request_latency_ms=latency * 1e3, output_tokens_per_s=tps,
+        output_tokens_per_s_per_gpu=tps, output_tokens_per_s_per_user=1.0 / itl, batch=int(math.ceil(bb)),
+        kv_batch_limit=max_batch_size, engine_max_batch=max_batch_size, concurrency=users, saturated=saturated,
+        usd_per_1m_output_tokens=None,
+        source=f"cpu-reference system measured {sysm.measured[:10]} ({sysm.machine})", notes=notes,
+    )

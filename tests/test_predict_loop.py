@@ -1,0 +1,197 @@
+"""Predicted vs measured in load-test reports: the join, the CPU system's arithmetic, the gate (fast)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tritonforge.builder import cpu_system
+from tritonforge.builder.predict import Workload
+from tritonforge.builder.spec import load_spec
+from tritonforge.errors import UserError
+from tritonforge.loadtest import predicted
+from tritonforge.loadtest.models import LevelMetrics, PredictionCheck, Report
+from tritonforge.loadtest.report import render_html, summary_table
+from tritonforge.loadtest.workload import WorkloadSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SYSTEM = cpu_system.CpuSystem(
+    step_overhead_s=0.010, per_sequence_s=0.002, per_sequence_per_ctx_token_s=0.0, prefill_fixed_s=0.005,
+    prefill_per_token_s=0.0001, prefill_per_token_squared_s=0.0, matmul_flops_per_token=1e6,
+    attn_flops_per_ctx_token=1e3, measured="2026-01-01", machine="test", model="demo",
+)
+
+
+def test_cpu_prediction_single_user_by_hand() -> None:
+    p = cpu_system.predict_cpu(SYSTEM, Workload(100, 11, concurrency=1), 8)
+    # prefill 0.005 + 100 x 0.0001 = 15 ms; one sequence decodes at 10 + 2 = 12 ms a step
+    assert p.ttft_ms == pytest.approx(15.0)
+    assert p.itl_ms == pytest.approx(12.0)
+    assert p.request_latency_ms == pytest.approx(15 + 10 * 12)
+    assert p.output_tokens_per_s == pytest.approx(11 / 0.135)
+    assert p.batch == 1 and not p.saturated
+
+
+def test_cpu_prediction_shared_steps_by_hand() -> None:
+    p = cpu_system.predict_cpu(SYSTEM, Workload(100, 11, concurrency=3), 8)
+    itl = 0.016 + 2 / 11 * 0.015  # decode of 3, plus the other two users' prefills once per 11 steps each
+    ttft = 0.015 + 0.014 + itl / 2  # its prefill, after the running step and the decode of the other two
+    assert p.itl_ms == pytest.approx(itl * 1e3)
+    assert p.ttft_ms == pytest.approx(ttft * 1e3)
+    assert p.output_tokens_per_s == pytest.approx(3 * 11 / (ttft + 10 * itl))
+
+
+def test_cpu_prediction_queues_beyond_max_batch() -> None:
+    full = cpu_system.predict_cpu(SYSTEM, Workload(100, 11, concurrency=8), 8)
+    over = cpu_system.predict_cpu(SYSTEM, Workload(100, 11, concurrency=16), 8)
+    assert over.saturated and over.batch == 8
+    assert over.output_tokens_per_s == pytest.approx(full.output_tokens_per_s)
+    assert over.request_latency_ms == pytest.approx(2 * full.request_latency_ms)  # Little's law
+    assert over.itl_ms == pytest.approx(full.itl_ms)
+
+
+def test_cpu_prediction_request_rate_is_littles_law() -> None:
+    p = cpu_system.predict_cpu(SYSTEM, Workload(100, 11, request_rate=2.0), 8)
+    assert p.output_tokens_per_s == pytest.approx(22.0)
+    assert p.concurrency == pytest.approx(2.0 * p.request_latency_ms / 1e3, rel=1e-3)
+
+
+def test_cpu_prediction_scales_per_token_costs_for_another_model() -> None:
+    big = cpu_system.ModelCost(2e6, 1e3, "x")  # twice the matmul FLOPs per token
+    p = cpu_system.predict_cpu(SYSTEM, Workload(100, 11, concurrency=1), 8, big)
+    assert p.itl_ms == pytest.approx(10 + 2 * 2)  # the fixed step cost is not scaled
+    assert p.ttft_ms == pytest.approx(5 + 2 * 10)
+    assert any("scaled" in n for n in p.notes)
+
+
+def test_checked_in_system_loads_and_names_machine() -> None:
+    s = cpu_system.load_system()
+    assert s.per_sequence_s > 0 and s.prefill_per_token_s > 0
+    assert "cores" in s.machine and s.measured[:4].isdigit()
+
+
+def test_bad_system_file_is_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "s.json"
+    bad.write_text("{}")
+    with pytest.raises(UserError, match="not a fitted system"):
+        cpu_system.load_system(bad)
+    with pytest.raises(UserError, match="not found"):
+        cpu_system.load_system(tmp_path / "missing.json")
+
+
+METRICS = LevelMetrics.from_dict({
+    "requests": 10, "completed": 10, "output_tokens_per_s": 90.0,
+    "ttft_ms": {"count": 10, "avg": 30.0}, "itl_ms": {"count": 10, "avg": 10.0},
+    "e2e_ms": {"count": 10, "avg": 200.0}, "output_tokens_per_s_per_user": {"count": 10, "avg": 100.0},
+})
+PRED = {"ttft_ms": 20.0, "itl_ms": 10.0, "request_latency_ms": 250.0, "output_tokens_per_s": 100.0,
+        "output_tokens_per_s_per_user": 100.0}
+
+
+def test_join_ratios_and_fraction_of_prediction() -> None:
+    rows = {r.metric: r for r in predicted.join(PRED, METRICS)}
+    assert set(rows) == {"ttft_ms", "itl_ms", "e2e_ms", "output_tokens_per_s", "output_tokens_per_s_per_user"}
+    assert rows["ttft_ms"].ratio == 1.5 and rows["ttft_ms"].of_prediction == pytest.approx(20 / 30, abs=1e-4)
+    assert rows["e2e_ms"].ratio == 0.8 and rows["e2e_ms"].of_prediction == 1.25  # faster than predicted
+    assert rows["output_tokens_per_s"].ratio == 0.9 and rows["output_tokens_per_s"].of_prediction == 0.9
+    assert rows["e2e_ms"].measured_stat == "e2e_ms.avg"
+
+
+def test_join_without_a_measurement_has_no_ratio() -> None:
+    m = LevelMetrics.from_dict({"requests": 3, "output_tokens_per_s": 50.0, "ttft_ms": {"count": 0}})
+    rows = {r.metric: r for r in predicted.join(PRED, m)}
+    assert rows["ttft_ms"].measured is None and rows["ttft_ms"].ratio is None and rows["ttft_ms"].of_prediction is None
+    assert rows["output_tokens_per_s"].ratio == 0.5
+
+
+def _report(pred: dict = PRED) -> Report:
+    rows = [r.to_dict() for r in predicted.join(pred, METRICS)]
+    return Report.from_dict({
+        "schema": "tritonforge.loadtest/1", "config": {"model": "ensemble", "protocol": "http-stream"},
+        "levels": [{"label": "c=4", "mode": "concurrency", "value": 4, "metrics": METRICS.to_dict(),
+                    "prediction": {"source": "test", "predicted": pred, "rows": rows}}],
+    })  # fmt: skip
+
+
+def test_gate_one_line_per_failing_metric() -> None:
+    gate = predicted.check(_report(), 0.75)
+    assert gate["checked"] == 5 and gate["failed"]
+    assert len(gate["failures"]) == 1 and gate["failures"][0].startswith("c=4 ttft_ms: measured 30.00 ms is 67%")
+    assert not predicted.check(_report(), 0.6)["failed"]
+    assert len(predicted.check(_report(), 0.95)["failures"]) == 2  # TTFT and throughput (90%)
+
+
+@pytest.mark.parametrize("text,value", [("75%", 0.75), ("0.75", 0.75), (" 90 % ", 0.9), ("100%", 1.0)])
+def test_min_of_prediction_parses(text: str, value: float) -> None:
+    assert predicted.parse_min_of_prediction(text) == pytest.approx(value)
+
+
+@pytest.mark.parametrize("text", ["", "abc", "-5%", "0", "0%", "2000%", "75%%", "75 percent"])
+def test_min_of_prediction_rejects(text: str) -> None:
+    with pytest.raises(UserError, match="--min-of-prediction"):
+        predicted.parse_min_of_prediction(text)
+
+
+def test_summary_and_html_show_predicted_vs_measured() -> None:
+    rep = _report()
+    rep.prediction_check = PredictionCheck.from_dict(predicted.check(rep, 0.75))
+    text = summary_table(rep)
+    assert "predicted vs measured" in text
+    assert re.search(r"^c=4 +ttft_ms +20\.00 +30\.00 +1\.50 +67%$", text, re.M)
+    html = render_html(rep, [])
+    assert "Predicted vs measured" in html and "below 75% of the prediction" in html
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tritonforge", "loadtest", *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_check_command_exit_codes(tmp_path: Path) -> None:
+    path = tmp_path / "report.json"
+    path.write_text(_report().to_json())
+    bad = _cli("check", str(path), "--min-of-prediction", "75%")
+    assert bad.returncode == 1, bad.stderr
+    assert [ln for ln in bad.stdout.splitlines() if ln.startswith("BELOW PREDICTION:")] == [
+        "BELOW PREDICTION: " + predicted.check(_report(), 0.75)["failures"][0]]
+    ok = _cli("check", str(path), "--min-of-prediction", "60%")
+    assert ok.returncode == 0 and "all 5 metrics at or above 60%" in ok.stdout
+    wrong = _cli("check", str(path), "--min-of-prediction", "lots")
+    assert wrong.returncode == 2 and len(wrong.stderr.strip().splitlines()) == 1 and "--min-of-prediction" in wrong.stderr
+    bare = tmp_path / "bare.json"
+    data = json.loads(path.read_text())
+    del data["levels"][0]["prediction"]
+    bare.write_text(json.dumps(data))
+    none = _cli("check", str(bare), "--min-of-prediction", "75%")
+    assert none.returncode == 2 and "no predicted-vs-measured rows" in none.stderr
+    cmp = _cli("compare", str(path), str(path), "--min-of-prediction", "75%")
+    assert cmp.returncode == 1 and "no regression" in cmp.stdout and "BELOW PREDICTION: c=4 ttft_ms" in cmp.stdout
+
+
+def test_level_workload_uses_workload_lengths_and_level_load() -> None:
+    w = predicted.level_workload(WorkloadSpec(isl=64, osl=32), "concurrency", 4, METRICS)
+    assert (w.isl, w.osl, w.concurrency, w.request_rate) == (64, 32, 4, None)
+    traced = LevelMetrics.from_dict({"input_tokens_per_request": {"count": 2, "avg": 99.6},
+                                     "output_tokens_per_request": {"count": 2, "avg": 20.2}})
+    w = predicted.level_workload(WorkloadSpec(trace="t.jsonl"), "rate", 2.5, traced)
+    assert (w.isl, w.osl, w.concurrency, w.request_rate) == (100, 20, None, 2.5)
+
+
+def test_predictor_for_cpu_and_gpu_specs() -> None:
+    cpu, _ = predicted.make_predictor(load_spec(ROOT / "examples" / "cpu-demo.yaml"), None, None)
+    p, system = cpu(Workload(64, 32, concurrency=4))
+    assert system.startswith("cpu-reference system") and p.batch == 4 and p.output_tokens_per_s > 0
+    gpu, _ = predicted.make_predictor(load_spec(ROOT / "examples" / "llama3.1-8b-fp8-h100.yaml"), None, None)
+    p, system = gpu(Workload(128, 128, concurrency=8))
+    assert "H100" in system and p.ttft_ms > 0 and p.output_tokens_per_s > 0
+    lp = predicted.level_prediction(gpu, "", Workload(128, 128, concurrency=8), METRICS)
+    assert lp.source and len(lp.rows) == 5
+    none, why = predicted.make_predictor(None, None, None)
+    assert none is None and "--spec" in why
+    assert predicted.level_prediction(None, why, Workload(1, 1), METRICS).note == why
