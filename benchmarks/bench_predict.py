@@ -113,6 +113,14 @@ def main() -> int:
         print("ours, leave-one-out: ", summary([x["ours_loo_ratio"] for x in rows]))
     print("AIConfigurator 0.12.0:", summary([x["aic_ratio"] for x in rows if x["aic_ratio"]]),
           f"({sum(1 for x in rows if x['aic_error'])} rows it could not estimate)" if aic else "(no evaluation file)")
+    prefs = (calib.get("aiconfigurator") or {}).get("prefer", {})
+    if aic and prefs:
+        chosen, ours_key = [], "ours_loo_ratio" if args.loo else "ours_ratio"
+        for x, (_, g, _) in zip(rows, cases, strict=True):
+            grp = predict.calibration_group(g.gpu, g.fmt)
+            use_aic = prefs.get(f"{grp} tp{x['tp']}", prefs.get(grp)) == "aiconfigurator" and x["aic_ratio"]
+            chosen.append(x["aic_ratio"] if use_aic else x[ours_key])
+        print("chosen per group/TP:  ", summary(chosen), "(what plan --workload uses with AIConfigurator installed)")
     groups: dict[str, list[dict]] = {}
     for x, (_, g, _) in zip(rows, cases, strict=True):
         groups.setdefault(predict.calibration_group(g.gpu, g.fmt) + f" tp{x['tp']}", []).append(x)

@@ -105,7 +105,8 @@ def maybe_predict(t, w, ours, calib: dict):
 
     aic = calib.get("aiconfigurator") or {}
     group = calibration_group(t.gpu, t.quant_format)
-    prefer = aic.get("prefer", {}).get(group)
+    prefs = aic.get("prefer", {})
+    prefer = prefs.get(f"{group} tp{t.tp}", prefs.get(group))  # the finer evaluation when there is one
     if w.concurrency is None and w.request_rate is None and prefer != "aiconfigurator":
         return None
     if not supported(t.gpu.name, t.quant_format, t.kv_cache_dtype):
@@ -138,7 +139,7 @@ def maybe_predict(t, w, ours, calib: dict):
         output_tokens_per_s_per_user=r.get("tokens_per_s_per_user", 1e3 / r["tpot_ms"]), batch=ours.batch,
         kv_batch_limit=ours.kv_batch_limit, engine_max_batch=ours.engine_max_batch, concurrency=ours.concurrency, saturated=ours.saturated,
         usd_per_1m_output_tokens=price * t.gpu_count / (tps * 3600) * 1e6 if tps > 0 else None,
-        source=f"aiconfigurator {aic.get('version', VERSION_TESTED)} (closer to published for {group})",
+        source=f"aiconfigurator {aic.get('version', VERSION_TESTED)} (closer to published for {group} tp{t.tp})",
         notes=["batch from our KV-pool model; AIConfigurator's kernel database for the step times"],
     )
     return p, {"calibrated": ours.to_dict()}

@@ -134,8 +134,9 @@ def leave_one_out(cases, default_group: str) -> list[float]:
 
 
 def aic_preference(cases, loo_ratios: list[float], aic_rows: list[dict]) -> dict:
-    """Per calibration group, which source is closer to the published rows: our leave-one-out
-    prediction (ours is fitted on these rows, so in-sample would flatter it) or AIConfigurator's.
+    """Per calibration group (and per group and TP size), which source is closer to the published rows:
+    our leave-one-out prediction (ours is fitted on these rows, so in-sample would flatter it) or
+    AIConfigurator's.
     Mean |log(predicted/published)| over the rows both cover; a group AIConfigurator could not
     estimate (an error on every row) stays ours."""
     by_key = {(r["source"], r["model"], r["gpu"], r["tp"], r["format"], r["isl"], r["osl"]): r for r in aic_rows}
@@ -145,9 +146,11 @@ def aic_preference(cases, loo_ratios: list[float], aic_rows: list[dict]) -> dict
         tps = ((a or {}).get("raw") or {}).get("tokens/s")
         if not tps:
             continue
-        d = per.setdefault(predict.calibration_group(g.gpu, g.fmt), {"ours": [], "aic": []})
-        d["ours"].append(abs(math.log(lr)))
-        d["aic"].append(abs(math.log(tps / row["output_tokens_per_s"])))
+        grp = predict.calibration_group(g.gpu, g.fmt)
+        for k in (grp, f"{grp} tp{row['tp']}"):  # per group, and per group and TP size (finer wins)
+            d = per.setdefault(k, {"ours": [], "aic": []})
+            d["ours"].append(abs(math.log(lr)))
+            d["aic"].append(abs(math.log(tps / row["output_tokens_per_s"])))
     out = {}
     for grp, d in sorted(per.items()):
         ours, aic = sum(d["ours"]) / len(d["ours"]), sum(d["aic"]) / len(d["aic"])

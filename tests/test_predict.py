@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -169,7 +170,7 @@ def published():
 def test_published_file_cites_its_sources(published):
     doc, cases = published
     for src in doc["sources"].values():
-        assert src["url"].startswith("https://github.com/NVIDIA/TensorRT-LLM/blob/")
+        assert re.match(r"^https://github\.com/[\w-]+/TensorRT-LLM/blob/[0-9a-f]{40}/", src["url"]), src["url"]
         assert src["file"] in src["url"] and src["commit"] in src["url"]
     assert {r["source"] for r in doc["rows"]} <= set(doc["sources"])
     covered = {(r["model"], r["gpu"], r["format"]) for r in doc["rows"]}
@@ -262,8 +263,9 @@ def test_aic_preference_picks_the_closer_source_per_group(published):
         factor = 1.0 if grp == "Hopper/fp8" else 1.5
         aic_rows.append({**r, "raw": {"tokens/s": r["output_tokens_per_s"] * factor}})
     pref = predict_fit.aic_preference(cases, loo, aic_rows)
-    assert pref["Hopper/fp8"]["prefer"] == "aiconfigurator"
-    assert pref["Blackwell/nvfp4"]["prefer"] == "calibrated"
+    assert pref["Hopper/fp8"]["prefer"] == pref["Hopper/fp8 tp8"]["prefer"] == "aiconfigurator"
+    assert pref["Blackwell/nvfp4"]["prefer"] == pref["Blackwell/nvfp4 tp1"]["prefer"] == "calibrated"
+    assert pref["Hopper/fp8 tp2"]["rows"] == sum(1 for r, g, _ in cases if r["tp"] == 2 and g.gpu.arch == "Hopper")
     assert pref["Hopper/fp8"]["mean_abs_log_err_ours_loo"] == pytest.approx(math.log(1.1), abs=1e-4)
     # rows it could not estimate do not count
     pref2 = predict_fit.aic_preference(cases, loo, [{**a, "raw": {}} for a in aic_rows])
