@@ -5,8 +5,9 @@ AIConfigurator estimates TensorRT-LLM TTFT/TPOT from measured kernel databases p
 installed with its dependencies), so it is an extra (`tritonforge[predict]`), found either as an
 executable (`$TRITONFORGE_AICONFIGURATOR`, or `aiconfigurator` on PATH: it may live in its own venv)
 or as an importable package. When it is found and our evaluation against NVIDIA's published
-measurements (`predict_calibration.json`, key `aiconfigurator.prefer`) says it is closer for a
-calibration group, `plan --workload` uses its figures; otherwise ours, and `source` says which.
+measurements (`predict_calibration.json`, key `aiconfigurator.prefer`) says it is closer for the
+calibration group and TP size (else the group), `plan --workload` uses its figures; otherwise ours,
+and `source` says which. AIConfigurator gets the batch our KV-pool model allows at the workload.
 
 This file is also a script for the evaluation itself; run it with AIConfigurator's interpreter:
     /path/to/aic-venv/bin/python builder/predict_aic.py ROWS.json OUT.json
