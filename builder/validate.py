@@ -136,7 +136,8 @@ def _check_ensemble(name: str, cfg: mc.ModelConfig, configs: dict[str, mc.ModelC
         target = configs.get(step.model_name)
         if target is None:
             continue
-        if step.input_map.get("streaming") and not target.model_transaction_policy.decoupled:
+        if (step.input_map.get("streaming") and not target.model_transaction_policy.decoupled
+                and _params(cfg).get("streaming") != "false"):  # tritonforge's non-streaming configuration
             out.append(Problem(step.model_name, "model_transaction_policy.decoupled",
                                f"ensemble {name} maps '{step.input_map['streaming']}' to streaming but the model is not decoupled, so stream=true requests fail",
                                "set model_transaction_policy { decoupled: true }"))

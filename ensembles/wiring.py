@@ -237,8 +237,11 @@ def _tier_models(spec: DeploymentSpec, tier: Tier, paths: TierPaths, version: st
                 **_common(spec, name, role, version),
                 "backend": "python" if python_engine else "tensorrtllm",
                 "max_batch_size": mbs,
-                # The Python engine models are always decoupled (one code path); /generate still gets one response.
-                "decoupled": python_engine or streaming or tier.draft is not None,
+                # Decoupled only when streaming (or for speculation's BLS calls), as the backend's `decoupled_mode`
+                # says: "Must be set to true for requests setting the stream tensor to true" (tensorrtllm_backend
+                # docs/model_config.md). Not decoupled, KServe /infer serves the ensemble (Triton answers it only
+                # for non-decoupled models). The LLM API model is always decoupled (one code path).
+                "decoupled": pytorch or streaming or tier.draft is not None,
                 "dynamic_batching": {
                     "max_queue_delay_us": tier.serving.max_queue_delay_us,
                     "max_queue_size": tier.serving.max_queue_size,
