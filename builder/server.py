@@ -270,7 +270,12 @@ def check_servable(repo: Path) -> None:
             if isinstance(entry, dict) and entry.get("source") == "placeholder":
                 raise UserError(f"{repo}: tier {tier}'s {key.replace('_', ' ')} {entry.get('path')!r} was never built "
                                 f"(the repository was emitted without a build); {_build_hint(repo)}")
-    fix = _build_hint(repo) if lock else "point it at a directory on this host (or build the engine there)"
+    if not lock:
+        fix = "point it at a directory on this host (or build the engine there)"
+    elif lock.get("paths"):
+        fix = _build_hint(repo)
+    else:  # CPU tiers only (or a lock older than "paths"): checkpoints of the host that emitted it
+        fix = f"re-run `tritonforge emit SPEC -o {repo}` on this host"
     for rp in sorted(repository_paths(repo), key=lambda r: not r.is_engine):  # engines first: the root cause
         if not rp.value.startswith("/"):
             if rp.is_engine:

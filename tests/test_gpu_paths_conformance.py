@@ -217,3 +217,20 @@ def test_emit_without_build_says_serve_will_refuse(tmp_path: Path) -> None:
     proc = _cli("emit", str(spec_path), "-o", str(tmp_path / "unbuilt"))
     assert proc.returncode == 0, proc.stderr
     assert "no engines built for tier(s) main" in proc.stderr and f"tritonforge build {spec_path} -o build/" in proc.stderr
+
+
+def test_cpu_repository_from_another_host_says_re_emit(tmp_path: Path) -> None:
+    """A CPU repository names checkpoints of the host that emitted it: moved elsewhere, serve names re-emitting."""
+    from tests.conftest import tiny_variant
+
+    spec_path = tiny_variant("cpu-demo.yaml", tmp_path)
+    files, _ = emit_files(load_spec(spec_path), spec_path.parent)
+    repo = tmp_path / "repo"
+    write_repository(files, repo)
+    check_servable(repo)
+    cfg = repo / "preprocessing" / "config.pbtxt"
+    text = cfg.read_text()
+    tok = text.split('key: "tokenizer_dir"')[1].split('string_value: "')[1].split('"')[0]
+    cfg.write_text(text.replace(tok, str(tmp_path / "elsewhere")))
+    with pytest.raises(UserError, match=r"does not exist on this host.*re-run `tritonforge emit SPEC -o "):
+        check_servable(repo)
