@@ -6,9 +6,11 @@ Runs the embedded `demo` model's CPU engine in-process (as `bench_runtime.py` do
 - decode: b requests admitted together (prompt length L, N new tokens each, no end id), the time per
   decode step each saw after its first token, over b in {1, 2, 4, 8} and two prompt lengths;
   fitted as   t_decode(b, ctx) = a + b (s + k ctx)   (ctx: mean context during decode);
-- prefill: the time to the first token of a lone request of n prompt tokens, n in {16 .. 512};
-  fitted as   t_prefill(n) = q + p n + r n^2   (q: admission, one forward's fixed cost, the callback;
-  r: causal attention over the prompt). Fits minimise the relative error (non-negative coefficients).
+- prefill: the time to the first token of b requests of n prompt tokens submitted together (b = 1,
+  n in {16 .. 512}; b in {2, 4, 8}, n in {64, 128}); fitted as   t_prefill(b, n) = q + b (p n + r n^2)
+  (q: admission, one forward's fixed cost, the callback; r: causal attention over the prompt).
+Fits minimise the relative error (non-negative coefficients). The points are measured in interleaved
+rounds (medians per point), so a change in the machine's load during the run spreads over all of them.
 The fitted constants, the raw points, the date, the machine (CPU model, cores, torch threads, load
 average before and after) and the model measured (parameters, matmul FLOPs per token) are written to
 the JSON that `tritonforge.builder.cpu_system` reads. Figures depend on the machine and its load:
@@ -69,36 +71,41 @@ def _prompt(rng: np.random.Generator, n: int, vocab: int) -> list[int]:
     return [1] + rng.integers(3, vocab, size=n - 1).tolist()
 
 
-def decode_points(eng: CpuEngine, vocab: int, batches: list[int], lengths: list[int], new: int,
-                  rounds: int) -> list[dict]:
-    """Median seconds per decode step at each (batch, prompt length); ctx = L + new/2."""
+def decode_point(eng: CpuEngine, rng: np.random.Generator, vocab: int, b: int, length: int, new: int) -> list[float]:
+    """Seconds per decode step each of b requests (admitted together, prompt `length`) saw."""
+    rs = [Timed(eng, GenerationRequest(_prompt(rng, length, vocab), new, end_id=-1, streaming=True)) for _ in range(b)]
+    return [(r.wait().t_end - (r.t_first or r.t_end)) / max(1, r.n - 1) for r in rs]
+
+
+def prefill_point(eng: CpuEngine, rng: np.random.Generator, vocab: int, b: int, n: int) -> float:
+    """Seconds until the last of b requests of n prompt tokens, submitted together, has its first token
+    (one forward over b rows when the engine admits them in the same step)."""
+    rs = [Timed(eng, GenerationRequest(_prompt(rng, n, vocab), 1, end_id=-1)) for _ in range(b)]
+    t0 = min(r.t0 for r in rs)
+    return max((r.wait().t_first or r.t_end) for r in rs) - t0
+
+
+def measure(eng: CpuEngine, vocab: int, rounds: int, new: int) -> tuple[list[dict], list[dict]]:
+    """Every point once per round, rounds interleaved, so a change in the machine's load spreads over all
+    points instead of skewing a few; the medians per point are returned."""
     rng = np.random.default_rng(0)
-    out = []
-    for length in lengths:
-        for b in batches:
-            per_step = []
-            for _ in range(rounds):
-                rs = [Timed(eng, GenerationRequest(_prompt(rng, length, vocab), new, end_id=-1, streaming=True))
-                      for _ in range(b)]
-                for r in rs:
-                    r.wait()
-                    per_step.append((r.t_end - (r.t_first or r.t_end)) / max(1, r.n - 1))
-            out.append({"batch": b, "prompt": length, "ctx": length + new / 2, "step_s": statistics.median(per_step)})
-            print(f"decode b={b} L={length}: {1000 * out[-1]['step_s']:.2f} ms/step", flush=True)
-    return out
-
-
-def prefill_points(eng: CpuEngine, vocab: int, lengths: list[int], rounds: int) -> list[dict]:
-    """Median time to first token of a lone request of n prompt tokens."""
-    rng = np.random.default_rng(1)
-    out = []
-    for n in lengths:
-        t = [(lambda r: (r.t_first or r.t_end) - r.t0)(Timed(eng, GenerationRequest(_prompt(rng, n, vocab), 1,
-                                                                                 end_id=-1)).wait())
-             for _ in range(rounds)]
-        out.append({"tokens": n, "ttft_s": statistics.median(t)})
-        print(f"prefill n={n}: {1000 * out[-1]['ttft_s']:.2f} ms", flush=True)
-    return out
+    dec_grid = [(b, length) for length in (32, 256) for b in (1, 2, 4, 8)]
+    pf_grid = [(1, n) for n in (16, 64, 128, 256, 512)] + [(b, n) for b in (2, 4, 8) for n in (64, 128)]
+    dec: dict[tuple[int, int], list[float]] = {k: [] for k in dec_grid}
+    pf: dict[tuple[int, int], list[float]] = {k: [] for k in pf_grid}
+    for i in range(rounds):
+        for b, n in pf_grid:
+            pf[(b, n)].append(prefill_point(eng, rng, vocab, b, n))
+        for b, length in dec_grid:
+            dec[(b, length)].append(statistics.median(decode_point(eng, rng, vocab, b, length, new)))
+        print(f"round {i + 1}/{rounds} done", flush=True)
+    dec_out = [{"batch": b, "prompt": n, "ctx": n + new / 2, "step_s": statistics.median(v)} for (b, n), v in dec.items()]
+    pf_out = [{"batch": b, "tokens": n, "ttft_s": statistics.median(v)} for (b, n), v in pf.items()]
+    for d in dec_out:
+        print(f"decode b={d['batch']} L={d['prompt']}: {1000 * d['step_s']:.2f} ms/step")
+    for p in pf_out:
+        print(f"prefill b={p['batch']} n={p['tokens']}: {1000 * p['ttft_s']:.2f} ms")
+    return dec_out, pf_out
 
 
 def _fit(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -126,8 +133,8 @@ def fit_decode(points: list[dict]) -> dict:
 
 
 def fit_prefill(points: list[dict]) -> dict:
-    """t = q + p n + r n^2 (the n^2 term: causal attention over the prompt)."""
-    x = np.array([[1.0, p["tokens"], p["tokens"] ** 2] for p in points])
+    """t = q + b (p n + r n^2) for b prompts of n tokens in one step (n^2: causal attention)."""
+    x = np.array([[1.0, p["batch"] * p["tokens"], p["batch"] * p["tokens"] ** 2] for p in points])
     y = np.array([p["ttft_s"] for p in points])
     coef, pred = _fit(x, y)
     return {"fixed_s": float(coef[0]), "per_token_s": float(coef[1]), "per_token_squared_s": float(coef[2]),
@@ -160,11 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.time()
     eng = CpuEngine(demo, **LIMITS, num_threads=args.threads)
     vocab = int(hf["vocab_size"])
-    rounds = 2 if args.quick else 3
+    rounds = 3 if args.quick else 7
     new = 24 if args.quick else 48
     Timed(eng, GenerationRequest([1, 5, 6, 7], 8, end_id=-1)).wait()  # warm-up
-    pre = prefill_points(eng, vocab, [16, 64, 128, 256, 512], rounds + 2)
-    dec = decode_points(eng, vocab, [1, 2, 4, 8], [32, 256], new, rounds)
+    dec, pre = measure(eng, vocab, rounds, new)
     eng.shutdown()
     system = {
         "system": "cpu-reference",

@@ -5,7 +5,7 @@ measurements (`tritonforge.builder.predict`). The CPU runtime has no datasheet w
 "system" is measured: `benchmarks/bench_cpu_system.py` times the demo model's `CpuEngine` on this
 machine and fits
 - a decode step with b running sequences at mean context ctx:  t_dec(b) = a + b (s + k ctx);
-- a prefill of n prompt tokens (one forward, with admission and callback):  t_pf(n) = q + p n + r n^2;
+- a prefill of b prompts of n tokens in one step (with admission and callback):  t_pf(b, n) = q + b (p n + r n^2);
 written to `builder/fixtures/cpu_system.json` with the date and the machine it was measured on.
 
 The engine's step (tritonforge.runtime.engine) runs the decode batch, then the prompts admitted that
@@ -14,6 +14,9 @@ prefills of the other b - 1 users' next requests, one per OSL steps each, so
     ITL  = t_dec(b) + (b - 1) / OSL * t_pf(ISL)
     TTFT = t_pf(ISL) + [b > 1] (t_dec(b - 1) + ITL / 2)     (wait for the running step, then one step)
     latency = TTFT + (OSL - 1) ITL,   output tokens/s = users x OSL / latency.
+A closed loop whose requests all have the same ISL and OSL runs in lockstep instead: the users start
+together, so their requests finish in the same step and the next ones are prefilled together:
+    ITL = t_dec(b),   TTFT = t_pf(b, ISL).
 Beyond max_batch_size, users queue (Little's law gives the time in the system); with a request rate R
 the concurrency solves L = R x latency(L), as for GPU tiers. Another model than the one measured is
 predicted by scaling the per-token terms by its matmul / attention FLOPs per token (fixed costs kept).
@@ -94,24 +97,29 @@ def model_cost(hf_config: dict, name: str = "") -> ModelCost:
 class _Costs:
     """The system's step and prefill times for one model and workload."""
 
-    def __init__(self, sysm: CpuSystem, cost: ModelCost | None, w: Workload) -> None:
+    def __init__(self, sysm: CpuSystem, cost: ModelCost | None, w: Workload, lockstep: bool = False) -> None:
         lin = cost.matmul_flops_per_token / sysm.matmul_flops_per_token if cost else 1.0
         att = cost.attn_flops_per_ctx_token / sysm.attn_flops_per_ctx_token if cost else 1.0
-        self.sysm, self.lin, self.att, self.w = sysm, lin, att, w
+        self.sysm, self.lin, self.att, self.w, self.lockstep = sysm, lin, att, w, lockstep
         self.ctx = w.isl + w.osl / 2
 
     def decode(self, b: float) -> float:
         s = self.sysm
         return s.step_overhead_s + b * (s.per_sequence_s * self.lin + s.per_sequence_per_ctx_token_s * self.ctx * self.att)
 
-    def prefill(self) -> float:
+    def prefill(self, rows: float = 1.0) -> float:
+        """`rows` prompts of ISL tokens in one step."""
         s, n = self.sysm, self.w.isl
-        return s.prefill_fixed_s + s.prefill_per_token_s * n * self.lin + s.prefill_per_token_squared_s * n * n * self.att
+        return s.prefill_fixed_s + rows * (s.prefill_per_token_s * n * self.lin + s.prefill_per_token_squared_s * n * n * self.att)
 
     def itl(self, b: float) -> float:
+        if self.lockstep:
+            return self.decode(b)
         return self.decode(b) + max(0.0, b - 1) / self.w.osl * self.prefill()
 
     def ttft(self, b: float) -> float:
+        if self.lockstep:
+            return self.prefill(b)
         if b <= 1:
             return self.prefill()
         # a fraction of a second user (request-rate levels) shares steps that often
@@ -121,15 +129,20 @@ class _Costs:
         return self.ttft(b) + (self.w.osl - 1) * self.itl(b)
 
 
-def predict_cpu(sysm: CpuSystem, w: Workload, max_batch_size: int, cost: ModelCost | None = None) -> Prediction:
-    """Predicted TTFT, ITL, latency and output tokens/s of the CPU engine at workload `w` (module doc)."""
+def predict_cpu(sysm: CpuSystem, w: Workload, max_batch_size: int, cost: ModelCost | None = None,
+                lockstep: bool = False) -> Prediction:
+    """Predicted TTFT, ITL, latency and output tokens/s of the CPU engine at workload `w` (module doc);
+    `lockstep`: a closed loop whose requests all have the same lengths (see the module doc)."""
     if max_batch_size < 1:
         raise UserError(f"max_batch_size must be >= 1, not {max_batch_size}")
-    c = _Costs(sysm, cost, w)
+    lockstep = lockstep and w.concurrency is not None
+    c = _Costs(sysm, cost, w, lockstep)
     bmax = float(max_batch_size)
     notes: list[str] = []
     if cost is not None and abs(c.lin - 1) > 0.01:
         notes.append(f"per-token costs scaled from the measured {sysm.model} model by FLOPs per token (x{c.lin:.3g})")
+    if lockstep:
+        notes.append("closed loop with fixed lengths: the users' requests start and finish together (lockstep)")
     saturated = False
     if w.concurrency is None and w.request_rate is None:
         users = b = bmax

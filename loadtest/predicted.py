@@ -28,7 +28,7 @@ JOINED: tuple[tuple[str, str, str, bool], ...] = (
     ("output_tokens_per_s_per_user", "output_tokens_per_s_per_user", "output_tokens_per_s_per_user.avg", True),
 )
 
-Predictor = Callable[[Any], tuple[Any, str]]  # Workload -> (Prediction or None, why none / system)
+Predictor = Callable[[Any, bool], tuple[Any, str]]  # (Workload, lockstep) -> (Prediction or None, why none / system)
 
 
 def _measured(m: dict[str, Any], key: str) -> float | None:
@@ -70,6 +70,14 @@ def level_workload(spec_workload: Any, mode: str, value: float, m: LevelMetrics)
                     conc, rate)
 
 
+def lockstep(spec_workload: Any, mode: str, spawn_rate: float | None = None) -> bool:
+    """Do a closed loop's users move in lockstep? All start at once (no --spawn-rate) and every request
+    has the same prompt and output length, so they finish in the same engine step and are re-sent together."""
+    w = spec_workload
+    return (mode == "concurrency" and spawn_rate is None and not w.trace and not w.isl_std and not w.osl_std
+            and bool(w.fixed_output) and not w.repeat and not w.paraphrase)
+
+
 def make_predictor(spec: Any, tier: str | None, gpu: str | None, cpu_system_file: str | None = None) -> tuple[Predictor | None, str]:
     """A function Workload -> (Prediction, system) for the spec's tier, or (None, why not)."""
     if spec is None:
@@ -86,8 +94,8 @@ def make_predictor(spec: Any, tier: str | None, gpu: str | None, cpu_system_file
         cost = cpu_system.model_cost(target.config, t.model)
         system = f"cpu-reference system measured {sysm.measured[:10]}"
 
-        def cpu(w: Any) -> tuple[Any, str]:
-            return cpu_system.predict_cpu(sysm, w, t.limits.max_batch_size, cost), system
+        def cpu(w: Any, in_lockstep: bool = False) -> tuple[Any, str]:
+            return cpu_system.predict_cpu(sysm, w, t.limits.max_batch_size, cost, in_lockstep), system
 
         return cpu, system
     from tritonforge.builder import planner, predict
@@ -97,7 +105,7 @@ def make_predictor(spec: Any, tier: str | None, gpu: str | None, cpu_system_file
     draft = resolve_model(t.draft.model) if getattr(t, "draft", None) else None
     tp = planner.plan_tier(t, target.config, g, draft_config=draft.config if draft else None)
 
-    def gpu_predict(w: Any) -> tuple[Any, str]:
+    def gpu_predict(w: Any, in_lockstep: bool = False) -> tuple[Any, str]:  # the GPU model is steady-state
         tpred = predict.predict_tier(tp, w)
         if tpred.prediction is None:
             return None, f"no prediction: {tpred.error}"
@@ -106,12 +114,13 @@ def make_predictor(spec: Any, tier: str | None, gpu: str | None, cpu_system_file
     return gpu_predict, f"{g.name} x{t.gpu.count}"
 
 
-def level_prediction(predictor: Predictor | None, why: str, workload: Any, metrics: LevelMetrics) -> LevelPrediction:
+def level_prediction(predictor: Predictor | None, why: str, workload: Any, metrics: LevelMetrics,
+                     in_lockstep: bool = False) -> LevelPrediction:
     """The `prediction` section of one level (a note instead when there is none)."""
     if predictor is None:
         return LevelPrediction(note=why)
     try:
-        pred, system = predictor(workload)
+        pred, system = predictor(workload, in_lockstep)
     except UserError as exc:
         return LevelPrediction(workload=workload.to_dict(), note=f"no prediction: {exc}")
     if pred is None:

@@ -387,7 +387,8 @@ def run_loadtest(cfg: LoadTestConfig, progress: Progress | None = None) -> tuple
                 f"{m.get('output_tokens_per_s', 0):,.1f} output tok/s, {m.get('requests_per_s', 0):.2f} req/s")  # fmt: skip
         entry = _level_entry(cfg, level, runs, servers, gens, spec)
         wl = predicted.level_workload(cfg.workload, level.mode, level.value, entry.metrics)
-        entry.prediction = predicted.level_prediction(predictor, no_prediction, wl, entry.metrics)
+        entry.prediction = predicted.level_prediction(
+            predictor, no_prediction, wl, entry.metrics, predicted.lockstep(cfg.workload, level.mode, level.spawn_rate))
         levels_out.append(entry)
     if not scrape_ok:
         notes.append(f"Triton metrics not read from {metrics_url}; pass --metrics-url (server metrics omitted)")

@@ -56,6 +56,25 @@ def test_cpu_prediction_queues_beyond_max_batch() -> None:
     assert over.itl_ms == pytest.approx(full.itl_ms)
 
 
+def test_cpu_prediction_lockstep_by_hand() -> None:
+    p = cpu_system.predict_cpu(SYSTEM, Workload(100, 11, concurrency=3), 8, lockstep=True)
+    ttft = 0.005 + 3 * 0.01  # the three prompts prefilled in one step
+    assert p.itl_ms == pytest.approx(16.0)  # decode of 3, no prefill between (all finish together)
+    assert p.ttft_ms == pytest.approx(ttft * 1e3)
+    assert p.output_tokens_per_s == pytest.approx(3 * 11 / (ttft + 10 * 0.016))
+    assert any("lockstep" in n for n in p.notes)
+    rate = cpu_system.predict_cpu(SYSTEM, Workload(100, 11, request_rate=2.0), 8, lockstep=True)
+    assert not any("lockstep" in n for n in rate.notes)  # an open loop never is
+
+
+def test_lockstep_only_for_fixed_lengths_all_at_once() -> None:
+    assert predicted.lockstep(WorkloadSpec(isl=64, osl=32), "concurrency")
+    assert not predicted.lockstep(WorkloadSpec(isl=64, osl=32), "rate")
+    assert not predicted.lockstep(WorkloadSpec(isl=64, osl=32), "concurrency", spawn_rate=1.0)
+    assert not predicted.lockstep(WorkloadSpec(isl=64, osl=32, osl_std=8), "concurrency")
+    assert not predicted.lockstep(WorkloadSpec(isl=64, osl=32, fixed_output=False), "concurrency")
+
+
 def test_cpu_prediction_request_rate_is_littles_law() -> None:
     p = cpu_system.predict_cpu(SYSTEM, Workload(100, 11, request_rate=2.0), 8)
     assert p.output_tokens_per_s == pytest.approx(22.0)
@@ -185,10 +204,10 @@ def test_level_workload_uses_workload_lengths_and_level_load() -> None:
 
 def test_predictor_for_cpu_and_gpu_specs() -> None:
     cpu, _ = predicted.make_predictor(load_spec(ROOT / "examples" / "cpu-demo.yaml"), None, None)
-    p, system = cpu(Workload(64, 32, concurrency=4))
+    p, system = cpu(Workload(64, 32, concurrency=4), False)
     assert system.startswith("cpu-reference system") and p.batch == 4 and p.output_tokens_per_s > 0
     gpu, _ = predicted.make_predictor(load_spec(ROOT / "examples" / "llama3.1-8b-fp8-h100.yaml"), None, None)
-    p, system = gpu(Workload(128, 128, concurrency=8))
+    p, system = gpu(Workload(128, 128, concurrency=8), False)
     assert "H100" in system and p.ttft_ms > 0 and p.output_tokens_per_s > 0
     lp = predicted.level_prediction(gpu, "", Workload(128, 128, concurrency=8), METRICS)
     assert lp.source and len(lp.rows) == 5
