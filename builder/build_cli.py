@@ -94,6 +94,13 @@ def format_plan(plan) -> str:
 @click.option("--request-rate", type=float, default=None, help="With --workload: requests/s arriving (open loop).")
 @click.option("--no-aiconfigurator", "no_aic", is_flag=True,
               help="With --workload: our calibrated model only, even where AIConfigurator is installed and closer.")
+@click.option("--traffic-share", default=None, metavar="small=0.7,large=0.3",
+              help="With --workload: the router's share of cache misses per tier (blended $/1M, capacity).")
+@click.option("--cache-hit-rate", type=float, default=None,
+              help="With --workload: fraction of requests the response cache answers (~0 GPU time).")
+@click.option("--replicas", type=int, default=None,
+              help="With --workload: fleet size (replicas of the whole repository): capacity, $/hour, $/1M tokens, "
+                   "replicas the --request-rate needs.")
 @click.option("--recommend", is_flag=True,
               help="Search GPU x TP x format x KV dtype x batch for the cheapest deployment meeting --slo (no SPEC).")
 @click.option("--model", default=None, help="With --recommend: fixture name (llama-3.1-70b), fixture:NAME or checkpoint dir.")
@@ -103,7 +110,8 @@ def format_plan(plan) -> str:
 @click.option("--price", default=None, metavar="H100-SXM=2.99,...", help="With --recommend: $/GPU-hour overrides.")
 def plan_command(spec: str | None, as_json: bool, build_dir: str | None, workload: str | None, concurrency: int | None,
                  request_rate: float | None, recommend: bool, model: str | None, slo: str | None, gpus: str | None,
-                 max_gpus: int, price: str | None, no_aic: bool) -> None:
+                 max_gpus: int, price: str | None, no_aic: bool, traffic_share: str | None = None,
+                 cache_hit_rate: float | None = None, replicas: int | None = None) -> None:
     """Capacity plan for every tier of SPEC: memory, KV capacity, roofline throughput, cost, build flags.
 
     \b
@@ -116,7 +124,11 @@ def plan_command(spec: str | None, as_json: bool, build_dir: str | None, workloa
     from tritonforge.builder.planner import plan_deployment
     from tritonforge.builder.spec import load_spec
 
+    fleet_opts = {"--traffic-share": traffic_share, "--cache-hit-rate": cache_hit_rate, "--replicas": replicas}
     if recommend:
+        given = [k for k, v in fleet_opts.items() if v is not None]
+        if given:
+            raise UserError(f"{given[0]} is not used with --recommend; drop it")
         _recommend(spec, as_json, build_dir, workload, concurrency, request_rate, model, slo, gpus, max_gpus, price)
         return
     if spec is None:
@@ -128,14 +140,40 @@ def plan_command(spec: str | None, as_json: bool, build_dir: str | None, workloa
         w = parse_workload(workload, concurrency, request_rate)
     elif concurrency is not None or request_rate is not None:
         raise UserError("--concurrency/--request-rate need --workload isl=N,osl=N")
+    else:
+        given = [k for k, v in fleet_opts.items() if v is not None]
+        if given:
+            raise UserError(f"{given[0]} needs --workload isl=N,osl=N")
+    if replicas is not None and not 1 <= replicas <= 1000:
+        raise UserError(f"--replicas must be between 1 and 1000, not {replicas}")
     s = load_spec(spec)
+    fleet = _fleet_inputs(s, traffic_share, cache_hit_rate) if w is not None else None
     plan = plan_deployment(s, build_dir)
     plan.problems = rules.check_deployment(s, trtllm_installed_version())
-    preds = None
+    preds = cascade = cap = None
     if w is not None:
+        from dataclasses import replace
+
+        from tritonforge.builder import predict_fleet
         from tritonforge.builder.predict import predict_plan
 
-        preds = predict_plan(plan, w, use_aiconfigurator=not no_aic)
+        shares, hit = fleet
+        tier_w = None
+        if request_rate is not None and shares is not None:  # each tier sees its share of the misses
+            rates = predict_fleet.tier_request_rates(request_rate, shares, hit)
+            tier_w = {n: replace(w, request_rate=r if r > 0 else None) for n, r in rates.items()}
+        preds = predict_plan(plan, w, use_aiconfigurator=not no_aic, tier_workloads=tier_w)
+        cascade = predict_fleet.cascade(preds, shares, hit)
+        if replicas is not None:
+            cap_w = replace(w, request_rate=None)  # one replica at max throughput (or --concurrency)
+            cap_preds = preds if request_rate is None else predict_plan(plan, cap_w, use_aiconfigurator=not no_aic)
+            if shares is None:
+                raise UserError("--replicas with several tiers needs --traffic-share TIER=FRACTION,... "
+                                "(the router's split)")
+            d = s.deploy.replicas
+            cap = predict_fleet.capacity_for_plan(plan, cap_preds, shares, replicas=replicas, isl=w.isl, osl=w.osl,
+                                                  request_rate=request_rate, hit_rate=hit,
+                                                  deploy_range=(d.min, d.max))
     if as_json:
         d = plan.to_dict()
         if preds is not None:
@@ -144,12 +182,86 @@ def plan_command(spec: str | None, as_json: bool, build_dir: str | None, workloa
                 p = preds[td["name"]].to_dict()
                 td["prediction"], td["bound"], td["prediction_detail"] = p["prediction"], p["bound"], {
                     k: p[k] for k in ("kv_pool_tokens", "blocks_per_sequence", "alternatives", "error")}
+                td["speculation"] = p["speculation"]
+            d["cascade"] = cascade
+            if cap is not None:
+                d["capacity"] = cap.to_dict()
         click.echo(json.dumps(d, indent=2, sort_keys=True))
     else:
         click.echo(format_plan(plan))
         if preds is not None:
             click.echo(format_predictions(preds))
+            text = format_cascade(cascade, len(plan.tiers) + len(s.router.remote) > 1)
+            if text:
+                click.echo(text)
+        if cap is not None:
+            click.echo(format_capacity(cap))
     rules.raise_for_errors(plan)
+
+
+def _fleet_inputs(s, traffic_share: str | None, cache_hit_rate: float | None):
+    """(shares of cache misses per tier or None, cache hit rate) from the CLI, checked against the spec."""
+    from tritonforge.builder import predict_fleet
+
+    names = [t.name for t in s.tiers] + [r.name for r in s.router.remote]
+    if traffic_share is not None:
+        shares = predict_fleet.parse_traffic_share(traffic_share, names)
+    else:
+        shares = {names[0]: 1.0} if len(names) == 1 else None
+    hit = 0.0
+    if cache_hit_rate is not None:
+        hit = predict_fleet.parse_cache_hit_rate(cache_hit_rate)
+        if hit > 0 and not s.cache.enabled:
+            raise UserError(f"--cache-hit-rate {cache_hit_rate:g}: the spec's cache is off (cache.enabled: false); "
+                            "drop the option or enable the cache")
+    return shares, hit
+
+
+def format_cascade(c: dict, several: bool) -> str:
+    """Blended cost line(s): per-tier $/1M, the router's shares and the cache hit rate."""
+    tiers = "  ".join(f"{n} ${v:.4f}" if v is not None else f"{n} -"
+                      for n, v in c["tier_usd_per_1m_output_tokens"].items())
+    if not several and not c["cache_hit_rate"]:
+        return ""
+    lines = ["", f"blended    cache hit rate {c['cache_hit_rate']:.0%}  per tier $/1M output tokens: {tiers}"]
+    if c["usd_per_1m_output_tokens"] is None:
+        lines.append(f"  no blended cost: {c['reason']}")
+    else:
+        share = ", ".join(f"{n} {v:.0%}" for n, v in (c["traffic_share"] or {}).items())
+        lines.append(f"  ${c['usd_per_1m_output_tokens']:.4f} / 1M output tokens (misses split {share}; "
+                     "cache hits ~0 GPU time)")
+    return "\n".join(lines)
+
+
+def format_capacity(cap) -> str:
+    """The `--replicas` section: per tier capacity and replicas needed, fleet $/hour and $/1M tokens."""
+    rate = f"{cap.request_rate:g} req/s" if cap.request_rate is not None else "no --request-rate"
+    lines = ["", f"capacity   {cap.replicas} replicas  isl {cap.isl} osl {cap.osl}  {rate}  cache hit rate "
+                 f"{cap.cache_hit_rate:.0%}"]
+    for t in cap.tiers:
+        if t.requests_per_s_per_replica is None:
+            lines.append(f"  {t.name:<10} {t.gpus_per_replica} GPU/replica  no capacity figure"
+                         + (f": {t.error}" if t.error else ""))
+            continue
+        need = (f"  demand {t.demand_requests_per_s:.3g} req/s -> {t.replicas_needed} replica(s) "
+                f"({t.utilization:.0%} of {cap.replicas})" if t.replicas_needed is not None else "")
+        lines.append(f"  {t.name:<10} {t.gpus_per_replica} GPU/replica  {t.requests_per_s_per_replica:.3g} req/s "
+                     f"({_num(t.output_tokens_per_s_per_replica)} output tok/s) per replica  "
+                     f"${t.usd_per_replica_hour:.2f}/h{need}")
+    fleet = f"  fleet      ${cap.usd_per_hour:,.2f}/hour (${cap.usd_per_replica_hour:.2f}/replica)"
+    if cap.max_request_rate is not None:
+        fleet += f"  sustains {cap.max_request_rate:.3g} req/s"
+    if cap.replicas_needed is not None:
+        fleet += f"  needs {cap.replicas_needed} replica(s)" + ("" if cap.enough else " (NOT ENOUGH)")
+    lines.append(fleet)
+    if cap.usd_per_1m_output_tokens is not None:
+        lines.append(f"  cost       ${cap.usd_per_1m_output_tokens:.4f} / 1M output tokens "
+                     f"(${cap.usd_per_1m_tokens:.4f} / 1M input+output)"
+                     + (f"; right-sized ${cap.usd_per_1m_output_tokens_right_sized:.4f}"
+                        if cap.usd_per_1m_output_tokens_right_sized is not None else ""))
+    for n in cap.notes:
+        lines.append(f"  note       {n}")
+    return "\n".join(lines)
 
 
 def _recommend(spec, as_json, out, workload, concurrency, request_rate, model, slo, gpus, max_gpus, price) -> None:
@@ -210,7 +322,7 @@ def format_predictions(preds: dict) -> str:
     for name, tp in preds.items():
         w = tp.workload
         load = (f"concurrency {w.concurrency}" if w.concurrency is not None else
-                f"{w.request_rate} req/s" if w.request_rate is not None else "max throughput")
+                f"{w.request_rate:.4g} req/s" if w.request_rate is not None else "max throughput")
         lines.append("")
         lines.append(f"predicted  tier {name}  isl {w.isl} osl {w.osl}  {load}")
         if tp.error:
@@ -229,6 +341,16 @@ def format_predictions(preds: dict) -> str:
         if alt:
             lines.append(f"  also        {alt['source']}: {_num(alt['output_tokens_per_s'])} output tok/s  TTFT "
                          f"{alt['ttft_ms']:,.1f} ms  ITL {alt['itl_ms']:,.2f} ms")
+        sp = tp.speculation
+        if sp is not None:
+            cost = f"  ${sp.usd_per_1m_output_tokens:.4f} / 1M" if sp.usd_per_1m_output_tokens else ""
+            lines.append(f"  draft       K={sp.num_draft_tokens} acceptance {sp.acceptance_rate:.2f} -> "
+                         f"{sp.expected_tokens_per_round:.2f} tokens/round, draft/target step {sp.cost_ratio:.3f}: "
+                         f"{sp.speedup:.2f}x at batch {sp.batch} (Leviathan {sp.speedup_leviathan:.2f}x at batch 1)")
+            lines.append(f"              with the draft: ITL {sp.itl_ms:,.2f} ms  {_num(sp.output_tokens_per_s)} output "
+                         f"tok/s{cost}  (acceptance: {sp.acceptance_source})")
+            for n in sp.notes:
+                lines.append(f"  note        {n}")
         for n in p.notes:
             lines.append(f"  note        {n}")
     return "\n".join(lines)

@@ -573,6 +573,7 @@ class DraftPlan:
     engine: EnginePlan
     memory: MemoryPlan
     kv_fraction_from_planner: bool
+    acceptance_rate: float | None = None  # the spec's figure, for `plan --workload` (not in to_dict: a golden)
 
     def to_dict(self) -> dict:
         return {
@@ -705,7 +706,7 @@ def plan_tier(tier: Tier, hf_config: dict, gpu: GpuSpec, *, draft_config: dict |
         draft_plan = DraftPlan(
             model=d.model, config_source=draft_config_source, shape=dshape, num_draft_tokens=k,
             quantize=plan_quantize(dq, dshape, tier.dtype, tp, pp), engine=dengine, memory=dmem,
-            kv_fraction_from_planner=from_planner,
+            kv_fraction_from_planner=from_planner, acceptance_rate=d.acceptance_rate,
         )
 
     mem = kv_pool(gpu_memory=gpu.memory_bytes, weights=weights.total, activations=acts, other_engine=other,

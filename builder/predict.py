@@ -40,6 +40,7 @@ from tritonforge.errors import UserError
 
 if TYPE_CHECKING:
     from tritonforge.builder.planner import TierPlan
+    from tritonforge.builder.predict_fleet import Speculation
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CALIBRATION_FILE = FIXTURES / "predict_calibration.json"
@@ -407,6 +408,8 @@ class TierPrediction:
     blocks_per_sequence: int
     alternatives: dict = field(default_factory=dict)  # other sources' predictions, for comparison
     error: str | None = None
+    speculation: Speculation | None = None  # a draft-target tier: `prediction` is the target alone
+
 
     def to_dict(self) -> dict:
         return {
@@ -417,6 +420,7 @@ class TierPrediction:
             "blocks_per_sequence": self.blocks_per_sequence,
             "alternatives": self.alternatives,
             "error": self.error,
+            "speculation": self.speculation.to_dict() if self.speculation else None,
         }
 
 
@@ -451,9 +455,20 @@ def predict_tier(t: TierPlan, w: Workload, *, calib: dict | None = None, use_aic
         choice = predict_aic.maybe_predict(t, w, ours, calib if calib is not None else load_calibration())
         if choice is not None:
             base.prediction, base.alternatives = choice
+    if t.draft is not None:
+        from tritonforge.builder.predict_fleet import speculate
+
+        base.speculation = speculate(t, w, base.prediction, calib if calib is not None else load_calibration())
+        base.prediction.notes.append(
+            f"target alone; with its {t.draft.num_draft_tokens}-token draft: {base.speculation.speedup:.2f}x "
+            f"(see speculation)")
     return base
 
 
-def predict_plan(plan, w: Workload, *, use_aiconfigurator: bool = True) -> dict[str, TierPrediction]:
+def predict_plan(plan, w: Workload, *, use_aiconfigurator: bool = True,
+                 tier_workloads: dict[str, Workload] | None = None) -> dict[str, TierPrediction]:
+    """Every tier at `w`, or at its own workload in `tier_workloads` (e.g. its share of a request rate)."""
     calib = load_calibration()
-    return {t.name: predict_tier(t, w, calib=calib, use_aiconfigurator=use_aiconfigurator) for t in plan.tiers}
+    tw = tier_workloads or {}
+    return {t.name: predict_tier(t, tw.get(t.name, w), calib=calib, use_aiconfigurator=use_aiconfigurator)
+            for t in plan.tiers}
