@@ -162,6 +162,10 @@ class Draft(Strict):
     num_draft_tokens: int = Field(4, ge=1, le=16)
     quantization: Quantization = Quantization()
     kv_cache_free_gpu_mem_fraction: float | None = Field(None, gt=0, le=0.95)
+    # A planning figure: left out of dumps (spec hash, rendered repository), like `deploy`.
+    acceptance_rate: float | None = Field(
+        None, ge=0, le=1, exclude=True, description="`plan` only: probability the target accepts each drafted token "
+        "(per-token alpha of Leviathan et al. 2023); default: measured on the CPU reference runtime")
 
 
 class Serving(Strict):
