@@ -478,6 +478,9 @@ def export_hf(model, tokenizer, out_dir: Path, dtype, quantized: bool, progress:
     else:
         model.to(dtype).save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
+    for f in out_dir.iterdir():  # shards may be written 0600 (temp files): a server in a container must read them
+        if f.is_file():
+            f.chmod(0o644)
 
 
 def main(argv: list[str] | None = None) -> int:
