@@ -144,26 +144,36 @@ def speculate(t, w, pred, calib: dict) -> Speculation:
     alpha, src = acceptance_for(k, t.draft.acceptance_rate)
     e = expected_tokens_per_round(alpha, k)
     c = P.decode_step_s(gd, w, 1, fd) / P.decode_step_s(g, w, 1, f)
-    b = float(max(1, pred.batch))
-    prefill = b * (w.isl / w.osl) * (P.prefill_token_s(g, w, f) + P.prefill_token_s(gd, w, fd))
-    itl_spec = (k * P.decode_step_s(gd, w, b, fd) + verify_step_s(g, w, b, k, f)) / e + prefill
-    speedup = P.itl_s(g, w, b, f) / itl_spec
-    itl_ms = pred.itl_ms / speedup
     notes = []
-    if w.request_rate is not None and not pred.saturated:
+    b = float(max(1, pred.batch))
+    # The draft's own KV pool holds each sequence plus K proposed tokens; it may admit fewer sequences.
+    draft_seqs = P.kv_sequences(t.draft.memory.kv_pool_tokens, t.memory.tokens_per_block, w.isl, w.osl + k)
+    b_eff = float(max(1, min(b, draft_seqs)))
+    if b_eff < b:
+        notes.append(f"the draft's KV pool holds {draft_seqs} sequences: the batch drops from {int(b)} to "
+                     f"{int(b_eff)} (raise draft.kv_cache_free_gpu_mem_fraction)")
+
+    def itl_spec_s(bb: float) -> float:
+        prefill = bb * (w.isl / w.osl) * (P.prefill_token_s(g, w, f) + P.prefill_token_s(gd, w, fd))
+        return (k * P.decode_step_s(gd, w, bb, fd) + verify_step_s(g, w, bb, k, f)) / e + prefill
+
+    speedup = P.itl_s(g, w, b, f) / itl_spec_s(b_eff)  # per sequence, at the batch each runs at
+    itl_ms = pred.itl_ms / speedup
+    if w.request_rate is not None and not pred.saturated and b_eff == b:
         tps = pred.output_tokens_per_s  # the offered load is served either way; latency drops
-    elif w.concurrency is not None and not pred.saturated:
+    elif w.concurrency is not None and not pred.saturated and b_eff == b:
         latency = pred.ttft_ms + (w.osl - 1) * itl_ms
         tps = pred.concurrency * w.osl / latency * 1e3
-    else:
-        tps = pred.output_tokens_per_s * speedup
+    else:  # every slot busy: tokens/s scale with the slots and the per-sequence speed-up
+        tps = pred.output_tokens_per_s * (b_eff / b) * speedup
     if speedup < 1:
         notes.append(f"the draft slows this tier at batch {int(b)}: verifying {k + 1} positions and {k} draft "
                      f"steps cost more than the {e:.2f} tokens a round yields")
     if "calibrated" not in pred.source:
         notes.append(f"speed-up from our model applied to {pred.source}'s figures")
     usd = t.throughput.price_per_gpu_hour * t.gpu_count / (tps * 3600) * 1e6 if tps > 0 else None
-    return Speculation(k, alpha, src, e, c, leviathan_speedup(alpha, k, c), speedup, int(b), speedup > 1.0,
+    return Speculation(k, alpha, src, e, c, leviathan_speedup(alpha, k, c), speedup, int(b_eff),
+                       speedup > 1.0 and tps >= pred.output_tokens_per_s * (1 - 1e-9),
                        itl_ms, tps, tps / t.gpu_count, usd, notes)
 
 

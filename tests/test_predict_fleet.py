@@ -100,6 +100,23 @@ def test_speculation_uses_the_spec_acceptance_and_can_slow_down(tmp_path):
     assert sp.usd_per_1m_output_tokens < tp.prediction.usd_per_1m_output_tokens
 
 
+def test_a_small_draft_pool_caps_the_batch(tmp_path):
+    data = yaml.safe_load(DRAFT.read_text())
+    data["tiers"][0]["draft"]["kv_cache_free_gpu_mem_fraction"] = 0.01
+    p = tmp_path / "small-draft-pool.yaml"
+    p.write_text(yaml.safe_dump(data))
+    t = plan_deployment(load_spec(p), build_dir="out").tiers[0]
+    w = predict.Workload(isl=512, osl=256)
+    tp = predict.predict_tier(t, w, use_aiconfigurator=False)
+    # draft sequences = (pool tokens // 32) // ceil((512 + 256 + 4) / 32)
+    seqs = (t.draft.memory.kv_pool_tokens // 32) // math.ceil(772 / 32)
+    assert 1 <= seqs < tp.prediction.batch
+    sp = tp.speculation
+    assert sp.batch == seqs and any("draft's KV pool holds" in n for n in sp.notes)
+    assert sp.output_tokens_per_s == pytest.approx(
+        tp.prediction.output_tokens_per_s * seqs / tp.prediction.batch * sp.speedup, rel=1e-3)
+
+
 def test_acceptance_rate_is_a_planning_figure_not_in_the_hash(tmp_path):
     p, _ = _draft_tier(tmp_path, 0.7)
     assert load_spec(p).spec_hash() == load_spec(DRAFT).spec_hash()
