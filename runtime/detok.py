@@ -116,7 +116,16 @@ class ByteTable:
         """The bytes that ``ids`` stand for (special tokens and unknown ids contribute nothing)."""
         table = self.table
         n = len(table)
-        return b"".join(table[i] if 0 <= i < n else b"" for i in (int(x) for x in ids))
+        if hasattr(ids, "tolist"):  # numpy arrays: Python ints in one call
+            ids = ids.tolist()
+        elif not isinstance(ids, (list, tuple)):
+            ids = list(ids)
+        try:  # the common case: every id in range (a negative id would index from the end, so checked)
+            if min(ids, default=0) >= 0:
+                return b"".join([table[i] for i in ids])
+        except (IndexError, TypeError):
+            pass
+        return b"".join([table[i] if 0 <= i < n else b"" for i in (int(x) for x in ids)])
 
     def decode(self, ids: Iterable[int]) -> str:
         """Whole-sequence decode (invalid UTF-8 becomes U+FFFD)."""
