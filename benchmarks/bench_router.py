@@ -1,6 +1,6 @@
 """`llm` entry-model overhead through a real Triton (CPU), and in-process hit latency.
 
-    python benchmarks/bench_router.py [-n 300]
+    python benchmarks/bench_router.py [-n 200] [--repeats 3]
 
 One Triton serves a mock tier model (ensemble contract, answers at once), `llm` (heuristic router +
 memory cache with semantic matching) and `llm_route` (router only, cache off). Requests go one at a
@@ -9,9 +9,15 @@ and differences between paths are what the entry model adds on the server:
 
 - direct: the tier model itself;
 - llm_route: routing + one BLS call;
-- llm miss: routing + exact lookup + embedding + semantic search + BLS + store (unique prompts);
+- llm miss: routing + exact lookup + BLS, the semantic lookup (embedding + search) beside it on the
+  semantic worker, the exact entry written after the response (unique prompts);
 - llm bypass (`cache: bypass`): routing + BLS;
-- llm exact hit: routing + exact lookup, no BLS.
+- llm exact hit: routing + exact lookup, no BLS;
+- llm semantic hit: a paraphrase of a cached prompt while the tier would take 0.3 s: embedding +
+  search + verification + replay, the tier call cancelled.
+
+Each repeat runs every path n times, interleaved; overheads vs direct and their ratio are printed
+per repeat and as median (spread min-max) over the repeats.
 
 Also the in-process time of `EntryService.handle` for an exact hit (the server-side work without
 HTTP). Prints figures; asserts nothing.
@@ -23,6 +29,7 @@ import argparse
 import http.client
 import json
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -81,13 +88,34 @@ def in_process_hit(n: int) -> list[float]:
     return ts
 
 
+def seeds_and_paraphrases() -> list[tuple[str, str]]:
+    """(cached prompt, paraphrase) pairs; both carry the slow-tier marker so the hit can win the race."""
+    from benchmarks.bench_cache import SUBJECTS, TEMPLATES
+
+    out = []
+    for t, ps in TEMPLATES:
+        for s in SUBJECTS:
+            for p in ps:
+                out.append((t.format(s=s) + SLOW, p.format(s=s) + SLOW))
+    return out
+
+
+SLOW = " #sleep-large_ensemble=0.3"  # the mock tier waits 0.3 s on these ("=" routes to large): a hit wins
+
+
+def spread(xs: list[float], scale: float = 1e3, fmt: str = "{:+.2f}") -> str:
+    return (fmt.format(statistics.median(xs) * scale) + " (spread " + fmt.format(min(xs) * scale) + " to "
+            + fmt.format(max(xs) * scale) + ")")  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("-n", type=int, default=300)
+    ap.add_argument("-n", type=int, default=200, help="requests per path per repeat")
+    ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()
     d = Path(tempfile.mkdtemp(prefix="tf-bench-router-"))
     try:
-        repo = build_repo(d / "repo", entry_config())
+        repo = build_repo(d / "repo", entry_config(router={"tier_timeout_s": 5.0}))
         write_llm_model(repo, entry_config(cache={"enabled": False}), name="llm_route")
         server = TritonServer(repo, free_ports(), log_path=d / "triton.log")
         server.start()
@@ -97,31 +125,61 @@ def main() -> None:
         c = Client(server.ports.http)
         n = a.n
         body = {"max_tokens": 8}
+        pairs = seeds_and_paraphrases()
+        for seed in dict.fromkeys(sd for sd, _ in pairs):  # cached prompts for the semantic-hit path
+            c.generate("llm", {**body, "text_input": seed})
+        time.sleep(2.0)  # insertions (embedding + index) happen after each response
+        hits = iter([p for _, p in pairs])  # each paraphrase asked once
         paths = {
-            "direct": lambda i: ("small_ensemble", {**body, "text_input": f"hello number {i}"}),
-            "llm_route": lambda i: ("llm_route", {**body, "text_input": f"hello number {i}"}),
-            "llm bypass": lambda i: ("llm", {**body, "text_input": f"hello number {i}", "cache": "bypass"}),
-            "llm miss": lambda i: ("llm", {**body, "text_input": f"a brand new question {i} about {i * 7}"}),
-            "llm exact hit": lambda i: ("llm", {**body, "text_input": "What is the capital of France?"}),
+            "direct": lambda r, i: ("small_ensemble", {**body, "text_input": f"hello number {r}-{i}"}),
+            "llm_route": lambda r, i: ("llm_route", {**body, "text_input": f"hello number {r}-{i}"}),
+            "llm bypass": lambda r, i: ("llm", {**body, "text_input": f"hello number {r}-{i}", "cache": "bypass"}),
+            "llm miss": lambda r, i: ("llm", {**body, "text_input": f"a brand new question {r}-{i} about {i * 7}"}),
+            "llm exact hit": lambda r, i: ("llm", {**body, "text_input": "What is the capital of France?"}),
         }
-        times: dict[str, list[float]] = {k: [] for k in paths}
-        for f in paths.values():  # warm up
+        for f in paths.values():  # warm up (prompts the measured phase never sends)
             for i in range(10):
-                c.generate(*f(-1 - i))
-        for i in range(n):  # interleaved, so load drifts hit every path alike
-            for k, f in paths.items():
-                dt, out = c.generate(*f(i))
-                times[k].append(dt)
-        base50, base99 = pct(times["direct"], 50), pct(times["direct"], 99)
-        print(f"{n} sequential requests per path (client-observed /generate latency; transport identical):")
-        for k, ts in times.items():
-            p50, p99 = pct(ts, 50), pct(ts, 99)
-            extra = (
-                ""
-                if k == "direct"
-                else f"   overhead vs direct: p50 +{(p50 - base50) * 1e3:.2f} ms, p99 +{(p99 - base99) * 1e3:.2f} ms"
-            )
-            print(f"  {k:14s} p50 {p50 * 1e3:6.2f} ms  p99 {p99 * 1e3:6.2f} ms{extra}")
+                c.generate(*f("warm", i))
+        rows: dict[str, list[tuple[float, float]]] = {k: [] for k in paths}
+        over: dict[str, list[tuple[float, float, float]]] = {k: [] for k in paths if k != "direct"}
+        sem: list[float] = []
+        statuses: dict[str, int] = {}
+        for r in range(a.repeats):
+            times: dict[str, list[float]] = {k: [] for k in paths}
+            for i in range(n):  # interleaved, so load drifts hit every path alike
+                for k, f in paths.items():
+                    dt, out = c.generate(*f(r, i))
+                    times[k].append(dt)
+                para = next(hits, None) if i % 4 == 0 else None  # a semantic hit every 4th round
+                if para is not None:
+                    dt, out = c.generate("llm", {**body, "text_input": para})
+                    st = out.get("cache_status", "?")
+                    statuses[st] = statuses.get(st, 0) + 1
+                    if st == "hit-semantic":
+                        sem.append(dt)
+            b50, b99 = pct(times["direct"], 50), pct(times["direct"], 99)
+            for k, ts in times.items():
+                rows[k].append((pct(ts, 50), pct(ts, 99)))
+                if k != "direct":
+                    over[k].append((pct(ts, 50) - b50, pct(ts, 99) - b99, pct(ts, 50) / b50))
+            print(f"repeat {r + 1}: direct p50 {b50 * 1e3:.2f} ms p99 {b99 * 1e3:.2f} ms; "
+                  + "; ".join(f"{k} p50 +{(pct(ts, 50) - b50) * 1e3:.2f}" for k, ts in times.items() if k != "direct"))  # fmt: skip
+        print(f"{n} sequential requests per path per repeat, {a.repeats} interleaved repeats "
+              "(client-observed /generate latency; transport identical; semantic cache ON in `llm`):")  # fmt: skip
+        for k in paths:
+            p50s = [x[0] for x in rows[k]]
+            p99s = [x[1] for x in rows[k]]
+            line = f"  {k:14s} p50 {spread(p50s, fmt='{:.2f}')} ms  p99 {spread(p99s, fmt='{:.2f}')} ms"
+            if k != "direct":
+                line += (f"\n  {'':14s} vs direct: p50 {spread([o[0] for o in over[k]])} ms, "
+                         f"p99 {spread([o[1] for o in over[k]])} ms, "
+                         f"p50 ratio {spread([o[2] for o in over[k]], 1, '{:.3f}')}")  # fmt: skip
+            print(line)
+        if sem:
+            print(f"  llm semantic hit (tier would take 0.3 s): p50 {pct(sem, 50) * 1e3:.2f} ms, "
+                  f"p99 {pct(sem, 99) * 1e3:.2f} ms (n={len(sem)}; statuses {statuses})")  # fmt: skip
+        else:
+            print(f"  llm semantic hit: none served (statuses {statuses})")
         server.stop()
         hit = in_process_hit(max(n, 200))
         print(

@@ -119,11 +119,12 @@ def wait_stored(server, at_least: float) -> None:
 
 def test_paraphrase_is_a_semantic_hit(server) -> None:
     # The semantic lookup runs beside generation and wins only before the first token: the tier is made
-    # slow (1 s, under the 1.5 s tier timeout) so that the hit can win; both prompts carry the marker.
+    # slow (1 s, under the 1.5 s tier timeout) so that the hit can win; both prompts carry the marker
+    # (its "=" routes them to the large tier).
     stored = metric_value(metrics_text(server.metrics_url), "tf_cache_stores_total")
-    first = gen(server, "How many legs does a spider have? #sleep-small_ensemble=1")
+    first = gen(server, "How many legs does a spider have? #sleep-large_ensemble=1")
     wait_stored(server, stored + 1)
-    para = gen(server, "How many legs has a spider got? #sleep-small_ensemble=1")
+    para = gen(server, "How many legs has a spider got? #sleep-large_ensemble=1")
     assert para["cache_status"] == "hit-semantic" and para["text_output"] == first["text_output"]
     other = gen(server, "What is the boiling point of water?")
     assert other["cache_status"] == "miss"

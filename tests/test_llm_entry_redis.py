@@ -52,18 +52,20 @@ def gen(server, text: str, **kw: object) -> dict:
 
 def test_two_servers_share_exact_and_semantic_hits(cluster) -> None:
     (a, b), _ = cluster
-    first = gen(a, "What is the tallest mountain on Earth?")
+    # the large tier takes 1 s on these (mock marker; "=" routes to large): B's semantic hit can win the race
+    slow = " #sleep-large_ensemble=1"
+    first = gen(a, "What is the tallest mountain on Earth?" + slow)
     assert first["cache_status"] == "miss"
     t0 = time.monotonic()  # A writes Redis right after its response went out
     while metric_value(metrics_text(a.metrics_url), "tf_cache_stores_total") < 1 and time.monotonic() - t0 < 10:
         time.sleep(0.05)
-    hit = gen(b, "What is the tallest mountain on Earth?")
+    hit = gen(b, "What is the tallest mountain on Earth?" + slow)
     assert hit["cache_status"] == "hit-exact" and hit["text_output"] == first["text_output"]
     t0 = time.monotonic()  # B's semantic index picks A's vector up within about the sync interval (0.2 s)
     while metric_value(metrics_text(b.metrics_url), "tf_cache_entries") < 1 and time.monotonic() - t0 < 10:
         time.sleep(0.05)
     assert time.monotonic() - t0 < 5, "B did not pick up A's entry within 5 s"
-    para = gen(b, "Which mountain on Earth is the tallest?")
+    para = gen(b, "Which mountain on Earth is the tallest?" + slow)
     assert para["cache_status"] == "hit-semantic" and para["text_output"] == first["text_output"]
 
 
