@@ -335,8 +335,11 @@ def format_predictions(preds: dict) -> str:
                      f"/GPU, {p.output_tokens_per_s_per_user:,.1f}/user)  {cost}")
         lines.append(f"  batch       {p.batch}/replica (engine max {p.engine_max_batch}; the KV pool holds "
                      f"{_num(p.kv_batch_limit)} sequences of {tp.blocks_per_sequence} blocks)")
-        lines.append(f"  bound       {_num(b.output_tokens_per_s)} output tok/s ({b.limited_by}-bound, batch {b.batch}); "
-                     f"source {p.source}")
+        if b is not None:
+            lines.append(f"  bound       {_num(b.output_tokens_per_s)} output tok/s ({b.limited_by}-bound, batch "
+                         f"{b.batch}); source {p.source}")
+        else:
+            lines.append(f"  source      {p.source}")
         alt = tp.alternatives.get("calibrated")
         if alt:
             lines.append(f"  also        {alt['source']}: {_num(alt['output_tokens_per_s'])} output tok/s  TTFT "

@@ -429,6 +429,8 @@ def predict_tier(t: TierPlan, w: Workload, *, calib: dict | None = None, use_aic
     """Bound and prediction for one planned tier at workload `w`."""
     tpb = t.memory.tokens_per_block
     base = TierPrediction(w, None, None, t.memory.kv_pool_tokens, blocks_per_sequence(w.isl, w.osl, tpb))
+    if t.runtime == "cpu-reference":
+        return _predict_cpu_tier(t, base, w)
     if t.runtime != "trtllm-engine":
         base.error = f"no GPU performance model for runtime {t.runtime} (trtllm-engine tiers only)"
         return base
@@ -462,6 +464,21 @@ def predict_tier(t: TierPlan, w: Workload, *, calib: dict | None = None, use_aic
         base.prediction.notes.append(
             f"target alone; with its {t.draft.num_draft_tokens}-token draft: {base.speculation.speedup:.2f}x "
             f"(see speculation)")
+    return base
+
+
+def _predict_cpu_tier(t: TierPlan, base: TierPrediction, w: Workload) -> TierPrediction:
+    """A cpu-reference tier: the CPU system measured on this machine (`builder/cpu_system.py`), no bound, no
+    GPU cost; the draft's speed-up is not modelled here (the runtime's benchmark measures it)."""
+    from tritonforge.builder import cpu_system
+
+    s = t.shape
+    cost = cpu_system.ModelCost(2.0 * (s.num_layers * s.layer_linear_params + s.vocab_size * s.hidden_size),
+                                4.0 * s.num_layers * s.q_dim, t.model)
+    try:
+        base.prediction = cpu_system.predict_cpu(cpu_system.load_system(), w, t.engine.max_batch_size, cost)
+    except UserError as e:
+        base.error = str(e)
     return base
 
 

@@ -344,9 +344,12 @@ def fleet_capacity(per_replica: dict[str, float | None], replica_usd_h: dict[str
     served = None
     if max_rate is not None:
         served = min(request_rate, max_rate) if request_rate is not None else max_rate
-    per_out = usd_h / (served * osl * 3600) * 1e6 if served else None
-    per_all = usd_h / (served * (isl + osl) * 3600) * 1e6 if served else None
-    right = needed * usd_replica / (request_rate * osl * 3600) * 1e6 if needed and request_rate else None
+    priced = usd_replica > 0
+    per_out = usd_h / (served * osl * 3600) * 1e6 if served and priced else None
+    per_all = usd_h / (served * (isl + osl) * 3600) * 1e6 if served and priced else None
+    right = needed * usd_replica / (request_rate * osl * 3600) * 1e6 if needed and request_rate and priced else None
+    if not priced:
+        notes.append("no GPU tier: no $ figures (CPU replicas are priced by your provider)")
     if enough is False:
         notes.append(f"{replicas} replicas sustain {max_rate:.3g} requests/s; {request_rate:g}/s needs {needed}")
     if deploy_range is not None and needed is not None:

@@ -253,3 +253,26 @@ def test_plan_without_workload_does_not_load_the_models():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_cpu_tiers_use_the_measured_cpu_system_for_capacity():
+    from tritonforge.builder import cpu_system
+
+    plan = plan_deployment(load_spec(ROOT / "examples" / "cascade-cpu.yaml"), build_dir="out")
+    w = predict.Workload(isl=64, osl=64)
+    preds = predict.predict_plan(plan, w)
+    sysm = cpu_system.load_system()
+    for t in plan.tiers:
+        s = t.shape
+        cost = cpu_system.ModelCost(2.0 * (s.num_layers * s.layer_linear_params + s.vocab_size * s.hidden_size),
+                                    4.0 * s.num_layers * s.q_dim, t.model)
+        direct = cpu_system.predict_cpu(sysm, w, t.engine.max_batch_size, cost)
+        assert preds[t.name].prediction.output_tokens_per_s == pytest.approx(direct.output_tokens_per_s)
+        assert preds[t.name].bound is None and preds[t.name].speculation is None
+    cap = predict_fleet.capacity_for_plan(plan, preds, {"small": 0.5, "large": 0.5}, replicas=2, isl=64, osl=64,
+                                          request_rate=30.0, hit_rate=0.3, deploy_range=(1, 4))
+    for tc in cap.tiers:
+        per = preds[tc.name].prediction.output_tokens_per_s / 64
+        assert tc.requests_per_s_per_replica == pytest.approx(per)
+        assert tc.replicas_needed == math.ceil(30 * 0.7 * 0.5 / per)
+    assert cap.usd_per_hour == 0 and cap.usd_per_1m_output_tokens is None  # CPU replicas carry no GPU price
