@@ -352,6 +352,10 @@ def format_predictions(preds: dict) -> str:
                          f"{sp.speedup:.2f}x at batch {sp.batch} (Leviathan {sp.speedup_leviathan:.2f}x at batch 1)")
             lines.append(f"              with the draft: ITL {sp.itl_ms:,.2f} ms  {_num(sp.output_tokens_per_s)} output "
                          f"tok/s{cost}  (acceptance: {sp.acceptance_source})")
+            if sp.speedup_by_draft_tokens:
+                lines.append("              by draft length: " + "  ".join(
+                    f"K={k} {v:.2f}x" for k, v in sp.speedup_by_draft_tokens.items())
+                    + f"  (best K={sp.best_num_draft_tokens}; same acceptance at every K)")
             for n in sp.notes:
                 lines.append(f"  note        {n}")
         for n in p.notes:

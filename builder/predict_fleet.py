@@ -88,9 +88,12 @@ class Speculation:
     output_tokens_per_s_per_gpu: float
     usd_per_1m_output_tokens: float | None
     notes: list[str] = field(default_factory=list)
+    speedup_by_draft_tokens: dict[int, float] = field(default_factory=dict)  # K -> speed-up, same alpha
+    best_num_draft_tokens: int | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        d["speedup_by_draft_tokens"] = {str(k): round(v, 4) for k, v in self.speedup_by_draft_tokens.items()}
         for k in ("acceptance_rate", "expected_tokens_per_round", "cost_ratio", "speedup_leviathan", "speedup"):
             d[k] = round(d[k], 4)
         d["itl_ms"] = round(d["itl_ms"], 3)
@@ -153,11 +156,14 @@ def speculate(t, w, pred, calib: dict) -> Speculation:
         notes.append(f"the draft's KV pool holds {draft_seqs} sequences: the batch drops from {int(b)} to "
                      f"{int(b_eff)} (raise draft.kv_cache_free_gpu_mem_fraction)")
 
-    def itl_spec_s(bb: float) -> float:
+    def itl_spec_s(bb: float, kk: int = k) -> float:
         prefill = bb * (w.isl / w.osl) * (P.prefill_token_s(g, w, f) + P.prefill_token_s(gd, w, fd))
-        return (k * P.decode_step_s(gd, w, bb, fd) + verify_step_s(g, w, bb, k, f)) / e + prefill
+        ee = expected_tokens_per_round(alpha, kk)
+        return (kk * P.decode_step_s(gd, w, bb, fd) + verify_step_s(g, w, bb, kk, f)) / ee + prefill
 
-    speedup = P.itl_s(g, w, b, f) / itl_spec_s(b_eff)  # per sequence, at the batch each runs at
+    plain = P.itl_s(g, w, b, f)
+    speedup = plain / itl_spec_s(b_eff)  # per sequence, at the batch each runs at
+    by_k = {kk: plain / itl_spec_s(b_eff, kk) for kk in range(1, 9)}  # the same alpha at every K
     itl_ms = pred.itl_ms / speedup
     if w.request_rate is not None and not pred.saturated and b_eff == b:
         tps = pred.output_tokens_per_s  # the offered load is served either way; latency drops
@@ -174,7 +180,7 @@ def speculate(t, w, pred, calib: dict) -> Speculation:
     usd = t.throughput.price_per_gpu_hour * t.gpu_count / (tps * 3600) * 1e6 if tps > 0 else None
     return Speculation(k, alpha, src, e, c, leviathan_speedup(alpha, k, c), speedup, int(b_eff),
                        speedup > 1.0 and tps >= pred.output_tokens_per_s * (1 - 1e-9),
-                       itl_ms, tps, tps / t.gpu_count, usd, notes)
+                       itl_ms, tps, tps / t.gpu_count, usd, notes, by_k, max(by_k, key=by_k.get))
 
 
 # ---------------------------------------------------------------------------------------- cascade

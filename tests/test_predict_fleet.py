@@ -98,6 +98,8 @@ def test_speculation_uses_the_spec_acceptance_and_can_slow_down(tmp_path):
     assert sp.helps and sp.output_tokens_per_s > tp.prediction.output_tokens_per_s
     assert sp.speedup <= sp.speedup_leviathan * 1.001  # verification is never cheaper than the paper's one step
     assert sp.usd_per_1m_output_tokens < tp.prediction.usd_per_1m_output_tokens
+    assert sp.speedup_by_draft_tokens[sp.num_draft_tokens] == pytest.approx(sp.speedup)
+    assert sp.speedup_by_draft_tokens[sp.best_num_draft_tokens] == max(sp.speedup_by_draft_tokens.values())
 
 
 def test_a_small_draft_pool_caps_the_batch(tmp_path):
