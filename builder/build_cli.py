@@ -95,9 +95,11 @@ def format_plan(plan) -> str:
 @click.option("--no-aiconfigurator", "no_aic", is_flag=True,
               help="With --workload: our calibrated model only, even where AIConfigurator is installed and closer.")
 @click.option("--traffic-share", default=None, metavar="small=0.7,large=0.3",
-              help="With --workload: the router's share of cache misses per tier (blended $/1M, capacity).")
+              help="With --workload: the router's share of cache misses per tier (blended $/1M, capacity); "
+                   "default: the spec's router.traffic_share.")
 @click.option("--cache-hit-rate", type=float, default=None,
-              help="With --workload: fraction of requests the response cache answers (~0 GPU time).")
+              help="With --workload: fraction of requests the response cache answers (~0 GPU time); default: "
+                   "the spec's cache.expected_hit_rate.")
 @click.option("--replicas", type=int, default=None,
               help="With --workload: fleet size (replicas of the whole repository): capacity, $/hour, $/1M tokens, "
                    "replicas the --request-rate needs.")
@@ -206,6 +208,8 @@ def _fleet_inputs(s, traffic_share: str | None, cache_hit_rate: float | None):
     names = [t.name for t in s.tiers] + [r.name for r in s.router.remote]
     if traffic_share is not None:
         shares = predict_fleet.parse_traffic_share(traffic_share, names)
+    elif s.router.traffic_share is not None:
+        shares = {n: s.router.traffic_share.get(n, 0.0) for n in names}
     else:
         shares = {names[0]: 1.0} if len(names) == 1 else None
     hit = 0.0
@@ -214,6 +218,8 @@ def _fleet_inputs(s, traffic_share: str | None, cache_hit_rate: float | None):
         if hit > 0 and not s.cache.enabled:
             raise UserError(f"--cache-hit-rate {cache_hit_rate:g}: the spec's cache is off (cache.enabled: false); "
                             "drop the option or enable the cache")
+    elif s.cache.enabled and s.cache.expected_hit_rate is not None:
+        hit = s.cache.expected_hit_rate
     return shares, hit
 
 

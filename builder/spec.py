@@ -280,6 +280,8 @@ class Router(Strict):
     fallback: bool = True
     tier_timeout_s: float = Field(60.0, gt=0)
     remote: list[RemoteTier] = Field(default_factory=list)
+    # `plan` only (left out of dumps and the hash): the share of cache misses each tier gets, summing to 1.
+    traffic_share: dict[str, float] | None = Field(None, exclude=True)
 
 
 class Cache(Strict):
@@ -292,6 +294,8 @@ class Cache(Strict):
     ttl_s: int = Field(3600, ge=1, le=INT32_MAX)
     capacity: int = Field(10_000, ge=1, le=INT32_MAX)
     cache_sampled: bool = Field(False, description="cache sampled requests that carry no seed")
+    # `plan` only (left out of dumps and the hash): the fraction of requests the cache answers.
+    expected_hit_rate: float | None = Field(None, ge=0, lt=1, exclude=True)
     embedding_model: str = "builtin:all-minilm-l6-v2"
     hmac_key_env: str | None = Field(
         None, description="environment variable holding the key that signs Redis entries (HMAC-SHA256; "
@@ -413,6 +417,13 @@ class DeploymentSpec(Strict):
             raise ValueError("several tiers need the router: set router.enabled: true")
         if self.router.policy == "classifier" and self.router.enabled and not self.router.classifier_path:
             raise ValueError("router.policy classifier needs router.classifier_path (train one with `tritonforge router train`)")
+        share = self.router.traffic_share
+        if share is not None:
+            bad = sorted(set(share) - known)
+            if bad:
+                raise ValueError(f"router.traffic_share: {bad[0]!r} is not a tier; use {', '.join(names)}")
+            if any(not 0 <= v <= 1 for v in share.values()) or abs(sum(share.values()) - 1) > 1e-6:
+                raise ValueError(f"router.traffic_share: fractions in [0, 1] summing to 1, not {sum(share.values()):g}")
         if self.triton.entry_model in {t.name for t in self.tiers}:
             raise ValueError(f"triton.entry_model {self.triton.entry_model!r} clashes with a tier name; rename one")
         self._check_generated_names()

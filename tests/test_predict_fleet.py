@@ -278,3 +278,38 @@ def test_cpu_tiers_use_the_measured_cpu_system_for_capacity():
         assert tc.requests_per_s_per_replica == pytest.approx(per)
         assert tc.replicas_needed == math.ceil(30 * 0.7 * 0.5 / per)
     assert cap.usd_per_hour == 0 and cap.usd_per_1m_output_tokens is None  # CPU replicas carry no GPU price
+
+
+def _cascade_spec(tmp_path: Path, share: dict, hit: float | None) -> Path:
+    data = yaml.safe_load(CASCADE.read_text())
+    data["router"]["traffic_share"] = share
+    if hit is not None:
+        data["cache"]["expected_hit_rate"] = hit
+    p = tmp_path / "cascade.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+def test_spec_traffic_share_and_hit_rate_feed_the_blend(tmp_path):
+    p = _cascade_spec(tmp_path, {"small": 0.8, "large": 0.2}, 0.25)
+    assert load_spec(p).spec_hash() == load_spec(CASCADE).spec_hash()  # planning figures, not the repository's
+    proc = run_cli("plan", str(p), "--json", "--workload", "isl=1024,osl=128", "--no-aiconfigurator")
+    assert proc.returncode == 0, proc.stderr
+    c = json.loads(proc.stdout)["cascade"]
+    cost = c["tier_usd_per_1m_output_tokens"]
+    assert c["traffic_share"] == {"small": 0.8, "large": 0.2} and c["cache_hit_rate"] == 0.25
+    assert c["usd_per_1m_output_tokens"] == pytest.approx(0.75 * (0.8 * cost["small"] + 0.2 * cost["large"]), abs=1e-3)
+    # the command line wins over the spec
+    proc = run_cli("plan", str(p), "--json", "--workload", "isl=1024,osl=128", "--no-aiconfigurator",
+                   "--traffic-share", "small=1,large=0", "--cache-hit-rate", "0")
+    c = json.loads(proc.stdout)["cascade"]
+    assert c["usd_per_1m_output_tokens"] == pytest.approx(c["tier_usd_per_1m_output_tokens"]["small"], abs=1e-4)
+
+
+@pytest.mark.parametrize("share, fragment", [
+    ({"small": 0.5, "large": 0.2}, "summing to 1"),
+    ({"small": 0.5, "huge": 0.5}, "'huge' is not a tier"),
+])
+def test_bad_spec_traffic_share_is_one_line(tmp_path, share, fragment):
+    proc = run_cli("plan", str(_cascade_spec(tmp_path, share, None)))
+    assert proc.returncode == 2 and fragment in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
