@@ -161,8 +161,8 @@ def plan_command(spec: str | None, as_json: bool, build_dir: str | None, workloa
 
         shares, hit = fleet
         tier_w = None
-        if request_rate is not None and shares is not None:  # each tier sees its share of the misses
-            rates = predict_fleet.tier_request_rates(request_rate, shares, hit)
+        if request_rate is not None and shares is not None:  # each tier: its share of the misses, per replica
+            rates = predict_fleet.tier_request_rates(request_rate / (replicas or 1), shares, hit)
             tier_w = {n: replace(w, request_rate=r if r > 0 else None) for n, r in rates.items()}
         preds = predict_plan(plan, w, use_aiconfigurator=not no_aic, tier_workloads=tier_w)
         cascade = predict_fleet.cascade(preds, shares, hit)
@@ -184,7 +184,7 @@ def plan_command(spec: str | None, as_json: bool, build_dir: str | None, workloa
                 p = preds[td["name"]].to_dict()
                 td["prediction"], td["bound"], td["prediction_detail"] = p["prediction"], p["bound"], {
                     k: p[k] for k in ("kv_pool_tokens", "blocks_per_sequence", "alternatives", "error")}
-                td["speculation"] = p["speculation"]
+                td["speculation"], td["workload"] = p["speculation"], p["workload"]  # the tier's own load
             d["cascade"] = cascade
             if cap is not None:
                 d["capacity"] = cap.to_dict()

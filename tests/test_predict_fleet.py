@@ -223,6 +223,8 @@ def test_plan_replicas_json_consistent_with_its_predictions():
     assert cap["replicas_needed"] == max(t["replicas_needed"] for t in cap["tiers"])
     assert cap["usd_per_hour"] == pytest.approx(3 * (2.99 + 2 * 2.99))
     assert cap["tiers"][0]["demand_requests_per_s"] == pytest.approx(20 * 0.6 * 0.7)
+    tiers = {t["name"]: t for t in json.loads(proc.stdout)["tiers"]}
+    assert tiers["small"]["workload"]["request_rate"] == pytest.approx(20 * 0.6 * 0.7 / 3)  # one replica's share
     text = run_cli("plan", str(CASCADE), "--workload", "isl=2048,osl=256", "--no-aiconfigurator",
                    "--traffic-share", "small=0.7,large=0.3", "--replicas", "3", "--request-rate", "20")
     assert text.returncode == 0 and "capacity   3 replicas" in text.stdout and "fleet      $26.91/hour" in text.stdout
