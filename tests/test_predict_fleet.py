@@ -224,6 +224,9 @@ def test_plan_replicas_json_consistent_with_its_predictions():
     assert cap["usd_per_hour"] == pytest.approx(3 * (2.99 + 2 * 2.99))
     assert cap["tiers"][0]["demand_requests_per_s"] == pytest.approx(20 * 0.6 * 0.7)
     tiers = {t["name"]: t for t in json.loads(proc.stdout)["tiers"]}
+    # below capacity the blend of per-tier costs at their load is the fleet's $/hour over the tokens it emits
+    assert json.loads(proc.stdout)["cascade"]["usd_per_1m_output_tokens"] == pytest.approx(
+        cap["usd_per_1m_output_tokens"], rel=1e-3)
     assert tiers["small"]["workload"]["request_rate"] == pytest.approx(20 * 0.6 * 0.7 / 3)  # one replica's share
     text = run_cli("plan", str(CASCADE), "--workload", "isl=2048,osl=256", "--no-aiconfigurator",
                    "--traffic-share", "small=0.7,large=0.3", "--replicas", "3", "--request-rate", "20")
