@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tritonforge.loadtest.cpushare import ShareMeter
 from tritonforge.runtime.demo_model import materialize
 from tritonforge.runtime.engine import CpuEngine, GenerationRequest, default_num_threads
 
@@ -170,7 +171,12 @@ def main(argv: list[str] | None = None) -> int:
     rounds = 3 if args.quick else 7
     new = 24 if args.quick else 48
     Timed(eng, GenerationRequest([1, 5, 6, 7], 8, end_id=-1)).wait()  # warm-up
+    # the share of a core the engine thread (this process's busiest) got while measuring, read as the load
+    # test reads the served engine's: the prediction scales every time by this share over the served one
+    meter = ShareMeter([os.getpid()])
+    meter.start()
     dec, pre = measure(eng, vocab, rounds, new)
+    cpu_share = meter.stop()
     eng.shutdown()
     system = {
         "system": "cpu-reference",
@@ -182,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             "load_average_before": [round(v, 2) for v in load_before],
             "load_average_after": [round(v, 2) for v in os.getloadavg()],
             "seconds": round(time.time() - t_start, 1),
+            "cpu_share": round(cpu_share, 3) if cpu_share else None,
         },
         "model": {
             "name": "demo", "parameters": info["parameters"], "dtype": "float32",

@@ -20,6 +20,8 @@ together, so their requests finish in the same step and the next ones are prefil
 Beyond max_batch_size, users queue (Little's law gives the time in the system); with a request rate R
 the concurrency solves L = R x latency(L), as for GPU tiers. Another model than the one measured is
 predicted by scaling the per-token terms by its matmul / attention FLOPs per token (fixed costs kept).
+On a shared host every time is also scaled by the share of a core the engine thread got while the system
+was measured over the share it gets while serving (`cpu_share`, measured by the load test).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class CpuSystem:
     measured: str  # ISO date
     machine: str  # CPU model, cores, threads, load average while measured
     model: str
+    cpu_share: float | None = None  # share of one core the engine got while measured (None: not recorded)
 
     @classmethod
     def from_dict(cls, d: dict) -> CpuSystem:
@@ -61,7 +64,7 @@ class CpuSystem:
             float(m["attn_flops_per_ctx_token"]), str(d.get("measured", "?")),
             f"{mach.get('cpu', '?')}, {mach.get('cores', '?')} cores, {mach.get('torch_threads', '?')} torch threads"
             + (f", load average {load[0]:.1f} while measured" if load else ""),
-            str(m.get("name", "?")),
+            str(m.get("name", "?")), mach.get("cpu_share"),
         )
 
 
@@ -97,20 +100,24 @@ def model_cost(hf_config: dict, name: str = "") -> ModelCost:
 class _Costs:
     """The system's step and prefill times for one model and workload."""
 
-    def __init__(self, sysm: CpuSystem, cost: ModelCost | None, w: Workload, lockstep: bool = False) -> None:
+    def __init__(self, sysm: CpuSystem, cost: ModelCost | None, w: Workload, lockstep: bool = False,
+                 slowdown: float = 1.0) -> None:
         lin = cost.matmul_flops_per_token / sysm.matmul_flops_per_token if cost else 1.0
         att = cost.attn_flops_per_ctx_token / sysm.attn_flops_per_ctx_token if cost else 1.0
         self.sysm, self.lin, self.att, self.w, self.lockstep = sysm, lin, att, w, lockstep
+        self.slowdown = slowdown
         self.ctx = w.isl + w.osl / 2
 
     def decode(self, b: float) -> float:
         s = self.sysm
-        return s.step_overhead_s + b * (s.per_sequence_s * self.lin + s.per_sequence_per_ctx_token_s * self.ctx * self.att)
+        return self.slowdown * (s.step_overhead_s + b * (s.per_sequence_s * self.lin
+                                                         + s.per_sequence_per_ctx_token_s * self.ctx * self.att))
 
     def prefill(self, rows: float = 1.0) -> float:
         """`rows` prompts of ISL tokens in one step."""
         s, n = self.sysm, self.w.isl
-        return s.prefill_fixed_s + rows * (s.prefill_per_token_s * n * self.lin + s.prefill_per_token_squared_s * n * n * self.att)
+        return self.slowdown * (s.prefill_fixed_s + rows * (s.prefill_per_token_s * n * self.lin
+                                                            + s.prefill_per_token_squared_s * n * n * self.att))
 
     def itl(self, b: float) -> float:
         if self.lockstep:
@@ -130,17 +137,26 @@ class _Costs:
 
 
 def predict_cpu(sysm: CpuSystem, w: Workload, max_batch_size: int, cost: ModelCost | None = None,
-                lockstep: bool = False) -> Prediction:
+                lockstep: bool = False, cpu_share: float | None = None) -> Prediction:
     """Predicted TTFT, ITL, latency and output tokens/s of the CPU engine at workload `w` (module doc);
-    `lockstep`: a closed loop whose requests all have the same lengths (see the module doc)."""
+    `lockstep`: a closed loop whose requests all have the same lengths (see the module doc);
+    `cpu_share`: the share of a core the engine thread got (measured by the load test); every time is
+    scaled by the share the engine got while the system was measured over it (on a shared host the
+    engine runs as fast as the share of a core the scheduler gives it)."""
     if max_batch_size < 1:
         raise UserError(f"max_batch_size must be >= 1, not {max_batch_size}")
     lockstep = lockstep and w.concurrency is not None
-    c = _Costs(sysm, cost, w, lockstep)
+    slowdown = 1.0
+    if cpu_share and sysm.cpu_share:
+        slowdown = sysm.cpu_share / cpu_share
+    c = _Costs(sysm, cost, w, lockstep, slowdown)
     bmax = float(max_batch_size)
     notes: list[str] = []
     if cost is not None and abs(c.lin - 1) > 0.01:
         notes.append(f"per-token costs scaled from the measured {sysm.model} model by FLOPs per token (x{c.lin:.3g})")
+    if slowdown != 1.0:
+        notes.append(f"times scaled x{slowdown:.2f}: the engine thread got {cpu_share:.0%} of a core, "
+                     f"{sysm.cpu_share:.0%} while the system was measured")
     if lockstep:
         notes.append("closed loop with fixed lengths: the users' requests start and finish together (lockstep)")
     saturated = False

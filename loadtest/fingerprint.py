@@ -147,6 +147,8 @@ def environment(pre: dict[str, Any], repo: dict[str, Any], argv: list[str], extr
         "load_generator": {
             "host": socket.gethostname(),
             "cpus": os.cpu_count(),
+            # 1/5/15-minute load averages when the report is written: a busy host slows a CPU server
+            "load_average": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None,
             "python": sys.version.split()[0],
             "platform": platform.platform(),
             "locust": _version("locust"),

@@ -205,6 +205,7 @@ class LevelPrediction(ReportModel):
     workload: dict[str, Any] | None = None
     predicted: dict[str, Any] | None = None  # the predictor's full output
     rows: list[PredictedMetric] = Field(default_factory=list)
+    cpu_share: Number | None = None  # share of a core one thread got just before the level (CPU tiers)
     note: str | None = None
 
 

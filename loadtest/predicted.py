@@ -28,7 +28,8 @@ JOINED: tuple[tuple[str, str, str, bool], ...] = (
     ("output_tokens_per_s_per_user", "output_tokens_per_s_per_user", "output_tokens_per_s_per_user.avg", True),
 )
 
-Predictor = Callable[[Any, bool], tuple[Any, str]]  # (Workload, lockstep) -> (Prediction or None, why none / system)
+# (Workload, lockstep, CPU share now) -> (Prediction or None, why none / system)
+Predictor = Callable[[Any, bool, float | None], tuple[Any, str]]
 
 
 def _measured(m: dict[str, Any], key: str) -> float | None:
@@ -94,8 +95,8 @@ def make_predictor(spec: Any, tier: str | None, gpu: str | None, cpu_system_file
         cost = cpu_system.model_cost(target.config, t.model)
         system = f"cpu-reference system measured {sysm.measured[:10]}"
 
-        def cpu(w: Any, in_lockstep: bool = False) -> tuple[Any, str]:
-            return cpu_system.predict_cpu(sysm, w, t.limits.max_batch_size, cost, in_lockstep), system
+        def cpu(w: Any, in_lockstep: bool = False, share: float | None = None) -> tuple[Any, str]:
+            return cpu_system.predict_cpu(sysm, w, t.limits.max_batch_size, cost, in_lockstep, share), system
 
         return cpu, system
     from tritonforge.builder import planner, predict
@@ -105,7 +106,8 @@ def make_predictor(spec: Any, tier: str | None, gpu: str | None, cpu_system_file
     draft = resolve_model(t.draft.model) if getattr(t, "draft", None) else None
     tp = planner.plan_tier(t, target.config, g, draft_config=draft.config if draft else None)
 
-    def gpu_predict(w: Any, in_lockstep: bool = False) -> tuple[Any, str]:  # the GPU model is steady-state
+    def gpu_predict(w: Any, in_lockstep: bool = False, share: float | None = None) -> tuple[Any, str]:
+        # the GPU model is steady-state and a GPU is not time-shared with other processes
         tpred = predict.predict_tier(tp, w)
         if tpred.prediction is None:
             return None, f"no prediction: {tpred.error}"
@@ -115,12 +117,12 @@ def make_predictor(spec: Any, tier: str | None, gpu: str | None, cpu_system_file
 
 
 def level_prediction(predictor: Predictor | None, why: str, workload: Any, metrics: LevelMetrics,
-                     in_lockstep: bool = False) -> LevelPrediction:
+                     in_lockstep: bool = False, cpu_share: float | None = None) -> LevelPrediction:
     """The `prediction` section of one level (a note instead when there is none)."""
     if predictor is None:
         return LevelPrediction(note=why)
     try:
-        pred, system = predictor(workload, in_lockstep)
+        pred, system = predictor(workload, in_lockstep, cpu_share)
     except UserError as exc:
         return LevelPrediction(workload=workload.to_dict(), note=f"no prediction: {exc}")
     if pred is None:

@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tritonforge.errors import UserError
-from tritonforge.loadtest import cost, fingerprint, metrics, predicted, prom, protocols, workload
+from tritonforge.loadtest import cost, cpushare, fingerprint, metrics, predicted, prom, protocols, workload
 from tritonforge.loadtest.models import (
     Cost,
     LevelMetrics,
@@ -331,6 +331,9 @@ def run_loadtest(cfg: LoadTestConfig, progress: Progress | None = None) -> tuple
     repo_fp, lock_spec = fingerprint.repo_info(cfg.repo, cfg.build_dir)
     spec = _load_spec(cfg.spec_path, lock_spec)
     predictor, no_prediction = predicted.make_predictor(spec, cfg.tier, cfg.gpu, cfg.cpu_system)
+    # a local CPU engine on a shared host runs as fast as the share of a core it gets: measured per level
+    on_cpu_engine = predictor is not None and cost.on_cpu(spec, cfg.tier)
+    meter = cpushare.ShareMeter(cpushare.engine_pids(cfg.url, cfg.repo) if on_cpu_engine else [])
 
     if cfg.workload.trace:  # validate the trace before loading a tokenizer (which may build one)
         items = workload.read_trace(cfg.workload.trace, cfg.workload, None)
@@ -362,13 +365,17 @@ def run_loadtest(cfg: LoadTestConfig, progress: Progress | None = None) -> tuple
     scrape_ok = True
     offset = 0  # each run continues the workload where the previous one stopped
     for level in cfg.levels:
-        runs, servers, gens = [], [], []
+        runs, servers, gens, shares = [], [], [], []
         for rep in range(cfg.repeat):
             say(f"{level.label}: run {rep + 1}/{cfg.repeat}, {cfg.duration_s:g}s ...")
             time.sleep(0.5)  # let the previous requests' last counters land before the "before" scrape
             before = prom.scrape(metrics_url)
             t0 = time.time()
+            meter.start()
             result = run_locust(cfg, level, rep, workload_file, cfg.output, offset % max(1, len(items)))
+            share = meter.stop()
+            if share is not None:
+                shares.append(share)
             time.sleep(0.3)  # let the server publish its last counters
             after = prom.scrape(metrics_url)
             scrape_ok = scrape_ok and before is not None and after is not None
@@ -387,8 +394,12 @@ def run_loadtest(cfg: LoadTestConfig, progress: Progress | None = None) -> tuple
                 f"{m.get('output_tokens_per_s', 0):,.1f} output tok/s, {m.get('requests_per_s', 0):.2f} req/s")  # fmt: skip
         entry = _level_entry(cfg, level, runs, servers, gens, spec)
         wl = predicted.level_workload(cfg.workload, level.mode, level.value, entry.metrics)
+        share = sorted(shares)[len(shares) // 2] if shares else None
         entry.prediction = predicted.level_prediction(
-            predictor, no_prediction, wl, entry.metrics, predicted.lockstep(cfg.workload, level.mode, level.spawn_rate))
+            predictor, no_prediction, wl, entry.metrics, predicted.lockstep(cfg.workload, level.mode, level.spawn_rate),
+            share)
+        if share is not None:
+            entry.prediction.cpu_share = round(share, 3)
         levels_out.append(entry)
     if not scrape_ok:
         notes.append(f"Triton metrics not read from {metrics_url}; pass --metrics-url (server metrics omitted)")

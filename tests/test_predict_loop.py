@@ -214,3 +214,39 @@ def test_predictor_for_cpu_and_gpu_specs() -> None:
     none, why = predicted.make_predictor(None, None, None)
     assert none is None and "--spec" in why
     assert predicted.level_prediction(None, why, Workload(1, 1), METRICS).note == why
+
+
+def test_cpu_prediction_scales_with_the_engines_share_of_a_core() -> None:
+    shared = cpu_system.CpuSystem(**{**SYSTEM.__dict__, "cpu_share": 0.5})
+    base = cpu_system.predict_cpu(shared, Workload(100, 11, concurrency=1), 8)
+    same = cpu_system.predict_cpu(shared, Workload(100, 11, concurrency=1), 8, cpu_share=0.5)
+    slower = cpu_system.predict_cpu(shared, Workload(100, 11, concurrency=1), 8, cpu_share=0.25)
+    assert same.itl_ms == pytest.approx(base.itl_ms) == pytest.approx(12.0)
+    assert slower.itl_ms == pytest.approx(24.0) and slower.ttft_ms == pytest.approx(30.0)
+    assert any("x2.00" in n for n in slower.notes)
+    unknown = cpu_system.predict_cpu(SYSTEM, Workload(100, 11, concurrency=1), 8, cpu_share=0.25)
+    assert unknown.itl_ms == pytest.approx(12.0)  # the system did not record its share: no scaling
+
+
+def _fake_proc(root: Path, pid: int, argv: list[str], threads: dict[int, tuple[int, int]]) -> None:
+    d = root / str(pid)
+    (d / "task").mkdir(parents=True)
+    (d / "cmdline").write_bytes(b"\0".join(a.encode() for a in argv) + b"\0")
+    for tid, (ut, st) in threads.items():
+        (d / "task" / str(tid)).mkdir()
+        rest = ["S"] + ["0"] * 10 + [str(ut), str(st)] + ["0"] * 20  # fields 3.. of proc(5) stat
+        (d / "task" / str(tid) / "stat").write_text(f"{tid} (triton_python_b) " + " ".join(rest) + "\n")
+
+
+def test_engine_threads_found_and_read_from_proc(tmp_path: Path) -> None:
+    from tritonforge.loadtest import cpushare
+
+    repo = tmp_path / "repo"
+    stub = "/x/triton_python_backend_stub"
+    _fake_proc(tmp_path, 10, [stub, f"{repo.resolve()}/tensorrt_llm/1/model.py", "shm"], {10: (5, 1), 11: (300, 20)})
+    _fake_proc(tmp_path, 20, [stub, f"{repo.resolve()}/preprocessing/1/model.py", "shm"], {20: (900, 0)})
+    _fake_proc(tmp_path, 30, ["/usr/bin/python", f"{repo.resolve()}/tensorrt_llm/1/model.py"], {30: (1, 1)})
+    (tmp_path / "self").mkdir()
+    assert cpushare.engine_pids("http://127.0.0.1:8000", str(repo), tmp_path) == [10]
+    assert cpushare.engine_pids("http://10.1.2.3:8000", str(repo), tmp_path) == []  # a remote server
+    assert cpushare.thread_ticks([10], tmp_path) == {(10, 10): 6, (10, 11): 320}
