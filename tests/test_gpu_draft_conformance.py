@@ -18,6 +18,7 @@ orders.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -192,5 +193,14 @@ def test_bls_requests_as_the_readme_sends_them(bls_server) -> None:
     assert "max_draft_len" in text and "got 4" in text, text
     code, text = _bls(bls_server, {**base, "use_draft_logits": True})
     assert "use_draft_logits" in text and "--gather_generation_logits" in text, text
+    # LoRA goes to the target engine, which answers for itself (here: the CPU engine refuses it by name)
     code, text = _bls(bls_server, {**base, "lora_task_id": 1})
-    assert "lora_task_id" in text, text
+    assert "lora_task_id" in text and "CPU reference engine" in text, text
+    # the embedding bias reaches the engines through preprocessing
+    code, text = _bls(bls_server, {**base, "max_tokens": 4, "embedding_bias_words": ["return"],
+                                   "embedding_bias_weights": [1e4]})
+    assert code == 200, text
+    out = json.loads(text.split("data:", 1)[1])["text_output"] if "data:" in text else ""
+    assert out.strip() and set(out.replace(" ", "")) <= set("return"), text
+    code, text = _bls(bls_server, {**base, "num_return_sequences": 2})
+    assert "num_return_sequences" in text, text
