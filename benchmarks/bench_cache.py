@@ -2,7 +2,8 @@
 
     python benchmarks/bench_cache.py [--sizes 10000,100000] [--requests 1000] [--redis] [--pairs-only]
 
-1. Semantic lookup including the embedding of the query (all-MiniLM-L6-v2, 1 thread) against an
+1. Semantic lookup including the embedding of the query (all-MiniLM-L6-v2, 1 thread, the runtime the
+   `llm` model would pick: ONNX Runtime int8 when installed) against an
    index of N entries, p50/p99. The N stored vectors are random unit vectors (embedding 100k real
    prompts would take ~10 minutes on 2 cores); the queries are real prompts embedded per lookup.
 2. Exact-hit lookup p50 (memory backend; and Redis with --redis, which starts a redis-server).
@@ -259,7 +260,8 @@ def main() -> None:
     a = ap.parse_args()
     t0 = time.perf_counter()
     emb = load_embedder("builtin:all-minilm-l6-v2", threads=1)
-    print(f"embedder loaded in {time.perf_counter() - t0:.1f}s (dim {emb.dim}, 1 torch thread)")
+    print(f"embedder loaded in {time.perf_counter() - t0:.1f}s (dim {emb.dim}, runtime {emb.runtime}, 1 thread; "
+          "TRITONFORGE_EMBED_RUNTIME picks another)")  # fmt: skip
     print("labelled near-duplicates:")
     near_duplicates(emb, [0.85, 0.9, 0.92, 0.95, 0.97])
     if a.pairs_only:

@@ -180,6 +180,8 @@ class EntryService:
         except BaseException:
             if race is not None:
                 race.close()
+            if lookup.status == "miss":
+                self._settle(lookup)
             raise
         if race is not None:
             race.close()
