@@ -181,6 +181,10 @@ class Serving(Strict):
     batch_scheduler_policy: Literal["guaranteed_no_evict", "max_utilization"] = "guaranteed_no_evict"
     enable_chunked_context: bool = False
     cpu_threads: int | None = Field(None, ge=1, le=4096, description="cpu-reference only: torch threads")
+    stream_interval: int = Field(
+        1, ge=1, le=256,
+        description="cpu-reference only: streamed responses carry this many new tokens (the first token alone, "
+                    "at once); fewer responses per stream, the same text")
 
 
 class CudaGraphConfig(Strict):

@@ -133,6 +133,7 @@ def engine_parameters(tier: Tier, model_dir: str, limits: dict[str, int], *, dra
                 "cpu_tokens_per_block": kv.tokens_per_block,
                 "cpu_num_threads": tier.serving.cpu_threads or 0,
                 "cpu_dtype": tier.dtype if tier.dtype == "float32" else "bfloat16",
+                "cpu_stream_interval": tier.serving.stream_interval,
             }
         )
         return params

@@ -191,6 +191,7 @@ class CpuEngine:
         num_threads: int | None = None,
         dtype: str = "float32",
         reuse_cache_bytes: int = 256 * 1024 * 1024,
+        stream_interval: int = 1,
     ) -> None:
         for name, v in (
             ("max_batch_size", max_batch_size),
@@ -212,6 +213,10 @@ class CpuEngine:
         except (ValueError, FileNotFoundError) as e:
             raise EngineError(str(e)) from e
         self.model_dir = str(model_dir)
+        # Streaming: a sequence's first token goes out at once (TTFT unchanged), then one chunk per
+        # `stream_interval` new tokens (the rest when it finishes), as the LLM API's `stream_interval` does;
+        # fewer responses, the same tokens.
+        self.stream_interval = max(1, int(stream_interval))
         self.max_batch_size = int(max_batch_size)
         self.max_num_tokens = int(max_num_tokens)
         self.max_input_len = int(max_input_len)
@@ -529,7 +534,8 @@ class CpuEngine:
         self._steps += 1
         done = {id(s) for s, _ in finished}
         for seq in touched:
-            if id(seq) not in done and seq.req.streaming and len(seq.generated) > seq.emitted:
+            if (id(seq) not in done and seq.req.streaming and len(seq.generated) > seq.emitted
+                    and (seq.emitted == 0 or len(seq.generated) - seq.emitted >= self.stream_interval)):
                 self._emit(seq, finished=False)
         for seq, reason in finished:
             self._finish(seq, reason, error=errors.get(seq.handle))

@@ -48,6 +48,11 @@ def test_report_carries_prediction_and_ratio_per_level(tiny_demo_server, tiny_de
 
     ok = check(min(shares) / 2)
     assert ok.returncode == 0 and "prediction check: all 10 metrics" in ok.stdout, ok.stdout + ok.stderr
-    bad = check(min(10.0, max(shares) * 2))
+    values = sorted(set(shares))
+    assert len(values) > 1
+    k = max(1, min(len(values) // 2, sum(v <= 10 for v in values) - 1))
+    share = (values[k - 1] + values[k]) / 2  # between two of the report's own figures
+    bad = check(share)
     assert bad.returncode == 1
-    assert len([ln for ln in bad.stdout.splitlines() if ln.startswith("BELOW PREDICTION:")]) == len(shares) == 10
+    below = [ln for ln in bad.stdout.splitlines() if ln.startswith("BELOW PREDICTION:")]
+    assert len(below) == sum(v < share for v in shares) > 0

@@ -137,3 +137,64 @@ def test_interleaved_streams_keep_split_characters(tiny_demo_server, tiny_demo_r
         assert "".join(pieces) == text, (key, pieces)
         assert "\ufffd" not in "".join(pieces)
 
+
+
+def test_engine_stream_interval_first_token_alone_then_groups(tf_cache) -> None:
+    """In-process CPU engine: with stream_interval 4 the first chunk holds 1 token, later ones 4 (the rest at
+    the end), and the tokens are exactly those of stream_interval 1."""
+    from tritonforge.runtime.demo_model import model_dir
+    from tritonforge.runtime.engine import CpuEngine, GenerationRequest
+
+    def run(interval: int) -> list[list[int]]:
+        engine = CpuEngine(model_dir("tiny"), max_batch_size=4, max_num_tokens=1024, max_input_len=128,
+                           max_seq_len=256, num_threads=1, stream_interval=interval)
+        chunks: list[list[int]] = []
+        done = threading.Event()
+
+        def on_chunk(chunk) -> None:
+            if chunk.token_ids:
+                chunks.append(list(chunk.token_ids))
+            if chunk.finished:
+                done.set()
+
+        try:
+            engine.submit(GenerationRequest(input_ids=[1, 5, 9, 13, 17], max_new_tokens=19, min_tokens=19, top_k=1,
+                                            streaming=True), on_chunk)
+            assert done.wait(120)
+        finally:
+            engine.shutdown()
+        return chunks
+
+    one, four = run(1), run(4)
+    assert [len(c) for c in one] == [1] * 19
+    assert [len(c) for c in four] == [1, 4, 4, 4, 4, 2]
+    assert sum(four, []) == sum(one, [])
+
+
+@pytest.fixture(scope="module")
+def interval_server(tmp_path_factory, tf_cache):
+    from tests.conftest import tiny_variant
+    from tritonforge.builder.render import emit_files, write_repository
+    from tritonforge.builder.server import TritonServer, free_ports
+    from tritonforge.builder.spec import load_spec
+
+    d = tmp_path_factory.mktemp("stream-interval")
+    spec_path = tiny_variant("cpu-demo.yaml", d, serving={"streaming": True, "exclude_input_in_output": True,
+                                                          "stream_interval": 4})
+    files, _ = emit_files(load_spec(spec_path), spec_path.parent)
+    write_repository(files, d / "repo")
+    with TritonServer(d / "repo", free_ports(), log_path=d / "triton.log") as srv:
+        srv.wait_ready(180)
+        yield srv
+
+
+def test_stream_interval_same_text_fewer_responses(interval_server) -> None:
+    url, grpc_url = interval_server.http_url, interval_server.grpc_url
+    for i, p in enumerate(PROMPTS[:4]):
+        r = requests.post(f"{url}/v2/models/ensemble/generate",
+                          json={"text_input": p, "max_tokens": 21, "min_tokens": 21, "top_k": 1}, timeout=120)
+        assert r.status_code == 200, r.text
+        want = r.json()["text_output"]
+        text, pieces = _stream_text(grpc_url, p, f"iv{i}", 21)
+        assert text in (want, want[:-1] if want.endswith("\ufffd") else None), (p, text, want)
+        assert 2 <= pieces <= 6  # 1 + 4 * 5 tokens: at most 6 responses with text (was 21)
