@@ -136,4 +136,5 @@ def build_service(
     router = build_router(cfg, classifier, embed)
     cache = make_cache(cfg, embedder, metrics)
     kwargs.setdefault("embed_workers", int(os.environ.get("TRITONFORGE_EMBED_WORKERS", "1")))
+    kwargs.setdefault("embed_nice", int(os.environ.get("TRITONFORGE_EMBED_NICE", "10")))
     return EntryService(cfg, router, call_local, cache, metrics, **kwargs)

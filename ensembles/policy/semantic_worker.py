@@ -10,6 +10,7 @@ Concurrent embeddings are batched (one model call for everything waiting).
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 from collections import deque
@@ -103,8 +104,12 @@ class SemanticWorker:
         max_lookups: int = 16,
         max_inserts: int = 512,
         batch: int = 16,
+        nice: int = 0,
     ) -> None:
+        """`nice`: raise the workers' nice value by this much (0: leave it), so that on a busy host the
+        embedding takes only CPU time that generation and responses do not need."""
         self.cache = cache
+        self.nice = nice
         self.metrics = metrics or Metrics()
         self.max_lookups, self.max_inserts, self.batch = max_lookups, max_inserts, max(1, batch)
         self._cv = threading.Condition()
@@ -164,6 +169,11 @@ class SemanticWorker:
             return [], [self._inserts.popleft() for _ in range(n)]
 
     def _run(self) -> None:
+        if self.nice:
+            try:  # Linux: a thread's own nice value (its TID); the request threads keep the CPU first
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
+            except (AttributeError, OSError) as exc:
+                log.info("semantic worker: cannot lower its priority (%s)", exc)
         while True:
             jobs = self._take()
             if jobs is None:

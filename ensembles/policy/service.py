@@ -115,9 +115,10 @@ class EntryService:
         workers: int = 64,
         semantic_worker: SemanticWorker | None = None,
         embed_workers: int = 1,
+        embed_nice: int = 0,
     ) -> None:
         """The semantic layer (when the cache has one) runs on `semantic_worker`, or on a new one with
-        `embed_workers` threads."""
+        `embed_workers` threads at nice +`embed_nice`."""
         self.cfg, self.router, self.cache = cfg, router, cache
         self.call_local, self.call_remote_tier = call_local, call_remote_tier
         self.metrics = metrics or Metrics()
@@ -125,7 +126,7 @@ class EntryService:
         self._last_maint = time.monotonic()
         self.worker = semantic_worker
         if self.worker is None and cache is not None:
-            self.worker = SemanticWorker(cache, self.metrics, threads=embed_workers)
+            self.worker = SemanticWorker(cache, self.metrics, threads=embed_workers, nice=embed_nice)
 
     def validate(self, req: GenRequest) -> None:
         """Refuse at once what no tier (or the forced tier) can serve, before any routing or tokenizing."""
