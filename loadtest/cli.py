@@ -186,8 +186,9 @@ def compare_command(baseline: str, current: str, tolerance: tuple[str, ...], min
 
     tol = compare.parse_tolerances(tolerance)
     min_of = predicted.parse_min_of_prediction(min_of_prediction) if min_of_prediction is not None else None
+    base = compare.load_report(baseline)
     cur = compare.load_report(current)
-    result = compare.compare_reports(compare.load_report(baseline), cur, tol)
+    result = compare.compare_reports(base, cur, tol)
     if not result["rows"]:
         raise UserError(f"{baseline} and {current} share no load level with metrics; run both with the same --users/--concurrency/--request-rate")
     gate = None
