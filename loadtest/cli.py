@@ -112,6 +112,10 @@ def run_command(**kw: Any) -> None:
     tolerances = compare.parse_tolerances(kw["tolerance"])
     min_of = predicted.parse_min_of_prediction(kw["min_of_prediction"]) if kw["min_of_prediction"] is not None else None
     baseline = compare.load_report(kw["baseline"]) if kw["baseline"] else None
+    if kw["cpu_system"]:  # asked for by name: a bad file is the user's error, before any request is sent
+        from tritonforge.builder.cpu_system import load_system
+
+        load_system(kw["cpu_system"])
     duration = parse_duration(kw["duration"], "--duration")
     if duration <= 0:
         raise UserError("--duration must be > 0, e.g. 60s")

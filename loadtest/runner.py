@@ -330,7 +330,10 @@ def run_loadtest(cfg: LoadTestConfig, progress: Progress | None = None) -> tuple
     metrics_url = cfg.metrics_url or f"{derived_url(cfg.url, 2)}/metrics"
     repo_fp, lock_spec = fingerprint.repo_info(cfg.repo, cfg.build_dir)
     spec = _load_spec(cfg.spec_path, lock_spec)
-    predictor, no_prediction = predicted.make_predictor(spec, cfg.tier, cfg.gpu, cfg.cpu_system)
+    try:
+        predictor, no_prediction = predicted.make_predictor(spec, cfg.tier, cfg.gpu, cfg.cpu_system)
+    except (UserError, OSError, ValueError, KeyError) as exc:  # the measurement does not depend on it
+        predictor, no_prediction = None, f"no prediction: {exc}"
     # a local CPU engine on a shared host runs as fast as the share of a core it gets: measured per level
     on_cpu_engine = predictor is not None and cost.on_cpu(spec, cfg.tier)
     meter = cpushare.ShareMeter(cpushare.engine_pids(cfg.url, cfg.repo) if on_cpu_engine else [])

@@ -250,3 +250,12 @@ def test_engine_threads_found_and_read_from_proc(tmp_path: Path) -> None:
     assert cpushare.engine_pids("http://127.0.0.1:8000", str(repo), tmp_path) == [10]
     assert cpushare.engine_pids("http://10.1.2.3:8000", str(repo), tmp_path) == []  # a remote server
     assert cpushare.thread_ticks([10], tmp_path) == {(10, 10): 6, (10, 11): 320}
+
+
+def test_run_options_checked_before_any_request(tmp_path: Path) -> None:
+    url = "http://127.0.0.1:9"  # nothing listens: an error about the options must come first
+    bad = _cli("--url", url, "--min-of-prediction", "x", "-o", str(tmp_path / "o"))
+    assert bad.returncode == 2 and "--min-of-prediction" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    missing = _cli("--url", url, "--cpu-system", str(tmp_path / "none.json"), "-o", str(tmp_path / "o"))
+    assert missing.returncode == 2 and "CPU system file" in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
