@@ -16,10 +16,11 @@ METRICS = {"ttft_ms", "itl_ms", "e2e_ms", "output_tokens_per_s", "output_tokens_
 
 def test_report_carries_prediction_and_ratio_per_level(tiny_demo_server, tiny_demo_repo: Path, tmp_path: Path) -> None:
     out = tmp_path / "load"
+    # own seed and prompt length: no prompt another test on this server sends (its prefix cache stays cold for them)
     proc = subprocess.run(
         [sys.executable, "-m", "tritonforge", "loadtest", "--url", tiny_demo_server.http_url, "--model", "ensemble",
          "--concurrency", "1,2", "--duration", "4s", "--warmup", "2", "--tokenizer", "tiny",
-         "--workload", "isl=32,osl=16", "--metrics-url", tiny_demo_server.metrics_url, "--repo", str(tiny_demo_repo),
+         "--workload", "isl=40,osl=16", "--seed", "101", "--metrics-url", tiny_demo_server.metrics_url, "--repo", str(tiny_demo_repo),
          "--output", str(out)],
         capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -28,7 +29,7 @@ def test_report_carries_prediction_and_ratio_per_level(tiny_demo_server, tiny_de
     for lv in report["levels"]:
         p = lv["prediction"]
         assert p["source"].startswith("cpu-reference system measured")  # the repository's tier runs on CPU
-        assert p["workload"]["isl"] == 32 and p["workload"]["osl"] == 16 and p["workload"]["concurrency"] == lv["value"]
+        assert p["workload"]["isl"] == 40 and p["workload"]["osl"] == 16 and p["workload"]["concurrency"] == lv["value"]
         assert p["predicted"]["concurrency"] == lv["value"]
         rows = {r["metric"]: r for r in p["rows"]}
         assert set(rows) == METRICS
