@@ -25,10 +25,16 @@ def _params(n: int) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
 
 
-def format_plan(plan) -> str:
-    """A readable plan: one block per tier, then the problems."""
+def format_plan(plan, image: str | None = None) -> str:
+    """A readable plan: one block per tier, then the problems. With the spec's Triton `image`, a
+    `targets ...` line per runtime says which TensorRT-LLM target and version the plan assumes."""
     lines = [f"plan {plan.spec_name}  (spec {plan.spec_hash[:12]}, TensorRT-LLM {plan.trtllm_version}, "
              f"build dir {plan.build_dir})"]
+    if image is not None:
+        from tritonforge.builder import versions
+
+        for runtime in dict.fromkeys(t.runtime for t in plan.tiers):
+            lines.append(versions.targets_line(runtime, plan.trtllm_version, image))
     for t in plan.tiers:
         s, m, g, tput, e = t.shape, t.memory, t.gpu, t.throughput, t.engine
         lines.append("")
@@ -40,15 +46,23 @@ def format_plan(plan) -> str:
         lines.append(f"  target      {t.gpu_count} x {g.name} (sm{g.sm}, {g.memory_gib:.2f} GiB, {g.hbm_tb_s} TB/s)  "
                      f"tp {t.tp} pp {t.pp}  {t.dtype}  weights {t.quant_format}  KV {t.kv_cache_dtype}")
         wd = m.weights_detail
+        pytorch = t.runtime == "trtllm-pytorch"
+        # trtllm-pytorch: no engine activations; the backend's forward buffers, reserve and CUDA-graph
+        # allowance (planner.PYTORCH_CUDA_GRAPH_BYTES), estimated
+        buffers = "runtime buffers~ " if pytorch else "activations~ "
+        other = "draft model " if pytorch else "draft engine "
         lines.append(f"  memory/GPU  weights {_gib(m.weights)} (linear {_gib(wd.get('linear', 0))}, embedding "
-                     f"{_gib(wd.get('embedding', 0))}, lm_head {_gib(wd.get('lm_head', 0))})  activations~ "
-                     f"{_gib(m.activations)}" + (f"  draft engine {_gib(m.other_engine)}" if m.other_engine else ""))
+                     f"{_gib(wd.get('embedding', 0))}, lm_head {_gib(wd.get('lm_head', 0))})  {buffers}"
+                     f"{_gib(m.activations)}" + (f"  {other}{_gib(m.other_engine)}" if m.other_engine else ""))
+        if pytorch:
+            lines.append("              (estimate: one max_num_tokens forward pass + runtime reserve + CUDA graphs (1 GiB when on) "
+                         "allowance; the LLM API sizes the KV pool from what is free after the model loads)")
         lines.append(f"  KV cache    {m.kv_bytes_per_token / 1024:.1f} KiB/token/GPU  pool {_gib(m.kv_pool_bytes)} "
                      f"(x{m.kv_fraction} of {_gib(max(0, m.free_after_load))} free"
                      f"{', capped by max_tokens' if m.kv_pool_capped_by_max_tokens else ''})  "
                      f"{_num(m.kv_pool_tokens)} tokens")
         fit = (f"{_num(m.max_concurrent_sequences)} concurrent {e.engine_max_seq_len}-token sequences "
-               f"(engine max batch {e.max_batch_size})" if m.fits else
+               f"({'max batch' if pytorch else 'engine max batch'} {e.max_batch_size})" if m.fits else
                f"DOES NOT FIT: short by {_gib(m.shortfall_bytes)} per GPU for one {e.engine_max_seq_len}-token sequence")
         lines.append(f"  capacity    {fit}")
         cost = (f"  ${tput.cost_per_million_output_tokens:.4f} / 1M output tokens at ${tput.price_per_gpu_hour}/GPU-h"
@@ -57,13 +71,27 @@ def format_plan(plan) -> str:
                      f"tok/s at batch {tput.decode_batch} ({tput.decode_bound}-bound at the longest context; "
                      f"--workload for your traffic){cost}")
         q = t.quantize
-        if q.modelopt_config or q.kv_cache_dtype:
+        if pytorch:
+            what = (f"ModelOpt {q.modelopt_config or 'no weight quantization'}"
+                    f"{' + ' + q.kv_cache_dtype.upper() + ' KV' if q.kv_cache_dtype else ''}  calibration "
+                    f"{q.calib_dataset} {q.calib_size} x {q.calib_seq_len} tokens  -> "
+                    if q.modelopt_config or q.kv_cache_dtype else "no quantization: the LLM API loads the "
+                    "checkpoint as it is, or ")
+            lines.append(f"  quantize    {what}unified HF checkpoint (ModelOpt export_hf_checkpoint), no engine build")
+            if t.draft is not None:
+                d = t.draft
+                lines.append(f"  draft       {d.model}  {_params(d.shape.total_params)} params  {d.num_draft_tokens} "
+                             f"draft tokens  weights {_gib(d.memory.weights)}  (DraftTargetDecodingConfig, same "
+                             f"LLM instance)")
+        elif q.modelopt_config or q.kv_cache_dtype:
             lines.append(f"  quantize    ModelOpt {q.modelopt_config or 'no weight quantization'}"
                          f"{' + ' + q.kv_cache_dtype.upper() + ' KV' if q.kv_cache_dtype else ''}  calibration "
                          f"{q.calib_dataset} {q.calib_size} x {q.calib_seq_len} tokens  -> TRT-LLM checkpoint "
                          f"(tp {q.tp}, pp {q.pp}, {q.export_dtype}, quant_algo {q.expected_quant_algo})")
         else:
             lines.append(f"  export      TRT-LLM checkpoint (tp {q.tp}, pp {q.pp}, {q.export_dtype}), no quantization")
+        if pytorch:
+            continue
         lines.append("  build       " + " ".join(e.argv))
         if not e.paged_context_fmha:
             lines.append(f"              (no paged context FMHA: {e.paged_context_fmha_off_reason})")
@@ -190,7 +218,7 @@ def plan_command(spec: str | None, as_json: bool, build_dir: str | None, workloa
                 d["capacity"] = cap.to_dict()
         click.echo(json.dumps(d, indent=2, sort_keys=True))
     else:
-        click.echo(format_plan(plan))
+        click.echo(format_plan(plan, s.triton.image))
         if preds is not None:
             click.echo(format_predictions(preds))
             text = format_cascade(cascade, len(plan.tiers) + len(s.router.remote) > 1)

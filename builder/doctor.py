@@ -359,6 +359,9 @@ def mpi_needed(spec: Any | None) -> str | None:
 
     tiers = [t for t in spec.tiers if t.runtime == Runtime.trtllm_engine]
     if not tiers:
+        if any(t.runtime == Runtime.trtllm_pytorch for t in spec.tiers):
+            # launch.py: a PyTorch-backend-only repository runs one rank; the LLM API spawns its TP x PP workers
+            return "the launch runs tritonserver under mpirun (one rank; the LLM API spawns its own workers)"
         return None
     worlds = [t.parallelism.tp * t.parallelism.pp for t in tiers]
     return f"the launch runs tritonserver under mpirun ({'TP x PP ' + str(max(worlds)) if max(worlds) > 1 else 'one rank'})"

@@ -176,6 +176,9 @@ def _placeholder_paths(spec: DeploymentSpec) -> dict:
         if t.runtime == Runtime.cpu_reference:
             out[t.name] = TierPaths(f"{STORE}/model/{t.name}", f"{STORE}/model/{t.name}",
                                     f"{STORE}/model/{t.name}-draft" if t.draft else None)
+        elif t.runtime == Runtime.trtllm_pytorch:  # the unified HF checkpoint the LLM API loads, no engine
+            out[t.name] = TierPaths(f"/checkpoints/{t.name}/checkpoint", t.tokenizer or t.model,
+                                    f"/checkpoints/{t.name}/draft_checkpoint" if t.draft else None)
         else:
             out[t.name] = TierPaths(f"/engines/{t.name}/engine", t.tokenizer or t.model,
                                     f"/engines/{t.name}/draft_engine" if t.draft else None)

@@ -65,6 +65,13 @@ FP8_CONTEXT_FMHA_FORMATS = (QuantFormat.fp8, QuantFormat.w4a8_awq, QuantFormat.n
 ACTIVATION_BUFFERS = 2  # the widest layer's input and output are live together
 RUNTIME_RESERVE_BYTES = 1 * GIB  # CUDA context, cuBLAS/TRT workspaces, runtime buffers
 MULTI_GPU_RESERVE_BYTES = GIB // 2  # NCCL / custom all-reduce buffers when TP x PP > 1
+# trtllm-pytorch: no engine, so no TensorRT activation plan. The LLM API sizes its KV pool as
+# KvCacheConfig.free_gpu_memory_fraction x the GPU memory free after the model loads
+# (https://nvidia.github.io/TensorRT-LLM/examples/kvcacheconfig.html). What the PyTorch backend holds
+# besides weights is estimated as one max_num_tokens forward pass (the same width formula as
+# `activation_bytes`) + the same fixed reserve, + a fixed allowance for captured CUDA graphs when
+# cuda_graph_config is on. The allowance is a stated guess, not a measurement.
+PYTORCH_CUDA_GRAPH_BYTES = GIB
 LOGITS_BYTES = 4  # the runtime keeps fp32 logits for sampling
 
 
@@ -252,6 +259,16 @@ def activation_bytes(shape: ModelShape, dtype: str, max_num_tokens: int, max_bat
     logits = max_batch_size * tokens_per_step * shape.vocab_size * LOGITS_BYTES
     reserve = RUNTIME_RESERVE_BYTES + (MULTI_GPU_RESERVE_BYTES if tp * pp > 1 else 0)
     return act + logits + reserve
+
+
+def pytorch_graph_bytes(tier: Tier) -> int:
+    """The fixed CUDA-graph allowance of a trtllm-pytorch tier (0 when its cuda_graph_config is off)."""
+    opts = tier.pytorch
+    if opts is None:
+        from tritonforge.builder.spec import PyTorchBackend
+
+        opts = PyTorchBackend()
+    return PYTORCH_CUDA_GRAPH_BYTES if opts.cuda_graph_config is not None else 0
 
 
 # ---------------------------------------------------------------------------------------- engine
@@ -669,6 +686,8 @@ def plan_tier(tier: Tier, hf_config: dict, gpu: GpuSpec, *, draft_config: dict |
     weights = weight_bytes(shape, fmt, tier.dtype, tp, pp, q.awq_block_size)
     acts = activation_bytes(shape, tier.dtype, engine.max_num_tokens, lim.max_batch_size, tp, pp,
                             tokens_per_step=k + 1)
+    if tier.runtime == Runtime.trtllm_pytorch:
+        acts += pytorch_graph_bytes(tier)
     kv_tok = kv_bytes_per_token(shape, kv, tier.dtype, tp, pp)
 
     draft_plan = None
@@ -792,4 +811,5 @@ def plan_deployment(spec: DeploymentSpec, build_dir: str | None = None) -> Deplo
 
 
 def runtime_is_gpu(tier: Tier) -> bool:
-    return tier.runtime == Runtime.trtllm_engine
+    """Both TensorRT-LLM targets (engines and the PyTorch backend) run on GPUs; cpu-reference does not."""
+    return tier.runtime in (Runtime.trtllm_engine, Runtime.trtllm_pytorch)

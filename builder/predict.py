@@ -431,8 +431,8 @@ def predict_tier(t: TierPlan, w: Workload, *, calib: dict | None = None, use_aic
     base = TierPrediction(w, None, None, t.memory.kv_pool_tokens, blocks_per_sequence(w.isl, w.osl, tpb))
     if t.runtime == "cpu-reference":
         return _predict_cpu_tier(t, base, w)
-    if t.runtime != "trtllm-engine":
-        base.error = f"no GPU performance model for runtime {t.runtime} (trtllm-engine tiers only)"
+    if t.runtime not in ("trtllm-engine", "trtllm-pytorch"):
+        base.error = f"no GPU performance model for runtime {t.runtime} (TensorRT-LLM tiers only)"
         return base
     if w.isl + w.osl > t.engine.engine_max_seq_len or w.isl > t.engine.max_input_len:
         base.error = (f"workload {w.isl}+{w.osl} tokens is past the engine's limits (max_input_len "
@@ -457,6 +457,9 @@ def predict_tier(t: TierPlan, w: Workload, *, calib: dict | None = None, use_aic
         choice = predict_aic.maybe_predict(t, w, ours, calib if calib is not None else load_calibration())
         if choice is not None:
             base.prediction, base.alternatives = choice
+    if t.runtime == "trtllm-pytorch":
+        base.prediction.notes.append("PyTorch backend: the performance model is calibrated on TensorRT engines; "
+                                     "this target is not calibrated separately")
     if t.draft is not None:
         from tritonforge.builder.predict_fleet import speculate
 

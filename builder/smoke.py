@@ -11,9 +11,8 @@ throughput, and on failure which step failed and why.
 Shape: `plan_steps(cfg)` is pure (a list of `Step`s: what runs, with which command); `Executor` runs
 them in order, records each result, stops at the first failure (cleanup steps, which stop a started
 server, still run) and writes the report. Runtimes plug in through `RUNTIMES`: a function that returns
-one precision's steps. `trtllm-engine` is the only one today; a PyTorch-backend target adds its own
-(quantize to a Hugging Face checkpoint instead of building an engine, its own launch) without touching
-the executor or the report.
+one precision's steps: `trtllm-engine`, and `trtllm-pytorch` (export a unified Hugging Face checkpoint
+instead of building an engine; the LLM API launch) without touching the executor or the report.
 """
 
 from __future__ import annotations
@@ -209,8 +208,26 @@ def engine_steps(cfg: SmokeConfig, precision: str) -> list[Step]:
     ]
 
 
+def pytorch_steps(cfg: SmokeConfig, precision: str) -> list[Step]:
+    """trtllm-pytorch: the engine steps with the build replaced by the HF checkpoint export.
+
+    `tritonforge build` of a trtllm-pytorch spec runs ModelOpt's unified HF checkpoint export in the
+    container (no trtllm-build); `emit` writes the LLM API Python model over that checkpoint, and the serve
+    step's launch (`builder.launch`) runs one tritonserver rank while the LLM API spawns its own workers.
+    """
+    steps = engine_steps(cfg, precision)
+    out = []
+    for st in steps:
+        if st.name == f"{precision}/build":
+            st = replace(st, name=f"{precision}/export",
+                         params={**st.params, "checkpoint": "unified HF checkpoint (ModelOpt export_hf_checkpoint)"})
+        out.append(st)
+    return out
+
+
 # runtime -> the steps of one precision. A new target registers its own here.
-RUNTIMES: dict[str, Callable[[SmokeConfig, str], list[Step]]] = {"trtllm-engine": engine_steps}
+RUNTIMES: dict[str, Callable[[SmokeConfig, str], list[Step]]] = {"trtllm-engine": engine_steps,
+                                                                  "trtllm-pytorch": pytorch_steps}
 
 
 def check_runtime(runtime: str) -> None:

@@ -54,9 +54,15 @@ def image_trtllm(image: str) -> str | None:
     return CONTAINER_TRTLLM.get(rel) if rel else None
 
 
-def targets_line() -> str:
-    """One line for `tritonforge plan`: what the plan and the generated commands target."""
-    return (f"targets TensorRT-LLM {TRTLLM_VERSION} (engines), Triton container {TRITON_IMAGE}, "
+def targets_line(runtime: str = "trtllm-engine", trtllm_version: str = TRTLLM_VERSION,
+                 image: str = TRITON_IMAGE) -> str:
+    """One line for `tritonforge plan`: what the plan and the generated commands target, per runtime."""
+    if runtime == "trtllm-pytorch":
+        return (f"targets TensorRT-LLM {trtllm_version} (PyTorch backend, LLM API), Triton container {image}, "
+                f"ModelOpt {MODELOPT_VERSION} ({MODELOPT_REQUIREMENT}) unified HF checkpoint")
+    if runtime == "cpu-reference":
+        return "targets the CPU reference engine (no TensorRT-LLM)"
+    return (f"targets TensorRT-LLM {trtllm_version} (engines), Triton container {image}, "
             f"ModelOpt {MODELOPT_VERSION} ({MODELOPT_REQUIREMENT})")
 
 

@@ -96,18 +96,29 @@ def test_commands_parse_with_the_real_cli(tmp_path: Path) -> None:
     assert serve.params["ports"] == [19000, 19001, 19002] and serve.params["image"] == IMAGE
 
 
-def test_runtime_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(UserError, match="trtllm-pytorch target"):
-        smoke.plan_steps(cfg_for(tmp_path, 90, runtime="trtllm-pytorch"))
+def test_runtime_registry(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="no vllm target"):
+        smoke.plan_steps(cfg_for(tmp_path, 90, runtime="vllm"))
+    assert set(smoke.RUNTIMES) == {"trtllm-engine", "trtllm-pytorch"}
 
-    def pytorch_steps(cfg: SmokeConfig, precision: str) -> list[Step]:
-        return [Step(f"{precision}/serve", "serve", precision)]
 
-    monkeypatch.setitem(smoke.RUNTIMES, "trtllm-pytorch", pytorch_steps)
-    steps = smoke.plan_steps(cfg_for(tmp_path, 90, runtime="trtllm-engine"))
-    assert len(steps) == 19
-    # a new target brings its own steps per precision; the plan, executor and report are shared
-    assert smoke.RUNTIMES["trtllm-pytorch"](cfg_for(tmp_path, 90), "fp8")[0].name == "fp8/serve"
+@pytest.mark.parametrize(("sm", "expected"), [(80, ["fp16"]), (90, ["fp16", "fp8"])])
+def test_pytorch_runtime_steps(tmp_path: Path, sm: int, expected: list[str]) -> None:
+    """trtllm-pytorch: per precision, the HF checkpoint export replaces the engine build; same shared steps."""
+    from tritonforge.builder.spec import DeploymentSpec
+
+    cfg = cfg_for(tmp_path, sm, runtime="trtllm-pytorch")
+    steps = smoke.plan_steps(cfg)
+    per = ["spec", "export", "emit", "serve", "agreement", "stream-http", "stream-grpc", "loadtest", "stop"]
+    assert [s.name for s in steps[1:]] == [f"{p}/{k}" for p in expected for k in per]
+    for p in expected:
+        export = next(s for s in steps if s.name == f"{p}/export")
+        assert export.argv[3:5] == ("build", str(tmp_path / "smoke" / p / "spec.yaml"))
+        assert "--docker" in export.argv and "HF checkpoint" in export.params["checkpoint"]
+        spec = DeploymentSpec.model_validate(smoke.smoke_spec(cfg, p))
+        assert spec.tiers[0].runtime.value == "trtllm-pytorch"
+        assert smoke.precision_problem(cfg, p) is None
+    assert not any(s.name.endswith("/build") for s in steps)
 
 
 # -------------------------------------------------------------------------------------- agreement
@@ -243,9 +254,9 @@ def test_print_lists_the_steps(tmp_path: Path) -> None:
     assert not any("fp8/build" in ln for ln in lines)
     assert "fp8: skipped on this GPU" in p.stdout
     assert not (tmp_path / "s").exists()  # --print runs nothing
-    bad = subprocess.run([sys.executable, "-m", "tritonforge", "smoke", "--gpu", "--runtime", "trtllm-pytorch"],
+    bad = subprocess.run([sys.executable, "-m", "tritonforge", "smoke", "--gpu", "--runtime", "vllm"],
                          capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "use --runtime trtllm-engine" in bad.stderr
+    assert bad.returncode == 2 and "use --runtime trtllm-engine, trtllm-pytorch" in bad.stderr
 
 
 @pytest.mark.skipif(shutil.which("docker") is None, reason="no docker client here")
