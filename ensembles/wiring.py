@@ -477,7 +477,8 @@ def plan_repository(spec: DeploymentSpec, paths: dict[str, TierPaths], version: 
                     "decoupled": True,
                     "dynamic_batching": None,
                     "inputs": _unbatched(c.ENSEMBLE_INPUTS + c.LLM_EXTRA_INPUTS),
-                    "outputs": _unbatched(_named(c.ENSEMBLE_OUTPUTS, "text_output", "num_output_tokens") + c.LLM_EXTRA_OUTPUTS),
+                    # all of the tier's outputs: extras (logits, perf metrics...) pass through when asked for
+                    "outputs": _unbatched(c.ENSEMBLE_OUTPUTS + c.LLM_EXTRA_OUTPUTS),
                     "instance_count": 1,
                     "instance_kind": "KIND_CPU",
                     "parameters": _params({"entry_config": json.dumps(cfg, sort_keys=True)}),

@@ -51,3 +51,28 @@ def test_emitted_cascade_routes_caches_and_streams(cascade) -> None:
     assert other["cache_status"] == "miss"
     status, err = generate(url, {"text_input": "hello", "max_tokens": 8, "tier": "medium"})
     assert status == 400 and "unknown tier 'medium'" in err["error"]
+
+
+def test_full_contract_inputs_reach_the_tier_and_are_keyed(cascade) -> None:
+    url = cascade.http_url
+    prompt = {"text_input": "the the the cat sat on the mat the", "max_tokens": 16, "tier": "small"}
+    status, plain = generate(url, prompt)
+    assert status == 200 and plain["cache_status"] == "miss", plain
+    status, again = generate(url, prompt)
+    assert again["cache_status"] == "hit-exact"  # the same request is cached...
+    # < 1 rewards tokens already seen (prompt included): a sure change even on a tiny random model
+    status, pen = generate(url, {**prompt, "repetition_penalty": 0.01})
+    # ...but one that differs only in repetition_penalty is not served that answer: it reaches the engine
+    assert status == 200 and pen["cache_status"] == "miss", pen
+    assert pen["text_output"] != plain["text_output"]
+    status, pen2 = generate(url, {**prompt, "repetition_penalty": 0.01})
+    assert pen2["cache_status"] == "hit-exact" and pen2["text_output"] == pen["text_output"]
+    status, perf = generate(url, {**prompt, "return_perf_metrics": True})
+    assert status == 200 and perf["cache_status"] == "bypass", perf  # outputs the cache does not hold
+    assert perf["text_output"] == plain["text_output"]
+    for name in ("arrival_time_ns", "first_token_time_ns", "last_token_time_ns", "kv_cache_alloc_total_blocks"):
+        assert name in perf, sorted(perf)
+    assert perf["first_token_time_ns"] >= perf["arrival_time_ns"] > 0
+    assert "arrival_time_ns" not in plain
+    status, bad = generate(url, {**prompt, "repetition_penalty": 0.0})  # the engine itself checks it
+    assert status == 400 and "repetition_penalty" in bad["error"], bad

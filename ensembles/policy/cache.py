@@ -212,8 +212,10 @@ class ResponseCache:
         self.metrics.count("tf_cache_errors_total", kind=kind)
 
     def cacheable(self, req: GenRequest, openai: bool = False) -> bool:
-        """Not with cache=bypass; sampled requests only with a seed or when `cache_sampled` is on."""
-        return req.cache_mode != "bypass" and (
+        """Not with cache=bypass, nor for a request asking for outputs the cache does not store (logits,
+        log probs, perf metrics, several sequences, adapters, grammars: `GenRequest.bypass_reason`);
+        sampled requests only with a seed or when `cache_sampled` is on."""
+        return req.cache_mode != "bypass" and req.bypass_reason is None and (
             self.cfg.cache_sampled or req.seeded or not req.sampled(openai)
         )
 
@@ -291,7 +293,8 @@ class ResponseCache:
 
     def _exact(self, req: GenRequest, tier: str, version: str, openai: bool) -> Lookup:
         if not self.cacheable(req, openai):
-            why = "cache=bypass" if req.cache_mode == "bypass" else "sampled request without seed"
+            why = ("cache=bypass" if req.cache_mode == "bypass" else req.bypass_reason
+                   or "sampled request without seed")
             return Lookup("bypass", note=why)
         ns = namespace(tier, version, req.params)
         key = exact_key(ns, req.prompt_bytes)

@@ -26,6 +26,43 @@ OUTPUT_AFFECTING = (
     "exclude_input_in_output",
 )
 
+# The rule for every other input of the client contract (ensembles/contract.py ENSEMBLE_INPUTS, and whatever
+# it gains later): it is output-affecting, so part of the exact key namespace, UNLESS it is listed here.
+# Listed are only inputs that ask for extra outputs (they never change the text) and transport-only inputs.
+# A deny-list on purpose: a new input is keyed by default, never silently served someone else's answer.
+EXTRA_OUTPUT_FLAGS = (
+    "return_log_probs", "return_context_logits", "return_generation_logits", "return_perf_metrics",
+    "return_num_input_tokens", "return_num_output_tokens",
+)  # fmt: skip
+TRANSPORT_ONLY = ("text_input", "stream", "tier", "cache")  # the prompt is the key itself; the rest: delivery
+NOT_KEYED = frozenset(EXTRA_OUTPUT_FLAGS + TRANSPORT_ONLY)
+# Output-affecting inputs whose results the cache cannot hold (several sequences, adapters, grammars):
+# a request that sends one with a non-neutral value bypasses the cache. name -> neutral values.
+BYPASS_UNLESS: dict[str, tuple[Any, ...]] = {
+    "num_return_sequences": (None, 1), "beam_width": (None, 1), "lora_task_id": (None,),
+    "lora_weights": (None,), "lora_config": (None,), "guided_decoding_guide_type": (None, ""),
+    "guided_decoding_guide": (None, ""),
+}  # fmt: skip
+
+
+def _canonical(v: Any) -> Any:
+    """An input's value as JSON-able data (bytes decoded, arrays as nested lists, 1-element lists unwrapped),
+    so equal requests give equal keys however the client shaped its tensors."""
+    if hasattr(v, "tolist"):
+        v = v.tolist()
+    if isinstance(v, bytes):
+        try:
+            return v.decode("utf-8")
+        except UnicodeDecodeError:
+            return "hex:" + v.hex()
+    if isinstance(v, list):
+        while isinstance(v, list) and len(v) == 1:
+            v = v[0]
+        return [_canonical(x) for x in v] if isinstance(v, list) else _canonical(v)
+    if isinstance(v, float):
+        return round(v, 6) if math.isfinite(v) else str(v)
+    return v
+
 
 # A prompt of max_input_len tokens is at most this many UTF-8 bytes per token: text longer than that
 # cannot fit, so it is refused before it is tokenized (a 20 MB prompt otherwise ties up a tokenizer).
@@ -122,6 +159,22 @@ class GenRequest:
             return True
         return (self.params.get("top_k") or 0) > 1 or (self.params.get("top_p") or 0.0) > 0
 
+    def extra_outputs(self) -> tuple[str, ...]:
+        """The EXTRA_OUTPUT_FLAGS this request sets (each asks for outputs beyond the text)."""
+        return tuple(n for n in EXTRA_OUTPUT_FLAGS if bool(_scalar(self.raw.get(n)) or False))
+
+    @property
+    def bypass_reason(self) -> str | None:
+        """Why the cache must not answer or store this request (None: it may): it asks for outputs the
+        cache does not store, or for results the cache cannot hold (several sequences, adapters, grammars)."""
+        flags = self.extra_outputs()
+        if flags:
+            return f"{flags[0]} asks for outputs the cache does not store"
+        for name, neutral in BYPASS_UNLESS.items():
+            if name in self.params and self.params[name] not in neutral:
+                return f"{name} is set"
+        return None
+
     @property
     def seeded(self) -> bool:
         return self.params.get("seed") is not None
@@ -191,6 +244,9 @@ def parse_request(inputs: dict[str, Any]) -> GenRequest:
     eio = _scalar(inputs.get("exclude_input_in_output"))
     if eio is not None:
         params["exclude_input_in_output"] = bool(eio)
+    for name, v in inputs.items():  # every other keyed input, as sent (see NOT_KEYED for the rule)
+        if name not in params and name not in NOT_KEYED and name not in ("stop_words", "bad_words") and v is not None:
+            params[name] = _canonical(v)
     return GenRequest(text, max_tokens, stream, tier, mode, params, dict(inputs), text_bytes)
 
 
@@ -201,8 +257,11 @@ def normalize_prompt(text: str) -> str:
 
 def namespace(tier: str, version: str, params: dict[str, Any]) -> str:
     """Hash of everything but the prompt that changes the output; semantic matches stay inside one."""
-    blob = json.dumps({"tier": tier, "version": version, **{k: params.get(k) for k in OUTPUT_AFFECTING}},
-                      sort_keys=True, separators=(",", ":"))  # fmt: skip
+    body = {"tier": tier, "version": version, **{k: params.get(k) for k in OUTPUT_AFFECTING}}
+    extra = {k: v for k, v in params.items() if k not in OUTPUT_AFFECTING and k not in NOT_KEYED}
+    if extra:  # only then, so the namespace of a plain request is what it always was
+        body["inputs"] = extra
+    blob = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 

@@ -165,6 +165,8 @@ def _openai_body(tier: TierConfig, req: GenRequest, stream: bool) -> dict[str, A
         ("top_p", "top_p"),
         ("seed", "seed"),
         ("stop_words", "stop"),
+        ("presence_penalty", "presence_penalty"),
+        ("frequency_penalty", "frequency_penalty"),
     ):
         if p.get(src) is not None:
             body[dst] = p[src]

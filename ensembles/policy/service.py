@@ -18,7 +18,7 @@ from typing import Any
 from .cache import Lookup, ResponseCache
 from .config import EntryConfig, TierConfig
 from .metrics import Metrics
-from .params import GenRequest, RequestError, max_input_bytes
+from .params import OUTPUT_AFFECTING, GenRequest, RequestError, max_input_bytes
 from .remote import Chunk, TierError, call_remote
 from .router import Decision, Router
 from .semantic_worker import Race, SemanticWorker
@@ -73,6 +73,7 @@ class Reply:
     cache_status: str = ""
     final: bool = False
     data: bool = True
+    extra: dict[str, Any] | None = None  # the tier's extra outputs (logits, perf metrics...) the client asked for
 
 
 @dataclass
@@ -88,6 +89,7 @@ class Outcome:
     num_output_tokens: int = 0
     chunks: list[Chunk] = field(default_factory=list)
     stored: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _remote_call(
@@ -101,6 +103,29 @@ def _remote_call(
 
 def _openai(tier: TierConfig) -> bool:
     return tier.is_remote and tier.protocol == "openai"
+
+
+# Keyed inputs beyond OUTPUT_AFFECTING that OpenAI's chat completions API carries (same meaning):
+# https://platform.openai.com/docs/api-reference/chat/create (presence_penalty, frequency_penalty).
+OPENAI_CARRIES = frozenset({"presence_penalty", "frequency_penalty"})
+
+
+def remote_refusal(tier: TierConfig, req: GenRequest) -> str | None:
+    """Why remote `tier` cannot serve `req` as asked (None: it can). A remote tier returns text only, so
+    extra outputs are refused; an OpenAI tier also refuses every output-affecting input it has no field for
+    (the older OUTPUT_AFFECTING inputs keep their established mapping in remote.py)."""
+    if not tier.is_remote:
+        return None
+    flags = req.extra_outputs()
+    if flags:
+        return (f"input {flags[0]!r} asks for outputs remote tier {tier.name!r} cannot return; "
+                "drop it or send the request to a local tier")
+    if _openai(tier):
+        for name in req.params:
+            if name not in OUTPUT_AFFECTING and name not in OPENAI_CARRIES:
+                return (f"input {name!r} is not supported by the OpenAI protocol of tier {tier.name!r}; "
+                        "drop it or send the request to a local tier")
+    return None
 
 
 class EntryService:
@@ -158,11 +183,11 @@ class EntryService:
         self.validate(req)
         decision = self.router.route(req)
         self.metrics.count("tf_router_decisions_total", tier=decision.tier, policy=decision.policy)
-        if self.cache is not None and req.cache_mode != "bypass":
+        if self.cache is not None and req.cache_mode != "bypass" and req.bypass_reason is None:
             t = self.cfg.tier(decision.tier)
             lookup = self.cache.lookup_exact(req, t.name, t.version, openai=_openai(t))
         else:
-            lookup = Lookup("bypass", note="cache off" if self.cache is None else "cache=bypass")
+            lookup = Lookup("bypass", note="cache off" if self.cache is None else req.bypass_reason or "cache=bypass")
             if self.cache is not None:
                 self.metrics.count("tf_cache_lookups_total", result="bypass")
         out = Outcome(decision, lookup)
@@ -203,7 +228,7 @@ class EntryService:
         if req.stream:
             send(Reply(tier=out.tier, cache_status=lookup.status, final=True, data=False))
         else:
-            send(Reply(out.text, out.num_output_tokens, out.tier, lookup.status, final=True))
+            send(Reply(out.text, out.num_output_tokens, out.tier, lookup.status, final=True, extra=out.extra or None))
         if pending is not None:
             # After the response: the exact entry now (microseconds in memory, one round trip to Redis),
             # the embedding and the index entry on the semantic worker when the race did not compute it.
@@ -240,15 +265,23 @@ class EntryService:
         chain = self.router.chain(decision)
         for i, name in enumerate(chain):
             tier = self.cfg.tier(name)
+            why = remote_refusal(tier, req)
+            if why is not None:
+                raise RequestError(why)
             out.tried.append(name)
             chunks: list[Chunk] = []
+            extra: dict[str, Any] = {}
             sent = False
             try:
-                for text, n in self._with_deadline(tier, req, race):
+                for ch in self._with_deadline(tier, req, race):
+                    text, n = ch[0], ch[1]
+                    more = ch[2] if len(ch) > 2 else None  # type: ignore[misc]
                     chunks.append((text, n))
+                    if more:
+                        extra.update(more)
                     if req.stream:
                         self._first_token(race, name)
-                        send(Reply(text, n, name, lookup.status))
+                        send(Reply(text, n, name, lookup.status, extra=more or None))
                         sent = True
             except TierError as exc:
                 self.metrics.count("tf_tier_requests_total", tier=name, outcome=exc.kind)
@@ -269,6 +302,7 @@ class EntryService:
             out.text = "".join(t for t, _ in chunks)
             out.num_output_tokens = sum(n for _, n in chunks)
             out.chunks = chunks
+            out.extra = extra
             return
 
     def _first_token(self, race: Race | None, tier: str) -> None:
