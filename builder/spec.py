@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from tritonforge.builder import versions
 from tritonforge.builder.names import tier_model_names
 from tritonforge.errors import UserError
 
@@ -314,8 +315,8 @@ class Cache(Strict):
 
 class TritonSettings(Strict):
     entry_model: str = Field("llm", pattern=NAME_PATTERN)
-    image: str = "nvcr.io/nvidia/tritonserver:24.12-trtllm-python-py3"
-    trtllm_version: str = Field("0.16.0", description="TensorRT-LLM the engines target (<= 1.2 has engines)")
+    image: str = versions.TRITON_IMAGE
+    trtllm_version: str = Field(versions.TRTLLM_VERSION, description="TensorRT-LLM the deployment targets (<= 1.2 has engines)")
     shm_size: str = "2g"
 
 

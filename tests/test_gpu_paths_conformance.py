@@ -187,7 +187,7 @@ def test_serve_docker_print_builds_then_runs_the_tag(tmp_path: Path) -> None:
     (only,) = [shlex.split(ln) for ln in proc.stdout.strip().splitlines()]
     assert only[:2] == ["docker", "run"] and image in only and tag not in only
     # Another base than the Dockerfile's: refused in one line, naming both fixes.
-    other = "nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3"
+    other = next(i for i in (IMAGE, "nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3") if i != image)
     proc = _cli("serve", str(repo), "--docker", other, "--print")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--no-build" in proc.stderr
     assert f"builds on {image}" in proc.stderr

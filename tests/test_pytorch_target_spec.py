@@ -102,7 +102,7 @@ def _errors(data: dict) -> list[str]:
 
 def test_rules_version_and_nvfp4_per_release():
     base = {"name": "x", "tiers": [tier()]}
-    assert any("needs TensorRT-LLM 1.0 or newer" in m for m in _errors(base))  # default 0.16.0
+    assert any("needs TensorRT-LLM 1.0 or newer" in m for m in _errors({**base, "triton": {"image": "nvcr.io/nvidia/tritonserver:24.12-trtllm-python-py3", "trtllm_version": "0.16.0"}}))
     assert _errors({**base, "triton": V121}) == []
     wrong_image = {**base, "triton": {**V121, "image": "nvcr.io/nvidia/tritonserver:24.12-trtllm-python-py3"}}
     assert any("ships TensorRT-LLM 0.16.0" in m for m in _errors(wrong_image))

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import EXAMPLES
+from tritonforge.builder import versions
 from tritonforge.builder.render import emit_files, write_repository
 from tritonforge.builder.server import free_ports
 from tritonforge.builder.spec import load_spec
@@ -125,7 +126,7 @@ def test_docker_command_publishes_on_loopback_by_default(tmp_path: Path) -> None
     example = "llama3.1-8b-fp8-h100.yaml"
     files, _ = emit_files(load_spec(EXAMPLES / example), EXAMPLES, _fake_build(example, tmp_path))
     write_repository(files, tmp_path / "repo")
-    image = "nvcr.io/nvidia/tritonserver:24.12-trtllm-python-py3"
+    image = versions.TRITON_IMAGE
     base = [sys.executable, "-m", "tritonforge", "serve", str(tmp_path / "repo"), "--docker", image, "--print",
             "--http-port", "9000", "--grpc-port", "9001", "--metrics-port", "9002"]
     default = subprocess.run(base, capture_output=True, text=True, timeout=60)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from tests.conftest import EXAMPLES
+from tritonforge.builder import versions
 from tritonforge.builder.render import emit_files, write_repository
 from tritonforge.builder.spec import load_spec
 
@@ -21,7 +22,7 @@ def test_docker_print(tmp_path: Path) -> None:
     example = "llama3.1-8b-fp8-h100.yaml"
     files, _ = emit_files(load_spec(EXAMPLES / example), EXAMPLES, _fake_build(example, tmp_path))
     write_repository(files, tmp_path / "repo")
-    proc = _cli("serve", str(tmp_path / "repo"), "--docker", "nvcr.io/nvidia/tritonserver:24.12-trtllm-python-py3",
+    proc = _cli("serve", str(tmp_path / "repo"), "--docker", versions.TRITON_IMAGE,
                 "--print", "--http-port", "9000")
     assert proc.returncode == 0, proc.stderr
     build, cmd = proc.stdout.strip().splitlines()

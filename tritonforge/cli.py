@@ -96,10 +96,14 @@ def emit(spec: str, output: str, force: bool, build_dir: str | None, as_json: bo
     inside another repository, and a target another emit is writing right now.
     """
     from tritonforge.builder.render import LOCK_FILE, emit_files, write_repository
+    from tritonforge.builder.rules import check_model_limits
     from tritonforge.builder.spec import load_spec
 
     t0 = time.perf_counter()
     s = load_spec(spec)
+    limit_errors = check_model_limits(s)
+    if limit_errors:
+        raise UserError(f"{spec}: {limit_errors[0].message}")
     if build_dir and not (Path(build_dir) / "build_manifest.json").is_file():
         raise UserError(f"no build_manifest.json in {build_dir}; run `tritonforge build SPEC -o {build_dir}` first")
     files, plan = emit_files(s, Path(spec).resolve().parent, Path(build_dir) if build_dir else None)
