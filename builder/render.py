@@ -97,7 +97,7 @@ def render_model(env: jinja2.Environment, model: ModelPlan) -> dict[str, bytes]:
 
 
 def check_no_leftovers(files: dict[str, bytes]) -> None:
-    """Refuse output with an unfilled placeholder (the anchor's `${...}` failure mode, #250)."""
+    """Refuse output with an unfilled placeholder (a `${...}` left unfilled, as the backend's `tools/fill_template.py` configs leave them)."""
     for path, data in files.items():
         if not path.endswith((".pbtxt", ".txt", ".json")):
             continue

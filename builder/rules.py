@@ -54,7 +54,7 @@ def _gib(n: int | float) -> str:
 # ------------------------------------------------------------------------------------ precision
 
 
-# Source: trtllm-build-facts.md "Hardware rules" (NVFP4 only on Blackwell sm100); TRT-LLM's Llama-3.3-70B
+# Source: TensorRT-LLM docs/source/reference/precision.md (NVFP4 on Blackwell, sm100); its Llama-3.3-70B
 # quick-start recipe: "NVFP4 is only supported on NVIDIA Blackwell".
 def rule_nvfp4_needs_blackwell(c: Ctx) -> Iterator[Problem]:
     q = c.tier.quantization
@@ -65,7 +65,7 @@ def rule_nvfp4_needs_blackwell(c: Ctx) -> Iterator[Problem]:
                       f"use format fp8 (sm89+) or int4_awq, or gpu.type B200")
 
 
-# Source: trtllm-build-facts.md hardware table (FP8 on Ada sm89, Hopper, Blackwell; not Ampere);
+# Source: TensorRT-LLM docs/source/reference/precision.md hardware table (FP8 on Ada sm89, Hopper, Blackwell; not Ampere);
 # FP8 tensor cores first appear in sm89. W4A8-AWQ runs FP8 activations, so the same holds.
 def rule_fp8_needs_sm89(c: Ctx) -> Iterator[Problem]:
     fmt = c.tier.quantization.format
@@ -97,7 +97,7 @@ def rule_int_weights_refused_on_blackwell(c: Ctx) -> Iterator[Problem]:
 # ---------------------------------------------------------------------------------- parallelism
 
 
-# Source: trtllm-build-facts.md "TP must divide the attention heads and KV heads"; TRT-LLM's
+# Source: TensorRT-LLM tensorrt_llm/layers/attention.py (heads are split across TP ranks); TRT-LLM's
 # Attention splits num_attention_heads and num_kv_heads by tp_size.
 def rule_tp_divides_heads(c: Ctx) -> Iterator[Problem]:
     s, tp = c.plan.shape, c.plan.tp
@@ -114,7 +114,7 @@ def rule_tp_divides_heads(c: Ctx) -> Iterator[Problem]:
                           f"target's tp {tp}, which must divide its heads: use a tp that divides both models' heads")
 
 
-# Source: trtllm-build-facts.md "world size = TP x PP"; tensorrtllm_backend issues #564, #576
+# Source: TensorRT-LLM tensorrt_llm/mapping.py (world_size = tp_size * pp_size); tensorrtllm_backend issues 564, 576
 # (world size vs TP x PP): the executor needs exactly TP x PP GPUs per engine.
 def rule_world_size_fits_gpus(c: Ctx) -> Iterator[Problem]:
     world, count = c.plan.world_size, c.tier.gpu.count
@@ -134,8 +134,8 @@ def rule_world_size_fits_gpus(c: Ctx) -> Iterator[Problem]:
 # ---------------------------------------------------------------------------------------- KV cache
 
 
-# Source: trtllm-build-facts.md "KV-cache block reuse requires --use_paged_context_fmha enable; an INT8
-# KV cache turns paged context FMHA off"; tensorrt_llm/builder.py also turns it off for an FP8 KV cache
+# Source: TensorRT-LLM docs/source/advanced/kv-cache-reuse.md (block reuse needs --use_paged_context_fmha
+# enable; an INT8 KV cache turns paged context FMHA off); tensorrt_llm/builder.py also turns it off for an FP8 KV cache
 # when FP8 context FMHA is unavailable (weights not FP8/W4A8-AWQ/NVFP4, or SM < 89). Triton parameter
 # `enable_kv_cache_reuse` "needs engines built with paged context FMHA" (trtllm-triton-contract.md).
 def rule_block_reuse_needs_paged_context_fmha(c: Ctx) -> Iterator[Problem]:
@@ -156,8 +156,8 @@ def rule_block_reuse_needs_paged_context_fmha(c: Ctx) -> Iterator[Problem]:
 # --------------------------------------------------------------------------------------- draft
 
 
-# Source: trtllm-build-facts.md "Draft-target speculation: both engines with --use_paged_context_fmha
-# enable"; TRT-LLM examples/draft_target_model/README.md.
+# Source: https://github.com/NVIDIA/TensorRT-LLM/blob/release/1.2/examples/draft_target_model/README.md
+# (both engines with --use_paged_context_fmha enable).
 def rule_draft_paged_context_fmha(c: Ctx) -> Iterator[Problem]:
     d = c.plan.draft
     if d is None:
@@ -171,8 +171,8 @@ def rule_draft_paged_context_fmha(c: Ctx) -> Iterator[Problem]:
                           f"fp8 weights")
 
 
-# Source: trtllm-build-facts.md "target also --speculative_decoding_mode draft_tokens_external
-# --max_draft_len K"; tensorrtllm_backend issue #473 (target not built with draft_tokens_external).
+# Source: https://github.com/NVIDIA/TensorRT-LLM/blob/release/1.2/examples/draft_target_model/README.md
+# (target also --speculative_decoding_mode draft_tokens_external --max_draft_len K); tensorrtllm_backend issue 473 (target not built with draft_tokens_external).
 def rule_draft_target_flags(c: Ctx) -> Iterator[Problem]:
     d = c.plan.draft
     if d is None:
@@ -192,7 +192,7 @@ def rule_draft_target_flags(c: Ctx) -> Iterator[Problem]:
                       f"{c.tier.limits.max_batch_size * (k + 1)}")
 
 
-# Source: trtllm-build-facts.md "no beam search" for draft-target; the BLS speculation loop is greedy.
+# Source: https://github.com/NVIDIA/TensorRT-LLM/blob/release/1.2/examples/draft_target_model/README.md (no beam search); the BLS speculation loop is greedy.
 def rule_draft_no_beam_search(c: Ctx) -> Iterator[Problem]:
     d = c.plan.draft
     if d is None:
@@ -216,15 +216,15 @@ def rule_draft_same_vocabulary(c: Ctx) -> Iterator[Problem]:
                       f"are target token ids, so use a draft from the same family (same tokenizer)")
 
 
-# Source: trtllm-build-facts.md "runtime needs KV block reuse" for draft-target; the anchor's draft
-# models set enable_kv_cache_reuse: true.
+# Source: the draft-target README's Triton workflow (https://github.com/NVIDIA/TensorRT-LLM/blob/release/1.2/examples/draft_target_model/README.md):
+# both models are served with enable_kv_cache_reuse: true.
 def rule_draft_needs_block_reuse(c: Ctx) -> Iterator[Problem]:
     if c.plan.draft is not None and not c.tier.kv_cache.block_reuse:
         yield c.error("draft-needs-block-reuse",
                       "draft-target speculation needs KV block reuse at runtime: set kv_cache.block_reuse: true")
 
 
-# Source: trtllm-build-facts.md "Supported precisions listed: FP16/BF16/FP8" for draft-target.
+# Source: https://github.com/NVIDIA/TensorRT-LLM/blob/release/1.2/examples/draft_target_model/README.md ("Support Matrix": FP16/BF16/FP8).
 def rule_draft_precision(c: Ctx) -> Iterator[Problem]:
     if c.plan.draft is None:
         return
@@ -235,8 +235,8 @@ def rule_draft_precision(c: Ctx) -> Iterator[Problem]:
                             f"the {who} is {fmt.value}; draft-target speculation is documented for FP16/BF16/FP8")
 
 
-# Source: tensorrtllm_backend issues #303, #456 (KV-cache OOM: two engines on one GPU need lower
-# memory fractions); the anchor uses 0.5 each. Both fractions apply to the same GPU's free memory.
+# Source: github.com/triton-inference-server/tensorrtllm_backend issues 303 and 456 (KV-cache OOM: two
+# engines on one GPU need lower memory fractions); the draft-target README uses 0.5 each. Both fractions apply to the same GPU's free memory.
 def rule_two_engine_fractions(c: Ctx) -> Iterator[Problem]:
     d = c.plan.draft
     if d is None:
@@ -253,7 +253,7 @@ def rule_two_engine_fractions(c: Ctx) -> Iterator[Problem]:
 # ------------------------------------------------------------------------------------------ fit
 
 
-# Source: trtllm-build-facts.md memory arithmetic; the executor fails to start (or cannot schedule a
+# Source: TensorRT-LLM docs/source/reference/memory.md (weights + activations + KV pool); the executor fails to start (or cannot schedule a
 # request) when one max-length sequence's KV does not fit the pool left after weights + activations.
 def rule_must_fit(c: Ctx) -> Iterator[Problem]:
     m = c.plan.memory
@@ -373,7 +373,7 @@ def parse_version(v: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
-# Source: trtllm-build-facts.md "Which TensorRT-LLM has engines": the 1.3 line removed the engine flow
+# Source: https://nvidia.github.io/TensorRT-LLM/release-notes.html (1.3.0rc20): the 1.3 line removed the engine flow
 # (trtllm-build) and the C++ Triton tensorrtllm backend; newest release with engines is 1.2.x.
 def rule_trtllm_version_has_engines(spec: DeploymentSpec, installed: str | None = None) -> Iterator[Problem]:
     engine_tiers = [t.name for t in spec.tiers if t.runtime == Runtime.trtllm_engine]

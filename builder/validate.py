@@ -1,7 +1,7 @@
 """Check a Triton model repository before a server starts.
 
 Works on any repository, generated or hand-written: every `config.pbtxt` is parsed as Triton's own
-`ModelConfig` protobuf, then the cross-model rules behind the anchor's recurring failures are checked
+`ModelConfig` protobuf, then the cross-model rules behind the TensorRT-LLM backend's recurring user failures are checked
 (unfilled placeholders, ensemble maps, streaming without decoupled mode, engine vs Triton batch size,
 memory fractions of engines sharing a GPU, BLS/router targets, models that call themselves).
 """

@@ -141,7 +141,7 @@ def engine_parameters(tier: Tier, model_dir: str, limits: dict[str, int], *, dra
         params["enable_kv_cache_reuse"] = paths.enable_kv_cache_reuse
     fraction = kv.free_gpu_mem_fraction
     if paths is not None and paths.kv_fraction is not None:
-        # The planner's split: two engines on one GPU stay <= 0.95 together (anchor #303, #456).
+        # The planner's split: two engines on one GPU stay <= 0.95 together (tensorrtllm_backend issues 303 and 456).
         fraction = paths.draft_kv_fraction if draft and paths.draft_kv_fraction is not None else paths.kv_fraction
     elif tier.draft is not None:
         d = tier.draft.kv_cache_free_gpu_mem_fraction or 0.1
