@@ -112,7 +112,7 @@ def write_llm_model(repo: Path, entry_config: dict[str, Any], name: str = "llm")
     shutil.copytree(
         POLICY, d / "1" / "tf_policy", ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True
     )
-    outs = (c.ENSEMBLE_OUTPUTS[0], c.ENSEMBLE_OUTPUTS[3]) + c.LLM_EXTRA_OUTPUTS
+    outs = c.ENSEMBLE_OUTPUTS + c.LLM_EXTRA_OUTPUTS  # as tritonforge emit declares the entry
     cfg = (
         f'name: "{name}"\nbackend: "python"\nmax_batch_size: 0\nmodel_transaction_policy {{ decoupled: true }}\n'
         + _tensors("input", c.ENSEMBLE_INPUTS + c.LLM_EXTRA_INPUTS)
