@@ -145,11 +145,14 @@ def engine_models(configs: Mapping[str, object]) -> list[EngineModel]:
         if ids and any(len(inst) != world for inst in ids):
             raise UserError(f"{name}: gpu_device_ids {params['gpu_device_ids']!r} must name {world} GPU(s) per "
                             f"instance (the engine's TP x PP); fix gpu_device_ids or rebuild the engine")
-        count = sum(g.count for g in cfg.instance_group) or 1  # type: ignore[attr-defined]
-        if not ids:
-            ids = tuple(tuple(range(i * world, (i + 1) * world)) for i in range(count))
-        out.append(EngineModel(name, world, ids))
+        out.append(EngineModel(name, world, ids or _default_ids(cfg, world)))
     return out
+
+
+def _default_ids(cfg: object, world: int) -> tuple[tuple[int, ...], ...]:
+    """Consecutive GPU blocks of `world` GPUs, one per instance, for a model without gpu_device_ids."""
+    count = sum(g.count for g in cfg.instance_group) or 1  # type: ignore[attr-defined]
+    return tuple(tuple(range(i * world, (i + 1) * world)) for i in range(count))
 
 
 def llmapi_models(configs: Mapping[str, object]) -> list[EngineModel]:
@@ -169,10 +172,7 @@ def llmapi_models(configs: Mapping[str, object]) -> list[EngineModel]:
             raise UserError(f"{name}: parameter llmapi_kwargs is not JSON; re-emit the repository") from None
         world = _int(kw.get("tensor_parallel_size", 1)) * _int(kw.get("pipeline_parallel_size", 1))
         ids = parse_gpu_device_ids(params["gpu_device_ids"]) if params.get("gpu_device_ids") else ()
-        count = sum(g.count for g in cfg.instance_group) or 1  # type: ignore[attr-defined]
-        if not ids:
-            ids = tuple(tuple(range(i * world, (i + 1) * world)) for i in range(count))
-        out.append(EngineModel(name, world, ids))
+        out.append(EngineModel(name, world, ids or _default_ids(cfg, world)))
     return out
 
 
