@@ -340,6 +340,8 @@ def docker_command(image: str, repo: Path, ports: Ports, shm_size: str = "2g", g
     extra: list[str] = []
     for m in kept:
         extra += ["-v", f"{m}:{m}:ro"]
+    for name in secret_env_names(Path(repo)):
+        extra += ["-e", name]  # by name only: docker copies the value from this environment
     return [
         "docker", "run", "--rm", "-it",
         f"--gpus={gpus or launch.docker_gpus()}",
@@ -352,6 +354,17 @@ def docker_command(image: str, repo: Path, ports: Ports, shm_size: str = "2g", g
         image,
         *launch.argv,
     ]  # fmt: skip
+
+
+def secret_env_names(repo: Path) -> list[str]:
+    """Environment variables the repository's `llm` model reads secrets from (remote tiers' API keys, the
+    cache's HMAC key), named in the spec its lock records."""
+    from tritonforge.builder.render import read_lock
+
+    spec = (read_lock(repo) or {}).get("spec") or {}
+    names = [r.get("api_key_env") for r in (spec.get("router") or {}).get("remote") or []]
+    names.append((spec.get("cache") or {}).get("hmac_key_env"))
+    return sorted({n for n in names if isinstance(n, str) and n})
 
 
 DOCKERFILE = "Dockerfile"

@@ -181,6 +181,9 @@ def test_serve_docker_print_builds_then_runs_the_tag(tmp_path: Path) -> None:
     assert build == ["docker", "build", "--target", "serve", "-t", tag, str(repo.resolve())]
     assert run[:2] == ["docker", "run"] and tag in run and image not in run
     _assert_no_collisions(run)
+    # Secrets reach the container by name only (cascade-h100 signs its cache with TRITONFORGE_CACHE_KEY).
+    i = run.index("TRITONFORGE_CACHE_KEY")
+    assert run[i - 1] == "-e" and not any("TRITONFORGE_CACHE_KEY=" in a for a in run)
     # --no-build: the image as given, one command.
     proc = _cli("serve", str(repo), "--docker", image, "--no-build", "--print")
     assert proc.returncode == 0, proc.stderr

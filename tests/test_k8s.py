@@ -165,10 +165,15 @@ def test_replica_command_is_serve_docker_print(tmp_path: Path, example: str) -> 
     deployment = _one(objects(render_k8s(plan)), "Deployment")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["command"] == after_image
-    docker_env = {docker[i + 1].split("=", 1)[0]: docker[i + 1].split("=", 1)[1]
-                  for i, a in enumerate(docker[:docker.index(plan.image)]) if a == "-e"}
+    # `-e NAME=VALUE` pairs, and `-e NAME` for secrets passed by name (in the pod: a secretKeyRef, no value).
+    docker_env = dict((docker[i + 1].split("=", 1) + [None])[:2]  # type: ignore[list-item]
+                      for i, a in enumerate(docker[:docker.index(plan.image)]) if a == "-e")
     pod_env = {e["name"]: e.get("value") for e in container["env"]}
     assert docker_env.items() <= pod_env.items()
+    for name, value in docker_env.items():
+        if value is None:
+            (entry,) = [e for e in container["env"] if e["name"] == name]
+            assert "secretKeyRef" in entry["valueFrom"]
     shm = next(v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "dshm")
     assert f"--shm-size={spec.triton.shm_size}" in docker
     assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": spec.triton.shm_size.upper().replace("G", "Gi")}
