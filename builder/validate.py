@@ -154,6 +154,12 @@ def _check_engine(repo: Path, name: str, cfg: mc.ModelConfig) -> list[Problem]:
     if not engine_dir:
         out.append(Problem(name, "parameters.gpt_model_path", "empty", "point it at the engine directory (tensorrtllm_backend #61, #79)"))
         return out
+    # KIND_GPU makes Triton create one instance per visible GPU while the backend ignores Triton's device
+    # id, so several executors land on one GPU (tensorrtllm_backend issues 481 and 166): the backend's
+    # docs/model_config.md places engines with gpu_device_ids instead.
+    if not is_cpu and any(g.kind == mc.ModelInstanceGroup.KIND_GPU for g in cfg.instance_group):
+        out.append(Problem(name, "instance_group", "kind KIND_GPU starts one executor per visible GPU",
+                           "use instance_group [{kind: KIND_CPU, count: 1}] and place it with parameters.gpu_device_ids"))
     frac = p.get("kv_cache_free_gpu_mem_fraction")
     if frac:
         try:

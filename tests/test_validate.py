@@ -57,6 +57,10 @@ BROKEN: list[tuple[str, Callable[[Path], None], str, str]] = [
     ("engine batch mismatch", lambda r: _engine_dir_with_batch(r, 64),
      "tensorrt_llm", "max_batch_size 256 != engine max_batch_size 64"),
     ("two engines overcommit", _second_engine, "tensorrt_llm", "sum to at most 0.95"),
+    # KIND_GPU: one executor per visible GPU (tensorrtllm_backend issues 481, 166; docs/model_config.md
+    # places engines with gpu_device_ids).
+    ("engine on KIND_GPU", lambda r: _edit(r, "tensorrt_llm", lambda t: t.replace("kind: KIND_CPU", "kind: KIND_GPU")),
+     "tensorrt_llm", "KIND_GPU starts one executor per visible GPU"),
     ("python model without model.py", lambda r: (r / "postprocessing" / "1" / "model.py").unlink(),
      "postprocessing", "no model.py"),
     ("unmapped required input", lambda r: _edit(r, "ensemble", lambda t: t.replace('key: "input_lengths"', 'key: "input_lengths_x"')),
