@@ -105,14 +105,6 @@ def derived_url(url: str, offset: int, scheme: str | None = "http") -> str:
 # ------------------------------------------------------------------------------------------ locust
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def locust_commands(cfg: LoadTestConfig, level: Level, repeat: int, workload_file: Path, raw_dir: Path,
                     locust_dir: Path, item_offset: int = 0) -> tuple[list[str], list[list[str]]]:
     """(main command, worker commands) for one level and repeat, starting at workload item `item_offset`."""
@@ -140,7 +132,9 @@ def locust_commands(cfg: LoadTestConfig, level: Level, repeat: int, workload_fil
     ]  # fmt: skip
     workers: list[list[str]] = []
     if cfg.workers > 0:
-        port = _free_port()
+        from tritonforge.builder.server import free_port
+
+        port = free_port()
         main += ["--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port),
                  "--expect-workers", str(cfg.workers), "--expect-workers-max-wait", "60"]  # fmt: skip
         workers = [py + ["--worker", "--master-host", "127.0.0.1", "--master-port", str(port), "--loglevel", "WARNING"]

@@ -21,6 +21,7 @@ from typing import Any
 
 import jinja2
 
+from tritonforge.builder.server import free_port
 from tritonforge.ensembles import contract as c
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -220,7 +221,7 @@ class RedisProc:
     """`redis-server` on a free loopback port, without persistence."""
 
     def __init__(self, port: int | None = None) -> None:
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -252,12 +253,6 @@ class RedisProc:
                 self.proc.kill()
                 self.proc.wait(5)
         self.proc = None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --- checks of the template itself ------------------------------------------------------------
