@@ -49,9 +49,10 @@ def tiny_demo_repo(tmp_path_factory: pytest.TempPathFactory, tf_cache: Path) -> 
     return d / "repo"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def tiny_demo_server(tiny_demo_repo: Path) -> Iterator[object]:
-    """A real Triton serving the tiny demo repository on free ports."""
+    """A real Triton serving the tiny demo repository on free ports, one per test module: a model stub that
+    dies in one module (seen once on a loaded machine, not reproduced) cannot fail every later module."""
     from tritonforge.builder.server import TritonServer, free_ports
 
     with TritonServer(tiny_demo_repo, free_ports(), log_path=tiny_demo_repo.parent / "triton.log") as server:  # stops the server whatever happens
