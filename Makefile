@@ -8,7 +8,7 @@ STAMP := $(VENV)/.tritonforge-setup
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 APT_PACKAGES := redis-server chromium
 
-.PHONY: setup demo test test-fast lint bench clean gpu-smoke
+.PHONY: setup demo test test-fast lint format bench clean gpu-smoke
 
 setup: $(STAMP)
 
@@ -30,6 +30,8 @@ demo: setup
 
 test: setup
 	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/ruff format --check .
+	@$(PY) scripts/typecheck.py
 	@$(VENV)/bin/pytest -q
 
 test-fast: setup
@@ -37,6 +39,12 @@ test-fast: setup
 
 lint: setup
 	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/ruff format --check .
+	@$(PY) scripts/typecheck.py
+
+format: setup
+	@$(VENV)/bin/ruff format .
+	@$(VENV)/bin/ruff check --fix .
 
 bench: setup
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -32,14 +32,19 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tritonforge.ensembles.policy.cache import CacheEntry, ResponseCache  # noqa: E402
-from tritonforge.ensembles.policy.config import CacheConfig  # noqa: E402
-from tritonforge.ensembles.policy.embedding import load_embedder  # noqa: E402
-from tritonforge.ensembles.policy.index import SemanticIndex  # noqa: E402
-from tritonforge.ensembles.policy.memory_backend import MemoryBackend  # noqa: E402
-from tritonforge.ensembles.policy.metrics import MemoryMetrics  # noqa: E402
-from tritonforge.ensembles.policy.params import exact_key, namespace, normalize_prompt, parse_request  # noqa: E402
-from tritonforge.ensembles.policy.verify import verify  # noqa: E402
+from tritonforge.model_repo_templates.tf_policy.cache import CacheEntry, ResponseCache  # noqa: E402
+from tritonforge.model_repo_templates.tf_policy.config import CacheConfig  # noqa: E402
+from tritonforge.model_repo_templates.tf_policy.embedding import load_embedder  # noqa: E402
+from tritonforge.model_repo_templates.tf_policy.index import SemanticIndex  # noqa: E402
+from tritonforge.model_repo_templates.tf_policy.memory_backend import MemoryBackend  # noqa: E402
+from tritonforge.model_repo_templates.tf_policy.metrics import MemoryMetrics  # noqa: E402
+from tritonforge.model_repo_templates.tf_policy.params import (  # noqa: E402
+    exact_key,
+    namespace,
+    normalize_prompt,
+    parse_request,
+)
+from tritonforge.model_repo_templates.tf_policy.verify import verify  # noqa: E402
 
 PAIRS = Path(__file__).resolve().parent / "data" / "near_duplicates.jsonl"
 
@@ -61,21 +66,59 @@ def ms(xs: list[float]) -> str:
 
 # --- synthetic questions with paraphrases ----------------------------------------------------------
 SUBJECTS = [
-    "France", "Japan", "Brazil", "Kenya", "Canada", "Norway", "Egypt", "Chile", "Vietnam", "Poland",
-    "Python", "Rust", "Go", "Java", "Haskell", "Kotlin", "Swift", "Elixir", "Scala", "Ruby",
-    "photosynthesis", "plate tectonics", "inflation", "the French Revolution", "black holes",
-    "vaccines", "blockchains", "the immune system", "climate change", "quantum entanglement",
-]  # fmt: skip
+    "France",
+    "Japan",
+    "Brazil",
+    "Kenya",
+    "Canada",
+    "Norway",
+    "Egypt",
+    "Chile",
+    "Vietnam",
+    "Poland",
+    "Python",
+    "Rust",
+    "Go",
+    "Java",
+    "Haskell",
+    "Kotlin",
+    "Swift",
+    "Elixir",
+    "Scala",
+    "Ruby",
+    "photosynthesis",
+    "plate tectonics",
+    "inflation",
+    "the French Revolution",
+    "black holes",
+    "vaccines",
+    "blockchains",
+    "the immune system",
+    "climate change",
+    "quantum entanglement",
+]
 TEMPLATES = [
-    ("Tell me three interesting facts about {s}.", ["Give me 3 interesting facts about {s}.",
-                                                    "What are three interesting facts about {s}?"]),
+    (
+        "Tell me three interesting facts about {s}.",
+        ["Give me 3 interesting facts about {s}.", "What are three interesting facts about {s}?"],
+    ),
     ("Write a short poem about {s}.", ["Compose a short poem about {s}.", "Write a brief poem on {s}."]),
-    ("Explain {s} to a ten year old.", ["Explain {s} to a 10-year-old child.", "How would you explain {s} to a ten-year-old?"]),
-    ("What are the main criticisms of {s}?", ["What are the biggest criticisms of {s}?",
-                                              "What main criticisms are there of {s}?"]),
-    ("Summarize the history of {s} in two sentences.", ["Give a two-sentence summary of the history of {s}.",
-                                                        "In two sentences, summarize the history of {s}."]),
-]  # fmt: skip
+    (
+        "Explain {s} to a ten year old.",
+        ["Explain {s} to a 10-year-old child.", "How would you explain {s} to a ten-year-old?"],
+    ),
+    (
+        "What are the main criticisms of {s}?",
+        ["What are the biggest criticisms of {s}?", "What main criticisms are there of {s}?"],
+    ),
+    (
+        "Summarize the history of {s} in two sentences.",
+        [
+            "Give a two-sentence summary of the history of {s}.",
+            "In two sentences, summarize the history of {s}.",
+        ],
+    ),
+]
 
 
 ANGLES = ["", " for beginners", " in economics", " in the 19th century", " in everyday life", " in industry"]
@@ -89,8 +132,11 @@ def workload(n: int, seed: int = 0) -> list[tuple[str, str, str]]:
     """
     rng = random.Random(seed)
     subjects = [s + a for s in SUBJECTS for a in ANGLES]
-    questions = [(t.format(s=s), [p.format(s=s) for p in ps], f"{i}:{s}")
-                 for i, (t, ps) in enumerate(TEMPLATES) for s in subjects]  # fmt: skip
+    questions = [
+        (t.format(s=s), [p.format(s=s) for p in ps], f"{i}:{s}")
+        for i, (t, ps) in enumerate(TEMPLATES)
+        for s in subjects
+    ]
     rng.shuffle(questions)
     seen: list[tuple[str, list[str], str]] = []
     out = []
@@ -115,8 +161,14 @@ def hit_rates(emb, n: int, threshold: float, verified: bool = True) -> None:
     m = MemoryMetrics()
     cfg = CacheConfig(enabled=True, semantic=True, similarity_threshold=threshold, capacity=100_000)
     index = SemanticIndex(emb.dim)
-    cache = ResponseCache(cfg, MemoryBackend(100_000, 3600, on_evict=index.remove, metrics=m), emb.embed, index,
-                          m, verifier=verify if verified else None)  # fmt: skip
+    cache = ResponseCache(
+        cfg,
+        MemoryBackend(100_000, 3600, on_evict=index.remove, metrics=m),
+        emb.embed,
+        index,
+        m,
+        verifier=verify if verified else None,
+    )
     counts: dict[str, int] = {}
     by_kind: dict[str, dict[str, int]] = {}
     false_hits = 0
@@ -132,9 +184,11 @@ def hit_rates(emb, n: int, threshold: float, verified: bool = True) -> None:
             cache.store(look, r, "small", "", qid, 10)
     total = sum(counts.values())
     label = "cosine + verification" if verified else "cosine alone"
-    print(f"  threshold {threshold}, {label}: "
-          + ", ".join(f"{k} {v / total:.1%}" for k, v in sorted(counts.items()))
-          + f"; false hits {false_hits} ({false_hits / total:.2%})")  # fmt: skip
+    print(
+        f"  threshold {threshold}, {label}: "
+        + ", ".join(f"{k} {v / total:.1%}" for k, v in sorted(counts.items()))
+        + f"; false hits {false_hits} ({false_hits / total:.2%})"
+    )
     for kind, st in sorted(by_kind.items()):
         k_total = sum(st.values())
         print(
@@ -189,17 +243,19 @@ def scale(emb, sizes: list[int], queries: int) -> None:
             t1 = time.perf_counter()
             cache.lookup(req(prompts[i % len(prompts)]), "small")
             exact_t.append(time.perf_counter() - t1)
-        print(f"  {n:>7,} entries (index build {build:.1f}s): semantic lookup incl. embedding {ms(miss_t)}; "
-              f"paraphrase lookups {ms(hit_t)}; embedding alone {ms(embed_t)}; index search alone {ms(search_t)}; "
-              f"exact hit {ms(exact_t)}")  # fmt: skip
+        print(
+            f"  {n:>7,} entries (index build {build:.1f}s): semantic lookup incl. embedding {ms(miss_t)}; "
+            f"paraphrase lookups {ms(hit_t)}; embedding alone {ms(embed_t)}; index search alone {ms(search_t)}; "
+            f"exact hit {ms(exact_t)}"
+        )
 
 
 def redis_exact(queries: int) -> None:
     if shutil.which("redis-server") is None:
         print("  redis: redis-server not installed, skipped")
         return
-    from tests.test_llm_entry_repo import RedisProc
-    from tritonforge.ensembles.policy.redis_backend import RedisBackend
+    from tests.helpers.entry_repo import RedisProc
+    from tritonforge.model_repo_templates.tf_policy.redis_backend import RedisBackend
 
     proc = RedisProc().start()
     try:
@@ -232,10 +288,13 @@ def near_duplicates(emb, thresholds: list[float]) -> None:
     per_pair_us = (time.perf_counter() - t0) / len(rows) * 1e6
     same = [i for i, r in enumerate(rows) if r["same"]]
     diff = [i for i, r in enumerate(rows) if not r["same"]]
-    print(f"  {len(rows)} pairs: {len(same)} paraphrases (must hit), {len(diff)} answer-changing edits (must not); "
-          f"verification {per_pair_us:.0f} us per pair")  # fmt: skip
+    print(
+        f"  {len(rows)} pairs: {len(same)} paraphrases (must hit), {len(diff)} answer-changing edits (must not); "
+        f"verification {per_pair_us:.0f} us per pair"
+    )
     for th in thresholds:
         for verified in (False, True):
+
             def served(i: int, th: float = th, verified: bool = verified) -> bool:
                 return sims[i] >= th and (not verified or why[i] is None)
 
@@ -244,10 +303,14 @@ def near_duplicates(emb, thresholds: list[float]) -> None:
             kinds: dict[str, list[int]] = {}
             for i in diff:
                 kinds.setdefault(rows[i]["kind"], []).append(i)
-            by_kind = ", ".join(f"{k} {sum(served(i) for i in ix)}/{len(ix)}" for k, ix in sorted(kinds.items()))
-            print(f"  threshold {th}, {'cosine + verification' if verified else 'cosine alone'}: paraphrases hit "
-                  f"{hits}/{len(same)} ({hits / len(same):.1%}); wrong answers {wrong}/{len(diff)} "
-                  f"({wrong / len(diff):.1%}) [{by_kind}]")  # fmt: skip
+            by_kind = ", ".join(
+                f"{k} {sum(served(i) for i in ix)}/{len(ix)}" for k, ix in sorted(kinds.items())
+            )
+            print(
+                f"  threshold {th}, {'cosine + verification' if verified else 'cosine alone'}: paraphrases hit "
+                f"{hits}/{len(same)} ({hits / len(same):.1%}); wrong answers {wrong}/{len(diff)} "
+                f"({wrong / len(diff):.1%}) [{by_kind}]"
+            )
 
 
 def main() -> None:
@@ -260,8 +323,10 @@ def main() -> None:
     a = ap.parse_args()
     t0 = time.perf_counter()
     emb = load_embedder("builtin:all-minilm-l6-v2", threads=1)
-    print(f"embedder loaded in {time.perf_counter() - t0:.1f}s (dim {emb.dim}, runtime {emb.runtime}, 1 thread; "
-          "TRITONFORGE_EMBED_RUNTIME picks another)")  # fmt: skip
+    print(
+        f"embedder loaded in {time.perf_counter() - t0:.1f}s (dim {emb.dim}, runtime {emb.runtime}, 1 thread; "
+        "TRITONFORGE_EMBED_RUNTIME picks another)"
+    )
     print("labelled near-duplicates:")
     near_duplicates(emb, [0.85, 0.9, 0.92, 0.95, 0.97])
     if a.pairs_only:

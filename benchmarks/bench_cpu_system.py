@@ -32,14 +32,18 @@ from pathlib import Path
 
 import numpy as np
 
+from tritonforge.builder.demo_model import materialize
 from tritonforge.loadtest.cpushare import ShareMeter
-from tritonforge.runtime.demo_model import materialize
-from tritonforge.runtime.engine import CpuEngine, GenerationRequest, default_num_threads
+from tritonforge.model_repo_templates.tf_runtime.engine import (
+    CpuEngine,
+    GenerationRequest,
+    default_num_threads,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "builder" / "fixtures" / "cpu_system.json"
 # The served cpu-demo tier's limits (examples/cpu-demo.yaml: max_batch_size 8) and the CPU backend's
-# default token budget per step (model_repo_templates/python/tensorrt_llm_cpu.py.j2).
+# default token budget per step (model_repo_templates/models/tensorrt_llm_cpu.py).
 LIMITS = dict(max_batch_size=8, max_num_tokens=4096, max_input_len=1024, max_seq_len=2048)
 
 
@@ -72,9 +76,14 @@ def _prompt(rng: np.random.Generator, n: int, vocab: int) -> list[int]:
     return [1] + rng.integers(3, vocab, size=n - 1).tolist()
 
 
-def decode_point(eng: CpuEngine, rng: np.random.Generator, vocab: int, b: int, length: int, new: int) -> list[float]:
+def decode_point(
+    eng: CpuEngine, rng: np.random.Generator, vocab: int, b: int, length: int, new: int
+) -> list[float]:
     """Seconds per decode step each of b requests (admitted together, prompt `length`) saw."""
-    rs = [Timed(eng, GenerationRequest(_prompt(rng, length, vocab), new, end_id=-1, streaming=True)) for _ in range(b)]
+    rs = [
+        Timed(eng, GenerationRequest(_prompt(rng, length, vocab), new, end_id=-1, streaming=True))
+        for _ in range(b)
+    ]
     return [(r.wait().t_end - (r.t_first or r.t_end)) / max(1, r.n - 1) for r in rs]
 
 
@@ -100,7 +109,10 @@ def measure(eng: CpuEngine, vocab: int, rounds: int, new: int) -> tuple[list[dic
         for b, length in dec_grid:
             dec[(b, length)].append(statistics.median(decode_point(eng, rng, vocab, b, length, new)))
         print(f"round {i + 1}/{rounds} done", flush=True)
-    dec_out = [{"batch": b, "prompt": n, "ctx": n + new / 2, "step_s": statistics.median(v)} for (b, n), v in dec.items()]
+    dec_out = [
+        {"batch": b, "prompt": n, "ctx": n + new / 2, "step_s": statistics.median(v)}
+        for (b, n), v in dec.items()
+    ]
     pf_out = [{"batch": b, "tokens": n, "ttft_s": statistics.median(v)} for (b, n), v in pf.items()]
     for d in dec_out:
         print(f"decode b={d['batch']} L={d['prompt']}: {1000 * d['step_s']:.2f} ms/step")
@@ -128,9 +140,12 @@ def fit_decode(points: list[dict]) -> dict:
     x = np.array([[1.0, p["batch"], p["batch"] * p["ctx"]] for p in points])
     y = np.array([p["step_s"] for p in points])
     coef, pred = _fit(x, y)
-    return {"step_overhead_s": float(coef[0]), "per_sequence_s": float(coef[1]),
-            "per_sequence_per_ctx_token_s": float(coef[2]),
-            "max_abs_pct_error": round(float(np.max(np.abs(pred / y - 1))) * 100, 1)}
+    return {
+        "step_overhead_s": float(coef[0]),
+        "per_sequence_s": float(coef[1]),
+        "per_sequence_per_ctx_token_s": float(coef[2]),
+        "max_abs_pct_error": round(float(np.max(np.abs(pred / y - 1))) * 100, 1),
+    }
 
 
 def fit_prefill(points: list[dict]) -> dict:
@@ -138,8 +153,12 @@ def fit_prefill(points: list[dict]) -> dict:
     x = np.array([[1.0, p["batch"] * p["tokens"], p["batch"] * p["tokens"] ** 2] for p in points])
     y = np.array([p["ttft_s"] for p in points])
     coef, pred = _fit(x, y)
-    return {"fixed_s": float(coef[0]), "per_token_s": float(coef[1]), "per_token_squared_s": float(coef[2]),
-            "max_abs_pct_error": round(float(np.max(np.abs(pred / y - 1))) * 100, 1)}
+    return {
+        "fixed_s": float(coef[0]),
+        "per_token_s": float(coef[1]),
+        "per_token_squared_s": float(coef[2]),
+        "max_abs_pct_error": round(float(np.max(np.abs(pred / y - 1))) * 100, 1),
+    }
 
 
 def cpu_model() -> str:
@@ -183,17 +202,22 @@ def main(argv: list[str] | None = None) -> int:
         "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "how": "benchmarks/bench_cpu_system.py: the demo model's CpuEngine in-process; medians per point",
         "machine": {
-            "cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": args.threads or default_num_threads(),
-            "platform": platform.platform(), "python": platform.python_version(),
+            "cpu": cpu_model(),
+            "cores": os.cpu_count(),
+            "torch_threads": args.threads or default_num_threads(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
             "load_average_before": [round(v, 2) for v in load_before],
             "load_average_after": [round(v, 2) for v in os.getloadavg()],
             "seconds": round(time.time() - t_start, 1),
             "cpu_share": round(cpu_share, 3) if cpu_share else None,
         },
         "model": {
-            "name": "demo", "parameters": info["parameters"], "dtype": "float32",
-            "matmul_flops_per_token": 2.0 * (shape.num_layers * shape.layer_linear_params
-                                             + shape.vocab_size * shape.hidden_size),
+            "name": "demo",
+            "parameters": info["parameters"],
+            "dtype": "float32",
+            "matmul_flops_per_token": 2.0
+            * (shape.num_layers * shape.layer_linear_params + shape.vocab_size * shape.hidden_size),
             "attn_flops_per_ctx_token": 4.0 * shape.num_layers * shape.q_dim,
         },
         "limits": LIMITS,

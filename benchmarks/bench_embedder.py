@@ -25,9 +25,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tritonforge.ensembles.policy.embedding import load_embedder  # noqa: E402
-from tritonforge.ensembles.policy.params import normalize_prompt  # noqa: E402
-from tritonforge.ensembles.policy.verify import verify  # noqa: E402
+from tritonforge.model_repo_templates.tf_policy.embedding import load_embedder  # noqa: E402
+from tritonforge.model_repo_templates.tf_policy.params import normalize_prompt  # noqa: E402
+from tritonforge.model_repo_templates.tf_policy.verify import verify  # noqa: E402
 
 PAIRS = Path(__file__).resolve().parent / "data" / "near_duplicates.jsonl"
 
@@ -73,7 +73,9 @@ def main() -> None:
                 e.embed(t)
                 ts.append(time.perf_counter() - t1)
             p50s[rt].append(pct(ts, 50))
-            print(f"  repeat {rep + 1} {rt:10s} p50 {pct(ts, 50) * 1e3:6.2f} ms  p99 {pct(ts, 99) * 1e3:6.2f} ms")
+            print(
+                f"  repeat {rep + 1} {rt:10s} p50 {pct(ts, 50) * 1e3:6.2f} ms  p99 {pct(ts, 99) * 1e3:6.2f} ms"
+            )
     base = statistics.median(p50s["st"]) if "st" in p50s else None
     print("summary (median p50 over repeats, spread min-max; ratio to st per repeat):")
     for rt, xs in p50s.items():
@@ -81,13 +83,17 @@ def main() -> None:
         if base is not None and rt != "st":
             rs = [x / s for x, s in zip(xs, p50s["st"], strict=True)]
             ratio = f"  ratio to st {statistics.median(rs):.2f} (spread {min(rs):.2f}-{max(rs):.2f})"
-        print(f"  {rt:10s} p50 {statistics.median(xs) * 1e3:6.2f} ms "
-              f"(spread {min(xs) * 1e3:.2f}-{max(xs) * 1e3:.2f}){ratio}")  # fmt: skip
+        print(
+            f"  {rt:10s} p50 {statistics.median(xs) * 1e3:6.2f} ms "
+            f"(spread {min(xs) * 1e3:.2f}-{max(xs) * 1e3:.2f}){ratio}"
+        )
     why = [verify(r["b"], r["a"]) for r in rows]
     same = [i for i, r in enumerate(rows) if r["same"]]
     diff = [i for i, r in enumerate(rows) if not r["same"]]
     ref = None
-    print(f"near-duplicate set: {len(same)} paraphrases (must hit), {len(diff)} answer-changing edits (must not)")
+    print(
+        f"near-duplicate set: {len(same)} paraphrases (must hit), {len(diff)} answer-changing edits (must not)"
+    )
     for rt, e in embs.items():
         vecs = dict(zip(texts, e.embed_batch(texts), strict=True))
         if rt == "st":
@@ -98,8 +104,10 @@ def main() -> None:
             hits = sum(sims[i] >= th and why[i] is None for i in same)
             wrong = sum(sims[i] >= th and why[i] is None for i in diff)
             raw_wrong = sum(sims[i] >= th for i in diff)
-            parts.append(f"@{th}: hit {hits}/{len(same)} ({hits / len(same):.1%}), wrong {wrong} "
-                         f"(cosine alone {raw_wrong})")  # fmt: skip
+            parts.append(
+                f"@{th}: hit {hits}/{len(same)} ({hits / len(same):.1%}), wrong {wrong} "
+                f"(cosine alone {raw_wrong})"
+            )
         agree = ""
         if ref is not None and rt != "st":
             c = [float(vecs[t] @ ref[t]) for t in texts]

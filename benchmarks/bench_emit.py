@@ -28,14 +28,16 @@ def bench_emit(runs: int = 5) -> None:
             t0 = time.perf_counter()
             subprocess.run([*TF, "emit", str(spec), "-o", f"{tmp}/r{i}"], check=True, capture_output=True)
             times.append(time.perf_counter() - t0)
-    print(f"emit {spec.name} (whole process): median {statistics.median(times):.3f} s over {runs} "
-          f"(min {min(times):.3f}, max {max(times):.3f})  target < 0.5 s")
+    print(
+        f"emit {spec.name} (whole process): median {statistics.median(times):.3f} s over {runs} "
+        f"(min {min(times):.3f}, max {max(times):.3f})  target < 0.5 s"
+    )
 
 
 def bench_cold_start(runs: int = 3) -> None:
-    from tritonforge.builder.render import emit_files, write_repository
-    from tritonforge.builder.server import TritonServer, free_ports
     from tritonforge.builder.spec import load_spec
+    from tritonforge.ensembles.render import emit_files, write_repository
+    from tritonforge.ensembles.server import TritonServer, free_ports
 
     spec_path = ROOT / "examples" / "cpu-demo.yaml"
     with tempfile.TemporaryDirectory() as tmp:
@@ -51,8 +53,10 @@ def bench_cold_start(runs: int = 3) -> None:
                 times.append(time.perf_counter() - t0)
             finally:
                 server.stop()
-    print(f"Triton cold start, CPU demo repository, to all-READY: median {statistics.median(times):.1f} s over {runs} "
-          f"(min {min(times):.1f}, max {max(times):.1f})  target < 20 s")
+    print(
+        f"Triton cold start, CPU demo repository, to all-READY: median {statistics.median(times):.1f} s over {runs} "
+        f"(min {min(times):.1f}, max {max(times):.1f})  target < 20 s"
+    )
 
 
 if __name__ == "__main__":

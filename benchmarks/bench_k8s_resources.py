@@ -13,10 +13,10 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-from tritonforge.builder.k8s import K8sOptions, plan_k8s
-from tritonforge.builder.render import emit_files, write_repository
-from tritonforge.builder.server import TritonServer, free_ports
 from tritonforge.builder.spec import load_spec
+from tritonforge.ensembles.k8s import K8sOptions, plan_k8s
+from tritonforge.ensembles.render import emit_files, write_repository
+from tritonforge.ensembles.server import TritonServer, free_ports
 
 
 def _tree(pid: int) -> list[int]:
@@ -54,14 +54,18 @@ def main() -> None:
             took = server.wait_ready(300)
             body = json.dumps({"text_input": "def parse_args(argv):", "max_tokens": 32}).encode()
             for _ in range(4):
-                req = urllib.request.Request(f"{server.http_url}/v2/models/{rplan.entry_model}/generate", data=body)
+                req = urllib.request.Request(
+                    f"{server.http_url}/v2/models/{rplan.entry_model}/generate", data=body
+                )
                 urllib.request.urlopen(req, timeout=60).read()  # noqa: S310
             pids = _tree(server.proc.pid)  # type: ignore[union-attr]
             rss = sum(_kib(p, "VmRSS", "status") for p in pids) / 1024
             pss = sum(_kib(p, "Pss", "smaps_rollup") for p in pids) / 1024
     requested = plan.resources["requests"]["memory"]
-    print(f"{spec_path}: READY in {took:.1f}s; {len(pids)} processes; RSS {rss:.0f} MiB, PSS {pss:.0f} MiB; "
-          f"deploy k8s requests {requested} (includes /dev/shm {plan.shm})")
+    print(
+        f"{spec_path}: READY in {took:.1f}s; {len(pids)} processes; RSS {rss:.0f} MiB, PSS {pss:.0f} MiB; "
+        f"deploy k8s requests {requested} (includes /dev/shm {plan.shm})"
+    )
 
 
 if __name__ == "__main__":

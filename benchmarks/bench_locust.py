@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tritonforge.builder.server import TritonServer, free_ports
+from tritonforge.ensembles.server import TritonServer, free_ports
 from tritonforge.loadtest import workload
 from tritonforge.loadtest.runner import Level, LoadTestConfig, run_locust
 
@@ -79,12 +79,14 @@ class _Synthetic:
     the Locust process, not the server, is the bottleneck: a direct measurement of saturation."""
 
     def __init__(self) -> None:
-        from tritonforge.builder.server import free_port
+        from tritonforge.ensembles.server import free_port
 
         port = free_port()
         self.http_url = f"http://127.0.0.1:{port}"
         self.grpc_url = ""
-        self.proc = subprocess.Popen([sys.executable, "-c", SYNTHETIC_SERVER, str(port)], stdout=subprocess.PIPE)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", SYNTHETIC_SERVER, str(port)], stdout=subprocess.PIPE
+        )
         assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == b"ready"
 
     def stop(self) -> None:
@@ -92,12 +94,21 @@ class _Synthetic:
         self.proc.wait(timeout=10)
 
 
-def measure(server: TritonServer | _Synthetic, out: Path, users: int, osl: int, duration: float, tok, protocol: str) -> dict:
+def measure(
+    server: TritonServer | _Synthetic, out: Path, users: int, osl: int, duration: float, tok, protocol: str
+) -> dict:
     items = workload.generate(workload.parse_workload(f"isl=32,osl={osl},prompts=2000"), tok, seed=1)
     wl = out / f"workload-{osl}.jsonl"
     workload.save(items, wl)
-    cfg = LoadTestConfig(url=server.http_url, model="ensemble", output=out, duration_s=duration, request_timeout=60,
-                         protocol=protocol, grpc_url=server.grpc_url)
+    cfg = LoadTestConfig(
+        url=server.http_url,
+        model="ensemble",
+        output=out,
+        duration_s=duration,
+        request_timeout=60,
+        protocol=protocol,
+        grpc_url=server.grpc_url,
+    )
     level = Level("concurrency", users)
     res = run_locust(cfg, level, osl, wl, out)
     recs = [r for r in res["records"] if r.error_type != "interrupted"]
@@ -124,9 +135,12 @@ def measure(server: TritonServer | _Synthetic, out: Path, users: int, osl: int, 
 
 
 def _show(r: dict, secs: float) -> None:
-    print(f"  osl={r['osl']:4d} users={r['users']}: {r['requests_per_s']:8.1f} req/s {r['events_per_s']:9.1f} events/s, "
-          f"Locust CPU {r['locust_cpu_percent']:5.1f}% -> {r['events_per_cpu_second']:8.0f} events and "
-          f"{r['requests_per_cpu_second']:6.0f} requests per CPU-second ({secs:.0f}s)", flush=True)  # fmt: skip
+    print(
+        f"  osl={r['osl']:4d} users={r['users']}: {r['requests_per_s']:8.1f} req/s {r['events_per_s']:9.1f} events/s, "
+        f"Locust CPU {r['locust_cpu_percent']:5.1f}% -> {r['events_per_cpu_second']:8.0f} events and "
+        f"{r['requests_per_cpu_second']:6.0f} requests per CPU-second ({secs:.0f}s)",
+        flush=True,
+    )
 
 
 def _cost_model(runs: list[dict]) -> tuple[float, float]:
@@ -144,8 +158,12 @@ def main() -> int:
     ap.add_argument("--osl", default="16,128", help="two output lengths (events per request)")
     ap.add_argument("--tokenizer", default="tiny", help="tokenizer for the prompts")
     ap.add_argument("--json", default=None, help="also write the results here")
-    ap.add_argument("--protocol", default="http-stream", choices=("http-stream", "grpc-stream"), help="streaming protocol")
-    ap.add_argument("--skip-synthetic", action="store_true", help="skip the calibration against a minimal SSE server")
+    ap.add_argument(
+        "--protocol", default="http-stream", choices=("http-stream", "grpc-stream"), help="streaming protocol"
+    )
+    ap.add_argument(
+        "--skip-synthetic", action="store_true", help="skip the calibration against a minimal SSE server"
+    )
     ap.add_argument("--no-pin", action="store_true", help="do not pin Triton and Locust to separate cores")
     args = ap.parse_args()
     osls = [int(x) for x in args.osl.split(",")]
@@ -175,7 +193,9 @@ def main() -> int:
             try:
                 if pinned:
                     _pin(synth.proc.pid, "0")
-                print("against a minimal asyncio SSE server (events coalesce in each read: the cheap end for the client):")
+                print(
+                    "against a minimal asyncio SSE server (events coalesce in each read: the cheap end for the client):"
+                )
                 for osl in osls:
                     t0 = time.time()
                     r = measure(synth, tmp / "synth", args.users, osl, args.duration, tok, args.protocol)
@@ -187,28 +207,50 @@ def main() -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
     a, b = _cost_model(runs)
-    print(f"\nLocust CPU cost ({args.protocol}): {a * 1e6:.0f} us per request + {b * 1e6:.1f} us per streamed event "
-          f"(Triton and Locust {'pinned to separate cores' if pinned else 'sharing ' + str(cpus) + ' CPUs'})")  # fmt: skip
-    model = {"protocol": args.protocol, "us_per_request": a * 1e6, "us_per_event": b * 1e6, "pinned": pinned, "runs": runs,
-             "synthetic_runs": saturated, "sizing": []}  # fmt: skip
+    print(
+        f"\nLocust CPU cost ({args.protocol}): {a * 1e6:.0f} us per request + {b * 1e6:.1f} us per streamed event "
+        f"(Triton and Locust {'pinned to separate cores' if pinned else 'sharing ' + str(cpus) + ' CPUs'})"
+    )
+    model = {
+        "protocol": args.protocol,
+        "us_per_request": a * 1e6,
+        "us_per_event": b * 1e6,
+        "pinned": pinned,
+        "runs": runs,
+        "synthetic_runs": saturated,
+        "sizing": [],
+    }
     if saturated:
         sa, sb = _cost_model(saturated)
         model.update(synthetic_us_per_request=sa * 1e6, synthetic_us_per_event=sb * 1e6)
         best = max(r["events_per_s"] for r in saturated)
         cpu = max(r["locust_cpu_percent"] for r in saturated)
-        print(f"Coalesced events: one Locust process received {best:,.0f} events/s at {cpu:.0f}% CPU "
-              f"({'Locust' if cpu >= 90 else 'the server'} was the limit); cost there {sa * 1e6:.0f} us per request + "
-              f"{sb * 1e6:.1f} us per event")  # fmt: skip
-    print(f"To load {TARGET_TOKENS_PER_S:,} output tokens/s (1 SSE event per token), each process at <= {HEADROOM:.0%} CPU:")
+        print(
+            f"Coalesced events: one Locust process received {best:,.0f} events/s at {cpu:.0f}% CPU "
+            f"({'Locust' if cpu >= 90 else 'the server'} was the limit); cost there {sa * 1e6:.0f} us per request + "
+            f"{sb * 1e6:.1f} us per event"
+        )
+    print(
+        f"To load {TARGET_TOKENS_PER_S:,} output tokens/s (1 SSE event per token), each process at <= {HEADROOM:.0%} CPU:"
+    )
     for osl in (128, 512, 1024):
         rps = TARGET_TOKENS_PER_S / osl
         cores = rps * a + TARGET_TOKENS_PER_S * b
         per_core_events = osl / (a + b * osl)
         workers = max(1, math.ceil(cores / HEADROOM))
-        model["sizing"].append({"osl": osl, "requests_per_s": rps, "cores": cores, "workers": workers,
-                                "events_per_s_per_core": per_core_events})  # fmt: skip
-        print(f"  OSL {osl:5d}: {rps:6.1f} req/s -> {cores:4.2f} cores of Locust -> --workers {workers} "
-              f"(one core sustains ~{per_core_events:,.0f} events/s, ~{per_core_events / osl:,.0f} streams/s)")  # fmt: skip
+        model["sizing"].append(
+            {
+                "osl": osl,
+                "requests_per_s": rps,
+                "cores": cores,
+                "workers": workers,
+                "events_per_s_per_core": per_core_events,
+            }
+        )
+        print(
+            f"  OSL {osl:5d}: {rps:6.1f} req/s -> {cores:4.2f} cores of Locust -> --workers {workers} "
+            f"(one core sustains ~{per_core_events:,.0f} events/s, ~{per_core_events / osl:,.0f} streams/s)"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(model, indent=2))
     return 0

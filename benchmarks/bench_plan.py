@@ -41,8 +41,12 @@ def run(spec: Path, repeat: int, extra: list[str] | None = None) -> tuple[list[f
     times, out = [], ""
     for _ in range(repeat):
         t0 = time.perf_counter()
-        proc = subprocess.run(command() + ["plan", str(spec), "--json", *(extra or [])], capture_output=True, text=True,
-                              cwd=ROOT)
+        proc = subprocess.run(
+            command() + ["plan", str(spec), "--json", *(extra or [])],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
         times.append(time.perf_counter() - t0)
         if proc.returncode != 0:
             raise SystemExit(f"plan {spec.name} failed ({proc.returncode}): {proc.stderr.strip()}")
@@ -60,26 +64,39 @@ def main() -> int:
         times, plan = run(SPECS / name, args.repeat)
         t = plan["tiers"][0]
         m, tp = t["memory"], t["throughput"]
-        rows.append({
-            "spec": name, "median_s": round(statistics.median(times), 3), "min_s": round(min(times), 3),
-            "max_s": round(max(times), 3), "gpu": f"{t['gpu_count']}x{t['gpu']['name']}",
-            "weights_gib": m["gib"]["weights"], "kv_kib_per_token": m["kv_bytes_per_token"] / 1024,
-            "max_sequences": m["max_concurrent_sequences"], "decode_tok_s": tp["decode_tokens_per_s"],
-            "usd_per_m_tokens": tp["cost_per_million_output_tokens"],
-        })
+        rows.append(
+            {
+                "spec": name,
+                "median_s": round(statistics.median(times), 3),
+                "min_s": round(min(times), 3),
+                "max_s": round(max(times), 3),
+                "gpu": f"{t['gpu_count']}x{t['gpu']['name']}",
+                "weights_gib": m["gib"]["weights"],
+                "kv_kib_per_token": m["kv_bytes_per_token"] / 1024,
+                "max_sequences": m["max_concurrent_sequences"],
+                "decode_tok_s": tp["decode_tokens_per_s"],
+                "usd_per_m_tokens": tp["cost_per_million_output_tokens"],
+            }
+        )
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         print(f"tritonforge plan, whole process, median of {args.repeat} (target < {TARGET_S:.1f} s)")
-        print(f"{'spec':<34}{'median':>8}{'max':>8}  {'gpus':<12}{'weights':>9}{'KV/tok':>9}{'seqs':>6}"
-              f"{'decode tok/s':>14}{'$/1M':>9}")
+        print(
+            f"{'spec':<34}{'median':>8}{'max':>8}  {'gpus':<12}{'weights':>9}{'KV/tok':>9}{'seqs':>6}"
+            f"{'decode tok/s':>14}{'$/1M':>9}"
+        )
         for r in rows:
-            print(f"{r['spec']:<34}{r['median_s']:>7.3f}s{r['max_s']:>7.3f}s  {r['gpu']:<12}{r['weights_gib']:>6.2f}GiB"
-                  f"{r['kv_kib_per_token']:>6.0f}KiB{r['max_sequences']:>6}{r['decode_tok_s']:>14,.0f}"
-                  f"{r['usd_per_m_tokens']:>9.4f}")
+            print(
+                f"{r['spec']:<34}{r['median_s']:>7.3f}s{r['max_s']:>7.3f}s  {r['gpu']:<12}{r['weights_gib']:>6.2f}GiB"
+                f"{r['kv_kib_per_token']:>6.0f}KiB{r['max_sequences']:>6}{r['decode_tok_s']:>14,.0f}"
+                f"{r['usd_per_m_tokens']:>9.4f}"
+            )
     # --workload adds the prediction (no target: it may call AIConfigurator when installed)
     wt, _ = run(SPECS / GOLDEN[1], args.repeat, ["--workload", "isl=2048,osl=256", "--no-aiconfigurator"])
-    print(f"with --workload isl=2048,osl=256 (calibrated model), {GOLDEN[1]}: median {statistics.median(wt):.3f}s")
+    print(
+        f"with --workload isl=2048,osl=256 (calibrated model), {GOLDEN[1]}: median {statistics.median(wt):.3f}s"
+    )
     slow = [r["spec"] for r in rows if r["median_s"] >= TARGET_S]
     if slow:
         print(f"over target: {', '.join(slow)}", file=sys.stderr)

@@ -37,25 +37,32 @@ import numpy as np
 import requests
 import yaml
 
-from tritonforge.builder.render import emit_files, write_repository
-from tritonforge.builder.server import TritonServer, free_ports
 from tritonforge.builder.spec import load_spec
+from tritonforge.ensembles.render import emit_files, write_repository
+from tritonforge.ensembles.server import TritonServer, free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
-LAYOUTS = ("all_models/inflight_batcher_llm", "triton_backend/all_models/inflight_batcher_llm",
-           "tensorrt_llm/triton_backend/all_models/inflight_batcher_llm")
+LAYOUTS = (
+    "all_models/inflight_batcher_llm",
+    "triton_backend/all_models/inflight_batcher_llm",
+    "tensorrt_llm/triton_backend/all_models/inflight_batcher_llm",
+)
 # Lets their model.py import transformers from this interpreter: tritonforge serve passes the paths in
 # TRITONFORGE_PYTHONPATH because the stub runs Python isolated (PYTHONPATH ignored).
-PATH_PREAMBLE = ('import os, sys\nsys.path[0:0] = [p for p in os.environ.get("TRITONFORGE_PYTHONPATH", "")'
-                 '.split(os.pathsep) if p and p not in sys.path]\n')
+PATH_PREAMBLE = (
+    'import os, sys\nsys.path[0:0] = [p for p in os.environ.get("TRITONFORGE_PYTHONPATH", "")'
+    ".split(os.pathsep) if p and p not in sys.path]\n"
+)
 
 
 def backend_models(path: Path) -> Path:
     for layout in LAYOUTS:
         if (path / layout / "preprocessing" / "1" / "model.py").is_file():
             return path / layout
-    raise SystemExit(f"no inflight_batcher_llm/preprocessing under {path} (looked in {', '.join(LAYOUTS)}); "
-                     "pass a checkout of the TensorRT-LLM backend's repository")
+    raise SystemExit(
+        f"no inflight_batcher_llm/preprocessing under {path} (looked in {', '.join(LAYOUTS)}); "
+        "pass a checkout of the TensorRT-LLM backend's repository"
+    )
 
 
 def param(config: str, key: str) -> str:
@@ -103,8 +110,12 @@ def build(tmp: Path, backend_repo: Path, model: str, extra: list[str]) -> tuple[
         "postprocessing_instance_count": str(instances(post_cfg)),
     }
     theirs = backend_models(backend_repo)
-    copy_theirs(theirs / "preprocessing", repo / "backend_preprocessing", "backend_preprocessing", values, extra)
-    copy_theirs(theirs / "postprocessing", repo / "backend_postprocessing", "backend_postprocessing", values, extra)
+    copy_theirs(
+        theirs / "preprocessing", repo / "backend_preprocessing", "backend_preprocessing", values, extra
+    )
+    copy_theirs(
+        theirs / "postprocessing", repo / "backend_postprocessing", "backend_postprocessing", values, extra
+    )
     return repo, tokenizer_dir
 
 
@@ -125,15 +136,16 @@ def server_compute_ns(http_url: str, model: str) -> tuple[int, int]:
     return ns, int(s["success"]["count"])
 
 
-def compare(client, grpcclient, http_url: str, ours: str, theirs: str, payloads: list[dict],
-            repeats: int) -> list[float]:
+def compare(
+    client, grpcclient, http_url: str, ours: str, theirs: str, payloads: list[dict], repeats: int
+) -> list[float]:
     """Alternate ours/theirs call by call; per repeat: p50s, ratio, server compute ratio."""
     ratios = []
     per_rep = len(payloads) // repeats
     for rep in range(repeats):
         times: dict[str, list[float]] = {ours: [], theirs: []}
         before = {m: server_compute_ns(http_url, m) for m in (ours, theirs)}
-        for i, arrays in enumerate(payloads[rep * per_rep:(rep + 1) * per_rep]):
+        for i, arrays in enumerate(payloads[rep * per_rep : (rep + 1) * per_rep]):
             order = (ours, theirs) if i % 2 == 0 else (theirs, ours)
             for model in order:
                 inputs = grpc_inputs(grpcclient, arrays)
@@ -141,13 +153,18 @@ def compare(client, grpcclient, http_url: str, ours: str, theirs: str, payloads:
                 client.infer(model, inputs)  # every output, as the ensemble takes them
                 times[model].append(time.perf_counter() - t0)
         after = {m: server_compute_ns(http_url, m) for m in (ours, theirs)}
-        server = {m: (after[m][0] - before[m][0]) / max(1, after[m][1] - before[m][1]) for m in (ours, theirs)}
+        server = {
+            m: (after[m][0] - before[m][0]) / max(1, after[m][1] - before[m][1]) for m in (ours, theirs)
+        }
         p50 = {m: statistics.median(times[m]) for m in times}
         ratio = p50[ours] / p50[theirs]
         ratios.append(ratio)
-        print(f"  repeat {rep + 1}: p50 ours {1e3 * p50[ours]:.3f} ms, theirs {1e3 * p50[theirs]:.3f} ms, "
-              f"ratio {ratio:.3f} | server compute mean ours {server[ours] / 1e3:.0f} us, theirs "
-              f"{server[theirs] / 1e3:.0f} us, ratio {server[ours] / server[theirs]:.3f}", flush=True)
+        print(
+            f"  repeat {rep + 1}: p50 ours {1e3 * p50[ours]:.3f} ms, theirs {1e3 * p50[theirs]:.3f} ms, "
+            f"ratio {ratio:.3f} | server compute mean ours {server[ours] / 1e3:.0f} us, theirs "
+            f"{server[theirs] / 1e3:.0f} us, ratio {server[ours] / server[theirs]:.3f}",
+            flush=True,
+        )
     return ratios
 
 
@@ -156,15 +173,17 @@ def decode_work(tokenizer_dir: str, ids: list[int]) -> None:
     UTF-8 decode; theirs: transformers' decode with skip_special_tokens, as their model calls it)."""
     from transformers import AutoTokenizer
 
-    from tritonforge.runtime.detok import ByteTable
-    from tritonforge.runtime.light_tokenizer import load_tokenizer
+    from tritonforge.model_repo_templates.tf_runtime.detok import ByteTable
+    from tritonforge.model_repo_templates.tf_runtime.light_tokenizer import load_tokenizer
 
     table = ByteTable(load_tokenizer(tokenizer_dir))
     hf = AutoTokenizer.from_pretrained(tokenizer_dir)
     for length in (1, 64):
         chunk = ids[:length]
-        for label, fn in (("ours", lambda c=chunk: table.token_bytes(c).decode("utf-8", errors="replace")),
-                          ("theirs", lambda c=chunk: hf.decode(c, skip_special_tokens=True))):
+        for label, fn in (
+            ("ours", lambda c=chunk: table.token_bytes(c).decode("utf-8", errors="replace")),
+            ("theirs", lambda c=chunk: hf.decode(c, skip_special_tokens=True)),
+        ):
             n = 2000
             t0 = time.perf_counter()
             for _ in range(n):
@@ -173,8 +192,10 @@ def decode_work(tokenizer_dir: str, ids: list[int]) -> None:
 
 
 def summary(label: str, ratios: list[float]) -> None:
-    print(f"{label}: ours/theirs p50 median {statistics.median(ratios):.3f} (min {min(ratios):.3f}, "
-          f"max {max(ratios):.3f}, {len(ratios)} repeats)")
+    print(
+        f"{label}: ours/theirs p50 median {statistics.median(ratios):.3f} (min {min(ratios):.3f}, "
+        f"max {max(ratios):.3f}, {len(ratios)} repeats)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,25 +208,35 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     import tritonclient.grpc as grpcclient
 
-    from tritonforge.runtime.light_tokenizer import load_tokenizer
+    from tritonforge.model_repo_templates.tf_runtime.light_tokenizer import load_tokenizer
 
     backend_models(args.backend_repo)  # fail before any work
     with tempfile.TemporaryDirectory(prefix="tf-bench-prepost-") as tmp:
-        repo, tokenizer_dir = build(Path(tmp), args.backend_repo, args.model,
-                                     [str(Path(p).resolve()) for p in args.extra_path])
+        repo, tokenizer_dir = build(
+            Path(tmp), args.backend_repo, args.model, [str(Path(p).resolve()) for p in args.extra_path]
+        )
         tokenizer = load_tokenizer(tokenizer_dir)
-        corpus = (ROOT / "runtime" / "engine.py").read_text()
-        prompts = [corpus[i * 97: i * 97 + 240] for i in range(args.n)]
-        pre = [{"QUERY": np.array([[p.encode()]], dtype=object),
-                "REQUEST_OUTPUT_LEN": np.array([[64]], dtype=np.int32)} for p in prompts]
+        corpus = (ROOT / "model_repo_templates" / "tf_runtime" / "engine.py").read_text()
+        prompts = [corpus[i * 97 : i * 97 + 240] for i in range(args.n)]
+        pre = [
+            {
+                "QUERY": np.array([[p.encode()]], dtype=object),
+                "REQUEST_OUTPUT_LEN": np.array([[64]], dtype=np.int32),
+            }
+            for p in prompts
+        ]
         ids = tokenizer.encode(corpus[:4000], add_special_tokens=False)
 
         def post(length: int) -> list[dict]:
             out = []
             for i in range(args.n):
-                chunk = ids[(i * 7) % (len(ids) - length):][:length]
-                out.append({"TOKENS_BATCH": np.array([[chunk]], dtype=np.int32),
-                            "SEQUENCE_LENGTH": np.array([[length]], dtype=np.int32)})
+                chunk = ids[(i * 7) % (len(ids) - length) :][:length]
+                out.append(
+                    {
+                        "TOKENS_BATCH": np.array([[chunk]], dtype=np.int32),
+                        "SEQUENCE_LENGTH": np.array([[length]], dtype=np.int32),
+                    }
+                )
             return out
 
         with TritonServer(repo, free_ports(), log_path=Path(tmp) / "triton.log") as srv:
@@ -219,12 +250,20 @@ def main(argv: list[str] | None = None) -> int:
                     client.infer(m, grpc_inputs(grpcclient, arrays))
             results = {}
             print(f"preprocessing (~{len(tokenizer.encode(prompts[0]))}-token prompts):")
-            results["preprocessing"] = compare(client, grpcclient, srv.http_url, "preprocessing",
-                                               "backend_preprocessing", pre, args.repeats)
+            results["preprocessing"] = compare(
+                client, grpcclient, srv.http_url, "preprocessing", "backend_preprocessing", pre, args.repeats
+            )
             for length in (1, 64):
                 print(f"postprocessing ({length} token{'s' if length > 1 else ''} per call):")
-                results[f"postprocessing {length}"] = compare(client, grpcclient, srv.http_url, "postprocessing",
-                                                              "backend_postprocessing", post(length), args.repeats)
+                results[f"postprocessing {length}"] = compare(
+                    client,
+                    grpcclient,
+                    srv.http_url,
+                    "postprocessing",
+                    "backend_postprocessing",
+                    post(length),
+                    args.repeats,
+                )
             client.close()
     print("in-process decoding (no Triton):")
     decode_work(tokenizer_dir, ids)

@@ -39,8 +39,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.test_llm_entry_repo import build_repo, entry_config, write_llm_model  # noqa: E402
-from tritonforge.builder.server import TritonServer, free_ports  # noqa: E402
+from tests.helpers.entry_repo import build_repo, entry_config, write_llm_model  # noqa: E402
+from tritonforge.ensembles.server import TritonServer, free_ports  # noqa: E402
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -65,9 +65,9 @@ class Client:
 
 
 def in_process_hit(n: int) -> list[float]:
-    from tritonforge.ensembles.policy.config import parse_entry_config
-    from tritonforge.ensembles.policy.factory import build_service
-    from tritonforge.ensembles.policy.params import parse_request
+    from tritonforge.model_repo_templates.tf_policy.config import parse_entry_config
+    from tritonforge.model_repo_templates.tf_policy.factory import build_service
+    from tritonforge.model_repo_templates.tf_policy.params import parse_request
 
     cfg = parse_entry_config(entry_config())
 
@@ -75,8 +75,12 @@ def in_process_hit(n: int) -> list[float]:
         yield " answer", 1
 
     svc = build_service(cfg, ".", tier)
-    r = parse_request({"text_input": np.array([b"What is the capital of France?"], dtype=object),
-                       "max_tokens": np.array([8])})  # fmt: skip
+    r = parse_request(
+        {
+            "text_input": np.array([b"What is the capital of France?"], dtype=object),
+            "max_tokens": np.array([8]),
+        }
+    )
     svc.handle(r, lambda x: None)
     ts = []
     for _ in range(n):
@@ -104,8 +108,14 @@ SLOW = " #sleep-large_ensemble=0.3"  # the mock tier waits 0.3 s on these ("=" r
 
 
 def spread(xs: list[float], scale: float = 1e3, fmt: str = "{:+.2f}") -> str:
-    return (fmt.format(statistics.median(xs) * scale) + " (spread " + fmt.format(min(xs) * scale) + " to "
-            + fmt.format(max(xs) * scale) + ")")  # fmt: skip
+    return (
+        fmt.format(statistics.median(xs) * scale)
+        + " (spread "
+        + fmt.format(min(xs) * scale)
+        + " to "
+        + fmt.format(max(xs) * scale)
+        + ")"
+    )
 
 
 def main() -> None:
@@ -133,8 +143,14 @@ def main() -> None:
         paths = {
             "direct": lambda r, i: ("small_ensemble", {**body, "text_input": f"hello number {r}-{i}"}),
             "llm_route": lambda r, i: ("llm_route", {**body, "text_input": f"hello number {r}-{i}"}),
-            "llm bypass": lambda r, i: ("llm", {**body, "text_input": f"hello number {r}-{i}", "cache": "bypass"}),
-            "llm miss": lambda r, i: ("llm", {**body, "text_input": f"a brand new question {r}-{i} about {i * 7}"}),
+            "llm bypass": lambda r, i: (
+                "llm",
+                {**body, "text_input": f"hello number {r}-{i}", "cache": "bypass"},
+            ),
+            "llm miss": lambda r, i: (
+                "llm",
+                {**body, "text_input": f"a brand new question {r}-{i} about {i * 7}"},
+            ),
             "llm exact hit": lambda r, i: ("llm", {**body, "text_input": "What is the capital of France?"}),
         }
         for f in paths.values():  # warm up (prompts the measured phase never sends)
@@ -162,22 +178,32 @@ def main() -> None:
                 rows[k].append((pct(ts, 50), pct(ts, 99)))
                 if k != "direct":
                     over[k].append((pct(ts, 50) - b50, pct(ts, 99) - b99, pct(ts, 50) / b50))
-            print(f"repeat {r + 1}: direct p50 {b50 * 1e3:.2f} ms p99 {b99 * 1e3:.2f} ms; "
-                  + "; ".join(f"{k} p50 +{(pct(ts, 50) - b50) * 1e3:.2f}" for k, ts in times.items() if k != "direct"))  # fmt: skip
-        print(f"{n} sequential requests per path per repeat, {a.repeats} interleaved repeats "
-              "(client-observed /generate latency; transport identical; semantic cache ON in `llm`):")  # fmt: skip
+            print(
+                f"repeat {r + 1}: direct p50 {b50 * 1e3:.2f} ms p99 {b99 * 1e3:.2f} ms; "
+                + "; ".join(
+                    f"{k} p50 +{(pct(ts, 50) - b50) * 1e3:.2f}" for k, ts in times.items() if k != "direct"
+                )
+            )
+        print(
+            f"{n} sequential requests per path per repeat, {a.repeats} interleaved repeats "
+            "(client-observed /generate latency; transport identical; semantic cache ON in `llm`):"
+        )
         for k in paths:
             p50s = [x[0] for x in rows[k]]
             p99s = [x[1] for x in rows[k]]
             line = f"  {k:14s} p50 {spread(p50s, fmt='{:.2f}')} ms  p99 {spread(p99s, fmt='{:.2f}')} ms"
             if k != "direct":
-                line += (f"\n  {'':14s} vs direct: p50 {spread([o[0] for o in over[k]])} ms, "
-                         f"p99 {spread([o[1] for o in over[k]])} ms, "
-                         f"p50 ratio {spread([o[2] for o in over[k]], 1, '{:.3f}')}")  # fmt: skip
+                line += (
+                    f"\n  {'':14s} vs direct: p50 {spread([o[0] for o in over[k]])} ms, "
+                    f"p99 {spread([o[1] for o in over[k]])} ms, "
+                    f"p50 ratio {spread([o[2] for o in over[k]], 1, '{:.3f}')}"
+                )
             print(line)
         if sem:
-            print(f"  llm semantic hit (tier would take 0.3 s): p50 {pct(sem, 50) * 1e3:.2f} ms, "
-                  f"p99 {pct(sem, 99) * 1e3:.2f} ms (n={len(sem)}; statuses {statuses})")  # fmt: skip
+            print(
+                f"  llm semantic hit (tier would take 0.3 s): p50 {pct(sem, 50) * 1e3:.2f} ms, "
+                f"p99 {pct(sem, 99) * 1e3:.2f} ms (n={len(sem)}; statuses {statuses})"
+            )
         else:
             print(f"  llm semantic hit: none served (statuses {statuses})")
         server.stop()

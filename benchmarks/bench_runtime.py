@@ -21,8 +21,13 @@ import time
 
 import torch
 
-from tritonforge.runtime.demo_model import corpus_files, materialize
-from tritonforge.runtime.engine import Chunk, CpuEngine, GenerationRequest, default_num_threads
+from tritonforge.builder.demo_model import corpus_files, materialize
+from tritonforge.model_repo_templates.tf_runtime.engine import (
+    Chunk,
+    CpuEngine,
+    GenerationRequest,
+    default_num_threads,
+)
 
 LIMITS = dict(max_batch_size=8, max_num_tokens=1024, max_input_len=1024, max_seq_len=2048)
 
@@ -97,7 +102,11 @@ def speculative(target: CpuEngine, draft: CpuEngine, ps: list[list[int]], new: i
         while len(out) < new:
             kk = min(k, new - len(out) - 1)
             d = Req(draft, GenerationRequest(p + out, kk, end_id=-1)).wait().tokens if kk > 0 else []
-            got = Req(target, GenerationRequest(p + out, len(d) + 1, end_id=-1, draft_input_ids=d or None)).wait().tokens
+            got = (
+                Req(target, GenerationRequest(p + out, len(d) + 1, end_id=-1, draft_input_ids=d or None))
+                .wait()
+                .tokens
+            )
             lcp = 0
             while lcp < min(len(d), len(got)) and d[lcp] == got[lcp]:
                 lcp += 1
@@ -122,19 +131,30 @@ def hf_continuous_batching(model_dir, ps: list[list[int]], new: int) -> dict:
     """transformers `generate_batch` with an explicitly sized paged cache, same workload."""
     from transformers import AutoModelForCausalLM, ContinuousBatchingConfig, GenerationConfig
 
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, attn_implementation="sdpa")
+    model = AutoModelForCausalLM.from_pretrained(
+        str(model_dir), dtype=torch.float32, attn_implementation="sdpa"
+    )
     model.eval()
     gen = GenerationConfig(max_new_tokens=new, do_sample=False, eos_token_id=None, pad_token_id=0)
     need = sum(len(p) + new for p in ps)
-    cb = ContinuousBatchingConfig(page_size=32, num_blocks=need // 32 + 2 * len(ps) + 8, max_batch_tokens=1024)
+    cb = ContinuousBatchingConfig(
+        page_size=32, num_blocks=need // 32 + 2 * len(ps) + 8, max_batch_tokens=1024
+    )
     out = {}
     for attempt in range(2):  # first run includes warm-up
         t0 = time.perf_counter()
-        res = model.generate_batch(ps, generation_config=gen, continuous_batching_config=cb, progress_bar=False)
+        res = model.generate_batch(
+            ps, generation_config=gen, continuous_batching_config=cb, progress_bar=False
+        )
         dt = time.perf_counter() - t0
         n = sum(len(r.generated_tokens) for r in res.values())
         out = {"tok_s": round(n / dt, 1), "tokens": n, "seconds": round(dt, 2), "run": attempt + 1}
-    order = sorted(res.values(), key=lambda r: int(str(r.request_id).split("_")[-1]) if str(r.request_id).split("_")[-1].isdigit() else 0)
+    order = sorted(
+        res.values(),
+        key=lambda r: (
+            int(str(r.request_id).split("_")[-1]) if str(r.request_id).split("_")[-1].isdigit() else 0
+        ),
+    )
     out["outputs"] = [list(r.generated_tokens) for r in order]
     return out
 
@@ -198,13 +218,17 @@ def main(argv: list[str] | None = None) -> int:
     log("reused_blocks_per_request", with_reuse[0].final.kv_cache_reused_blocks)
 
     # draft/target cost: per-token decode time of each alone, and per 528-token prefill
-    d_eng = CpuEngine(draft_dir, **LIMITS, enable_block_reuse=True, tokens_per_block=16, num_threads=args.threads)
+    d_eng = CpuEngine(
+        draft_dir, **LIMITS, enable_block_reuse=True, tokens_per_block=16, num_threads=args.threads
+    )
     throughput(d_eng, ps64[:2], 8, 1)
     _, d_step = throughput(d_eng, ps64[:4], new, 1)
     log("draft_ms_per_token", round(d_step, 2))
     log("target_ms_per_token", round(step1, 2))
     log("draft_target_cost_ratio", round(d_step / step1, 3))
-    t_reuse = CpuEngine(demo, **LIMITS, enable_block_reuse=True, tokens_per_block=16, num_threads=args.threads)
+    t_reuse = CpuEngine(
+        demo, **LIMITS, enable_block_reuse=True, tokens_per_block=16, num_threads=args.threads
+    )
     sp_prompts = prompts(stream, 4 if args.quick else 6, 64, offset=50_000)
     for k in (2, 4):
         log(f"speculative_k{k}", speculative(t_reuse, d_eng, sp_prompts, new, k))

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import yaml
 
-from tritonforge.builder.render import emit_files, write_repository
-from tritonforge.builder.server import TritonServer, free_ports
 from tritonforge.builder.spec import load_spec
+from tritonforge.ensembles.render import emit_files, write_repository
+from tritonforge.ensembles.server import TritonServer, free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,8 +51,16 @@ def emit(out: Path, model: str, overrides: dict | None = None) -> Path:
 
 
 class Worker(threading.Thread):
-    def __init__(self, port: int, stream: bool, stop_at: float, counter: list[int], start: int, step: int,
-                 max_tokens: int) -> None:
+    def __init__(
+        self,
+        port: int,
+        stream: bool,
+        stop_at: float,
+        counter: list[int],
+        start: int,
+        step: int,
+        max_tokens: int,
+    ) -> None:
         super().__init__(daemon=True)
         self.port, self.stream, self.stop_at = port, stream, stop_at
         self.counter, self.index, self.step, self.max_tokens = counter, start, step, max_tokens
@@ -65,15 +73,23 @@ class Worker(threading.Thread):
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
         try:
             while time.perf_counter() < self.stop_at:
-                body = {"text_input": prompt(self.index), "max_tokens": self.max_tokens,
-                        "min_tokens": self.max_tokens, "top_k": 1}
+                body = {
+                    "text_input": prompt(self.index),
+                    "max_tokens": self.max_tokens,
+                    "min_tokens": self.max_tokens,
+                    "top_k": 1,
+                }
                 self.index += self.step
                 if self.stream:
                     body["stream"] = True
                 t0 = time.perf_counter()
                 path = "generate_stream" if self.stream else "generate"
-                conn.request("POST", f"/v2/models/ensemble/{path}", json.dumps(body),
-                             {"Content-Type": "application/json"})
+                conn.request(
+                    "POST",
+                    f"/v2/models/ensemble/{path}",
+                    json.dumps(body),
+                    {"Content-Type": "application/json"},
+                )
                 r = conn.getresponse()
                 if r.status != 200:
                     raise RuntimeError(f"HTTP {r.status}: {r.read()[:200]!r}")
@@ -102,8 +118,10 @@ class Worker(threading.Thread):
 
 def phase(port: int, stream: bool, seconds: float, concurrency: int, base: int, max_tokens: int) -> dict:
     start = time.perf_counter()
-    workers = [Worker(port, stream, start + seconds, [], base + i, concurrency, max_tokens)
-               for i in range(concurrency)]
+    workers = [
+        Worker(port, stream, start + seconds, [], base + i, concurrency, max_tokens)
+        for i in range(concurrency)
+    ]
     for w in workers:
         w.start()
     for w in workers:
@@ -132,9 +150,12 @@ def run(port: int, args: argparse.Namespace) -> list[float]:
             base += 100_000
         ratio = results[True]["tok_s"] / results[False]["tok_s"]
         ratios.append(ratio)
-        print(f"repeat {rep + 1}: /generate {results[False]['tok_s']:.0f} tok/s ({results[False]['requests']} req), "
-              f"/generate_stream {results[True]['tok_s']:.0f} tok/s ({results[True]['requests']} req, "
-              f"TTFT p50 {results[True]['ttft_p50_ms']:.1f} ms), ratio {ratio:.3f}", flush=True)
+        print(
+            f"repeat {rep + 1}: /generate {results[False]['tok_s']:.0f} tok/s ({results[False]['requests']} req), "
+            f"/generate_stream {results[True]['tok_s']:.0f} tok/s ({results[True]['requests']} req, "
+            f"TTFT p50 {results[True]['ttft_p50_ms']:.1f} ms), ratio {ratio:.3f}",
+            flush=True,
+        )
     return ratios
 
 
@@ -145,15 +166,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--model", default="builtin:demo")
-    ap.add_argument("--serving", default="{}", help='JSON merged into serving:, e.g. \'{"cpu_threads": 1}\'')
+    ap.add_argument("--serving", default="{}", help="JSON merged into serving:, e.g. '{\"cpu_threads\": 1}'")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="tf-bench-stream-") as tmp:
         repo = emit(Path(tmp), args.model, json.loads(args.serving))
         with TritonServer(repo, free_ports(), log_path=Path(tmp) / "triton.log") as srv:
             srv.wait_ready(300)
             ratios = run(srv.ports.http, args)
-    print(f"streaming / non-streaming throughput at {args.concurrency} concurrent: median "
-          f"{statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f}, {len(ratios)} repeats)")
+    print(
+        f"streaming / non-streaming throughput at {args.concurrency} concurrent: median "
+        f"{statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f}, {len(ratios)} repeats)"
+    )
     return 0
 
 

@@ -8,7 +8,7 @@ machine and fits
 - a prefill of b prompts of n tokens in one step (with admission and callback):  t_pf(b, n) = q + b (p n + r n^2);
 written to `builder/fixtures/cpu_system.json` with the date and the machine it was measured on.
 
-The engine's step (tritonforge.runtime.engine) runs the decode batch, then the prompts admitted that
+The engine's step (tritonforge.model_repo_templates.tf_runtime.engine) runs the decode batch, then the prompts admitted that
 step. In steady state with b users in a closed loop, each request's decode steps also carry the
 prefills of the other b - 1 users' next requests, one per OSL steps each, so
     ITL  = t_dec(b) + (b - 1) / OSL * t_pf(ISL)
@@ -59,12 +59,19 @@ class CpuSystem:
         dec, pf, m, mach = d["decode"], d["prefill"], d["model"], d.get("machine", {})
         load = mach.get("load_average_before")
         return cls(
-            dec["step_overhead_s"], dec["per_sequence_s"], dec["per_sequence_per_ctx_token_s"], pf["fixed_s"],
-            pf["per_token_s"], pf.get("per_token_squared_s", 0.0), float(m["matmul_flops_per_token"]),
-            float(m["attn_flops_per_ctx_token"]), str(d.get("measured", "?")),
+            dec["step_overhead_s"],
+            dec["per_sequence_s"],
+            dec["per_sequence_per_ctx_token_s"],
+            pf["fixed_s"],
+            pf["per_token_s"],
+            pf.get("per_token_squared_s", 0.0),
+            float(m["matmul_flops_per_token"]),
+            float(m["attn_flops_per_ctx_token"]),
+            str(d.get("measured", "?")),
             f"{mach.get('cpu', '?')}, {mach.get('cores', '?')} cores, {mach.get('torch_threads', '?')} torch threads"
             + (f", load average {load[0]:.1f} while measured" if load else ""),
-            str(m.get("name", "?")), mach.get("cpu_share"),
+            str(m.get("name", "?")),
+            mach.get("cpu_share"),
         )
 
 
@@ -77,7 +84,9 @@ def load_system(path: str | Path | None = None) -> CpuSystem:
     except FileNotFoundError:
         raise UserError(f"CPU system file {str(p)!r} not found; {fix}") from None
     except (ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"CPU system file {p} is not a fitted system ({type(exc).__name__}: {exc}); {fix}") from None
+        raise UserError(
+            f"CPU system file {p} is not a fitted system ({type(exc).__name__}: {exc}); {fix}"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -93,15 +102,24 @@ def model_cost(hf_config: dict, name: str = "") -> ModelCost:
     from tritonforge.builder.planner import model_shape
 
     s = model_shape(hf_config)
-    return ModelCost(2.0 * (s.num_layers * s.layer_linear_params + s.vocab_size * s.hidden_size),
-                     4.0 * s.num_layers * s.q_dim, name)
+    return ModelCost(
+        2.0 * (s.num_layers * s.layer_linear_params + s.vocab_size * s.hidden_size),
+        4.0 * s.num_layers * s.q_dim,
+        name,
+    )
 
 
 class _Costs:
     """The system's step and prefill times for one model and workload."""
 
-    def __init__(self, sysm: CpuSystem, cost: ModelCost | None, w: Workload, lockstep: bool = False,
-                 slowdown: float = 1.0) -> None:
+    def __init__(
+        self,
+        sysm: CpuSystem,
+        cost: ModelCost | None,
+        w: Workload,
+        lockstep: bool = False,
+        slowdown: float = 1.0,
+    ) -> None:
         lin = cost.matmul_flops_per_token / sysm.matmul_flops_per_token if cost else 1.0
         att = cost.attn_flops_per_ctx_token / sysm.attn_flops_per_ctx_token if cost else 1.0
         self.sysm, self.lin, self.att, self.w, self.lockstep = sysm, lin, att, w, lockstep
@@ -110,14 +128,18 @@ class _Costs:
 
     def decode(self, b: float) -> float:
         s = self.sysm
-        return self.slowdown * (s.step_overhead_s + b * (s.per_sequence_s * self.lin
-                                                         + s.per_sequence_per_ctx_token_s * self.ctx * self.att))
+        return self.slowdown * (
+            s.step_overhead_s
+            + b * (s.per_sequence_s * self.lin + s.per_sequence_per_ctx_token_s * self.ctx * self.att)
+        )
 
     def prefill(self, rows: float = 1.0) -> float:
         """`rows` prompts of ISL tokens in one step."""
         s, n = self.sysm, self.w.isl
-        return self.slowdown * (s.prefill_fixed_s + rows * (s.prefill_per_token_s * n * self.lin
-                                                            + s.prefill_per_token_squared_s * n * n * self.att))
+        return self.slowdown * (
+            s.prefill_fixed_s
+            + rows * (s.prefill_per_token_s * n * self.lin + s.prefill_per_token_squared_s * n * n * self.att)
+        )
 
     def itl(self, b: float) -> float:
         if self.lockstep:
@@ -136,8 +158,14 @@ class _Costs:
         return self.ttft(b) + (self.w.osl - 1) * self.itl(b)
 
 
-def predict_cpu(sysm: CpuSystem, w: Workload, max_batch_size: int, cost: ModelCost | None = None,
-                lockstep: bool = False, cpu_share: float | None = None) -> Prediction:
+def predict_cpu(
+    sysm: CpuSystem,
+    w: Workload,
+    max_batch_size: int,
+    cost: ModelCost | None = None,
+    lockstep: bool = False,
+    cpu_share: float | None = None,
+) -> Prediction:
     """Predicted TTFT, ITL, latency and output tokens/s of the CPU engine at workload `w` (module doc);
     `lockstep`: a closed loop whose requests all have the same lengths (see the module doc);
     `cpu_share`: the share of a core the engine thread got (measured by the load test); every time is
@@ -153,12 +181,18 @@ def predict_cpu(sysm: CpuSystem, w: Workload, max_batch_size: int, cost: ModelCo
     bmax = float(max_batch_size)
     notes: list[str] = []
     if cost is not None and abs(c.lin - 1) > 0.01:
-        notes.append(f"per-token costs scaled from the measured {sysm.model} model by FLOPs per token (x{c.lin:.3g})")
+        notes.append(
+            f"per-token costs scaled from the measured {sysm.model} model by FLOPs per token (x{c.lin:.3g})"
+        )
     if slowdown != 1.0:
-        notes.append(f"times scaled x{slowdown:.2f}: the engine thread got {cpu_share:.0%} of a core, "
-                     f"{sysm.cpu_share:.0%} while the system was measured")
+        notes.append(
+            f"times scaled x{slowdown:.2f}: the engine thread got {cpu_share:.0%} of a core, "
+            f"{sysm.cpu_share:.0%} while the system was measured"
+        )
     if lockstep:
-        notes.append("closed loop with fixed lengths: the users' requests start and finish together (lockstep)")
+        notes.append(
+            "closed loop with fixed lengths: the users' requests start and finish together (lockstep)"
+        )
     saturated = False
     if w.concurrency is None and w.request_rate is None:
         users = b = bmax
@@ -191,12 +225,23 @@ def predict_cpu(sysm: CpuSystem, w: Workload, max_batch_size: int, cost: ModelCo
         ttft = latency - (w.osl - 1) * itl
         notes.append(f"{w.concurrency} users exceed max_batch_size {max_batch_size}; the rest queue")
     elif saturated:
-        notes.append(f"request rate {w.request_rate}/s is at or above the ~{served / w.osl:.2f}/s the engine "
-                     "completes: queues grow without bound; figures are at saturation")
+        notes.append(
+            f"request rate {w.request_rate}/s is at or above the ~{served / w.osl:.2f}/s the engine "
+            "completes: queues grow without bound; figures are at saturation"
+        )
     return Prediction(
-        ttft_ms=ttft * 1e3, itl_ms=itl * 1e3, request_latency_ms=latency * 1e3, output_tokens_per_s=tps,
-        output_tokens_per_s_per_gpu=tps, output_tokens_per_s_per_user=1.0 / itl, batch=int(math.ceil(bb)),
-        kv_batch_limit=max_batch_size, engine_max_batch=max_batch_size, concurrency=users, saturated=saturated,
+        ttft_ms=ttft * 1e3,
+        itl_ms=itl * 1e3,
+        request_latency_ms=latency * 1e3,
+        output_tokens_per_s=tps,
+        output_tokens_per_s_per_gpu=tps,
+        output_tokens_per_s_per_user=1.0 / itl,
+        batch=int(math.ceil(bb)),
+        kv_batch_limit=max_batch_size,
+        engine_max_batch=max_batch_size,
+        concurrency=users,
+        saturated=saturated,
         usd_per_1m_output_tokens=None,
-        source=f"cpu-reference system measured {sysm.measured[:10]} ({sysm.machine})", notes=notes,
+        source=f"cpu-reference system measured {sysm.measured[:10]} ({sysm.machine})",
+        notes=notes,
     )

@@ -32,8 +32,11 @@ from tritonforge.errors import UserError
 OK, WARN, FAIL = "ok", "warn", "fail"
 MIB = 1024**2
 GIB = 1024**3
-SMI_QUERY = ["nvidia-smi", "--query-gpu=name,compute_cap,memory.total,memory.used,driver_version",
-             "--format=csv,noheader"]
+SMI_QUERY = [
+    "nvidia-smi",
+    "--query-gpu=name,compute_cap,memory.total,memory.used,driver_version",
+    "--format=csv,noheader",
+]
 # The TensorRT-LLM backend's documented container start uses --shm-size=2g (tensorrtllm_backend
 # README.md, "docker run --rm -it --net host --shm-size=2g --ulimit memlock=-1 ..."); `serve --docker`
 # passes the same. A local server's Python models need the host's /dev/shm to hold their regions.
@@ -112,7 +115,9 @@ def run_command(argv: Sequence[str], timeout: float = 30.0) -> CmdResult:
     if shutil.which(argv[0]) is None:
         return CmdResult(127, "", f"{argv[0]}: command not found")
     try:
-        p = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        p = subprocess.run(
+            list(argv), capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+        )
     except subprocess.TimeoutExpired:
         return CmdResult(124, "", f"{argv[0]} did not answer within {timeout:g}s")
     except OSError as exc:
@@ -227,19 +232,35 @@ def query_gpus(host: Host) -> tuple[list[Gpu], Check]:
     """The GPUs nvidia-smi lists, with the driver check."""
     r = host.run(SMI_QUERY, 30.0)
     if not r.found:
-        return [], Check("driver", FAIL, "no NVIDIA driver: nvidia-smi not found",
-                         "run on a host with an NVIDIA GPU and its driver (nvidia-smi on PATH)")
+        return [], Check(
+            "driver",
+            FAIL,
+            "no NVIDIA driver: nvidia-smi not found",
+            "run on a host with an NVIDIA GPU and its driver (nvidia-smi on PATH)",
+        )
     if r.rc != 0:
-        return [], Check("driver", FAIL, f"nvidia-smi failed: {r.first_error_line()}",
-                         "install or reload the NVIDIA driver (nvidia-smi must list the GPUs)")
+        return [], Check(
+            "driver",
+            FAIL,
+            f"nvidia-smi failed: {r.first_error_line()}",
+            "install or reload the NVIDIA driver (nvidia-smi must list the GPUs)",
+        )
     try:
         found = parse_smi(r.out)
     except ValueError as exc:
-        return [], Check("driver", FAIL, f"cannot read nvidia-smi's output: {exc}", "update the NVIDIA driver")
+        return [], Check(
+            "driver", FAIL, f"cannot read nvidia-smi's output: {exc}", "update the NVIDIA driver"
+        )
     if not found:
-        return [], Check("driver", FAIL, "nvidia-smi lists no GPU", "check the GPUs are visible (CUDA_VISIBLE_DEVICES)")
-    return found, Check("driver", OK, f"NVIDIA driver {found[0].driver}, {len(found)} GPU(s)",
-                        details={"driver": found[0].driver})
+        return [], Check(
+            "driver", FAIL, "nvidia-smi lists no GPU", "check the GPUs are visible (CUDA_VISIBLE_DEVICES)"
+        )
+    return found, Check(
+        "driver",
+        OK,
+        f"NVIDIA driver {found[0].driver}, {len(found)} GPU(s)",
+        details={"driver": found[0].driver},
+    )
 
 
 def gpu_checks(found: list[Gpu]) -> list[Check]:
@@ -251,9 +272,15 @@ def gpu_checks(found: list[Gpu]) -> list[Check]:
         status, fix = OK, ""
         if g.sm is None:
             status, fix = WARN, "update the NVIDIA driver (its nvidia-smi cannot report compute_cap)"
-        out.append(Check(f"gpu {g.index}", status,
-                         f"{g.name} ({cap}, {mem}; planner catalog: {cat.name if cat else 'not listed'})", fix,
-                         details=g.to_dict()))
+        out.append(
+            Check(
+                f"gpu {g.index}",
+                status,
+                f"{g.name} ({cap}, {mem}; planner catalog: {cat.name if cat else 'not listed'})",
+                fix,
+                details=g.to_dict(),
+            )
+        )
     return out
 
 
@@ -288,8 +315,14 @@ def spec_checks(spec: Any, found: list[Gpu]) -> list[Check]:
     if not engine_tiers:
         return [Check("spec", OK, f"{spec.name}: no GPU tier (cpu-reference only); GPU checks not needed")]
     if not found:
-        return [Check("spec", FAIL, f"{spec.name}: {len(engine_tiers)} GPU tier(s) but no GPU on this host",
-                      "run on the GPU host the spec is for")]
+        return [
+            Check(
+                "spec",
+                FAIL,
+                f"{spec.name}: {len(engine_tiers)} GPU tier(s) but no GPU on this host",
+                "run on the GPU host the spec is for",
+            )
+        ]
     try:
         placement = place_tiers(spec)
     except UserError as exc:
@@ -297,14 +330,23 @@ def spec_checks(spec: Any, found: list[Gpu]) -> list[Check]:
     out = []
     for tier in engine_tiers:
         placed = placement.get(tier.name)  # GPU tiers launched another way: their first tp x pp GPUs
-        ids = sorted({g for inst in parse_gpu_device_ids(placed) for g in inst}) if placed else \
-            list(range(tier.parallelism.tp * tier.parallelism.pp))
+        ids = (
+            sorted({g for inst in parse_gpu_device_ids(placed) for g in inst})
+            if placed
+            else list(range(tier.parallelism.tp * tier.parallelism.pp))
+        )
         name = f"tier {tier.name}"
         missing = [i for i in ids if i >= len(found)]
         if missing:
-            out.append(Check(name, FAIL, f"needs GPU(s) {','.join(map(str, ids))} (tp x pp x instances) but this "
-                                         f"host has {len(found)}",
-                             f"use a host with {max(ids) + 1} GPUs or lower parallelism / gpu.count"))
+            out.append(
+                Check(
+                    name,
+                    FAIL,
+                    f"needs GPU(s) {','.join(map(str, ids))} (tp x pp x instances) but this "
+                    f"host has {len(found)}",
+                    f"use a host with {max(ids) + 1} GPUs or lower parallelism / gpu.count",
+                )
+            )
             continue
         here = [found[i] for i in ids]
         try:
@@ -319,34 +361,72 @@ def spec_checks(spec: Any, found: list[Gpu]) -> list[Check]:
         errors = [p for p in problems if p.severity == "error"]
         q = tier.quantization
         if not errors:
-            out.append(Check(name, OK, f"{q.format.value} weights, KV {q.kv_cache_dtype.value}, tp {tier.parallelism.tp} "
-                                       f"pp {tier.parallelism.pp} on sm{gpu.sm} ({here[0].name}): passes the plan's rules"))
+            out.append(
+                Check(
+                    name,
+                    OK,
+                    f"{q.format.value} weights, KV {q.kv_cache_dtype.value}, tp {tier.parallelism.tp} "
+                    f"pp {tier.parallelism.pp} on sm{gpu.sm} ({here[0].name}): passes the plan's rules",
+                )
+            )
         for p in errors:
-            out.append(Check(name, FAIL, p.message.removeprefix(f"tier {tier.name}: "), details={"rule": p.rule}))
+            out.append(
+                Check(name, FAIL, p.message.removeprefix(f"tier {tier.name}: "), details={"rule": p.rule})
+            )
         planned_for = catalog_gpu(here[0].name)
         if planned_for is None or planned_for.name != get_gpu(tier.gpu.type).name:
-            out.append(Check(name, WARN, f"spec plans for gpu.type {tier.gpu.type}, this host has {here[0].name}",
-                             "set gpu.type to this GPU so plan's capacity and cost figures are for it", blocker=False))
+            out.append(
+                Check(
+                    name,
+                    WARN,
+                    f"spec plans for gpu.type {tier.gpu.type}, this host has {here[0].name}",
+                    "set gpu.type to this GPU so plan's capacity and cost figures are for it",
+                    blocker=False,
+                )
+            )
         m = plan.memory
-        need = m.weights + m.activations + m.other_engine + m.blocks_per_sequence * m.tokens_per_block * \
-            m.kv_bytes_per_token
-        free_here = ", ".join(f"GPU {g.index} {g.free_bytes / GIB:.1f} GiB" for g in here if g.free_bytes is not None)
+        need = (
+            m.weights
+            + m.activations
+            + m.other_engine
+            + m.blocks_per_sequence * m.tokens_per_block * m.kv_bytes_per_token
+        )
+        free_here = ", ".join(
+            f"GPU {g.index} {g.free_bytes / GIB:.1f} GiB" for g in here if g.free_bytes is not None
+        )
         if m.fits:
-            out.append(Check(f"{name} memory", OK,
-                             f"needs >= {need / GIB:.2f} GiB per GPU (weights {m.weights / GIB:.2f}, activations "
-                             f"{m.activations / GIB:.2f}, KV of one {plan.engine.engine_max_seq_len}-token sequence); "
-                             f"free: {free_here}; KV pool here ~{m.kv_pool_tokens:,} tokens",
-                             details={"need_bytes": need, "kv_pool_tokens": m.kv_pool_tokens}))
+            out.append(
+                Check(
+                    f"{name} memory",
+                    OK,
+                    f"needs >= {need / GIB:.2f} GiB per GPU (weights {m.weights / GIB:.2f}, activations "
+                    f"{m.activations / GIB:.2f}, KV of one {plan.engine.engine_max_seq_len}-token sequence); "
+                    f"free: {free_here}; KV pool here ~{m.kv_pool_tokens:,} tokens",
+                    details={"need_bytes": need, "kv_pool_tokens": m.kv_pool_tokens},
+                )
+            )
         elif not any(p.rule == "must-fit" for p in errors):
-            out.append(Check(f"{name} memory", FAIL, f"needs {need / GIB:.2f} GiB per GPU; free: {free_here}",
-                             "free the GPUs (other processes hold memory) or lower limits / use a smaller format"))
+            out.append(
+                Check(
+                    f"{name} memory",
+                    FAIL,
+                    f"needs {need / GIB:.2f} GiB per GPU; free: {free_here}",
+                    "free the GPUs (other processes hold memory) or lower limits / use a smaller format",
+                )
+            )
         busy = [g for g in here if (g.memory_used_mib or 0) * MIB > GIB]
         if busy:
-            out.append(Check(f"{name} memory", WARN,
-                             "other processes hold " + ", ".join(f"{g.memory_used_mib / 1024:.1f} GiB on GPU {g.index}"
-                                                                 for g in busy)
-                             + "; the KV pool is a fraction of what is free when the engine loads",
-                             "stop them before serving for the planned capacity", blocker=False))
+            out.append(
+                Check(
+                    f"{name} memory",
+                    WARN,
+                    "other processes hold "
+                    + ", ".join(f"{g.memory_used_mib / 1024:.1f} GiB on GPU {g.index}" for g in busy)
+                    + "; the KV pool is a fraction of what is free when the engine loads",
+                    "stop them before serving for the planned capacity",
+                    blocker=False,
+                )
+            )
     return out
 
 
@@ -375,16 +455,33 @@ def container_checks(image: str, host: Host, trtllm_target: str) -> tuple[list[C
     info: dict[str, Any] = {"image": image}
     r = host.run(["docker", "--version"], 20.0)
     if not r.found:
-        return [Check("docker", FAIL, "docker not found", "install Docker Engine and the NVIDIA Container Toolkit")], info
+        return [
+            Check(
+                "docker", FAIL, "docker not found", "install Docker Engine and the NVIDIA Container Toolkit"
+            )
+        ], info
     r = host.run(["docker", "info", "--format", "{{.ServerVersion}}"], 30.0)
     if r.rc != 0:
-        return [Check("docker", FAIL, f"Docker engine not reachable: {r.first_error_line()}",
-                      "start the Docker daemon (and let this user use it)")], info
+        return [
+            Check(
+                "docker",
+                FAIL,
+                f"Docker engine not reachable: {r.first_error_line()}",
+                "start the Docker daemon (and let this user use it)",
+            )
+        ], info
     out = [Check("docker", OK, f"Docker engine {r.out.strip()}")]
     info["docker"] = r.out.strip()
     r = host.run(["docker", "image", "inspect", "--format", "{{.Id}}", image], 60.0)
     if r.rc != 0:
-        out.append(Check("image", FAIL, f"{image} is not present locally ({r.first_error_line()})", f"docker pull {image}"))
+        out.append(
+            Check(
+                "image",
+                FAIL,
+                f"{image} is not present locally ({r.first_error_line()})",
+                f"docker pull {image}",
+            )
+        )
         return out, info
     info["image_id"] = r.out.strip()
     out.append(Check("image", OK, f"{image} ({r.out.strip()[:19]})"))
@@ -394,46 +491,96 @@ def container_checks(image: str, host: Host, trtllm_target: str) -> tuple[list[C
     except (ValueError, IndexError):
         probe = None
     if probe is None:
-        out.append(Check("container", FAIL, f"cannot read versions inside {image}: {r.first_error_line()}",
-                         "use an NGC tritonserver:<yy.mm>-trtllm-python-py3 image"))
+        out.append(
+            Check(
+                "container",
+                FAIL,
+                f"cannot read versions inside {image}: {r.first_error_line()}",
+                "use an NGC tritonserver:<yy.mm>-trtllm-python-py3 image",
+            )
+        )
         return out, info
     info.update(probe)
     shipped = probe.get("tensorrt_llm")
     if not shipped:
-        out.append(Check("tensorrt-llm", FAIL, f"{image} has no TensorRT-LLM",
-                         f"use {versions.TRITON_IMAGE}"))
+        out.append(
+            Check("tensorrt-llm", FAIL, f"{image} has no TensorRT-LLM", f"use {versions.TRITON_IMAGE}")
+        )
     else:
         same = versions._release_of(shipped) == versions._release_of(trtllm_target)
-        out.append(Check("tensorrt-llm", OK if same else FAIL, f"{shipped} in the image, target {trtllm_target}",
-                         "" if same else (f"engines only load in the version that built them: use an image with "
-                                          f"{trtllm_target} ({', '.join(versions.images_for(trtllm_target)[:1]) or '?'})"
-                                          f" or set triton.trtllm_version: {shipped}")))
+        out.append(
+            Check(
+                "tensorrt-llm",
+                OK if same else FAIL,
+                f"{shipped} in the image, target {trtllm_target}",
+                ""
+                if same
+                else (
+                    f"engines only load in the version that built them: use an image with "
+                    f"{trtllm_target} ({', '.join(versions.images_for(trtllm_target)[:1]) or '?'})"
+                    f" or set triton.trtllm_version: {shipped}"
+                ),
+            )
+        )
     mo = probe.get("modelopt")
     mo_ok = bool(mo) and mo.startswith(versions.MODELOPT_VERSION)
-    out.append(Check("modelopt", OK if mo_ok else WARN, f"{mo or 'not installed'} in the image (TensorRT-LLM "
-                                                        f"{versions.TRTLLM_VERSION} pins {versions.MODELOPT_REQUIREMENT})",
-                     "" if mo_ok else "quantize with the ModelOpt the targeted TensorRT-LLM pins", blocker=False))
-    out.append(Check("triton", OK if probe.get("triton") else WARN,
-                     f"Triton {probe.get('triton') or 'version unknown'} (container {probe.get('triton_container') or '?'})",
-                     "" if probe.get("triton") else "use an NGC tritonserver image", blocker=False))
-    r = host.run(["docker", "run", "--rm", "--gpus", "all", "--entrypoint", "python3", image, "-c", CUDA_PROBE], 300.0)
+    out.append(
+        Check(
+            "modelopt",
+            OK if mo_ok else WARN,
+            f"{mo or 'not installed'} in the image (TensorRT-LLM "
+            f"{versions.TRTLLM_VERSION} pins {versions.MODELOPT_REQUIREMENT})",
+            "" if mo_ok else "quantize with the ModelOpt the targeted TensorRT-LLM pins",
+            blocker=False,
+        )
+    )
+    out.append(
+        Check(
+            "triton",
+            OK if probe.get("triton") else WARN,
+            f"Triton {probe.get('triton') or 'version unknown'} (container {probe.get('triton_container') or '?'})",
+            "" if probe.get("triton") else "use an NGC tritonserver image",
+            blocker=False,
+        )
+    )
+    r = host.run(
+        ["docker", "run", "--rm", "--gpus", "all", "--entrypoint", "python3", image, "-c", CUDA_PROBE], 300.0
+    )
     try:
         cuda = json.loads(r.out.strip().splitlines()[-1]) if r.rc == 0 else None
     except (ValueError, IndexError):
         cuda = None
     if cuda is None:
-        out.append(Check("container gpus", FAIL, f"no GPU inside the container: {r.first_error_line()}",
-                         "install the NVIDIA Container Toolkit and restart Docker (docker run --gpus all must work)"))
+        out.append(
+            Check(
+                "container gpus",
+                FAIL,
+                f"no GPU inside the container: {r.first_error_line()}",
+                "install the NVIDIA Container Toolkit and restart Docker (docker run --gpus all must work)",
+            )
+        )
     elif not cuda.get("cuda"):
         why = (cuda.get("warnings") or [cuda.get("error") or "torch.cuda.is_available() is False"])[0]
-        out.append(Check("container gpus", FAIL, f"CUDA does not start inside the container: {' '.join(str(why).split())[:240]}",
-                         f"install a driver the image's CUDA {cuda.get('cuda_runtime') or ''} supports (its release "
-                         f"notes, Driver Requirements)"))
+        out.append(
+            Check(
+                "container gpus",
+                FAIL,
+                f"CUDA does not start inside the container: {' '.join(str(why).split())[:240]}",
+                f"install a driver the image's CUDA {cuda.get('cuda_runtime') or ''} supports (its release "
+                f"notes, Driver Requirements)",
+            )
+        )
     else:
         cap = cuda.get("capability") or []
         info["cuda_runtime"] = cuda.get("cuda_runtime")
-        out.append(Check("container gpus", OK, f"CUDA {cuda.get('cuda_runtime')} starts inside the container: "
-                                               f"{cuda.get('devices')} GPU(s)" + (f", sm{cap[0]}{cap[1]}" if len(cap) == 2 else "")))
+        out.append(
+            Check(
+                "container gpus",
+                OK,
+                f"CUDA {cuda.get('cuda_runtime')} starts inside the container: "
+                f"{cuda.get('devices')} GPU(s)" + (f", sm{cap[0]}{cap[1]}" if len(cap) == 2 else ""),
+            )
+        )
     return out, info
 
 
@@ -448,10 +595,19 @@ def mpi_check(reason: str | None, container: dict[str, Any] | None, host: Host) 
     if line:
         return Check("mpi", OK, f"{line} {where}")
     if reason is None:
-        return Check("mpi", WARN, f"mpirun not found {where}; needed only to serve TensorRT-LLM engines",
-                     "install Open MPI or serve with --docker (the NGC image has it)", blocker=False)
-    return Check("mpi", FAIL, f"mpirun not found {where}; {reason}",
-                 "serve in the NGC TensorRT-LLM container (--docker IMAGE), which ships Open MPI")
+        return Check(
+            "mpi",
+            WARN,
+            f"mpirun not found {where}; needed only to serve TensorRT-LLM engines",
+            "install Open MPI or serve with --docker (the NGC image has it)",
+            blocker=False,
+        )
+    return Check(
+        "mpi",
+        FAIL,
+        f"mpirun not found {where}; {reason}",
+        "serve in the NGC TensorRT-LLM container (--docker IMAGE), which ships Open MPI",
+    )
 
 
 def parse_size(text: str) -> int:
@@ -468,24 +624,43 @@ def shm_check(spec: Any | None, image: str | None, host: Host) -> Check:
     want_text = getattr(getattr(spec, "triton", None), "shm_size", None) or DEFAULT_SHM
     want = parse_size(want_text)
     if image:
-        return Check("shm", OK, f"the container gets --shm-size {DEFAULT_SHM} from serve --docker "
-                                f"(the backend's documented docker run uses 2g)")
+        return Check(
+            "shm",
+            OK,
+            f"the container gets --shm-size {DEFAULT_SHM} from serve --docker "
+            f"(the backend's documented docker run uses 2g)",
+        )
     size = host.shm()
     if size is None:
-        return Check("shm", WARN, "no /dev/shm on this host; the Python backend keeps its tensors there",
-                     "mount a tmpfs at /dev/shm", blocker=False)
+        return Check(
+            "shm",
+            WARN,
+            "no /dev/shm on this host; the Python backend keeps its tensors there",
+            "mount a tmpfs at /dev/shm",
+            blocker=False,
+        )
     total, free = size
     if total < want:
-        return Check("shm", WARN, f"/dev/shm is {total / MIB:.0f} MiB, below {want_text} (triton.shm_size)",
-                     "in a container, start it with --shm-size=2g; else remount /dev/shm larger", blocker=False)
+        return Check(
+            "shm",
+            WARN,
+            f"/dev/shm is {total / MIB:.0f} MiB, below {want_text} (triton.shm_size)",
+            "in a container, start it with --shm-size=2g; else remount /dev/shm larger",
+            blocker=False,
+        )
     return Check("shm", OK, f"/dev/shm {total / GIB:.1f} GiB ({free / GIB:.1f} GiB free), >= {want_text}")
 
 
 def python_check(host: Host) -> Check:
     missing = [m for m in CLIENT_MODULES if not host.has_module(m)]
     if missing:
-        return Check("python", WARN, f"missing {', '.join(missing)} (clients of generate / loadtest / smoke)",
-                     "pip install 'tritonclient[grpc,http]' requests numpy locust (or make setup)", blocker=False)
+        return Check(
+            "python",
+            WARN,
+            f"missing {', '.join(missing)} (clients of generate / loadtest / smoke)",
+            "pip install 'tritonclient[grpc,http]' requests numpy locust (or make setup)",
+            blocker=False,
+        )
     return Check("python", OK, "tritonclient (gRPC, HTTP), grpc, requests, numpy, locust importable")
 
 
@@ -503,8 +678,12 @@ class DoctorResult:
         return any(c.status == FAIL and c.blocker for c in self.checks)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ok": not self.blocked, "checks": [c.to_dict() for c in self.checks],
-                "gpus": [g.to_dict() for g in self.gpus], "container": self.container}
+        return {
+            "ok": not self.blocked,
+            "checks": [c.to_dict() for c in self.checks],
+            "gpus": [g.to_dict() for g in self.gpus],
+            "container": self.container,
+        }
 
 
 def run_doctor(spec: Any | None = None, image: str | None = None, host: Host | None = None) -> DoctorResult:
@@ -516,15 +695,23 @@ def run_doctor(spec: Any | None = None, image: str | None = None, host: Host | N
     found, driver = query_gpus(host)
     gpu_needed = spec is None or any(runtime_is_gpu(t) for t in spec.tiers)
     if driver.status == FAIL and not gpu_needed:
-        driver = dataclasses.replace(driver, status=WARN, blocker=False,
-                                     message=driver.message + " (not needed: the spec has only cpu-reference tiers)")
+        driver = dataclasses.replace(
+            driver,
+            status=WARN,
+            blocker=False,
+            message=driver.message + " (not needed: the spec has only cpu-reference tiers)",
+        )
     checks.append(driver)
     checks += gpu_checks(found)
     if spec is not None:
         checks += spec_checks(spec, found)
     container = None
     if image:
-        target = spec.triton.trtllm_version if spec is not None else (versions.image_trtllm(image) or versions.TRTLLM_VERSION)
+        target = (
+            spec.triton.trtllm_version
+            if spec is not None
+            else (versions.image_trtllm(image) or versions.TRTLLM_VERSION)
+        )
         cchecks, container = container_checks(image, host, target)
         checks += cchecks
         if "mpirun" not in container:  # the probe did not run
@@ -533,8 +720,15 @@ def run_doctor(spec: Any | None = None, image: str | None = None, host: Host | N
     if spec is not None and reason is None:
         checks.append(Check("mpi", OK, "not needed: the spec has no TensorRT-LLM tier"))
     elif image and container is None:
-        checks.append(Check("mpi", WARN, "not checked: the container could not be inspected (see above)",
-                            "fix the container checks first", blocker=False))
+        checks.append(
+            Check(
+                "mpi",
+                WARN,
+                "not checked: the container could not be inspected (see above)",
+                "fix the container checks first",
+                blocker=False,
+            )
+        )
     else:
         checks.append(mpi_check(reason, container, host))
     checks.append(shm_check(spec, image, host))

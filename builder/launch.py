@@ -90,8 +90,10 @@ def place_tiers(spec: DeploymentSpec) -> dict[str, str]:
             continue
         world, n = t.parallelism.tp * t.parallelism.pp, t.serving.instance_count
         if world * n > t.gpu.count:
-            raise UserError(f"tier {t.name}: {n} instance(s) x tp x pp {world} need {world * n} GPUs but gpu.count "
-                            f"is {t.gpu.count}; set gpu.count: {world * n} or lower serving.instance_count")
+            raise UserError(
+                f"tier {t.name}: {n} instance(s) x tp x pp {world} need {world * n} GPUs but gpu.count "
+                f"is {t.gpu.count}; set gpu.count: {world * n} or lower serving.instance_count"
+            )
         out[t.name] = ";".join(",".join(str(next_id + i * world + r) for r in range(world)) for i in range(n))
         next_id += t.gpu.count
     return out
@@ -103,7 +105,9 @@ def parse_gpu_device_ids(value: str) -> tuple[tuple[int, ...], ...]:
     try:
         out = tuple(tuple(int(g) for g in inst.split(",")) for inst in value.split(";") if inst.strip())
     except ValueError:
-        raise UserError(f"gpu_device_ids {value!r} is not like \"0\", \"0,1\" or \"0,1;2,3\"; fix the config") from None
+        raise UserError(
+            f'gpu_device_ids {value!r} is not like "0", "0,1" or "0,1;2,3"; fix the config'
+        ) from None
     return out
 
 
@@ -143,8 +147,10 @@ def engine_models(configs: Mapping[str, object]) -> list[EngineModel]:
         ids = parse_gpu_device_ids(params["gpu_device_ids"]) if params.get("gpu_device_ids") else ()
         world = engine_world_size(params.get("gpt_model_path", "")) or (len(ids[0]) if ids else 1)
         if ids and any(len(inst) != world for inst in ids):
-            raise UserError(f"{name}: gpu_device_ids {params['gpu_device_ids']!r} must name {world} GPU(s) per "
-                            f"instance (the engine's TP x PP); fix gpu_device_ids or rebuild the engine")
+            raise UserError(
+                f"{name}: gpu_device_ids {params['gpu_device_ids']!r} must name {world} GPU(s) per "
+                f"instance (the engine's TP x PP); fix gpu_device_ids or rebuild the engine"
+            )
         out.append(EngineModel(name, world, ids or _default_ids(cfg, world)))
     return out
 
@@ -178,12 +184,22 @@ def llmapi_models(configs: Mapping[str, object]) -> list[EngineModel]:
 
 def _ports(ports: Mapping[str, int]) -> list[str]:
     # add_port_config: grpc, http, metrics in this order.
-    return [f"--grpc-port={ports['grpc']}", f"--http-port={ports['http']}", f"--metrics-port={ports['metrics']}"]
+    return [
+        f"--grpc-port={ports['grpc']}",
+        f"--http-port={ports['http']}",
+        f"--metrics-port={ports['metrics']}",
+    ]
 
 
-def launch_command(engines: Sequence[EngineModel], *, model_repo: str = CONTAINER_REPO,
-                   ports: Mapping[str, int] = CONTAINER_PORTS, tritonserver: str = TRITONSERVER,
-                   triton_release: str = versions.TRITON_CONTAINER, llmapi: Sequence[EngineModel] = ()) -> Launch:
+def launch_command(
+    engines: Sequence[EngineModel],
+    *,
+    model_repo: str = CONTAINER_REPO,
+    ports: Mapping[str, int] = CONTAINER_PORTS,
+    tritonserver: str = TRITONSERVER,
+    triton_release: str = versions.TRITON_CONTAINER,
+    llmapi: Sequence[EngineModel] = (),
+) -> Launch:
     """The launcher script's command for a repository holding `engines` and LLM API models `llmapi` (pure)."""
     if not engines and not llmapi:
         return Launch("plain", (tritonserver, f"--model-repository={model_repo}", *_ports(ports)))
@@ -208,16 +224,10 @@ def launch_command(engines: Sequence[EngineModel], *, model_repo: str = CONTAINE
         if multi and new_triton:
             argv += ["--pinned-memory-pool-byte-size=0", "--enable-peer-access=false"]
             argv += [f"--cuda-memory-pool-byte-size={j}:0" for j in range(visible)]
-        argv += [*_ports(ports), "--disable-auto-complete-config",
-                 f"--backend-config=python,shm-region-prefix-name=prefix{rank}_", ":"]
+        argv += [
+            *_ports(ports),
+            "--disable-auto-complete-config",
+            f"--backend-config=python,shm-region-prefix-name=prefix{rank}_",
+            ":",
+        ]
     return Launch(mode, tuple(argv), env, gpus, world)
-
-
-def repository_launch(repo: Path, image: str | None = None) -> Launch:
-    """`launch_command` for a model repository on disk, served by the NGC `image` (its tag gives the
-    Triton release; an image without a yy.mm tag is taken as the targeted release)."""
-    from tritonforge.builder.validate import load_configs
-
-    configs, _ = load_configs(Path(repo))
-    release = (versions.container_release(image) if image else None) or versions.TRITON_CONTAINER
-    return launch_command(engine_models(configs), triton_release=release, llmapi=llmapi_models(configs))

@@ -45,22 +45,45 @@ CONFIG_CLASSES = {
 # Argument -> documented default (None: required or no default worth stating), per class.
 DOCUMENTED: dict[str, dict[str, Any]] = {
     "LLM": {
-        "model": None, "dtype": "auto", "tensor_parallel_size": 1, "pipeline_parallel_size": 1,
-        "max_batch_size": None, "max_num_tokens": None, "max_seq_len": None, "kv_cache_config": None,
-        "enable_chunked_prefill": False, "cuda_graph_config": None, "disable_overlap_scheduler": False,
-        "attn_backend": "TRTLLM", "speculative_config": None, "scheduler_config": None,
+        "model": None,
+        "dtype": "auto",
+        "tensor_parallel_size": 1,
+        "pipeline_parallel_size": 1,
+        "max_batch_size": None,
+        "max_num_tokens": None,
+        "max_seq_len": None,
+        "kv_cache_config": None,
+        "enable_chunked_prefill": False,
+        "cuda_graph_config": None,
+        "disable_overlap_scheduler": False,
+        "attn_backend": "TRTLLM",
+        "speculative_config": None,
+        "scheduler_config": None,
     },
-    "KvCacheConfig": {"enable_block_reuse": True, "free_gpu_memory_fraction": 0.9, "dtype": "auto",
-                      "max_tokens": None},
+    "KvCacheConfig": {
+        "enable_block_reuse": True,
+        "free_gpu_memory_fraction": 0.9,
+        "dtype": "auto",
+        "max_tokens": None,
+    },
     "CudaGraphConfig": {"batch_sizes": None, "max_batch_size": 0, "enable_padding": False},
     "DraftTargetDecodingConfig": {"max_draft_len": None, "speculative_model": None},
     "SchedulerConfig": {"capacity_scheduler_policy": "GUARANTEED_NO_EVICT"},
     "SamplingParams": {
-        "max_tokens": 32, "end_id": None, "pad_id": None, "temperature": None, "top_k": None, "top_p": None,
-        "seed": None, "min_tokens": None, "stop_token_ids": None, "bad_token_ids": None, "bad": None,
+        "max_tokens": 32,
+        "end_id": None,
+        "pad_id": None,
+        "temperature": None,
+        "top_k": None,
+        "top_p": None,
+        "seed": None,
+        "min_tokens": None,
+        "stop_token_ids": None,
+        "bad_token_ids": None,
+        "bad": None,
         "logprobs": None,
     },
-}  # fmt: skip
+}
 
 KV_DTYPES = {"auto": None, "fp8": "fp8", "nvfp4": "nvfp4"}  # spec kv_cache_dtype -> KvCacheConfig.dtype
 
@@ -86,26 +109,41 @@ def runtime_field_problem(tier: Any) -> str | None:
     """One line naming a spec field that has no meaning for the tier's runtime, else None."""
     runtime = getattr(tier.runtime, "value", tier.runtime)
     if tier.pytorch is not None and runtime != "trtllm-pytorch":
-        return (f"pytorch: LLM API options apply only to runtime trtllm-pytorch (this tier is {runtime}); "
-                f"remove the pytorch section or set runtime: trtllm-pytorch")
+        return (
+            f"pytorch: LLM API options apply only to runtime trtllm-pytorch (this tier is {runtime}); "
+            f"remove the pytorch section or set runtime: trtllm-pytorch"
+        )
     if runtime != "trtllm-pytorch":
         return None
     if tier.engine_dir is not None:
-        return ("engine_dir: the PyTorch backend loads the Hugging Face checkpoint, there is no engine; remove "
-                "engine_dir (or use runtime: trtllm-engine)")
+        return (
+            "engine_dir: the PyTorch backend loads the Hugging Face checkpoint, there is no engine; remove "
+            "engine_dir (or use runtime: trtllm-engine)"
+        )
     if not tier.kv_cache.paged:
-        return ("kv_cache.paged: false: the PyTorch backend always uses a paged KV cache; remove it "
-                "(or use runtime: trtllm-engine)")
+        return (
+            "kv_cache.paged: false: the PyTorch backend always uses a paged KV cache; remove it "
+            "(or use runtime: trtllm-engine)"
+        )
     if tier.serving.cpu_threads is not None:
         return "serving.cpu_threads is for runtime cpu-reference only; remove it"
     if tier.quantization.kv_cache_dtype.value == "int8":
-        return ("quantization.kv_cache_dtype int8 is an engine-flow option; the LLM API's KvCacheConfig takes "
-                "auto, fp8 or nvfp4: use fp8")
+        return (
+            "quantization.kv_cache_dtype int8 is an engine-flow option; the LLM API's KvCacheConfig takes "
+            "auto, fp8 or nvfp4: use fp8"
+        )
     return None
 
 
-def llm_kwargs(tier: Any, model_dir: str, *, trtllm_version: str, limits: dict[str, int],
-               kv_fraction: float | None = None, draft_dir: str | None = None) -> dict[str, Any]:
+def llm_kwargs(
+    tier: Any,
+    model_dir: str,
+    *,
+    trtllm_version: str,
+    limits: dict[str, int],
+    kv_fraction: float | None = None,
+    draft_dir: str | None = None,
+) -> dict[str, Any]:
     """`tensorrt_llm.LLM(**kwargs)` for a trtllm-pytorch tier, as JSON (nested configs as dicts)."""
     opts = tier.pytorch
     if opts is None:
@@ -136,14 +174,17 @@ def llm_kwargs(tier: Any, model_dir: str, *, trtllm_version: str, limits: dict[s
         "disable_overlap_scheduler": opts.disable_overlap_scheduler,
         "attn_backend": opts.attn_backend,
         # null turns CUDA graphs off (TorchLlmArgs.cuda_graph_config is Optional[CudaGraphConfig]).
-        "cuda_graph_config": (None if opts.cuda_graph_config is None else
-                              opts.cuda_graph_config.model_dump(exclude_none=True)),
+        "cuda_graph_config": (
+            None if opts.cuda_graph_config is None else opts.cuda_graph_config.model_dump(exclude_none=True)
+        ),
     }
     if tier.serving.batch_scheduler_policy == "max_utilization":
         out["scheduler_config"] = {"capacity_scheduler_policy": "MAX_UTILIZATION"}
     if tier.draft is not None:
         if draft_dir is None:
             raise ValueError(f"tier {tier.name}: a draft model needs its checkpoint directory")
-        out["speculative_config"] = {"max_draft_len": tier.draft.num_draft_tokens,
-                                     draft_path_field(trtllm_version): draft_dir}
+        out["speculative_config"] = {
+            "max_draft_len": tier.draft.num_draft_tokens,
+            draft_path_field(trtllm_version): draft_dir,
+        }
     return out

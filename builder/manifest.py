@@ -58,13 +58,20 @@ def gpu_info() -> dict[str, Any]:
     if not smi:
         return {"gpus": [], "driver": None}
     try:
-        out = subprocess.run([smi, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20, check=True).stdout
+        out = subprocess.run(
+            [smi, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        ).stdout
     except (subprocess.SubprocessError, OSError):
         return {"gpus": [], "driver": None}
     rows = [[c.strip() for c in line.split(",")] for line in out.strip().splitlines() if line.strip()]
-    return {"gpus": [{"name": r[0], "memory": r[2] if len(r) > 2 else None} for r in rows],
-            "driver": rows[0][1] if rows else None}
+    return {
+        "gpus": [{"name": r[0], "memory": r[2] if len(r) > 2 else None} for r in rows],
+        "driver": rows[0][1] if rows else None,
+    }
 
 
 def tool_versions(with_torch: bool = True) -> dict[str, Any]:
@@ -166,15 +173,19 @@ def tier_artifacts(tier_plan, manifest: dict | None = None) -> TierArtifacts:
         max_num_tokens=int(lim.get("max_num_tokens", e.max_num_tokens)),
         max_beam_width=int(lim.get("max_beam_width", e.max_beam_width)),
         kv_cache_free_gpu_mem_fraction=float(m.get("kv_cache_free_gpu_mem_fraction", p.memory.kv_fraction)),
-        enable_kv_cache_reuse=bool(m.get("enable_kv_cache_reuse",
-                                         (p.block_reuse or draft is not None) and e.paged_context_fmha)),
-        max_tokens_in_paged_kv_cache=m.get("max_tokens_in_paged_kv_cache",
-                                           p.memory.kv_pool_tokens if p.memory.kv_pool_capped_by_max_tokens else None),
+        enable_kv_cache_reuse=bool(
+            m.get("enable_kv_cache_reuse", (p.block_reuse or draft is not None) and e.paged_context_fmha)
+        ),
+        max_tokens_in_paged_kv_cache=m.get(
+            "max_tokens_in_paged_kv_cache",
+            p.memory.kv_pool_tokens if p.memory.kv_pool_capped_by_max_tokens else None,
+        ),
         gpu_device_ids=",".join(str(i) for i in range(p.world_size)),
         draft_engine_dir=m.get("draft_engine_dir"),
         draft_checkpoint_dir=m.get("draft_checkpoint_dir"),
-        draft_kv_cache_free_gpu_mem_fraction=(float(m.get("draft_kv_cache_free_gpu_mem_fraction",
-                                                          draft.memory.kv_fraction)) if draft else None),
+        draft_kv_cache_free_gpu_mem_fraction=(
+            float(m.get("draft_kv_cache_free_gpu_mem_fraction", draft.memory.kv_fraction)) if draft else None
+        ),
         num_draft_tokens=draft.num_draft_tokens if draft else None,
         built=bool(m.get("engine_dir")),
         kv_pool_tokens=p.memory.kv_pool_tokens,
@@ -196,8 +207,9 @@ def deployment_artifacts(spec, build_dir: str | Path | None = None) -> dict[str,
     return {t.name: tier_artifacts(t, manifest) for t in plan.tiers}
 
 
-def manifest_skeleton(spec, spec_path: str | None, executor: str, docker_image: str | None,
-                      tools: dict) -> dict:
+def manifest_skeleton(
+    spec, spec_path: str | None, executor: str, docker_image: str | None, tools: dict
+) -> dict:
     import tritonforge
 
     return {
@@ -205,57 +217,11 @@ def manifest_skeleton(spec, spec_path: str | None, executor: str, docker_image: 
         "tritonforge_version": tritonforge.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "spec": {"name": spec.name, "path": spec_path, "hash": spec.spec_hash()},
-        "target": {"trtllm_version": spec.triton.trtllm_version, "executor": executor, "docker_image": docker_image},
+        "target": {
+            "trtllm_version": spec.triton.trtllm_version,
+            "executor": executor,
+            "docker_image": docker_image,
+        },
         "tools": tools,
         "tiers": {},
     }
-
-
-def _checkpoint_ref(ref: str, spec_dir: Path) -> str:
-    """A checkpoint the spec names, as a path: builtin models materialized, relative paths from the spec's dir."""
-    if ref.startswith("builtin:"):
-        from tritonforge.builder.render import resolve_builtin
-
-        return resolve_builtin(ref)
-    p = Path(ref).expanduser()
-    return str(p if p.is_absolute() else (spec_dir / p).resolve())
-
-
-def pytorch_tier_paths(tier, a: TierArtifacts, spec_dir: Path):
-    """(TierPaths, sources) of a trtllm-pytorch tier: the HF checkpoint the LLM API loads.
-
-    The build's unified HF checkpoint when there is one; else, for an unquantized tier, the spec's own
-    checkpoint (the LLM API loads it as it is); else a placeholder where the GPU host is expected to have
-    the quantized checkpoint (`tritonforge build` makes it). Sources as in `render.resolve_tier_paths_sourced`.
-    """
-    from tritonforge.ensembles.wiring import TierPaths
-
-    def pick(built: str | None, ref: str | None, quantized: bool, placeholder: str) -> tuple[str, str]:
-        if built:
-            return str(Path(built).resolve()), "build"
-        if ref is not None and not quantized:
-            return _checkpoint_ref(ref, spec_dir), "spec"
-        return placeholder, "placeholder"
-
-    q = tier.quantization
-    model, model_src = pick(a.checkpoint_dir, tier.model, q.format.value != "none" or q.kv_cache_dtype.value != "auto",
-                            f"/checkpoints/{tier.name}/checkpoint")
-    if tier.tokenizer:
-        tok, tok_src = _checkpoint_ref(tier.tokenizer, spec_dir), "spec"
-    else:
-        tok, tok_src = pick(a.tokenizer_dir, tier.model, False, f"/checkpoints/{tier.name}/tokenizer")
-    draft = draft_src = None
-    if tier.draft is not None:
-        dq = tier.draft.quantization
-        draft, draft_src = pick(a.draft_checkpoint_dir, tier.draft.model,
-                                dq.format.value != "none" or dq.kv_cache_dtype.value != "auto",
-                                f"/checkpoints/{tier.name}/draft_checkpoint")
-    sources = {"checkpoint_dir": {"path": model, "source": model_src},
-               "tokenizer_dir": {"path": tok, "source": tok_src},
-               **({"draft_checkpoint_dir": {"path": draft, "source": draft_src}} if tier.draft else {})}
-    paths = TierPaths(model, tok, draft,
-                      engine_limits={"max_batch_size": a.max_batch_size, "max_input_len": a.max_input_len,
-                                     # the LLM API sizes draft tokens itself: the tier's own length
-                                     "max_seq_len": tier.limits.max_seq_len, "max_num_tokens": a.max_num_tokens},
-                      kv_fraction=a.kv_cache_free_gpu_mem_fraction)
-    return paths, sources

@@ -81,7 +81,9 @@ def read_config(path: str | Path) -> dict:
     except FileNotFoundError:
         raise UserError(f"{p} not found; the model directory must hold a Hugging Face config.json") from None
     except json.JSONDecodeError as exc:
-        raise UserError(f"{p}: not valid JSON ({exc.msg} at line {exc.lineno}); fix or replace the file") from None
+        raise UserError(
+            f"{p}: not valid JSON ({exc.msg} at line {exc.lineno}); fix or replace the file"
+        ) from None
     if not isinstance(data, dict):
         raise UserError(f"{p}: expected a JSON object")
     return data
@@ -112,9 +114,9 @@ def context_length(cfg: dict) -> tuple[int, str]:
 def _builtin_config(name: str) -> tuple[dict, Path | None]:
     """The builtin model's config: from the materialized checkpoint, else from its recipe."""
     try:
-        from tritonforge.runtime import demo_model
+        from tritonforge.builder import demo_model
     except ImportError as exc:  # pragma: no cover - the runtime package ships with tritonforge
-        raise UserError(f"builtin models need tritonforge.runtime.demo_model ({exc})") from None
+        raise UserError(f"builtin models need tritonforge.builder.demo_model ({exc})") from None
     d = demo_model.model_dir(name)
     if (d / "config.json").is_file() and (d / demo_model.INFO_FILE).is_file():
         return read_config(d), d
@@ -153,7 +155,9 @@ def resolve_model(ref: str) -> ResolvedModel:
         return ResolvedModel(ref, read_config(p), f"config {p}", None)
     key = match_fixture(ref)
     if key is not None:
-        return ResolvedModel(ref, load_fixture(key), f"fixture {key} (matched by name; {ref} is not on this machine)", None)
+        return ResolvedModel(
+            ref, load_fixture(key), f"fixture {key} (matched by name; {ref} is not on this machine)", None
+        )
     raise UserError(
         f"model {ref!r}: no such directory, and its name matches no config fixture; give an HF checkpoint "
         f"directory, builtin:demo, or fixture:NAME ({', '.join(fixture_names())})"
@@ -165,7 +169,7 @@ def materialize_checkpoint(resolved: ResolvedModel) -> Path:
     if resolved.checkpoint_dir is not None:
         return resolved.checkpoint_dir
     if resolved.builtin is not None:
-        from tritonforge.runtime import demo_model
+        from tritonforge.builder import demo_model
 
         return Path(demo_model.materialize(resolved.builtin))
     raise UserError(

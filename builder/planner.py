@@ -53,7 +53,12 @@ CHECKPOINT_QUANT_ALGO = {
     QuantFormat.w4a8_awq: "W4A8_AWQ",
     QuantFormat.nvfp4: "NVFP4",
 }
-KV_QUANT_ALGO = {KvCacheDtype.auto: None, KvCacheDtype.fp8: "FP8", KvCacheDtype.int8: "INT8", KvCacheDtype.nvfp4: "NVFP4"}
+KV_QUANT_ALGO = {
+    KvCacheDtype.auto: None,
+    KvCacheDtype.fp8: "FP8",
+    KvCacheDtype.int8: "INT8",
+    KvCacheDtype.nvfp4: "NVFP4",
+}
 # ModelOpt export `decoder_type` per HF model_type (Mistral exports through the Llama decoder).
 DECODER_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen"}
 
@@ -152,10 +157,21 @@ def _get(cfg: dict, *keys: str, default: Any = None) -> Any:
 def model_shape(hf_config: dict) -> ModelShape:
     """Read the dimensions the planner needs from an HF config dict (llama / mistral / qwen2 families)."""
     cfg = hf_config.get("text_config", hf_config) if "hidden_size" not in hf_config else hf_config
-    missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "intermediate_size")
-               if k not in cfg]
+    missing = [
+        k
+        for k in (
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "vocab_size",
+            "intermediate_size",
+        )
+        if k not in cfg
+    ]
     if missing:
-        raise UserError(f"config.json lacks {', '.join(missing)}; is it a decoder-only LLM (Llama/Mistral/Qwen2)?")
+        raise UserError(
+            f"config.json lacks {', '.join(missing)}; is it a decoder-only LLM (Llama/Mistral/Qwen2)?"
+        )
     model_type = str(cfg.get("model_type", "llama"))
     heads = int(cfg["num_attention_heads"])
     hidden = int(cfg["hidden_size"])
@@ -226,8 +242,9 @@ class WeightMemory:
         return self.linear + self.embedding + self.lm_head + self.other
 
 
-def weight_bytes(shape: ModelShape, fmt: QuantFormat, dtype: str, tp: int = 1, pp: int = 1,
-                 awq_block_size: int = 128) -> WeightMemory:
+def weight_bytes(
+    shape: ModelShape, fmt: QuantFormat, dtype: str, tp: int = 1, pp: int = 1, awq_block_size: int = 128
+) -> WeightMemory:
     """Weight memory of the busiest pipeline rank (TP splits linears, embedding and lm_head)."""
     b16 = DTYPE_BYTES[dtype]
     layers = math.ceil(shape.num_layers / pp)
@@ -245,8 +262,15 @@ def weight_bytes(shape: ModelShape, fmt: QuantFormat, dtype: str, tp: int = 1, p
     return WeightMemory(linear, 0, head, other + shape.hidden_size * b16, layers)
 
 
-def activation_bytes(shape: ModelShape, dtype: str, max_num_tokens: int, max_batch_size: int,
-                     tp: int = 1, pp: int = 1, tokens_per_step: int = 1) -> int:
+def activation_bytes(
+    shape: ModelShape,
+    dtype: str,
+    max_num_tokens: int,
+    max_batch_size: int,
+    tp: int = 1,
+    pp: int = 1,
+    tokens_per_step: int = 1,
+) -> int:
     """Estimated activation + workspace memory of one engine on one GPU.
 
     ACTIVATION_BUFFERS x max_num_tokens x widest-layer width (residual + normed hidden, fused QKV
@@ -281,10 +305,15 @@ def paged_context_fmha(fmt: QuantFormat, kv: KvCacheDtype, paged: bool, sm: int)
     if kv == KvCacheDtype.int8:
         return False, "an INT8 KV cache turns paged context FMHA off"
     if kv == KvCacheDtype.fp8 and fmt not in FP8_CONTEXT_FMHA_FORMATS:
-        return False, (f"with an FP8 KV cache it needs FP8 context FMHA, which needs fp8/w4a8_awq/nvfp4 weights "
-                       f"(format is {fmt.value})")
+        return False, (
+            f"with an FP8 KV cache it needs FP8 context FMHA, which needs fp8/w4a8_awq/nvfp4 weights "
+            f"(format is {fmt.value})"
+        )
     if kv == KvCacheDtype.fp8 and sm < 89:
-        return False, "with an FP8 KV cache it needs FP8 context FMHA, which needs sm89+ (Ada/Hopper/Blackwell)"
+        return (
+            False,
+            "with an FP8 KV cache it needs FP8 context FMHA, which needs sm89+ (Ada/Hopper/Blackwell)",
+        )
     return True, ""
 
 
@@ -332,14 +361,22 @@ def trtllm_build_argv(e: EnginePlan) -> list[str]:
     """The exact `trtllm-build` command line for an engine plan."""
     argv = [
         "trtllm-build",
-        "--checkpoint_dir", e.checkpoint_dir,
-        "--output_dir", e.output_dir,
-        "--max_batch_size", str(e.max_batch_size),
-        "--max_input_len", str(e.max_input_len),
-        "--max_seq_len", str(e.max_seq_len_arg),
-        "--max_num_tokens", str(e.max_num_tokens),
-        "--gemm_plugin", e.gemm_plugin,
-        "--kv_cache_type", e.kv_cache_type,
+        "--checkpoint_dir",
+        e.checkpoint_dir,
+        "--output_dir",
+        e.output_dir,
+        "--max_batch_size",
+        str(e.max_batch_size),
+        "--max_input_len",
+        str(e.max_input_len),
+        "--max_seq_len",
+        str(e.max_seq_len_arg),
+        "--max_num_tokens",
+        str(e.max_num_tokens),
+        "--gemm_plugin",
+        e.gemm_plugin,
+        "--kv_cache_type",
+        e.kv_cache_type,
     ]
     if e.paged_context_fmha:
         argv += ["--use_paged_context_fmha", "enable"]
@@ -353,10 +390,23 @@ def trtllm_build_argv(e: EnginePlan) -> list[str]:
     return argv
 
 
-def plan_engine(*, fmt: QuantFormat, kv: KvCacheDtype, paged: bool, tokens_per_block: int, sm: int,
-                max_batch_size: int, max_input_len: int, max_seq_len: int, max_num_tokens: int,
-                world_size: int, checkpoint_dir: str, output_dir: str, draft_len: int = 0,
-                is_target: bool = False) -> EnginePlan:
+def plan_engine(
+    *,
+    fmt: QuantFormat,
+    kv: KvCacheDtype,
+    paged: bool,
+    tokens_per_block: int,
+    sm: int,
+    max_batch_size: int,
+    max_input_len: int,
+    max_seq_len: int,
+    max_num_tokens: int,
+    world_size: int,
+    checkpoint_dir: str,
+    output_dir: str,
+    draft_len: int = 0,
+    is_target: bool = False,
+) -> EnginePlan:
     """Derive the engine flags. On a speculative target (`is_target`, draft_len K > 0):
     `--speculative_decoding_mode draft_tokens_external --max_draft_len K`, max_num_tokens raised to at
     least max_batch_size x (K+1), and the engine's max_seq_len is max_seq_len + K (TensorRT-LLM
@@ -456,14 +506,32 @@ class MemoryPlan:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["gib"] = {k: round(getattr(self, k) / GIB, 2) for k in
-                    ("gpu_memory", "weights", "activations", "other_engine", "free_after_load", "kv_pool_bytes")}
+        d["gib"] = {
+            k: round(getattr(self, k) / GIB, 2)
+            for k in (
+                "gpu_memory",
+                "weights",
+                "activations",
+                "other_engine",
+                "free_after_load",
+                "kv_pool_bytes",
+            )
+        }
         return d
 
 
-def kv_pool(*, gpu_memory: int, weights: int, activations: int, other_engine: int, fraction: float,
-            kv_per_token: int, tokens_per_block: int, engine_max_seq_len: int,
-            max_tokens: int | None) -> MemoryPlan:
+def kv_pool(
+    *,
+    gpu_memory: int,
+    weights: int,
+    activations: int,
+    other_engine: int,
+    fraction: float,
+    kv_per_token: int,
+    tokens_per_block: int,
+    engine_max_seq_len: int,
+    max_tokens: int | None,
+) -> MemoryPlan:
     """The paged KV pool = fraction x memory left after all weights and activations, capped by
     max_tokens; max concurrent sequences = whole blocks / blocks one max-length sequence needs."""
     free = gpu_memory - weights - activations - other_engine
@@ -530,9 +598,21 @@ class ThroughputPlan:
         return asdict(self)
 
 
-def roofline(shape: ModelShape, gpu: GpuSpec, fmt: QuantFormat, dtype: str, *, world: int, gpu_count: int,
-             weights_total: int, kv_per_token_total: int, input_len: int, output_len: int, batch: int,
-             price: float) -> ThroughputPlan:
+def roofline(
+    shape: ModelShape,
+    gpu: GpuSpec,
+    fmt: QuantFormat,
+    dtype: str,
+    *,
+    world: int,
+    gpu_count: int,
+    weights_total: int,
+    kv_per_token_total: int,
+    input_len: int,
+    output_len: int,
+    batch: int,
+    price: float,
+) -> ThroughputPlan:
     """Prefill: compute-bound. Decode at `batch`: the slower of reading all weights + the batch's KV
     (HBM bandwidth) and the batch's FLOPs (peak). Per replica of `world` GPUs, times replicas."""
     peak = compute_tflops(gpu, fmt, dtype) * 1e12
@@ -590,7 +670,9 @@ class DraftPlan:
     engine: EnginePlan
     memory: MemoryPlan
     kv_fraction_from_planner: bool
-    acceptance_rate: float | None = None  # the spec's figure, for `plan --workload` (not in to_dict: a golden)
+    acceptance_rate: float | None = (
+        None  # the spec's figure, for `plan --workload` (not in to_dict: a golden)
+    )
 
     def to_dict(self) -> dict:
         return {
@@ -666,9 +748,16 @@ def _split_fraction(total: float, target_kv: int, draft_kv: int) -> tuple[float,
     return round(total - draft, 3), draft
 
 
-def plan_tier(tier: Tier, hf_config: dict, gpu: GpuSpec, *, draft_config: dict | None = None,
-              build_dir: str = "build", config_source: str = "config.json",
-              draft_config_source: str = "config.json") -> TierPlan:
+def plan_tier(
+    tier: Tier,
+    hf_config: dict,
+    gpu: GpuSpec,
+    *,
+    draft_config: dict | None = None,
+    build_dir: str = "build",
+    config_source: str = "config.json",
+    draft_config_source: str = "config.json",
+) -> TierPlan:
     """Plan one tier from its model's config.json (and the draft's, for a draft-target tier)."""
     shape = model_shape(hf_config)
     q, kvc, lim, par = tier.quantization, tier.kv_cache, tier.limits, tier.parallelism
@@ -678,14 +767,25 @@ def plan_tier(tier: Tier, hf_config: dict, gpu: GpuSpec, *, draft_config: dict |
     base = f"{build_dir.rstrip('/')}/{tier.name}"
 
     engine = plan_engine(
-        fmt=fmt, kv=kv, paged=kvc.paged, tokens_per_block=kvc.tokens_per_block, sm=gpu.sm,
-        max_batch_size=lim.max_batch_size, max_input_len=lim.max_input_len, max_seq_len=lim.max_seq_len,
-        max_num_tokens=lim.resolved_max_num_tokens, world_size=tp * pp,
-        checkpoint_dir=f"{base}/checkpoint", output_dir=f"{base}/engine", draft_len=k, is_target=True,
+        fmt=fmt,
+        kv=kv,
+        paged=kvc.paged,
+        tokens_per_block=kvc.tokens_per_block,
+        sm=gpu.sm,
+        max_batch_size=lim.max_batch_size,
+        max_input_len=lim.max_input_len,
+        max_seq_len=lim.max_seq_len,
+        max_num_tokens=lim.resolved_max_num_tokens,
+        world_size=tp * pp,
+        checkpoint_dir=f"{base}/checkpoint",
+        output_dir=f"{base}/engine",
+        draft_len=k,
+        is_target=True,
     )
     weights = weight_bytes(shape, fmt, tier.dtype, tp, pp, q.awq_block_size)
-    acts = activation_bytes(shape, tier.dtype, engine.max_num_tokens, lim.max_batch_size, tp, pp,
-                            tokens_per_step=k + 1)
+    acts = activation_bytes(
+        shape, tier.dtype, engine.max_num_tokens, lim.max_batch_size, tp, pp, tokens_per_step=k + 1
+    )
     if tier.runtime == Runtime.trtllm_pytorch:
         acts += pytorch_graph_bytes(tier)
     kv_tok = kv_bytes_per_token(shape, kv, tier.dtype, tp, pp)
@@ -703,10 +803,18 @@ def plan_tier(tier: Tier, hf_config: dict, gpu: GpuSpec, *, draft_config: dict |
         # The draft runs the same requests: same batch/input/num_tokens; it must hold the prompt, the
         # output and K proposed tokens, and is not itself a speculative target.
         dengine = plan_engine(
-            fmt=dq.format, kv=dkv, paged=kvc.paged, tokens_per_block=kvc.tokens_per_block, sm=gpu.sm,
-            max_batch_size=lim.max_batch_size, max_input_len=lim.max_input_len,
-            max_seq_len=lim.max_seq_len + k, max_num_tokens=lim.resolved_max_num_tokens, world_size=tp * pp,
-            checkpoint_dir=f"{base}/draft_checkpoint", output_dir=f"{base}/draft_engine",
+            fmt=dq.format,
+            kv=dkv,
+            paged=kvc.paged,
+            tokens_per_block=kvc.tokens_per_block,
+            sm=gpu.sm,
+            max_batch_size=lim.max_batch_size,
+            max_input_len=lim.max_input_len,
+            max_seq_len=lim.max_seq_len + k,
+            max_num_tokens=lim.resolved_max_num_tokens,
+            world_size=tp * pp,
+            checkpoint_dir=f"{base}/draft_checkpoint",
+            output_dir=f"{base}/draft_engine",
         )
         dweights = weight_bytes(dshape, dq.format, tier.dtype, tp, pp, dq.awq_block_size)
         dacts = activation_bytes(dshape, tier.dtype, dengine.max_num_tokens, lim.max_batch_size, tp, pp)
@@ -717,36 +825,81 @@ def plan_tier(tier: Tier, hf_config: dict, gpu: GpuSpec, *, draft_config: dict |
         else:
             draft_fraction, from_planner = d.kv_cache_free_gpu_mem_fraction, False
         other = dweights.total + dacts
-        dmem = kv_pool(gpu_memory=gpu.memory_bytes, weights=dweights.total, activations=dacts,
-                       other_engine=weights.total + acts, fraction=draft_fraction, kv_per_token=dkv_tok,
-                       tokens_per_block=kvc.tokens_per_block, engine_max_seq_len=dengine.max_seq_len_arg,
-                       max_tokens=None)
+        dmem = kv_pool(
+            gpu_memory=gpu.memory_bytes,
+            weights=dweights.total,
+            activations=dacts,
+            other_engine=weights.total + acts,
+            fraction=draft_fraction,
+            kv_per_token=dkv_tok,
+            tokens_per_block=kvc.tokens_per_block,
+            engine_max_seq_len=dengine.max_seq_len_arg,
+            max_tokens=None,
+        )
         dmem.weights_detail = asdict(dweights)
         draft_plan = DraftPlan(
-            model=d.model, config_source=draft_config_source, shape=dshape, num_draft_tokens=k,
-            quantize=plan_quantize(dq, dshape, tier.dtype, tp, pp), engine=dengine, memory=dmem,
-            kv_fraction_from_planner=from_planner, acceptance_rate=d.acceptance_rate,
+            model=d.model,
+            config_source=draft_config_source,
+            shape=dshape,
+            num_draft_tokens=k,
+            quantize=plan_quantize(dq, dshape, tier.dtype, tp, pp),
+            engine=dengine,
+            memory=dmem,
+            kv_fraction_from_planner=from_planner,
+            acceptance_rate=d.acceptance_rate,
         )
 
-    mem = kv_pool(gpu_memory=gpu.memory_bytes, weights=weights.total, activations=acts, other_engine=other,
-                  fraction=target_fraction, kv_per_token=kv_tok, tokens_per_block=kvc.tokens_per_block,
-                  engine_max_seq_len=engine.engine_max_seq_len, max_tokens=kvc.max_tokens)
+    mem = kv_pool(
+        gpu_memory=gpu.memory_bytes,
+        weights=weights.total,
+        activations=acts,
+        other_engine=other,
+        fraction=target_fraction,
+        kv_per_token=kv_tok,
+        tokens_per_block=kvc.tokens_per_block,
+        engine_max_seq_len=engine.engine_max_seq_len,
+        max_tokens=kvc.max_tokens,
+    )
     mem.weights_detail = asdict(weights)
 
     # Whole-engine figures for the roofline: all ranks' weights and KV.
     weights_all = weight_bytes(shape, fmt, tier.dtype, 1, 1, q.awq_block_size).total
     kv_all = kv_bytes_per_token(shape, kv, tier.dtype, 1, 1)
     batch = min(lim.max_batch_size, max(1, mem.max_concurrent_sequences))
-    tput = roofline(shape, gpu, fmt, tier.dtype, world=tp * pp, gpu_count=tier.gpu.count,
-                    weights_total=weights_all, kv_per_token_total=kv_all, input_len=lim.max_input_len,
-                    output_len=lim.max_output_len, batch=batch, price=price_per_hour(gpu, tier.gpu.price_per_hour))
+    tput = roofline(
+        shape,
+        gpu,
+        fmt,
+        tier.dtype,
+        world=tp * pp,
+        gpu_count=tier.gpu.count,
+        weights_total=weights_all,
+        kv_per_token_total=kv_all,
+        input_len=lim.max_input_len,
+        output_len=lim.max_output_len,
+        batch=batch,
+        price=price_per_hour(gpu, tier.gpu.price_per_hour),
+    )
 
     return TierPlan(
-        name=tier.name, runtime=tier.runtime.value, model=tier.model, config_source=config_source,
-        shape=shape, gpu=gpu, gpu_count=tier.gpu.count, tp=tp, pp=pp, dtype=tier.dtype,
-        quant_format=fmt.value, kv_cache_dtype=kv.value,
-        quantize=plan_quantize(q, shape, tier.dtype, tp, pp), engine=engine, memory=mem, throughput=tput,
-        block_reuse=kvc.block_reuse, draft=draft_plan,
+        name=tier.name,
+        runtime=tier.runtime.value,
+        model=tier.model,
+        config_source=config_source,
+        shape=shape,
+        gpu=gpu,
+        gpu_count=tier.gpu.count,
+        tp=tp,
+        pp=pp,
+        dtype=tier.dtype,
+        quant_format=fmt.value,
+        kv_cache_dtype=kv.value,
+        quantize=plan_quantize(q, shape, tier.dtype, tp, pp),
+        engine=engine,
+        memory=mem,
+        throughput=tput,
+        block_reuse=kvc.block_reuse,
+        draft=draft_plan,
     )
 
 
@@ -801,8 +954,15 @@ def plan_deployment(spec: DeploymentSpec, build_dir: str | None = None) -> Deplo
         gpu = get_gpu(tier.gpu.type)
         target = resolve_model(tier.model)
         draft = resolve_model(tier.draft.model) if tier.draft else None
-        tp_ = plan_tier(tier, target.config, gpu, draft_config=draft.config if draft else None, build_dir=bdir,
-                        config_source=target.source, draft_config_source=draft.source if draft else "")
+        tp_ = plan_tier(
+            tier,
+            target.config,
+            gpu,
+            draft_config=draft.config if draft else None,
+            build_dir=bdir,
+            config_source=target.source,
+            draft_config_source=draft.source if draft else "",
+        )
         tp_.problems = rules.check_tier(tier, tp_, draft.config if draft else None, target.config)
         tiers.append(tp_)
     plan = DeploymentPlan(spec.name, spec.spec_hash(), spec.triton.trtllm_version, bdir, tiers)

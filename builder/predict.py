@@ -93,15 +93,23 @@ def parse_workload(text: str, concurrency: int | None = None, request_rate: floa
         if key not in vals:
             raise UserError(f"--workload: {key} is missing; {fix}")
         if not 1 <= vals[key] <= 2**31 - 1:
-            raise UserError(f"--workload: {key} must be between 1 and {2**31 - 1}, not {int(vals[key])}; {fix}")
+            raise UserError(
+                f"--workload: {key} must be between 1 and {2**31 - 1}, not {int(vals[key])}; {fix}"
+            )
     if concurrency is not None and request_rate is not None:
         raise UserError("give --concurrency or --request-rate, not both")
     if concurrency is not None and concurrency < 1:
         raise UserError(f"--concurrency must be at least 1, not {concurrency}")
     if request_rate is not None and not (request_rate > 0 and math.isfinite(request_rate)):
         raise UserError(f"--request-rate must be a positive number of requests/s, not {request_rate}")
-    return Workload(int(vals["isl"]), int(vals["osl"]), float(vals.get("isl_std", 0.0)),
-                    float(vals.get("osl_std", 0.0)), concurrency, request_rate)
+    return Workload(
+        int(vals["isl"]),
+        int(vals["osl"]),
+        float(vals.get("isl_std", 0.0)),
+        float(vals.get("osl_std", 0.0)),
+        concurrency,
+        request_rate,
+    )
 
 
 def blocks_per_sequence(isl: int, osl: int, tokens_per_block: int) -> int:
@@ -163,12 +171,23 @@ def geometry(t: TierPlan) -> Geometry:
     weights = weight_bytes(s, fmt, t.dtype, 1, 1, t.quantize.awq_block_size).total
     kv = kv_bytes_per_token(s, KvCacheDtype(t.kv_cache_dtype), t.dtype, 1, 1)
     return Geometry(
-        gpu=t.gpu, fmt=t.quant_format, world=world, tp=t.tp, replicas=max(1, t.gpu_count // world),
-        gpu_count=t.gpu_count, price=t.throughput.price_per_gpu_hour, weights=weights, kv_per_token=kv,
+        gpu=t.gpu,
+        fmt=t.quant_format,
+        world=world,
+        tp=t.tp,
+        replicas=max(1, t.gpu_count // world),
+        gpu_count=t.gpu_count,
+        price=t.throughput.price_per_gpu_hour,
+        weights=weights,
+        kv_per_token=kv,
         matmul_flops=2.0 * (s.num_layers * s.layer_linear_params + s.vocab_size * s.hidden_size),
-        attn_flops_per_ctx=4.0 * s.num_layers * s.q_dim, layers=s.num_layers, hidden=s.hidden_size,
-        peak=compute_tflops(t.gpu, fmt, t.dtype) * 1e12, pool_tokens=t.memory.kv_pool_tokens,
-        tokens_per_block=t.memory.tokens_per_block, max_batch_size=t.engine.max_batch_size,
+        attn_flops_per_ctx=4.0 * s.num_layers * s.q_dim,
+        layers=s.num_layers,
+        hidden=s.hidden_size,
+        peak=compute_tflops(t.gpu, fmt, t.dtype) * 1e12,
+        pool_tokens=t.memory.kv_pool_tokens,
+        tokens_per_block=t.memory.tokens_per_block,
+        max_batch_size=t.engine.max_batch_size,
         max_num_tokens=t.engine.max_num_tokens,
         free_bytes_all=max(0, world * t.gpu.memory_bytes - weights),
     )
@@ -216,7 +235,9 @@ def attn(g: Geometry, ctx: float) -> float:
 def prefill_token_s(g: Geometry, w: Workload, f: Factors) -> float:
     """Seconds per prompt token on one replica (compute-bound; causal attention over ISL/2 on average),
     plus its share of the TP all-reduce volume (latency is paid per step, not per token)."""
-    return (g.matmul_flops + attn(g, w.isl / 2)) / (g.world * g.peak * f.compute) + allreduce_volume_s(g, 1.0, f)
+    return (g.matmul_flops + attn(g, w.isl / 2)) / (g.world * g.peak * f.compute) + allreduce_volume_s(
+        g, 1.0, f
+    )
 
 
 def allreduce_volume_s(g: Geometry, tokens: float, f: Factors) -> float:
@@ -270,8 +291,11 @@ class Bound:
     limited_by: str  # "compute", "bandwidth" or "request rate"
 
     def to_dict(self) -> dict:
-        return {"output_tokens_per_s": round(self.output_tokens_per_s, 1), "batch": self.batch,
-                "limited_by": self.limited_by}
+        return {
+            "output_tokens_per_s": round(self.output_tokens_per_s, 1),
+            "batch": self.batch,
+            "limited_by": self.limited_by,
+        }
 
 
 def bound(g: Geometry, w: Workload) -> Bound:
@@ -312,8 +336,12 @@ class Prediction:
         d = asdict(self)
         for k in ("ttft_ms", "itl_ms", "request_latency_ms"):
             d[k] = round(d[k], 2)
-        for k in ("output_tokens_per_s", "output_tokens_per_s_per_gpu", "output_tokens_per_s_per_user",
-                  "concurrency"):
+        for k in (
+            "output_tokens_per_s",
+            "output_tokens_per_s_per_gpu",
+            "output_tokens_per_s_per_user",
+            "concurrency",
+        ):
             d[k] = round(d[k], 1)
         if d["usd_per_1m_output_tokens"] is not None:
             d["usd_per_1m_output_tokens"] = round(d["usd_per_1m_output_tokens"], 4)
@@ -327,12 +355,17 @@ def _cost(g: Geometry, tokens_per_s: float) -> float | None:
 def predict_model(g: Geometry, w: Workload, f: Factors) -> Prediction:
     """The calibrated prediction (see module doc) at max throughput, a concurrency or a request rate."""
     bmax = kv_batch(g, w)
-    source = f"calibrated ({f.group})" if f.fitted else \
-        f"calibrated, uncalibrated for {calibration_group(g.gpu, g.fmt)}: {f.group} factors"
+    source = (
+        f"calibrated ({f.group})"
+        if f.fitted
+        else f"calibrated, uncalibrated for {calibration_group(g.gpu, g.fmt)}: {f.group} factors"
+    )
     notes: list[str] = []
     if bmax < 1:
-        raise UserError(f"the KV pool cannot hold one {w.isl}+{w.osl}-token sequence; shorten the workload "
-                        f"or free GPU memory")
+        raise UserError(
+            f"the KV pool cannot hold one {w.isl}+{w.osl}-token sequence; shorten the workload "
+            f"or free GPU memory"
+        )
     saturated = False
     if w.concurrency is None and w.request_rate is None:
         b = float(bmax)
@@ -378,21 +411,34 @@ def predict_model(g: Geometry, w: Workload, f: Factors) -> Prediction:
             # more users than slots: the rest queue; Little's law gives the mean time in the system
             latency = users * w.osl / tps
             ttft = latency - (w.osl - 1) * itl
-            notes.append(f"{w.concurrency} users exceed the {bmax * g.replicas} sequences the KV pool/engine "
-                         f"allow; the rest queue")
+            notes.append(
+                f"{w.concurrency} users exceed the {bmax * g.replicas} sequences the KV pool/engine "
+                f"allow; the rest queue"
+            )
         elif saturated:
-            notes.append(f"request rate {w.request_rate}/s is at or above the ~{served / w.osl:.2f}/s this "
-                         "deployment completes: queues grow without bound; figures are at saturation")
+            notes.append(
+                f"request rate {w.request_rate}/s is at or above the ~{served / w.osl:.2f}/s this "
+                "deployment completes: queues grow without bound; figures are at saturation"
+            )
     if w.concurrency is None and w.request_rate is None:
         notes.append("maximum throughput: TTFT excludes queueing (offline benchmarks queue every request)")
     if w.isl_std or w.osl_std:
         notes.append("isl_std/osl_std are recorded; this model uses the mean lengths")
     return Prediction(
-        ttft_ms=ttft * 1e3, itl_ms=itl * 1e3, request_latency_ms=latency * 1e3, output_tokens_per_s=tps,
-        output_tokens_per_s_per_gpu=tps / g.gpu_count, output_tokens_per_s_per_user=1.0 / itl,
-        batch=int(round(bb)), kv_batch_limit=kv_sequences(g.pool_tokens, g.tokens_per_block, w.isl, w.osl),
-        engine_max_batch=g.max_batch_size, concurrency=users, saturated=saturated,
-        usd_per_1m_output_tokens=_cost(g, tps), source=source, notes=notes,
+        ttft_ms=ttft * 1e3,
+        itl_ms=itl * 1e3,
+        request_latency_ms=latency * 1e3,
+        output_tokens_per_s=tps,
+        output_tokens_per_s_per_gpu=tps / g.gpu_count,
+        output_tokens_per_s_per_user=1.0 / itl,
+        batch=int(round(bb)),
+        kv_batch_limit=kv_sequences(g.pool_tokens, g.tokens_per_block, w.isl, w.osl),
+        engine_max_batch=g.max_batch_size,
+        concurrency=users,
+        saturated=saturated,
+        usd_per_1m_output_tokens=_cost(g, tps),
+        source=source,
+        notes=notes,
     )
 
 
@@ -410,7 +456,6 @@ class TierPrediction:
     error: str | None = None
     speculation: Speculation | None = None  # a draft-target tier: `prediction` is the target alone
 
-
     def to_dict(self) -> dict:
         return {
             "workload": self.workload.to_dict(),
@@ -424,8 +469,14 @@ class TierPrediction:
         }
 
 
-def predict_tier(t: TierPlan, w: Workload, *, calib: dict | None = None, use_aiconfigurator: bool = True,
-                 spec_model: str | None = None) -> TierPrediction:
+def predict_tier(
+    t: TierPlan,
+    w: Workload,
+    *,
+    calib: dict | None = None,
+    use_aiconfigurator: bool = True,
+    spec_model: str | None = None,
+) -> TierPrediction:
     """Bound and prediction for one planned tier at workload `w`."""
     tpb = t.memory.tokens_per_block
     base = TierPrediction(w, None, None, t.memory.kv_pool_tokens, blocks_per_sequence(w.isl, w.osl, tpb))
@@ -435,9 +486,11 @@ def predict_tier(t: TierPlan, w: Workload, *, calib: dict | None = None, use_aic
         base.error = f"no GPU performance model for runtime {t.runtime} (TensorRT-LLM tiers only)"
         return base
     if w.isl + w.osl > t.engine.engine_max_seq_len or w.isl > t.engine.max_input_len:
-        base.error = (f"workload {w.isl}+{w.osl} tokens is past the engine's limits (max_input_len "
-                      f"{t.engine.max_input_len}, max_seq_len {t.engine.engine_max_seq_len}): requests would be "
-                      "rejected; raise limits or shorten the workload")
+        base.error = (
+            f"workload {w.isl}+{w.osl} tokens is past the engine's limits (max_input_len "
+            f"{t.engine.max_input_len}, max_seq_len {t.engine.engine_max_seq_len}): requests would be "
+            "rejected; raise limits or shorten the workload"
+        )
         return base
     if not t.memory.fits:
         base.error = "the tier does not fit: no prediction"
@@ -458,15 +511,20 @@ def predict_tier(t: TierPlan, w: Workload, *, calib: dict | None = None, use_aic
         if choice is not None:
             base.prediction, base.alternatives = choice
     if t.runtime == "trtllm-pytorch":
-        base.prediction.notes.append("PyTorch backend: the performance model is calibrated on TensorRT engines; "
-                                     "this target is not calibrated separately")
+        base.prediction.notes.append(
+            "PyTorch backend: the performance model is calibrated on TensorRT engines; "
+            "this target is not calibrated separately"
+        )
     if t.draft is not None:
         from tritonforge.builder.predict_fleet import speculate
 
-        base.speculation = speculate(t, w, base.prediction, calib if calib is not None else load_calibration())
+        base.speculation = speculate(
+            t, w, base.prediction, calib if calib is not None else load_calibration()
+        )
         base.prediction.notes.append(
             f"target alone; with its {t.draft.num_draft_tokens}-token draft: {base.speculation.speedup:.2f}x "
-            f"(see speculation)")
+            f"(see speculation)"
+        )
     return base
 
 
@@ -476,8 +534,11 @@ def _predict_cpu_tier(t: TierPlan, base: TierPrediction, w: Workload) -> TierPre
     from tritonforge.builder import cpu_system
 
     s = t.shape
-    cost = cpu_system.ModelCost(2.0 * (s.num_layers * s.layer_linear_params + s.vocab_size * s.hidden_size),
-                                4.0 * s.num_layers * s.q_dim, t.model)
+    cost = cpu_system.ModelCost(
+        2.0 * (s.num_layers * s.layer_linear_params + s.vocab_size * s.hidden_size),
+        4.0 * s.num_layers * s.q_dim,
+        t.model,
+    )
     try:
         base.prediction = cpu_system.predict_cpu(cpu_system.load_system(), w, t.engine.max_batch_size, cost)
     except UserError as e:
@@ -485,10 +546,13 @@ def _predict_cpu_tier(t: TierPlan, base: TierPrediction, w: Workload) -> TierPre
     return base
 
 
-def predict_plan(plan, w: Workload, *, use_aiconfigurator: bool = True,
-                 tier_workloads: dict[str, Workload] | None = None) -> dict[str, TierPrediction]:
+def predict_plan(
+    plan, w: Workload, *, use_aiconfigurator: bool = True, tier_workloads: dict[str, Workload] | None = None
+) -> dict[str, TierPrediction]:
     """Every tier at `w`, or at its own workload in `tier_workloads` (e.g. its share of a request rate)."""
     calib = load_calibration()
     tw = tier_workloads or {}
-    return {t.name: predict_tier(t, tw.get(t.name, w), calib=calib, use_aiconfigurator=use_aiconfigurator)
-            for t in plan.tiers}
+    return {
+        t.name: predict_tier(t, tw.get(t.name, w), calib=calib, use_aiconfigurator=use_aiconfigurator)
+        for t in plan.tiers
+    }

@@ -31,17 +31,34 @@ ENV_EXE = "TRITONFORGE_AICONFIGURATOR"
 TIMEOUT_S = 120
 
 # tritonforge GPU name -> AIConfigurator --system
-SYSTEMS = {"H100-SXM": "h100_sxm", "H100-PCIe": "h100_pcie", "H200": "h200_sxm", "B200": "b200_sxm",
-           "A100-80GB": "a100_sxm", "L40S": "l40s"}
+SYSTEMS = {
+    "H100-SXM": "h100_sxm",
+    "H100-PCIe": "h100_pcie",
+    "H200": "h200_sxm",
+    "B200": "b200_sxm",
+    "A100-80GB": "a100_sxm",
+    "L40S": "l40s",
+}
 # weight format -> --gemm-quant-mode; KV dtype -> --kvcache-quant-mode
 GEMM_MODES = {"none": "bfloat16", "fp8": "fp8", "nvfp4": "nvfp4", "int4_awq": "int4_wo", "int8_sq": "sq"}
 KV_MODES = {"auto": "bfloat16", "fp8": "fp8", "int8": "int8"}
 
 _FIELDS = {
-    "TTFT": "ttft_ms", "TPOT": "tpot_ms", "Request Latency": "request_latency_ms", "tokens/s": "tokens_per_s",
-    "tokens/s/gpu": "tokens_per_s_per_gpu", "tokens/s/user": "tokens_per_s_per_user", "seq/s": "seq_per_s",
-    "Concurrency": "concurrency", "Batch Size": "batch_size", "TP Size": "tp", "PP Size": "pp",
-    "ISL": "isl", "OSL": "osl", "System": "system", "Backend": "backend",
+    "TTFT": "ttft_ms",
+    "TPOT": "tpot_ms",
+    "Request Latency": "request_latency_ms",
+    "tokens/s": "tokens_per_s",
+    "tokens/s/gpu": "tokens_per_s_per_gpu",
+    "tokens/s/user": "tokens_per_s_per_user",
+    "seq/s": "seq_per_s",
+    "Concurrency": "concurrency",
+    "Batch Size": "batch_size",
+    "TP Size": "tp",
+    "PP Size": "pp",
+    "ISL": "isl",
+    "OSL": "osl",
+    "System": "system",
+    "Backend": "backend",
 }
 
 
@@ -83,15 +100,52 @@ def supported(gpu: str, fmt: str, kv: str) -> bool:
     return gpu in SYSTEMS and fmt in GEMM_MODES and kv in KV_MODES
 
 
-def estimate_cli(exe: str, config: dict, *, gpu: str, fmt: str, kv: str, isl: int, osl: int, batch: int,
-                 ctx_tokens: int, tp: int, pp: int = 1, timeout_s: float = TIMEOUT_S) -> dict[str, Any]:
+def estimate_cli(
+    exe: str,
+    config: dict,
+    *,
+    gpu: str,
+    fmt: str,
+    kv: str,
+    isl: int,
+    osl: int,
+    batch: int,
+    ctx_tokens: int,
+    tp: int,
+    pp: int = 1,
+    timeout_s: float = TIMEOUT_S,
+) -> dict[str, Any]:
     """One `aiconfigurator cli estimate` run (a subprocess) on a model directory holding `config`."""
     with tempfile.TemporaryDirectory(prefix="tf-aic-") as d:
         (Path(d) / "config.json").write_text(json.dumps(config))
-        argv = [exe, "cli", "estimate", "--model-path", d, "--system", SYSTEMS[gpu], "--backend", "trtllm",
-                "--isl", str(isl), "--osl", str(osl), "--batch-size", str(batch), "--ctx-tokens", str(ctx_tokens), "--tp-size", str(tp),
-                "--pp-size", str(pp), "--gemm-quant-mode", GEMM_MODES[fmt], "--kvcache-quant-mode", KV_MODES[kv],
-                "--no-color"]
+        argv = [
+            exe,
+            "cli",
+            "estimate",
+            "--model-path",
+            d,
+            "--system",
+            SYSTEMS[gpu],
+            "--backend",
+            "trtllm",
+            "--isl",
+            str(isl),
+            "--osl",
+            str(osl),
+            "--batch-size",
+            str(batch),
+            "--ctx-tokens",
+            str(ctx_tokens),
+            "--tp-size",
+            str(tp),
+            "--pp-size",
+            str(pp),
+            "--gemm-quant-mode",
+            GEMM_MODES[fmt],
+            "--kvcache-quant-mode",
+            KV_MODES[kv],
+            "--no-color",
+        ]
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, cwd=d)
         if proc.returncode != 0:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
@@ -116,18 +170,29 @@ def maybe_predict(t, w, ours, calib: dict):
     exe = find_executable()
     if exe is None:
         if prefer == "aiconfigurator":
-            ours.notes.append("AIConfigurator (closer to published data here) is not installed: "
-                              "pip install 'tritonforge[predict]' or set TRITONFORGE_AICONFIGURATOR")
+            ours.notes.append(
+                "AIConfigurator (closer to published data here) is not installed: "
+                "pip install 'tritonforge[predict]' or set TRITONFORGE_AICONFIGURATOR"
+            )
         return None
     if prefer != "aiconfigurator":
         return None
     from tritonforge.builder.modelref import resolve_model
 
     try:
-        r = estimate_cli(exe, resolve_model(t.model).config, gpu=t.gpu.name, fmt=t.quant_format,
-                         kv=t.kv_cache_dtype, isl=w.isl, osl=w.osl, batch=max(1, ours.batch),
-                         ctx_tokens=ctx_tokens_for(max(1, ours.batch), w.isl, w.osl, t.engine.max_num_tokens),
-                         tp=t.tp, pp=t.pp)
+        r = estimate_cli(
+            exe,
+            resolve_model(t.model).config,
+            gpu=t.gpu.name,
+            fmt=t.quant_format,
+            kv=t.kv_cache_dtype,
+            isl=w.isl,
+            osl=w.osl,
+            batch=max(1, ours.batch),
+            ctx_tokens=ctx_tokens_for(max(1, ours.batch), w.isl, w.osl, t.engine.max_num_tokens),
+            tp=t.tp,
+            pp=t.pp,
+        )
     except (OSError, RuntimeError, ValueError, subprocess.TimeoutExpired) as e:
         ours.notes.append(f"AIConfigurator failed ({e}); our model used")
         return None
@@ -135,10 +200,17 @@ def maybe_predict(t, w, ours, calib: dict):
     tps = r["tokens_per_s"] * replicas
     price = t.throughput.price_per_gpu_hour
     p = Prediction(
-        ttft_ms=r["ttft_ms"], itl_ms=r["tpot_ms"], request_latency_ms=r.get("request_latency_ms", 0.0),
-        output_tokens_per_s=tps, output_tokens_per_s_per_gpu=tps / t.gpu_count,
-        output_tokens_per_s_per_user=r.get("tokens_per_s_per_user", 1e3 / r["tpot_ms"]), batch=ours.batch,
-        kv_batch_limit=ours.kv_batch_limit, engine_max_batch=ours.engine_max_batch, concurrency=ours.concurrency, saturated=ours.saturated,
+        ttft_ms=r["ttft_ms"],
+        itl_ms=r["tpot_ms"],
+        request_latency_ms=r.get("request_latency_ms", 0.0),
+        output_tokens_per_s=tps,
+        output_tokens_per_s_per_gpu=tps / t.gpu_count,
+        output_tokens_per_s_per_user=r.get("tokens_per_s_per_user", 1e3 / r["tpot_ms"]),
+        batch=ours.batch,
+        kv_batch_limit=ours.kv_batch_limit,
+        engine_max_batch=ours.engine_max_batch,
+        concurrency=ours.concurrency,
+        saturated=ours.saturated,
         usd_per_1m_output_tokens=price * t.gpu_count / (tps * 3600) * 1e6 if tps > 0 else None,
         source=f"aiconfigurator {aic.get('version', VERSION_TESTED)} (closer to published for {group} tp{t.tp})",
         notes=["batch from our KV-pool model; AIConfigurator's kernel database for the step times"],
@@ -163,18 +235,43 @@ def _evaluate(rows_path: str, out_path: str) -> None:  # pragma: no cover - runs
         (d / "config.json").write_text((fixtures / f"{row['model']}.json").read_text())
         t0 = time.perf_counter()
         try:
-            r = cli_estimate(str(d), SYSTEMS[row["gpu"]], backend_name="trtllm", isl=row["isl"], osl=row["osl"],
-                             batch_size=int(row["batch"]), ctx_tokens=int(row["ctx_tokens"]), tp_size=row["tp"], gemm_quant_mode=GEMM_MODES[row["format"]],
-                             kvcache_quant_mode=KV_MODES[row["kv_cache_dtype"]])
+            r = cli_estimate(
+                str(d),
+                SYSTEMS[row["gpu"]],
+                backend_name="trtllm",
+                isl=row["isl"],
+                osl=row["osl"],
+                batch_size=int(row["batch"]),
+                ctx_tokens=int(row["ctx_tokens"]),
+                tp_size=row["tp"],
+                gemm_quant_mode=GEMM_MODES[row["format"]],
+                kvcache_quant_mode=KV_MODES[row["kv_cache_dtype"]],
+            )
             raw = r.raw if isinstance(r.raw, dict) else {}
-            results.append({**row, "ttft_ms": r.ttft, "tpot_ms": r.tpot, "backend_version": r.backend_version,
-                            "raw": {k: v for k, v in raw.items() if isinstance(v, (int, float, str))},
-                            "kv_cache_warning": r.kv_cache_warning, "seconds": round(time.perf_counter() - t0, 2)})
+            results.append(
+                {
+                    **row,
+                    "ttft_ms": r.ttft,
+                    "tpot_ms": r.tpot,
+                    "backend_version": r.backend_version,
+                    "raw": {k: v for k, v in raw.items() if isinstance(v, (int, float, str))},
+                    "kv_cache_warning": r.kv_cache_warning,
+                    "seconds": round(time.perf_counter() - t0, 2),
+                }
+            )
         except Exception as e:  # noqa: BLE001 - record and go on: one unsupported row must not stop the sweep
             results.append({**row, "error": f"{type(e).__name__}: {e}"[:300]})
         Path(out_path).write_text(json.dumps(results, indent=1))
-        print(len(results), row["model"], row["gpu"], row["tp"], row["isl"], row["osl"],
-              results[-1].get("tpot_ms", results[-1].get("error")), flush=True)
+        print(
+            len(results),
+            row["model"],
+            row["gpu"],
+            row["tp"],
+            row["isl"],
+            row["osl"],
+            results[-1].get("tpot_ms", results[-1].get("error")),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -35,15 +35,26 @@ def row_spec(row: dict, assumptions: dict) -> dict:
     """The deployment spec (as data) that reproduces one published row."""
     return {
         "name": "published",
-        "tiers": [{
-            "name": "main", "model": f"fixture:{row['model']}", "runtime": "trtllm-engine",
-            "gpu": {"type": row["gpu"], "count": row["tp"]}, "parallelism": {"tp": row["tp"]},
-            "quantization": {"format": row["format"], "kv_cache_dtype": row["kv_cache_dtype"]},
-            "kv_cache": {"free_gpu_mem_fraction": assumptions["kv_cache_free_gpu_mem_fraction"],
-                         "tokens_per_block": 32},
-            "limits": {"max_batch_size": assumptions["engine_max_batch_size"], "max_input_len": row["isl"],
-                       "max_output_len": row["osl"], "max_num_tokens": assumptions["engine_max_num_tokens"]},
-        }],
+        "tiers": [
+            {
+                "name": "main",
+                "model": f"fixture:{row['model']}",
+                "runtime": "trtllm-engine",
+                "gpu": {"type": row["gpu"], "count": row["tp"]},
+                "parallelism": {"tp": row["tp"]},
+                "quantization": {"format": row["format"], "kv_cache_dtype": row["kv_cache_dtype"]},
+                "kv_cache": {
+                    "free_gpu_mem_fraction": assumptions["kv_cache_free_gpu_mem_fraction"],
+                    "tokens_per_block": 32,
+                },
+                "limits": {
+                    "max_batch_size": assumptions["engine_max_batch_size"],
+                    "max_input_len": row["isl"],
+                    "max_output_len": row["osl"],
+                    "max_num_tokens": assumptions["engine_max_num_tokens"],
+                },
+            }
+        ],
     }
 
 
@@ -92,16 +103,28 @@ def fit(cases, start: dict | None = None) -> dict:
 
     def resid(x):
         groups, ar = unpack(x)
-        return np.array([math.log(_predict(g, w, groups, ar, names[0]) / row["output_tokens_per_s"])
-                         for row, g, w in cases])
+        return np.array(
+            [
+                math.log(_predict(g, w, groups, ar, names[0]) / row["output_tokens_per_s"])
+                for row, g, w in cases
+            ]
+        )
 
     lo = [0.05] * (3 * len(names)) + [0.02]
     hi = [1.0] * (3 * len(names) + 1)
     r = least_squares(resid, x0, bounds=(lo, hi), x_scale=[0.1] * (3 * len(names) + 1))
     groups, ar = unpack(r.x)
-    return {"groups": {n: {"compute": round(float(c), 4), "bandwidth": round(float(b), 4),
-                           "kv_bandwidth": round(float(k), 4)} for n, (c, b, k) in groups.items()},
-            "nvlink": round(float(ar), 4)}
+    return {
+        "groups": {
+            n: {
+                "compute": round(float(c), 4),
+                "bandwidth": round(float(b), 4),
+                "kv_bandwidth": round(float(k), 4),
+            }
+            for n, (c, b, k) in groups.items()
+        },
+        "nvlink": round(float(ar), 4),
+    }
 
 
 def evaluate(cases, calib: dict) -> list[dict]:
@@ -116,15 +139,19 @@ def evaluate(cases, calib: dict) -> list[dict]:
 
 def error_summary(ratios: list[float]) -> dict:
     errs = sorted(abs(r - 1) for r in ratios)
-    return {"n": len(errs), "mean_abs_pct": round(100 * sum(errs) / len(errs), 1),
-            "median_abs_pct": round(100 * errs[len(errs) // 2], 1), "max_abs_pct": round(100 * errs[-1], 1),
-            "within_25pct": sum(e <= 0.25 for e in errs)}
+    return {
+        "n": len(errs),
+        "mean_abs_pct": round(100 * sum(errs) / len(errs), 1),
+        "median_abs_pct": round(100 * errs[len(errs) // 2], 1),
+        "max_abs_pct": round(100 * errs[-1], 1),
+        "within_25pct": sum(e <= 0.25 for e in errs),
+    }
 
 
 def leave_one_out(cases, default_group: str) -> list[float]:
     ratios = []
     for i in range(len(cases)):
-        rest = cases[:i] + cases[i + 1:]
+        rest = cases[:i] + cases[i + 1 :]
         c = fit(rest)
         c["default_group"] = default_group
         row, g, w = cases[i]
@@ -139,10 +166,14 @@ def aic_preference(cases, loo_ratios: list[float], aic_rows: list[dict]) -> dict
     AIConfigurator's.
     Mean |log(predicted/published)| over the rows both cover; a group AIConfigurator could not
     estimate (an error on every row) stays ours."""
-    by_key = {(r["source"], r["model"], r["gpu"], r["tp"], r["format"], r["isl"], r["osl"]): r for r in aic_rows}
+    by_key = {
+        (r["source"], r["model"], r["gpu"], r["tp"], r["format"], r["isl"], r["osl"]): r for r in aic_rows
+    }
     per: dict[str, dict[str, list[float]]] = {}
     for (row, g, _), lr in zip(cases, loo_ratios, strict=True):
-        a = by_key.get((row["source"], row["model"], row["gpu"], row["tp"], row["format"], row["isl"], row["osl"]))
+        a = by_key.get(
+            (row["source"], row["model"], row["gpu"], row["tp"], row["format"], row["isl"], row["osl"])
+        )
         tps = ((a or {}).get("raw") or {}).get("tokens/s")
         if not tps:
             continue
@@ -154,17 +185,27 @@ def aic_preference(cases, loo_ratios: list[float], aic_rows: list[dict]) -> dict
     out = {}
     for grp, d in sorted(per.items()):
         ours, aic = sum(d["ours"]) / len(d["ours"]), sum(d["aic"]) / len(d["aic"])
-        out[grp] = {"prefer": "aiconfigurator" if aic < ours else "calibrated", "rows": len(d["ours"]),
-                    "mean_abs_log_err_ours_loo": round(ours, 4), "mean_abs_log_err_aiconfigurator": round(aic, 4)}
+        out[grp] = {
+            "prefer": "aiconfigurator" if aic < ours else "calibrated",
+            "rows": len(d["ours"]),
+            "mean_abs_log_err_ours_loo": round(ours, 4),
+            "mean_abs_log_err_aiconfigurator": round(aic, 4),
+        }
     return out
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description="fit the prediction's efficiency factors")
-    ap.add_argument("--write", action="store_true", help="store them in builder/fixtures/predict_calibration.json")
+    ap.add_argument(
+        "--write", action="store_true", help="store them in builder/fixtures/predict_calibration.json"
+    )
     ap.add_argument("--loo", action="store_true", help="also report leave-one-out error (slower)")
-    ap.add_argument("--aic-eval", default=None, metavar="FILE",
-                    help="AIConfigurator's estimates of the rows (predict_aic.py): choose per group (needs --loo)")
+    ap.add_argument(
+        "--aic-eval",
+        default=None,
+        metavar="FILE",
+        help="AIConfigurator's estimates of the rows (predict_aic.py): choose per group (needs --loo)",
+    )
     args = ap.parse_args()
     doc = load_published()
     cases = row_cases(doc)
@@ -176,14 +217,22 @@ def main() -> int:
     if args.loo:
         loo = leave_one_out(cases, calib["default_group"])
         summary["leave_one_out"] = error_summary(loo)
-    calib["fit"] = {"rows": len(cases), "published": "builder/fixtures/published_trtllm_perf.json",
-                    "objective": "least squares of log(predicted/published)", **summary}
+    calib["fit"] = {
+        "rows": len(cases),
+        "published": "builder/fixtures/published_trtllm_perf.json",
+        "objective": "least squares of log(predicted/published)",
+        **summary,
+    }
     old = predict.load_calibration() if predict.CALIBRATION_FILE.is_file() else {}
     if args.aic_eval and loo is not None:
         aic_rows = json.loads(Path(args.aic_eval).read_text())
         pref = aic_preference(cases, loo, aic_rows)
-        calib["aiconfigurator"] = {"version": "0.12.0", "evaluation": Path(args.aic_eval).name, "groups": pref,
-                                   "prefer": {g: v["prefer"] for g, v in pref.items()}}
+        calib["aiconfigurator"] = {
+            "version": "0.12.0",
+            "evaluation": Path(args.aic_eval).name,
+            "groups": pref,
+            "prefer": {g: v["prefer"] for g, v in pref.items()},
+        }
     elif "aiconfigurator" in old:
         calib["aiconfigurator"] = old["aiconfigurator"]  # keep the last evaluation's choice
     print(json.dumps(calib, indent=1))

@@ -94,7 +94,13 @@ class Speculation:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["speedup_by_draft_tokens"] = {str(k): round(v, 4) for k, v in self.speedup_by_draft_tokens.items()}
-        for k in ("acceptance_rate", "expected_tokens_per_round", "cost_ratio", "speedup_leviathan", "speedup"):
+        for k in (
+            "acceptance_rate",
+            "expected_tokens_per_round",
+            "cost_ratio",
+            "speedup_leviathan",
+            "speedup",
+        ):
             d[k] = round(d[k], 4)
         d["itl_ms"] = round(d["itl_ms"], 3)
         d["output_tokens_per_s"] = round(d["output_tokens_per_s"], 1)
@@ -114,11 +120,16 @@ def draft_geometry(t, g):
     fmt = QuantFormat(d.quantize.qformat)
     kv = KvCacheDtype(d.quantize.kv_cache_dtype or "auto")
     return replace(
-        g, fmt=fmt.value, weights=weight_bytes(s, fmt, t.dtype, 1, 1, d.quantize.awq_block_size).total,
+        g,
+        fmt=fmt.value,
+        weights=weight_bytes(s, fmt, t.dtype, 1, 1, d.quantize.awq_block_size).total,
         kv_per_token=kv_bytes_per_token(s, kv, t.dtype, 1, 1),
         matmul_flops=2.0 * (s.num_layers * s.layer_linear_params + s.vocab_size * s.hidden_size),
-        attn_flops_per_ctx=4.0 * s.num_layers * s.q_dim, layers=s.num_layers, hidden=s.hidden_size,
-        peak=compute_tflops(t.gpu, fmt, t.dtype) * 1e12)
+        attn_flops_per_ctx=4.0 * s.num_layers * s.q_dim,
+        layers=s.num_layers,
+        hidden=s.hidden_size,
+        peak=compute_tflops(t.gpu, fmt, t.dtype) * 1e12,
+    )
 
 
 def verify_step_s(g, w, b: float, k: int, f) -> float:
@@ -131,8 +142,12 @@ def verify_step_s(g, w, b: float, k: int, f) -> float:
     bw = g.world * g.gpu.bandwidth_bytes_s * f.bandwidth
     peak = g.world * g.peak * f.compute
     kv_bw = g.world * g.gpu.bandwidth_bytes_s * f.kv_bandwidth
-    return (max(g.weights / bw, n * g.matmul_flops / peak) + b * ctx * g.kv_per_token / kv_bw
-            + n * attn(g, ctx) / peak + comm_s(g, n, f))
+    return (
+        max(g.weights / bw, n * g.matmul_flops / peak)
+        + b * ctx * g.kv_per_token / kv_bw
+        + n * attn(g, ctx) / peak
+        + comm_s(g, n, f)
+    )
 
 
 def speculate(t, w, pred, calib: dict) -> Speculation:
@@ -153,8 +168,10 @@ def speculate(t, w, pred, calib: dict) -> Speculation:
     draft_seqs = P.kv_sequences(t.draft.memory.kv_pool_tokens, t.memory.tokens_per_block, w.isl, w.osl + k)
     b_eff = float(max(1, min(b, draft_seqs)))
     if b_eff < b:
-        notes.append(f"the draft's KV pool holds {draft_seqs} sequences: the batch drops from {int(b)} to "
-                     f"{int(b_eff)} (raise draft.kv_cache_free_gpu_mem_fraction)")
+        notes.append(
+            f"the draft's KV pool holds {draft_seqs} sequences: the batch drops from {int(b)} to "
+            f"{int(b_eff)} (raise draft.kv_cache_free_gpu_mem_fraction)"
+        )
 
     def itl_spec_s(bb: float, kk: int = k) -> float:
         prefill = bb * (w.isl / w.osl) * (P.prefill_token_s(g, w, f) + P.prefill_token_s(gd, w, fd))
@@ -173,14 +190,31 @@ def speculate(t, w, pred, calib: dict) -> Speculation:
     else:  # every slot busy: tokens/s scale with the slots and the per-sequence speed-up
         tps = pred.output_tokens_per_s * (b_eff / b) * speedup
     if speedup < 1:
-        notes.append(f"the draft slows this tier at batch {int(b)}: verifying {k + 1} positions and {k} draft "
-                     f"steps cost more than the {e:.2f} tokens a round yields")
+        notes.append(
+            f"the draft slows this tier at batch {int(b)}: verifying {k + 1} positions and {k} draft "
+            f"steps cost more than the {e:.2f} tokens a round yields"
+        )
     if "calibrated" not in pred.source:
         notes.append(f"speed-up from our model applied to {pred.source}'s figures")
     usd = t.throughput.price_per_gpu_hour * t.gpu_count / (tps * 3600) * 1e6 if tps > 0 else None
-    return Speculation(k, alpha, src, e, c, leviathan_speedup(alpha, k, c), speedup, int(b_eff),
-                       speedup > 1.0 and tps >= pred.output_tokens_per_s * (1 - 1e-9),
-                       itl_ms, tps, tps / t.gpu_count, usd, notes, by_k, max(by_k, key=by_k.get))
+    return Speculation(
+        k,
+        alpha,
+        src,
+        e,
+        c,
+        leviathan_speedup(alpha, k, c),
+        speedup,
+        int(b_eff),
+        speedup > 1.0 and tps >= pred.output_tokens_per_s * (1 - 1e-9),
+        itl_ms,
+        tps,
+        tps / t.gpu_count,
+        usd,
+        notes,
+        by_k,
+        max(by_k, key=by_k.get),
+    )
 
 
 # ---------------------------------------------------------------------------------------- cascade
@@ -196,7 +230,9 @@ def parse_traffic_share(text: str, names: list[str]) -> dict[str, float]:
             raise UserError(f"--traffic-share: cannot read {part!r}; {fix}")
         name, val = m.group(1), float(m.group(2))
         if name not in names:
-            raise UserError(f"--traffic-share: {name!r} is not a tier of the spec ({', '.join(names)}); {fix}")
+            raise UserError(
+                f"--traffic-share: {name!r} is not a tier of the spec ({', '.join(names)}); {fix}"
+            )
         if name in out:
             raise UserError(f"--traffic-share: {name} is given twice; {fix}")
         if not 0.0 <= val <= 1.0:
@@ -210,8 +246,10 @@ def parse_traffic_share(text: str, names: list[str]) -> dict[str, float]:
 
 def parse_cache_hit_rate(value: float) -> float:
     if not (0.0 <= value < 1.0):
-        raise UserError(f"--cache-hit-rate must be a fraction in [0, 1) (0.4 = 40% of requests answered from the "
-                        f"cache), not {value:g}")
+        raise UserError(
+            f"--cache-hit-rate must be a fraction in [0, 1) (0.4 = 40% of requests answered from the "
+            f"cache), not {value:g}"
+        )
     return value
 
 
@@ -245,10 +283,15 @@ def tier_cost(tp) -> float | None:
 def cascade(preds: dict, shares: dict[str, float] | None, hit_rate: float) -> dict:
     """The deployment-level block of `plan --json`: shares, hit rate, per-tier and blended $/1M."""
     costs = {n: tier_cost(tp) for n, tp in preds.items()}
-    out: dict = {"traffic_share": shares, "cache_hit_rate": hit_rate,
-                 "tier_usd_per_1m_output_tokens": {n: (round(c, 4) if c is not None else None)
-                                                   for n, c in costs.items()},
-                 "usd_per_1m_output_tokens": None, "reason": None}
+    out: dict = {
+        "traffic_share": shares,
+        "cache_hit_rate": hit_rate,
+        "tier_usd_per_1m_output_tokens": {
+            n: (round(c, 4) if c is not None else None) for n, c in costs.items()
+        },
+        "usd_per_1m_output_tokens": None,
+        "reason": None,
+    }
     if shares is None:
         out["reason"] = "several tiers: give --traffic-share TIER=FRACTION,... (the router's split)"
         return out
@@ -278,8 +321,12 @@ class TierCapacity:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        for k in ("requests_per_s_per_replica", "output_tokens_per_s_per_replica", "demand_requests_per_s",
-                  "utilization"):
+        for k in (
+            "requests_per_s_per_replica",
+            "output_tokens_per_s_per_replica",
+            "demand_requests_per_s",
+            "utilization",
+        ):
             if d[k] is not None:
                 d[k] = round(d[k], 4)
         d["usd_per_replica_hour"] = round(d["usd_per_replica_hour"], 4)
@@ -307,17 +354,33 @@ class Capacity:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["tiers"] = [t.to_dict() for t in self.tiers]
-        for k in ("usd_per_replica_hour", "usd_per_hour", "max_request_rate", "usd_per_1m_output_tokens",
-                  "usd_per_1m_tokens", "usd_per_1m_output_tokens_right_sized"):
+        for k in (
+            "usd_per_replica_hour",
+            "usd_per_hour",
+            "max_request_rate",
+            "usd_per_1m_output_tokens",
+            "usd_per_1m_tokens",
+            "usd_per_1m_output_tokens_right_sized",
+        ):
             if d[k] is not None:
                 d[k] = round(d[k], 4)
         return d
 
 
-def fleet_capacity(per_replica: dict[str, float | None], replica_usd_h: dict[str, float],
-                   gpus: dict[str, int], shares: dict[str, float], *, replicas: int, isl: int, osl: int,
-                   request_rate: float | None, hit_rate: float, errors: dict[str, str] | None = None,
-                   deploy_range: tuple[int, int] | None = None) -> Capacity:
+def fleet_capacity(
+    per_replica: dict[str, float | None],
+    replica_usd_h: dict[str, float],
+    gpus: dict[str, int],
+    shares: dict[str, float],
+    *,
+    replicas: int,
+    isl: int,
+    osl: int,
+    request_rate: float | None,
+    hit_rate: float,
+    errors: dict[str, str] | None = None,
+    deploy_range: tuple[int, int] | None = None,
+) -> Capacity:
     """Pure capacity arithmetic. `per_replica`: requests/s one replica's tier completes (None: unknown);
     `replica_usd_h`: $/hour of each tier's GPUs in one replica; `shares`: of the cache misses."""
     errors = errors or {}
@@ -341,8 +404,19 @@ def fleet_capacity(per_replica: dict[str, float | None], replica_usd_h: dict[str
                 need = max(1, math.ceil(demand / cap - 1e-9))
                 needs.append(need)
                 util = demand / (replicas * cap)
-        tiers.append(TierCapacity(name, cap, cap * osl if cap is not None else None, demand, need, util,
-                                  gpus.get(name, 0), cost, err))
+        tiers.append(
+            TierCapacity(
+                name,
+                cap,
+                cap * osl if cap is not None else None,
+                demand,
+                need,
+                util,
+                gpus.get(name, 0),
+                cost,
+                err,
+            )
+        )
     notes: list[str] = []
     max_rate = None if unknown or not limits else min(limits)
     needed = None if unknown or request_rate is None else max(needs, default=1)
@@ -353,11 +427,17 @@ def fleet_capacity(per_replica: dict[str, float | None], replica_usd_h: dict[str
     priced = usd_replica > 0
     per_out = usd_h / (served * osl * 3600) * 1e6 if served and priced else None
     per_all = usd_h / (served * (isl + osl) * 3600) * 1e6 if served and priced else None
-    right = needed * usd_replica / (request_rate * osl * 3600) * 1e6 if needed and request_rate and priced else None
+    right = (
+        needed * usd_replica / (request_rate * osl * 3600) * 1e6
+        if needed and request_rate and priced
+        else None
+    )
     if not priced:
         notes.append("no GPU tier: no $ figures (CPU replicas are priced by your provider)")
     if enough is False:
-        notes.append(f"{replicas} replicas sustain {max_rate:.3g} requests/s; {request_rate:g}/s needs {needed}")
+        notes.append(
+            f"{replicas} replicas sustain {max_rate:.3g} requests/s; {request_rate:g}/s needs {needed}"
+        )
     if deploy_range is not None and needed is not None:
         lo, hi = deploy_range
         if needed > hi:
@@ -366,13 +446,37 @@ def fleet_capacity(per_replica: dict[str, float | None], replica_usd_h: dict[str
             notes.append(f"deploy.replicas.min {lo} is above the {needed} this traffic needs")
     if request_rate is None:
         notes.append("no --request-rate: cost at the fleet's capacity (every replica busy)")
-    return Capacity(replicas, needed, enough, request_rate, osl, isl, hit_rate, usd_replica, usd_h, max_rate,
-                    per_out, per_all, right, tiers, notes)
+    return Capacity(
+        replicas,
+        needed,
+        enough,
+        request_rate,
+        osl,
+        isl,
+        hit_rate,
+        usd_replica,
+        usd_h,
+        max_rate,
+        per_out,
+        per_all,
+        right,
+        tiers,
+        notes,
+    )
 
 
-def capacity_for_plan(plan, cap_preds: dict, shares: dict[str, float], *, replicas: int, isl: int, osl: int,
-                      request_rate: float | None, hit_rate: float,
-                      deploy_range: tuple[int, int] | None = None) -> Capacity:
+def capacity_for_plan(
+    plan,
+    cap_preds: dict,
+    shares: dict[str, float],
+    *,
+    replicas: int,
+    isl: int,
+    osl: int,
+    request_rate: float | None,
+    hit_rate: float,
+    deploy_range: tuple[int, int] | None = None,
+) -> Capacity:
     """Capacity from per-tier predictions at max throughput (or the given concurrency) of one replica."""
     per_replica: dict[str, float | None] = {}
     usd: dict[str, float] = {}
@@ -385,14 +489,31 @@ def capacity_for_plan(plan, cap_preds: dict, shares: dict[str, float], *, replic
         usd[t.name] = t.throughput.price_per_gpu_hour * t.gpu_count if gpu_tier else 0.0
         if tp is None or tp.prediction is None:
             per_replica[t.name] = None
-            errors[t.name] = (tp.error if tp is not None and tp.error else "no prediction")
+            errors[t.name] = tp.error if tp is not None and tp.error else "no prediction"
             continue
-        tps = tp.speculation.output_tokens_per_s if tp.speculation is not None else tp.prediction.output_tokens_per_s
+        tps = (
+            tp.speculation.output_tokens_per_s
+            if tp.speculation is not None
+            else tp.prediction.output_tokens_per_s
+        )
         per_replica[t.name] = tps / osl
-    cap = fleet_capacity(per_replica, usd, gpus, shares, replicas=replicas, isl=isl, osl=osl,
-                         request_rate=request_rate, hit_rate=hit_rate, errors=errors, deploy_range=deploy_range)
+    cap = fleet_capacity(
+        per_replica,
+        usd,
+        gpus,
+        shares,
+        replicas=replicas,
+        isl=isl,
+        osl=osl,
+        request_rate=request_rate,
+        hit_rate=hit_rate,
+        errors=errors,
+        deploy_range=deploy_range,
+    )
     for name, s in shares.items():
         if s > 0 and name not in usd:
-            cap.notes.append(f"remote tier {name}: its {s:g} of the traffic is served outside the fleet, at its "
-                             "provider's price (not counted)")
+            cap.notes.append(
+                f"remote tier {name}: its {s:g} of the traffic is served outside the fleet, at its "
+                "provider's price (not counted)"
+            )
     return cap

@@ -83,29 +83,62 @@ class Candidate:
         return c if c is not None else math.inf
 
 
-def _spec(name: str, model: str, gpu: str, count: int, tp: int, fmt: str, kv: str, batch: int, isl: int,
-          osl: int, price: float | None) -> dict:
+def _spec(
+    name: str,
+    model: str,
+    gpu: str,
+    count: int,
+    tp: int,
+    fmt: str,
+    kv: str,
+    batch: int,
+    isl: int,
+    osl: int,
+    price: float | None,
+) -> dict:
     g = {"type": gpu, "count": count}
     if price is not None:
         g["price_per_hour"] = price
     return {
         "name": name,
         "description": "written by `tritonforge plan --recommend`",
-        "tiers": [{
-            "name": "main", "model": model, "runtime": "trtllm-engine", "dtype": "bfloat16", "gpu": g,
-            "parallelism": {"tp": tp}, "quantization": {"format": fmt, "kv_cache_dtype": kv},
-            "kv_cache": {"paged": True, "block_reuse": True, "tokens_per_block": 32, "free_gpu_mem_fraction": 0.9},
-            "limits": {"max_batch_size": batch, "max_input_len": isl, "max_output_len": osl},
-        }],
+        "tiers": [
+            {
+                "name": "main",
+                "model": model,
+                "runtime": "trtllm-engine",
+                "dtype": "bfloat16",
+                "gpu": g,
+                "parallelism": {"tp": tp},
+                "quantization": {"format": fmt, "kv_cache_dtype": kv},
+                "kv_cache": {
+                    "paged": True,
+                    "block_reuse": True,
+                    "tokens_per_block": 32,
+                    "free_gpu_mem_fraction": 0.9,
+                },
+                "limits": {"max_batch_size": batch, "max_input_len": isl, "max_output_len": osl},
+            }
+        ],
     }
 
 
 def _meets(p: predict.Prediction, slo: Slo) -> bool:
-    return (slo.ttft_ms is None or p.ttft_ms <= slo.ttft_ms) and (slo.itl_ms is None or p.itl_ms <= slo.itl_ms)
+    return (slo.ttft_ms is None or p.ttft_ms <= slo.ttft_ms) and (
+        slo.itl_ms is None or p.itl_ms <= slo.itl_ms
+    )
 
 
-def recommend(model: str, w: predict.Workload, slo: Slo, *, gpus: list[str] | None = None, max_gpus: int = 8,
-              prices: dict[str, float] | None = None, name: str = "recommended") -> list[Candidate]:
+def recommend(
+    model: str,
+    w: predict.Workload,
+    slo: Slo,
+    *,
+    gpus: list[str] | None = None,
+    max_gpus: int = 8,
+    prices: dict[str, float] | None = None,
+    name: str = "recommended",
+) -> list[Candidate]:
     """Every candidate that passes the rules and the SLO, cheapest first."""
     from tritonforge.builder import rules
     from tritonforge.builder.modelref import resolve_model
@@ -158,27 +191,37 @@ def recommend(model: str, w: predict.Workload, slo: Slo, *, gpus: list[str] | No
                             continue
                     count = replicas * tp
                     if replicas > 1:
-                        spec = _spec(name, ref, gpu.name, count, tp, fmt, kv, lo, isl, osl, prices.get(gpu.name))
+                        spec = _spec(
+                            name, ref, gpu.name, count, tp, fmt, kv, lo, isl, osl, prices.get(gpu.name)
+                        )
                         t = plan_tier(parse_spec(spec).tiers[0], resolved.config, gpu)
                         g = predict.geometry(t)
-                        p = predict.predict_model(g, predict.Workload(w.isl, w.osl, concurrency=lo * replicas), f)
+                        p = predict.predict_model(
+                            g, predict.Workload(w.isl, w.osl, concurrency=lo * replicas), f
+                        )
                     spec["tiers"][0]["limits"]["max_batch_size"] = lo
                     why = [f"batch {lo} meets the SLO (TTFT {p.ttft_ms:.0f} ms, ITL {p.itl_ms:.1f} ms)"]
                     if lo == bmax:
                         why.append("the KV pool, not the SLO, caps the batch")
                     if not f.fitted:
-                        why.append(f"uncalibrated: {gpu.arch}/{fmt} has no published data ({f.group} factors)")
+                        why.append(
+                            f"uncalibrated: {gpu.arch}/{fmt} has no published data ({f.group} factors)"
+                        )
                     out.append(Candidate(gpu.name, count, tp, fmt, kv, lo, p, f.fitted, spec, why))
     out.sort(key=lambda c: (c.cost, c.gpu_count))
     return out
 
 
 def format_table(cands: list[Candidate], top: int = 10) -> str:
-    lines = [f"{'#':>2}  {'GPU':<9}{'GPUs':>5}{'TP':>4}  {'weights':<9}{'KV':<5}{'batch':>6}{'TTFT ms':>9}"
-             f"{'ITL ms':>8}{'tok/s':>10}{'tok/s/GPU':>10}{'$/1M out':>10}  why"]
+    lines = [
+        f"{'#':>2}  {'GPU':<9}{'GPUs':>5}{'TP':>4}  {'weights':<9}{'KV':<5}{'batch':>6}{'TTFT ms':>9}"
+        f"{'ITL ms':>8}{'tok/s':>10}{'tok/s/GPU':>10}{'$/1M out':>10}  why"
+    ]
     for i, c in enumerate(cands[:top], 1):
         p = c.prediction
-        lines.append(f"{i:>2}  {c.gpu:<9}{c.gpu_count:>5}{c.tp:>4}  {c.fmt:<9}{c.kv:<5}{c.batch:>6}{p.ttft_ms:>9.0f}"
-                     f"{p.itl_ms:>8.1f}{p.output_tokens_per_s:>10,.0f}{p.output_tokens_per_s_per_gpu:>10,.0f}"
-                     f"{c.cost:>10.4f}  {'; '.join(c.why)}")
+        lines.append(
+            f"{i:>2}  {c.gpu:<9}{c.gpu_count:>5}{c.tp:>4}  {c.fmt:<9}{c.kv:<5}{c.batch:>6}{p.ttft_ms:>9.0f}"
+            f"{p.itl_ms:>8.1f}{p.output_tokens_per_s:>10,.0f}{p.output_tokens_per_s_per_gpu:>10,.0f}"
+            f"{c.cost:>10.4f}  {'; '.join(c.why)}"
+        )
     return "\n".join(lines)

@@ -40,6 +40,7 @@ except ImportError:  # imported by quantize.py run as a plain script inside a co
     class UserError(Exception):  # type: ignore[no-redef]
         exit_code = 2
 
+
 NVFP4_CPU_BACKEND = "tritonforge-nvfp4-cpu"
 E2M1_MAX = 6.0
 E4M3_MAX = 448.0
@@ -73,16 +74,21 @@ def load_texts(source: str, base_dir: Path | None = None) -> TextSet:
     if source == "builtin:stdlib":
         files = sorted(p for p in _stdlib().glob("*.py") if p.is_file())
     elif source == "builtin:stdlib-heldout":
-        files = sorted(p for p in _stdlib().glob("*/*.py")
-                       if p.is_file() and p.parent.name not in HELDOUT_SKIP)
+        files = sorted(
+            p for p in _stdlib().glob("*/*.py") if p.is_file() and p.parent.name not in HELDOUT_SKIP
+        )
     elif source.startswith("builtin:"):
-        raise UserError(f"unknown text set {source!r}; use builtin:stdlib, builtin:stdlib-heldout, or a .txt/.jsonl file")
+        raise UserError(
+            f"unknown text set {source!r}; use builtin:stdlib, builtin:stdlib-heldout, or a .txt/.jsonl file"
+        )
     else:
         p = Path(source).expanduser()
         if not p.is_absolute() and base_dir is not None:
             p = base_dir / p
         if not p.is_file():
-            raise UserError(f"text set {source!r}: file not found; give a local .txt or .jsonl file, or builtin:stdlib")
+            raise UserError(
+                f"text set {source!r}: file not found; give a local .txt or .jsonl file, or builtin:stdlib"
+            )
         raw = p.read_text(encoding="utf-8", errors="replace")
         if p.suffix == ".jsonl":
             texts = []
@@ -92,12 +98,16 @@ def load_texts(source: str, base_dir: Path | None = None) -> TextSet:
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError:
-                    raise UserError(f"{p}:{i}: not valid JSON; each line of a .jsonl must be an object with "
-                                    f"\"text\" or \"prompt\"") from None
+                    raise UserError(
+                        f"{p}:{i}: not valid JSON; each line of a .jsonl must be an object with "
+                        f'"text" or "prompt"'
+                    ) from None
                 text = _record_text(obj)
                 if text is None:
-                    raise UserError(f"{p}:{i}: no \"text\" or \"prompt\" string field; each line must be a JSON "
-                                    f"object like {{\"text\": \"...\"}}")
+                    raise UserError(
+                        f'{p}:{i}: no "text" or "prompt" string field; each line must be a JSON '
+                        f'object like {{"text": "..."}}'
+                    )
                 texts.append(text)
         else:
             texts = [t for t in raw.split("\n\n") if t.strip()]
@@ -131,21 +141,27 @@ class TextSources:
 
     calib: TextSet
     eval: TextSet | None
-    info: dict  # requested, kind (reference | file | builtin), used, fallback (why the reference was not used)
+    info: (
+        dict  # requested, kind (reference | file | builtin), used, fallback (why the reference was not used)
+    )
 
 
 def split_heldout(ts: TextSet) -> tuple[TextSet, TextSet]:
     """(calibration part, held-out part) of a user's text set: every `HELDOUT_EVERY`-th record held out."""
     if len(ts.texts) < 2:
-        raise UserError(f"{ts.name}: {len(ts.texts)} record(s); give at least 2 (one is held out for the quality "
-                        f"gate), or set quantization.quality_gate.eval_dataset")
+        raise UserError(
+            f"{ts.name}: {len(ts.texts)} record(s); give at least 2 (one is held out for the quality "
+            f"gate), or set quantization.quality_gate.eval_dataset"
+        )
     held = [t for i, t in enumerate(ts.texts) if i % HELDOUT_EVERY == HELDOUT_EVERY - 1] or ts.texts[-1:]
     keep = [t for i, t in enumerate(ts.texts) if i % HELDOUT_EVERY != HELDOUT_EVERY - 1]
     if len(held) == 1 and len(keep) == len(ts.texts):
         keep = keep[:-1]
 
     def part(name: str, texts: list[str]) -> TextSet:
-        return TextSet(f"{ts.name} ({name})", texts, _digest([str(i) for i in range(len(texts))], texts), ts.files)
+        return TextSet(
+            f"{ts.name} ({name})", texts, _digest([str(i) for i in range(len(texts))], texts), ts.files
+        )
 
     return part("calibration", keep), part("held out", held)
 
@@ -161,8 +177,10 @@ def load_reference(calib_size: int, eval_samples: int) -> tuple[TextSet, TextSet
 
     import datasets  # noqa: F401  (ImportError: not installed)
 
-    offline = any(os.environ.get(k, "").lower() in ("1", "true", "yes")
-                  for k in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"))
+    offline = any(
+        os.environ.get(k, "").lower() in ("1", "true", "yes")
+        for k in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
+    )
     if offline:
         raise ConnectionError("HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set")
     try:  # fail in seconds on a host without network, instead of the hub client's retries
@@ -181,8 +199,14 @@ def load_reference(calib_size: int, eval_samples: int) -> tuple[TextSet, TextSet
     return take("train", calib_size), take("validation", eval_samples)
 
 
-def resolve_text_sources(dataset: str, eval_dataset: str | None, calib_size: int, eval_samples: int,
-                         base_dir: Path | None = None, reference=load_reference) -> TextSources:
+def resolve_text_sources(
+    dataset: str,
+    eval_dataset: str | None,
+    calib_size: int,
+    eval_samples: int,
+    base_dir: Path | None = None,
+    reference=load_reference,
+) -> TextSources:
     """Pick the calibration set (and, when `eval_dataset` is given, the evaluation set) of a build.
 
     `eval_dataset="auto"` takes held-out text of the same kind as the calibration set. `reference`
@@ -196,10 +220,14 @@ def resolve_text_sources(dataset: str, eval_dataset: str | None, calib_size: int
         except Exception as exc:  # noqa: BLE001 - any failure to load means: not available on this host
             why = f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
             if dataset == REFERENCE_DATASET:
-                raise UserError(f"calibration dataset {REFERENCE_DATASET} cannot be loaded here ({why}); use "
-                                f"--calib-data traffic.jsonl, or dataset: auto to fall back offline") from None
+                raise UserError(
+                    f"calibration dataset {REFERENCE_DATASET} cannot be loaded here ({why}); use "
+                    f"--calib-data traffic.jsonl, or dataset: auto to fall back offline"
+                ) from None
             calib = load_texts("builtin:stdlib", base_dir)
-            info.update(kind="builtin", used="builtin:stdlib", fallback=f"{REFERENCE_DATASET} not loadable: {why}")
+            info.update(
+                kind="builtin", used="builtin:stdlib", fallback=f"{REFERENCE_DATASET} not loadable: {why}"
+            )
     elif dataset.startswith("builtin:"):
         calib = load_texts(dataset, base_dir)
         info.update(kind="builtin", used=dataset)
@@ -250,9 +278,13 @@ def token_windows(tokenizer, texts: list[str], count: int, seq_len: int) -> list
             break
     n = min(count, len(ids) // seq_len)
     if n == 0:
-        raise UserError(f"the text set has {len(ids)} tokens, fewer than one window of {seq_len}; "
-                        f"lower calibration.seq_len or give more text")
-    return [torch.tensor(ids[i * seq_len:(i + 1) * seq_len], dtype=torch.long).unsqueeze(0) for i in range(n)]
+        raise UserError(
+            f"the text set has {len(ids)} tokens, fewer than one window of {seq_len}; "
+            f"lower calibration.seq_len or give more text"
+        )
+    return [
+        torch.tensor(ids[i * seq_len : (i + 1) * seq_len], dtype=torch.long).unsqueeze(0) for i in range(n)
+    ]
 
 
 # --------------------------------------------------------------------------------------- metrics
@@ -306,9 +338,15 @@ def compare(model, windows: list, ref: list, eval_dataset: str, method: str) -> 
             tokens += target.numel()
     ppl_ref, ppl_q = math.exp(nll_ref / tokens), math.exp(nll_q / tokens)
     return QualityFigures(
-        ppl_ref=round(ppl_ref, 4), ppl_quant=round(ppl_q, 4), ppl_increase=round(ppl_q / ppl_ref - 1, 6),
-        kl_divergence=round(max(0.0, kl / tokens), 6), top1_agreement=round(agree / tokens, 6),
-        tokens=tokens, windows=len(windows), eval_dataset=eval_dataset, method=method,
+        ppl_ref=round(ppl_ref, 4),
+        ppl_quant=round(ppl_q, 4),
+        ppl_increase=round(ppl_q / ppl_ref - 1, 6),
+        kl_divergence=round(max(0.0, kl / tokens), 6),
+        top1_agreement=round(agree / tokens, 6),
+        tokens=tokens,
+        windows=len(windows),
+        eval_dataset=eval_dataset,
+        method=method,
     )
 
 
@@ -318,10 +356,14 @@ def gate_failures(fig: QualityFigures, gate: dict[str, Any]) -> list[str]:
     if fig.kl_divergence > gate["max_kl_divergence"]:
         out.append(f"KL divergence {fig.kl_divergence:.4g} > max_kl_divergence {gate['max_kl_divergence']}")
     if fig.top1_agreement < gate["min_top1_agreement"]:
-        out.append(f"top-1 agreement {fig.top1_agreement:.4f} < min_top1_agreement {gate['min_top1_agreement']}")
+        out.append(
+            f"top-1 agreement {fig.top1_agreement:.4f} < min_top1_agreement {gate['min_top1_agreement']}"
+        )
     if fig.ppl_increase > gate["max_perplexity_increase"]:
-        out.append(f"perplexity +{fig.ppl_increase:.2%} > max_perplexity_increase "
-                   f"{gate['max_perplexity_increase']:.0%} ({fig.ppl_ref:.3f} -> {fig.ppl_quant:.3f})")
+        out.append(
+            f"perplexity +{fig.ppl_increase:.2%} > max_perplexity_increase "
+            f"{gate['max_perplexity_increase']:.0%} ({fig.ppl_ref:.3f} -> {fig.ppl_quant:.3f})"
+        )
     return out
 
 
@@ -343,7 +385,9 @@ def nvfp4_fake_quant(x, global_amax, block_size: int = 16):
     pad = (-flat.shape[-1]) % block_size
     if pad:
         flat = torch.nn.functional.pad(flat, (0, pad))
-    amax = global_amax.float().reshape(()) if torch.is_tensor(global_amax) else torch.tensor(float(global_amax))
+    amax = (
+        global_amax.float().reshape(()) if torch.is_tensor(global_amax) else torch.tensor(float(global_amax))
+    )
     if amax.item() == 0:
         return x
     sf2 = (amax / (E2M1_MAX * E4M3_MAX)).to(flat.device)

@@ -38,11 +38,22 @@ except ImportError:  # run as a plain script inside a container
 
     UserError = quality.UserError  # type: ignore[misc]
 
-EXPECTED_QUANT_ALGO = {"none": None, "fp8": "FP8", "int4_awq": "W4A16_AWQ", "int8_sq": "W8A8_SQ_PER_CHANNEL",
-                       "w4a8_awq": "W4A8_AWQ", "nvfp4": "NVFP4"}
+EXPECTED_QUANT_ALGO = {
+    "none": None,
+    "fp8": "FP8",
+    "int4_awq": "W4A16_AWQ",
+    "int8_sq": "W8A8_SQ_PER_CHANNEL",
+    "w4a8_awq": "W4A8_AWQ",
+    "nvfp4": "NVFP4",
+}
 EXPECTED_KV_ALGO = {None: None, "fp8": "FP8", "int8": "INT8", "nvfp4": "NVFP4"}
-MODELOPT_CONFIGS = {"fp8": "FP8_DEFAULT_CFG", "int4_awq": "INT4_AWQ_CFG", "int8_sq": "INT8_SMOOTHQUANT_CFG",
-                    "w4a8_awq": "W4A8_AWQ_BETA_CFG", "nvfp4": "NVFP4_DEFAULT_CFG"}
+MODELOPT_CONFIGS = {
+    "fp8": "FP8_DEFAULT_CFG",
+    "int4_awq": "INT4_AWQ_CFG",
+    "int8_sq": "INT8_SMOOTHQUANT_CFG",
+    "w4a8_awq": "W4A8_AWQ_BETA_CFG",
+    "nvfp4": "NVFP4_DEFAULT_CFG",
+}
 KV_CONFIGS = {"fp8": "FP8_KV_CFG", "nvfp4": "NVFP4_KV_CFG"}
 
 
@@ -137,7 +148,7 @@ def quant_cfg_entries(quant_cfg: dict | list) -> list[dict]:
         if isinstance(e, dict) and "quantizer_name" in e:
             out.append(copy.deepcopy(dict(e)))
         elif isinstance(e, dict) and len(e) == 1:  # legacy single-pair entry inside a list
-            (key, val), = e.items()
+            ((key, val),) = e.items()
             out += quant_cfg_entries({key: val})
         else:
             raise UserError(f"ModelOpt quant_cfg entry {e!r}: not a quantizer entry")
@@ -169,8 +180,12 @@ def dict_form(entries: list[dict]) -> dict:
 
 
 def _is_catch_all_off(e: dict) -> bool:
-    return e["quantizer_name"] == CATCH_ALL and not e.get("parent_class") and e.get("cfg") is None \
+    return (
+        e["quantizer_name"] == CATCH_ALL
+        and not e.get("parent_class")
+        and e.get("cfg") is None
         and e.get("enable") is False
+    )
 
 
 def _set_awq_block(entries: list[dict], block: int) -> None:
@@ -184,14 +199,19 @@ def _set_awq_block(entries: list[dict], block: int) -> None:
                 break
 
 
-def modelopt_config(qformat: str, kv_cache_dtype: str | None, awq_block_size: int = 128,
-                    presets: Mapping[str, dict] | None = None) -> dict:
+def modelopt_config(
+    qformat: str,
+    kv_cache_dtype: str | None,
+    awq_block_size: int = 128,
+    presets: Mapping[str, dict] | None = None,
+) -> dict:
     """The ModelOpt quantization config for a format, with KV-cache quantization appended.
 
     `presets` maps ModelOpt config names (FP8_DEFAULT_CFG, FP8_KV_CFG, ...) to their dicts; default:
     the installed ModelOpt's. The result has the form those presets have (dict form for ModelOpt
     0.37, list form for newer), so the installed `mtq.quantize` accepts it.
     """
+
     def preset(name: str) -> dict:
         if presets is not None:
             return presets[name]
@@ -213,7 +233,13 @@ def modelopt_config(qformat: str, kv_cache_dtype: str | None, awq_block_size: in
         if kv_cache_dtype in KV_CONFIGS:
             kv = quant_cfg_entries(preset(KV_CONFIGS[kv_cache_dtype])["quant_cfg"])
         elif kv_cache_dtype == "int8":
-            kv = [{"quantizer_name": "*[kv]_bmm_quantizer", "cfg": {"num_bits": 8, "axis": None}, "enable": True}]
+            kv = [
+                {
+                    "quantizer_name": "*[kv]_bmm_quantizer",
+                    "cfg": {"num_bits": 8, "axis": None},
+                    "enable": True,
+                }
+            ]
         else:
             raise UserError(f"unknown kv_cache_dtype {kv_cache_dtype!r}")
         # The KV presets carry their own "disable everything else" catch-all ("default" in 0.37's
@@ -241,17 +267,25 @@ class QuantizeMemory:
         return self.weights + self.activations
 
     def to_dict(self) -> dict:
-        return {"weights": self.weights, "activations": self.activations, "total": self.total,
-                "dtype_bytes": self.dtype_bytes}
+        return {
+            "weights": self.weights,
+            "activations": self.activations,
+            "total": self.total,
+            "dtype_bytes": self.dtype_bytes,
+        }
 
 
-def quantize_memory(total_params: int, hidden: int, intermediate: int, vocab: int, seq_len: int,
-                    dtype_bytes: int = 2) -> QuantizeMemory:
+def quantize_memory(
+    total_params: int, hidden: int, intermediate: int, vocab: int, seq_len: int, dtype_bytes: int = 2
+) -> QuantizeMemory:
     """Estimate: weights = params x 2 bytes (bf16); activations of one window of `seq_len` tokens =
     hidden-state and MLP buffers (8 x hidden + 3 x intermediate per token), fp32 logits and their
     log-softmax (2 x vocab x 4 per token), and a fake-quantized copy of the largest weight."""
-    acts = seq_len * (8 * hidden + 3 * intermediate) * dtype_bytes + seq_len * vocab * 8 \
+    acts = (
+        seq_len * (8 * hidden + 3 * intermediate) * dtype_bytes
+        + seq_len * vocab * 8
         + 2 * hidden * intermediate * dtype_bytes
+    )
     return QuantizeMemory(total_params * dtype_bytes, acts, dtype_bytes)
 
 
@@ -273,7 +307,8 @@ def load_plan(mem: QuantizeMemory, gpu_bytes: list[int], host_bytes: int, what: 
             f"{mem.activations / GIB:.1f} "
             f"GiB of calibration activations, more than this host's {len(gpu_bytes)} GPU(s) "
             f"({sum(gpu_bytes) / GIB:.1f} GiB) and {host_bytes / GIB:.1f} GiB of RAM can hold ({room / GIB:.1f} GiB "
-            f"usable); build on a host with {math.ceil((mem.total - room) / GIB)} GiB more GPU memory or RAM")
+            f"usable); build on a host with {math.ceil((mem.total - room) / GIB)} GiB more GPU memory or RAM"
+        )
     if not gpu_bytes:
         return {}
     max_memory: dict[int | str, int] = {i: b for i, b in enumerate(gpus)}
@@ -306,8 +341,9 @@ def _load_model(auto_cls, model_dir: str, dtype, **placement):
 
 def _checkpoint_memory(job: QuantizeJob) -> QuantizeMemory:
     if job.memory:
-        return QuantizeMemory(int(job.memory["weights"]), int(job.memory["activations"]),
-                              int(job.memory.get("dtype_bytes", 2)))
+        return QuantizeMemory(
+            int(job.memory["weights"]), int(job.memory["activations"]), int(job.memory.get("dtype_bytes", 2))
+        )
     files = [p for p in Path(job.model_dir).glob("*") if p.suffix in (".safetensors", ".bin")]
     return QuantizeMemory(sum(p.stat().st_size for p in files), 0)
 
@@ -332,7 +368,9 @@ def _device(job: QuantizeJob) -> str:
 HF_QUANT_CONFIG = "hf_quant_config.json"  # written by ModelOpt's export_hf_checkpoint beside config.json
 
 
-def check_exported_config(out_dir: Path, qformat: str, kv_cache_dtype: str | None, export_format: str = "trtllm") -> dict:
+def check_exported_config(
+    out_dir: Path, qformat: str, kv_cache_dtype: str | None, export_format: str = "trtllm"
+) -> dict:
     """Read the exported checkpoint's `quantization` section and check it says what was asked.
 
     TRT-LLM checkpoint: config.json's `quantization`; unified HF checkpoint: hf_quant_config.json's
@@ -355,7 +393,9 @@ def check_exported_config(out_dir: Path, qformat: str, kv_cache_dtype: str | Non
     return q
 
 
-def run_quantize(job: QuantizeJob, out_dir: Path, progress: Callable[[str], None] = lambda m: None) -> QuantizeResult:
+def run_quantize(
+    job: QuantizeJob, out_dir: Path, progress: Callable[[str], None] = lambda m: None
+) -> QuantizeResult:
     """Quantize (when a format is set), evaluate, and export a TRT-LLM checkpoint into `out_dir`."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -371,9 +411,13 @@ def run_quantize(job: QuantizeJob, out_dir: Path, progress: Callable[[str], None
         kwargs = load_plan(_checkpoint_memory(job), *host_memory(), what=job.model_dir)
         model = _load_model(AutoModelForCausalLM, job.model_dir, dtype, **kwargs).eval()
         dmap = getattr(model, "hf_device_map", None) or {}
-        placement = {"device_map": "auto", "max_memory": {str(k): v for k, v in kwargs["max_memory"].items()},
-                     "modules_per_device": {str(d): sum(1 for v in dmap.values() if v == d)
-                                            for d in sorted(set(dmap.values()), key=str)}}
+        placement = {
+            "device_map": "auto",
+            "max_memory": {str(k): v for k, v in kwargs["max_memory"].items()},
+            "modules_per_device": {
+                str(d): sum(1 for v in dmap.values() if v == d) for d in sorted(set(dmap.values()), key=str)
+            },
+        }
         device = "cuda"
     else:
         model = _load_model(AutoModelForCausalLM, job.model_dir, dtype).to(device).eval()
@@ -385,8 +429,17 @@ def run_quantize(job: QuantizeJob, out_dir: Path, progress: Callable[[str], None
     quantized = job.qformat != "none" or job.kv_cache_dtype is not None
     ref = eval_windows = None
     gate = job.gate if (job.gate and job.gate.get("enabled", True) and quantized) else None
-    texts = quality.resolve_text_sources(job.calib_dataset, gate["eval_dataset"] if gate else None, job.calib_size,
-                                         int(gate["eval_samples"]) if gate else 0, base) if quantized else None
+    texts = (
+        quality.resolve_text_sources(
+            job.calib_dataset,
+            gate["eval_dataset"] if gate else None,
+            job.calib_size,
+            int(gate["eval_samples"]) if gate else 0,
+            base,
+        )
+        if quantized
+        else None
+    )
     if gate and texts is not None and texts.eval is not None:
         t = time.time()
         heldout = texts.eval
@@ -402,8 +455,15 @@ def run_quantize(job: QuantizeJob, out_dir: Path, progress: Callable[[str], None
         t = time.time()
         calib = texts.calib
         windows = quality.token_windows(tokenizer, calib.texts, job.calib_size, seq_len)
-        calib_info = {"dataset": calib.name, "sha256": calib.sha256, "files": calib.files, "windows": len(windows),
-                      "seq_len": seq_len, "requested": job.calib_size, "source": job.calib_source or texts.info}
+        calib_info = {
+            "dataset": calib.name,
+            "sha256": calib.sha256,
+            "files": calib.files,
+            "windows": len(windows),
+            "seq_len": seq_len,
+            "requested": job.calib_size,
+            "source": job.calib_source or texts.info,
+        }
         cfg = modelopt_config(job.qformat, job.kv_cache_dtype, job.awq_block_size)
 
         def forward_loop(m) -> None:
@@ -412,8 +472,10 @@ def run_quantize(job: QuantizeJob, out_dir: Path, progress: Callable[[str], None
                 if (i + 1) % max(1, len(windows) // 4) == 0 or i + 1 == len(windows):
                     progress(f"calibrating {i + 1}/{len(windows)}")
 
-        progress(f"ModelOpt {job.qformat}{' + ' + job.kv_cache_dtype + ' KV' if job.kv_cache_dtype else ''}: "
-                 f"calibrating on {len(windows)} x {seq_len} tokens of {calib.name}")
+        progress(
+            f"ModelOpt {job.qformat}{' + ' + job.kv_cache_dtype + ' KV' if job.kv_cache_dtype else ''}: "
+            f"calibrating on {len(windows)} x {seq_len} tokens of {calib.name}"
+        )
         with torch.no_grad():
             model = mtq.quantize(model, cfg, forward_loop)
         timings["quantize"] = round(time.time() - t, 2)
@@ -437,8 +499,17 @@ def run_quantize(job: QuantizeJob, out_dir: Path, progress: Callable[[str], None
         timings["quality"] = round(time.time() - t, 2)
 
     if failures:  # no export: a checkpoint that failed its gate is never written
-        return QuantizeResult({}, calib_info, figures.to_dict() if figures else None, failures, timings, device, note,
-                              modelopt_version(), placement)
+        return QuantizeResult(
+            {},
+            calib_info,
+            figures.to_dict() if figures else None,
+            failures,
+            timings,
+            device,
+            note,
+            modelopt_version(),
+            placement,
+        )
 
     if getattr(model, "hf_device_map", None):
         # Offloaded weights back in place before export, as TensorRT-LLM's quantize_and_export does
@@ -455,22 +526,39 @@ def run_quantize(job: QuantizeJob, out_dir: Path, progress: Callable[[str], None
 
         progress(f"exporting TensorRT-LLM checkpoint (tp {job.tp}, pp {job.pp}, {job.export_dtype})")
         export_tensorrt_llm_checkpoint(
-            model, job.decoder_type, getattr(torch, job.export_dtype), export_dir=str(out_dir),
-            inference_tensor_parallel=job.tp, inference_pipeline_parallel=job.pp,
+            model,
+            job.decoder_type,
+            getattr(torch, job.export_dtype),
+            export_dir=str(out_dir),
+            inference_tensor_parallel=job.tp,
+            inference_pipeline_parallel=job.pp,
         )
     timings["export"] = round(time.time() - t, 2)
     section = check_exported_config(out_dir, job.qformat, job.kv_cache_dtype, job.export_format)
     timings["total"] = round(time.time() - t0, 2)
-    return QuantizeResult(section, calib_info, figures.to_dict() if figures else None, [], timings, device, note,
-                          modelopt_version(), placement)
+    return QuantizeResult(
+        section,
+        calib_info,
+        figures.to_dict() if figures else None,
+        [],
+        timings,
+        device,
+        note,
+        modelopt_version(),
+        placement,
+    )
 
 
-def export_hf(model, tokenizer, out_dir: Path, dtype, quantized: bool, progress: Callable[[str], None]) -> None:
+def export_hf(
+    model, tokenizer, out_dir: Path, dtype, quantized: bool, progress: Callable[[str], None]
+) -> None:
     """The unified HF checkpoint the PyTorch backend loads: ModelOpt's `export_hf_checkpoint` for a quantized
     model (https://nvidia.github.io/TensorRT-Model-Optimizer/ modelopt.torch.export.unified_export_hf), a plain
     `save_pretrained` in the export dtype otherwise; the tokenizer beside it (`tensorrt_llm.LLM(model=DIR)`
     reads the tokenizer from the checkpoint directory unless given another)."""
-    progress(f"exporting unified Hugging Face checkpoint ({'quantized' if quantized else 'unquantized'}, {dtype})")
+    progress(
+        f"exporting unified Hugging Face checkpoint ({'quantized' if quantized else 'unquantized'}, {dtype})"
+    )
     if quantized:
         from modelopt.torch.export import export_hf_checkpoint
 
@@ -478,7 +566,9 @@ def export_hf(model, tokenizer, out_dir: Path, dtype, quantized: bool, progress:
     else:
         model.to(dtype).save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
-    for f in out_dir.iterdir():  # shards may be written 0600 (temp files): a server in a container must read them
+    for (
+        f
+    ) in out_dir.iterdir():  # shards may be written 0600 (temp files): a server in a container must read them
         if f.is_file():
             f.chmod(0o644)
 
@@ -492,7 +582,9 @@ def main(argv: list[str] | None = None) -> int:
     job = QuantizeJob(**json.loads(Path(args[0]).read_text(encoding="utf-8")))
     out = Path(args[1])
     res = run_quantize(job, out, lambda m: print(f"[tritonforge quantize] {m}", file=sys.stderr, flush=True))
-    Path(args[0]).with_suffix(".result.json").write_text(json.dumps(res.to_dict(), indent=2), encoding="utf-8")
+    Path(args[0]).with_suffix(".result.json").write_text(
+        json.dumps(res.to_dict(), indent=2), encoding="utf-8"
+    )
     return 0
 
 

@@ -60,9 +60,11 @@ def rule_nvfp4_needs_blackwell(c: Ctx) -> Iterator[Problem]:
     q = c.tier.quantization
     if c.sm < 100 and (q.format == QuantFormat.nvfp4 or q.kv_cache_dtype == KvCacheDtype.nvfp4):
         what = "format nvfp4" if q.format == QuantFormat.nvfp4 else "kv_cache_dtype nvfp4"
-        yield c.error("nvfp4-needs-blackwell",
-                      f"{what} needs a Blackwell GPU (sm100+, e.g. B200); {c.plan.gpu.name} is sm{c.sm}: "
-                      f"use format fp8 (sm89+) or int4_awq, or gpu.type B200")
+        yield c.error(
+            "nvfp4-needs-blackwell",
+            f"{what} needs a Blackwell GPU (sm100+, e.g. B200); {c.plan.gpu.name} is sm{c.sm}: "
+            f"use format fp8 (sm89+) or int4_awq, or gpu.type B200",
+        )
 
 
 # Source: TensorRT-LLM docs/source/reference/precision.md hardware table (FP8 on Ada sm89, Hopper, Blackwell; not Ampere);
@@ -70,9 +72,11 @@ def rule_nvfp4_needs_blackwell(c: Ctx) -> Iterator[Problem]:
 def rule_fp8_needs_sm89(c: Ctx) -> Iterator[Problem]:
     fmt = c.tier.quantization.format
     if c.sm < 89 and fmt in (QuantFormat.fp8, QuantFormat.w4a8_awq):
-        yield c.error("fp8-needs-sm89",
-                      f"format {fmt.value} needs FP8 tensor cores (sm89+: L40S, H100, H200, B200); "
-                      f"{c.plan.gpu.name} is sm{c.sm}: use int4_awq or int8_sq, or a newer GPU")
+        yield c.error(
+            "fp8-needs-sm89",
+            f"format {fmt.value} needs FP8 tensor cores (sm89+: L40S, H100, H200, B200); "
+            f"{c.plan.gpu.name} is sm{c.sm}: use int4_awq or int8_sq, or a newer GPU",
+        )
 
 
 # Source: TensorRT-LLM tensorrt_llm/builder.py `build()`: on 100 <= SM < 120 it raises
@@ -84,14 +88,18 @@ def rule_int_weights_refused_on_blackwell(c: Ctx) -> Iterator[Problem]:
         return
     q = c.tier.quantization
     if q.format in (QuantFormat.int4_awq, QuantFormat.w4a8_awq, QuantFormat.int8_sq):
-        yield c.error("int-weights-refused-on-sm100",
-                      f"format {q.format.value} is refused by the TensorRT-LLM engine builder on "
-                      f"{c.plan.gpu.name} (sm{c.sm}: INT4/INT8 weight-only and SmoothQuant are not supported on "
-                      f"SM>=100): use nvfp4 (4-bit) or fp8")
+        yield c.error(
+            "int-weights-refused-on-sm100",
+            f"format {q.format.value} is refused by the TensorRT-LLM engine builder on "
+            f"{c.plan.gpu.name} (sm{c.sm}: INT4/INT8 weight-only and SmoothQuant are not supported on "
+            f"SM>=100): use nvfp4 (4-bit) or fp8",
+        )
     if q.kv_cache_dtype == KvCacheDtype.int8:
-        yield c.error("int-weights-refused-on-sm100",
-                      f"kv_cache_dtype int8 is refused by the engine builder on {c.plan.gpu.name} (sm{c.sm}): "
-                      f"use kv_cache_dtype fp8")
+        yield c.error(
+            "int-weights-refused-on-sm100",
+            f"kv_cache_dtype int8 is refused by the engine builder on {c.plan.gpu.name} (sm{c.sm}): "
+            f"use kv_cache_dtype fp8",
+        )
 
 
 # ---------------------------------------------------------------------------------- parallelism
@@ -103,15 +111,19 @@ def rule_tp_divides_heads(c: Ctx) -> Iterator[Problem]:
     s, tp = c.plan.shape, c.plan.tp
     if s.num_heads % tp or s.num_kv_heads % tp:
         ok = [n for n in range(1, s.num_kv_heads + 1) if s.num_heads % n == 0 and s.num_kv_heads % n == 0]
-        yield c.error("tp-divides-heads",
-                      f"parallelism.tp {tp} must divide the {s.num_heads} attention heads and {s.num_kv_heads} KV "
-                      f"heads of {c.plan.shape.architecture}: use tp {', '.join(map(str, ok))}")
+        yield c.error(
+            "tp-divides-heads",
+            f"parallelism.tp {tp} must divide the {s.num_heads} attention heads and {s.num_kv_heads} KV "
+            f"heads of {c.plan.shape.architecture}: use tp {', '.join(map(str, ok))}",
+        )
     if c.draft_config is not None and c.plan.draft is not None:
         d = c.plan.draft.shape
         if d.num_heads % tp or d.num_kv_heads % tp:
-            yield c.error("tp-divides-heads",
-                          f"the draft model ({d.num_heads} heads, {d.num_kv_heads} KV heads) is built with the "
-                          f"target's tp {tp}, which must divide its heads: use a tp that divides both models' heads")
+            yield c.error(
+                "tp-divides-heads",
+                f"the draft model ({d.num_heads} heads, {d.num_kv_heads} KV heads) is built with the "
+                f"target's tp {tp}, which must divide its heads: use a tp that divides both models' heads",
+            )
 
 
 # Source: TensorRT-LLM tensorrt_llm/mapping.py (world_size = tp_size * pp_size); tensorrtllm_backend issues 564, 576
@@ -119,16 +131,21 @@ def rule_tp_divides_heads(c: Ctx) -> Iterator[Problem]:
 def rule_world_size_fits_gpus(c: Ctx) -> Iterator[Problem]:
     world, count = c.plan.world_size, c.tier.gpu.count
     if world > count:
-        yield c.error("world-size",
-                      f"tp x pp = {c.plan.tp} x {c.plan.pp} = {world} GPUs but gpu.count is {count}: "
-                      f"set gpu.count: {world} or lower parallelism")
+        yield c.error(
+            "world-size",
+            f"tp x pp = {c.plan.tp} x {c.plan.pp} = {world} GPUs but gpu.count is {count}: "
+            f"set gpu.count: {world} or lower parallelism",
+        )
     elif count % world:
-        yield c.warning("world-size",
-                        f"gpu.count {count} is not a multiple of tp x pp = {world}: "
-                        f"{count % world} GPU(s) would stay idle")
+        yield c.warning(
+            "world-size",
+            f"gpu.count {count} is not a multiple of tp x pp = {world}: "
+            f"{count % world} GPU(s) would stay idle",
+        )
     elif count > world:
-        yield c.warning("world-size",
-                        f"gpu.count {count} > tp x pp = {world}: the plan assumes {count // world} replicas")
+        yield c.warning(
+            "world-size", f"gpu.count {count} > tp x pp = {world}: the plan assumes {count // world} replicas"
+        )
 
 
 # ---------------------------------------------------------------------------------------- KV cache
@@ -143,14 +160,22 @@ def rule_block_reuse_needs_paged_context_fmha(c: Ctx) -> Iterator[Problem]:
     if not kvc.block_reuse:
         return
     if not kvc.paged:
-        yield c.error("block-reuse", "kv_cache.block_reuse needs a paged KV cache: set kv_cache.paged: true "
-                                     "or kv_cache.block_reuse: false")
+        yield c.error(
+            "block-reuse",
+            "kv_cache.block_reuse needs a paged KV cache: set kv_cache.paged: true "
+            "or kv_cache.block_reuse: false",
+        )
     elif not e.paged_context_fmha:
-        fix = ("use kv_cache_dtype fp8 (or auto)" if c.tier.quantization.kv_cache_dtype == KvCacheDtype.int8
-               else "use kv_cache_dtype auto, or an fp8/w4a8_awq/nvfp4 format on sm89+")
-        yield c.error("block-reuse",
-                      f"kv_cache.block_reuse needs paged context FMHA, but {e.paged_context_fmha_off_reason}: "
-                      f"{fix}, or set kv_cache.block_reuse: false")
+        fix = (
+            "use kv_cache_dtype fp8 (or auto)"
+            if c.tier.quantization.kv_cache_dtype == KvCacheDtype.int8
+            else "use kv_cache_dtype auto, or an fp8/w4a8_awq/nvfp4 format on sm89+"
+        )
+        yield c.error(
+            "block-reuse",
+            f"kv_cache.block_reuse needs paged context FMHA, but {e.paged_context_fmha_off_reason}: "
+            f"{fix}, or set kv_cache.block_reuse: false",
+        )
 
 
 # --------------------------------------------------------------------------------------- draft
@@ -162,13 +187,17 @@ def rule_draft_paged_context_fmha(c: Ctx) -> Iterator[Problem]:
     d = c.plan.draft
     if d is None:
         return
-    for who, e, fmt in (("target", c.plan.engine, c.tier.quantization.format),
-                        ("draft", d.engine, c.tier.draft.quantization.format)):
+    for who, e, fmt in (
+        ("target", c.plan.engine, c.tier.quantization.format),
+        ("draft", d.engine, c.tier.draft.quantization.format),
+    ):
         if not e.paged_context_fmha:
-            yield c.error("draft-paged-context-fmha",
-                          f"draft-target speculation needs paged context FMHA on both engines, but on the {who} "
-                          f"({fmt.value}) {e.paged_context_fmha_off_reason}: use kv_cache_dtype auto or fp8 with "
-                          f"fp8 weights")
+            yield c.error(
+                "draft-paged-context-fmha",
+                f"draft-target speculation needs paged context FMHA on both engines, but on the {who} "
+                f"({fmt.value}) {e.paged_context_fmha_off_reason}: use kv_cache_dtype auto or fp8 with "
+                f"fp8 weights",
+            )
 
 
 # Source: https://github.com/NVIDIA/TensorRT-LLM/blob/release/1.2/examples/draft_target_model/README.md
@@ -179,17 +208,23 @@ def rule_draft_target_flags(c: Ctx) -> Iterator[Problem]:
         return
     argv = c.plan.engine.argv
     k = c.tier.draft.num_draft_tokens
-    has_mode = "--speculative_decoding_mode" in argv and \
-        argv[argv.index("--speculative_decoding_mode") + 1] == "draft_tokens_external"
+    has_mode = (
+        "--speculative_decoding_mode" in argv
+        and argv[argv.index("--speculative_decoding_mode") + 1] == "draft_tokens_external"
+    )
     has_len = "--max_draft_len" in argv and argv[argv.index("--max_draft_len") + 1] == str(k)
     if not (has_mode and has_len):
-        yield c.error("draft-target-flags",
-                      f"the target engine must be built with --speculative_decoding_mode draft_tokens_external "
-                      f"--max_draft_len {k} (draft.num_draft_tokens); its planned command lacks them")
+        yield c.error(
+            "draft-target-flags",
+            f"the target engine must be built with --speculative_decoding_mode draft_tokens_external "
+            f"--max_draft_len {k} (draft.num_draft_tokens); its planned command lacks them",
+        )
     if c.plan.engine.max_num_tokens < c.tier.limits.max_batch_size * (k + 1):
-        yield c.error("draft-target-flags",
-                      f"the target's max_num_tokens must be at least max_batch_size x (K+1) = "
-                      f"{c.tier.limits.max_batch_size * (k + 1)}")
+        yield c.error(
+            "draft-target-flags",
+            f"the target's max_num_tokens must be at least max_batch_size x (K+1) = "
+            f"{c.tier.limits.max_batch_size * (k + 1)}",
+        )
 
 
 # Source: https://github.com/NVIDIA/TensorRT-LLM/blob/release/1.2/examples/draft_target_model/README.md (no beam search); the BLS speculation loop is greedy.
@@ -199,9 +234,11 @@ def rule_draft_no_beam_search(c: Ctx) -> Iterator[Problem]:
         return
     for who, e in (("target", c.plan.engine), ("draft", d.engine)):
         if e.max_beam_width != 1:
-            yield c.error("draft-no-beam-search",
-                          f"draft-target speculation does not support beam search; the {who} engine has "
-                          f"max_beam_width {e.max_beam_width}: build it with max_beam_width 1")
+            yield c.error(
+                "draft-no-beam-search",
+                f"draft-target speculation does not support beam search; the {who} engine has "
+                f"max_beam_width {e.max_beam_width}: build it with max_beam_width 1",
+            )
 
 
 # Source: draft tokens are token ids fed to the target (`draft_input_ids`), so both models must share
@@ -211,17 +248,21 @@ def rule_draft_same_vocabulary(c: Ctx) -> Iterator[Problem]:
         return
     tv, dv = c.plan.shape.vocab_size, c.plan.draft.shape.vocab_size
     if tv != dv:
-        yield c.error("draft-vocabulary",
-                      f"the draft model {c.tier.draft.model} has vocab_size {dv}, the target {tv}: draft tokens "
-                      f"are target token ids, so use a draft from the same family (same tokenizer)")
+        yield c.error(
+            "draft-vocabulary",
+            f"the draft model {c.tier.draft.model} has vocab_size {dv}, the target {tv}: draft tokens "
+            f"are target token ids, so use a draft from the same family (same tokenizer)",
+        )
 
 
 # Source: the draft-target README's Triton workflow (https://github.com/NVIDIA/TensorRT-LLM/blob/release/1.2/examples/draft_target_model/README.md):
 # both models are served with enable_kv_cache_reuse: true.
 def rule_draft_needs_block_reuse(c: Ctx) -> Iterator[Problem]:
     if c.plan.draft is not None and not c.tier.kv_cache.block_reuse:
-        yield c.error("draft-needs-block-reuse",
-                      "draft-target speculation needs KV block reuse at runtime: set kv_cache.block_reuse: true")
+        yield c.error(
+            "draft-needs-block-reuse",
+            "draft-target speculation needs KV block reuse at runtime: set kv_cache.block_reuse: true",
+        )
 
 
 # Source: https://github.com/NVIDIA/TensorRT-LLM/blob/release/1.2/examples/draft_target_model/README.md ("Support Matrix": FP16/BF16/FP8).
@@ -231,8 +272,10 @@ def rule_draft_precision(c: Ctx) -> Iterator[Problem]:
     listed = (QuantFormat.none, QuantFormat.fp8)
     for who, fmt in (("target", c.tier.quantization.format), ("draft", c.tier.draft.quantization.format)):
         if fmt not in listed:
-            yield c.warning("draft-precision",
-                            f"the {who} is {fmt.value}; draft-target speculation is documented for FP16/BF16/FP8")
+            yield c.warning(
+                "draft-precision",
+                f"the {who} is {fmt.value}; draft-target speculation is documented for FP16/BF16/FP8",
+            )
 
 
 # Source: github.com/triton-inference-server/tensorrtllm_backend issues 303 and 456 (KV-cache OOM: two
@@ -243,11 +286,13 @@ def rule_two_engine_fractions(c: Ctx) -> Iterator[Problem]:
         return
     total = c.plan.memory.kv_fraction + d.memory.kv_fraction
     if total > TWO_ENGINE_FRACTION_LIMIT + 1e-9:
-        yield c.error("two-engine-fractions",
-                      f"target and draft share the GPU: kv_cache.free_gpu_mem_fraction {c.plan.memory.kv_fraction} + "
-                      f"draft.kv_cache_free_gpu_mem_fraction {d.memory.kv_fraction} = {total:.2f} > "
-                      f"{TWO_ENGINE_FRACTION_LIMIT}: lower them, or leave the draft's unset so the planner splits "
-                      f"{c.tier.kv_cache.free_gpu_mem_fraction} between the two")
+        yield c.error(
+            "two-engine-fractions",
+            f"target and draft share the GPU: kv_cache.free_gpu_mem_fraction {c.plan.memory.kv_fraction} + "
+            f"draft.kv_cache_free_gpu_mem_fraction {d.memory.kv_fraction} = {total:.2f} > "
+            f"{TWO_ENGINE_FRACTION_LIMIT}: lower them, or leave the draft's unset so the planner splits "
+            f"{c.tier.kv_cache.free_gpu_mem_fraction} between the two",
+        )
 
 
 # ------------------------------------------------------------------------------------------ fit
@@ -263,14 +308,18 @@ def rule_must_fit(c: Ctx) -> Iterator[Problem]:
     for label, mem, seq in engines:
         if mem.fits:
             continue
-        per_gpu = (f"weights {_gib(mem.weights)} + activations {_gib(mem.activations)}"
-                   + (f" + other engine {_gib(mem.other_engine)}" if mem.other_engine else "")
-                   + f" of {_gib(mem.gpu_memory)} on {c.plan.gpu.name}")
-        yield c.error("must-fit",
-                      f"does not fit{label}: KV for one {seq}-token sequence needs "
-                      f"{_gib(mem.blocks_per_sequence * mem.tokens_per_block * mem.kv_bytes_per_token)} in the "
-                      f"pool; short by {_gib(mem.shortfall_bytes)} per GPU ({per_gpu}): raise parallelism.tp, "
-                      f"use a smaller format or kv_cache_dtype fp8, or lower limits")
+        per_gpu = (
+            f"weights {_gib(mem.weights)} + activations {_gib(mem.activations)}"
+            + (f" + other engine {_gib(mem.other_engine)}" if mem.other_engine else "")
+            + f" of {_gib(mem.gpu_memory)} on {c.plan.gpu.name}"
+        )
+        yield c.error(
+            "must-fit",
+            f"does not fit{label}: KV for one {seq}-token sequence needs "
+            f"{_gib(mem.blocks_per_sequence * mem.tokens_per_block * mem.kv_bytes_per_token)} in the "
+            f"pool; short by {_gib(mem.shortfall_bytes)} per GPU ({per_gpu}): raise parallelism.tp, "
+            f"use a smaller format or kv_cache_dtype fp8, or lower limits",
+        )
 
 
 # ------------------------------------------------------------------------------------- warnings
@@ -279,7 +328,9 @@ def rule_must_fit(c: Ctx) -> Iterator[Problem]:
 # Source: TensorRT-LLM builder.py `_init_max_seq_len` only warns ("max_seq_len ... is larger than
 # max_position_embeddings ... the model accuracy might be affected"); positions past the trained (or
 # rope-scaled) context are not what the model was made for, so tritonforge refuses them.
-def positions_problems(tier: Tier, target_config: dict | None, draft_config: dict | None) -> Iterator[Problem]:
+def positions_problems(
+    tier: Tier, target_config: dict | None, draft_config: dict | None
+) -> Iterator[Problem]:
     """The tier's max_input_len + max_output_len against the context length of its model and draft."""
     seq = tier.limits.max_seq_len
     models = [("model", tier.model, target_config)]
@@ -290,10 +341,14 @@ def positions_problems(tier: Tier, target_config: dict | None, draft_config: dic
             continue
         limit, what = context_length(cfg)
         if seq > limit:
-            yield Problem("error", tier.name, "max-seq-len",
-                          f"tier {tier.name}: limits.max_input_len + max_output_len = {tier.limits.max_input_len} + "
-                          f"{tier.limits.max_output_len} = {seq} is more than the {who} {ref}'s context length "
-                          f"({what}): lower them so they add up to at most {limit}")
+            yield Problem(
+                "error",
+                tier.name,
+                "max-seq-len",
+                f"tier {tier.name}: limits.max_input_len + max_output_len = {tier.limits.max_input_len} + "
+                f"{tier.limits.max_output_len} = {seq} is more than the {who} {ref}'s context length "
+                f"({what}): lower them so they add up to at most {limit}",
+            )
 
 
 def rule_seq_len_within_positions(c: Ctx) -> Iterator[Problem]:
@@ -304,9 +359,11 @@ def rule_seq_len_within_positions(c: Ctx) -> Iterator[Problem]:
 # follows the Llama/Mistral/Qwen2 layout.
 def rule_model_family(c: Ctx) -> Iterator[Problem]:
     if c.plan.shape.model_type not in SUPPORTED_MODEL_TYPES:
-        yield c.warning("model-family",
-                        f"model_type {c.plan.shape.model_type!r} is not one of {', '.join(SUPPORTED_MODEL_TYPES)}; "
-                        f"the memory plan assumes a Llama-style layout")
+        yield c.warning(
+            "model-family",
+            f"model_type {c.plan.shape.model_type!r} is not one of {', '.join(SUPPORTED_MODEL_TYPES)}; "
+            f"the memory plan assumes a Llama-style layout",
+        )
 
 
 GPU_RULES: tuple[Rule, ...] = (
@@ -325,8 +382,12 @@ GPU_RULES: tuple[Rule, ...] = (
 )
 # A cpu-reference tier stands in for the engine its spec describes, so its GPU target must fit too:
 # `plan` never prints DOES NOT FIT and exits 0.
-ANY_RUNTIME_RULES: tuple[Rule, ...] = (rule_draft_same_vocabulary, rule_model_family, rule_must_fit,
-                                       rule_seq_len_within_positions)
+ANY_RUNTIME_RULES: tuple[Rule, ...] = (
+    rule_draft_same_vocabulary,
+    rule_model_family,
+    rule_must_fit,
+    rule_seq_len_within_positions,
+)
 
 
 # ------------------------------------------------------------------------- trtllm-pytorch (LLM API)
@@ -337,9 +398,11 @@ ANY_RUNTIME_RULES: tuple[Rule, ...] = (rule_draft_same_vocabulary, rule_model_fa
 # free_gpu_memory_fraction, dtype and max_tokens, so another block size would silently not apply.
 def rule_pytorch_tokens_per_block(c: Ctx) -> Iterator[Problem]:
     if c.tier.kv_cache.tokens_per_block != 32:
-        yield c.warning("pytorch-tokens-per-block",
-                        f"kv_cache.tokens_per_block {c.tier.kv_cache.tokens_per_block} is not passed to the LLM API "
-                        f"(the PyTorch backend uses its own block size); remove it or use runtime trtllm-engine")
+        yield c.warning(
+            "pytorch-tokens-per-block",
+            f"kv_cache.tokens_per_block {c.tier.kv_cache.tokens_per_block} is not passed to the LLM API "
+            f"(the PyTorch backend uses its own block size); remove it or use runtime trtllm-engine",
+        )
 
 
 # Same hardware facts as the engine flow: FP8 tensor cores from sm89; tensor parallelism splits the
@@ -354,11 +417,14 @@ PYTORCH_RULES: tuple[Rule, ...] = (
 )
 
 
-def check_tier(tier: Tier, plan: TierPlan, draft_config: dict | None = None,
-               target_config: dict | None = None) -> list[Problem]:
+def check_tier(
+    tier: Tier, plan: TierPlan, draft_config: dict | None = None, target_config: dict | None = None
+) -> list[Problem]:
     """All problems of one tier (GPU rules per target: trtllm-engine, trtllm-pytorch)."""
     c = Ctx(tier, plan, target_config, draft_config)
-    target_rules = {Runtime.trtllm_engine: GPU_RULES, Runtime.trtllm_pytorch: PYTORCH_RULES}.get(tier.runtime, ())
+    target_rules = {Runtime.trtllm_engine: GPU_RULES, Runtime.trtllm_pytorch: PYTORCH_RULES}.get(
+        tier.runtime, ()
+    )
     rules = ANY_RUNTIME_RULES + target_rules
     return [p for rule in rules for p in rule(c)]
 
@@ -381,20 +447,28 @@ def rule_trtllm_version_has_engines(spec: DeploymentSpec, installed: str | None 
         return
     target = spec.triton.trtllm_version
     if parse_version(target) > MAX_ENGINE_TRTLLM:
-        yield Problem("error", "", "trtllm-version",
-                      f"triton.trtllm_version {target}: TensorRT-LLM after 1.2 has no TensorRT-engine flow "
-                      f"(no trtllm-build, no C++ tensorrtllm backend), so tier(s) {', '.join(engine_tiers)} cannot "
-                      f"be built as engines; target 1.2.x or earlier, or serve the ModelOpt-quantized HF checkpoint "
-                      f"with the PyTorch backend instead")
+        yield Problem(
+            "error",
+            "",
+            "trtllm-version",
+            f"triton.trtllm_version {target}: TensorRT-LLM after 1.2 has no TensorRT-engine flow "
+            f"(no trtllm-build, no C++ tensorrtllm backend), so tier(s) {', '.join(engine_tiers)} cannot "
+            f"be built as engines; target 1.2.x or earlier, or serve the ModelOpt-quantized HF checkpoint "
+            f"with the PyTorch backend instead",
+        )
     else:
         # The container must ship the TensorRT-LLM the engines are built with (Triton's trtllm-python-py3
         # compatibility matrix: https://github.com/triton-inference-server/server docs/introduction/compatibility.md).
         for message in versions.version_problems(spec.triton.image, target):
             yield Problem("error", "", "trtllm-image", message)
     if installed and parse_version(installed) != parse_version(target):
-        yield Problem("warning", "", "trtllm-version",
-                      f"TensorRT-LLM {installed} is installed but the spec targets {target}; engines only load in "
-                      f"the version that built them: set triton.trtllm_version: {installed} or use --docker")
+        yield Problem(
+            "warning",
+            "",
+            "trtllm-version",
+            f"TensorRT-LLM {installed} is installed but the spec targets {target}; engines only load in "
+            f"the version that built them: set triton.trtllm_version: {installed} or use --docker",
+        )
 
 
 # Source: the LLM API arguments tritonforge writes (cuda_graph_config, speculative_model_dir, ...) are those of
@@ -409,18 +483,26 @@ def rule_pytorch_version(spec: DeploymentSpec) -> Iterator[Problem]:
         return
     target = spec.triton.trtllm_version
     if parse_version(target) < MIN_PYTORCH_TRTLLM:
-        yield Problem("error", "", "trtllm-pytorch-version",
-                      f"triton.trtllm_version {target}: runtime trtllm-pytorch (tier(s) {', '.join(tiers)}) needs "
-                      f"TensorRT-LLM 1.0 or newer (its LLM API); set triton.trtllm_version: {versions.TRTLLM_VERSION} "
-                      f"and triton.image: {versions.TRITON_IMAGE}")
+        yield Problem(
+            "error",
+            "",
+            "trtllm-pytorch-version",
+            f"triton.trtllm_version {target}: runtime trtllm-pytorch (tier(s) {', '.join(tiers)}) needs "
+            f"TensorRT-LLM 1.0 or newer (its LLM API); set triton.trtllm_version: {versions.TRTLLM_VERSION} "
+            f"and triton.image: {versions.TRITON_IMAGE}",
+        )
         return
     shipped = versions.image_trtllm(spec.triton.image)
     if shipped is not None and release(shipped) != release(target):
         fits = versions.images_for(target)
         fix = f"set triton.image: {fits[0]}" if fits else f"set triton.trtllm_version: {shipped}"
-        yield Problem("error", "", "trtllm-image",
-                      f"triton.image {spec.triton.image} ships TensorRT-LLM {shipped} but triton.trtllm_version is "
-                      f"{target}, which the LLM API arguments are written for: {fix}")
+        yield Problem(
+            "error",
+            "",
+            "trtllm-image",
+            f"triton.image {spec.triton.image} ships TensorRT-LLM {shipped} but triton.trtllm_version is "
+            f"{target}, which the LLM API arguments are written for: {fix}",
+        )
 
 
 # Source: TensorRT-LLM's quick-start recipe for Llama-3.3-70B ("NVFP4 is only supported on NVIDIA Blackwell")
@@ -432,8 +514,11 @@ def rule_pytorch_nvfp4(spec: DeploymentSpec) -> Iterator[Problem]:
     rel = parse_version(spec.triton.trtllm_version)
     for t in spec.tiers:
         q = t.quantization
-        if t.runtime != Runtime.trtllm_pytorch or QuantFormat.nvfp4 not in (q.format,) and \
-                q.kv_cache_dtype != KvCacheDtype.nvfp4:
+        if (
+            t.runtime != Runtime.trtllm_pytorch
+            or QuantFormat.nvfp4 not in (q.format,)
+            and q.kv_cache_dtype != KvCacheDtype.nvfp4
+        ):
             continue
         try:
             gpu = get_gpu(t.gpu.type)
@@ -442,14 +527,21 @@ def rule_pytorch_nvfp4(spec: DeploymentSpec) -> Iterator[Problem]:
         if gpu.sm >= 100 or (gpu.sm >= 90 and rel >= (1, 3)):
             continue
         hopper = " or TensorRT-LLM 1.3+ on Hopper (Marlin)" if gpu.sm >= 90 else ""
-        yield Problem("error", t.name, "nvfp4-needs-blackwell",
-                      f"tier {t.name}: nvfp4 on the PyTorch backend needs a Blackwell GPU (sm100+){hopper}; "
-                      f"{gpu.name} is sm{gpu.sm}: use format fp8, or gpu.type B200")
+        yield Problem(
+            "error",
+            t.name,
+            "nvfp4-needs-blackwell",
+            f"tier {t.name}: nvfp4 on the PyTorch backend needs a Blackwell GPU (sm100+){hopper}; "
+            f"{gpu.name} is sm{gpu.sm}: use format fp8, or gpu.type B200",
+        )
 
 
 def check_deployment(spec: DeploymentSpec, installed_trtllm: str | None = None) -> list[Problem]:
-    return [*rule_trtllm_version_has_engines(spec, installed_trtllm), *rule_pytorch_version(spec),
-            *rule_pytorch_nvfp4(spec)]
+    return [
+        *rule_trtllm_version_has_engines(spec, installed_trtllm),
+        *rule_pytorch_version(spec),
+        *rule_pytorch_nvfp4(spec),
+    ]
 
 
 def check_model_limits(spec: DeploymentSpec) -> list[Problem]:

@@ -41,8 +41,9 @@ class Strict(BaseModel):
     (enum fields opt out: YAML gives them as strings). Infinity and NaN are refused.
     """
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, defer_build=True, strict=True,
-                              allow_inf_nan=False)
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, defer_build=True, strict=True, allow_inf_nan=False
+    )
 
 
 class Runtime(str, Enum):
@@ -119,15 +120,18 @@ class Limits(Strict):
     max_batch_size: int = Field(8, ge=1, le=4096)
     max_input_len: int = Field(1024, ge=1, le=INT32_MAX)
     max_output_len: int = Field(256, ge=1, le=INT32_MAX)
-    max_num_tokens: int | None = Field(None, ge=1, le=INT32_MAX,
-                                       description="default: max_batch_size x 256, at least max_input_len")
+    max_num_tokens: int | None = Field(
+        None, ge=1, le=INT32_MAX, description="default: max_batch_size x 256, at least max_input_len"
+    )
 
     @model_validator(mode="after")
     def _seq_len_is_int32(self) -> Limits:
         # trtllm-build gets --max_seq_len = max_input_len + max_output_len, an int32.
         if self.max_seq_len > INT32_MAX:
-            raise ValueError(f"max_input_len + max_output_len = {self.max_seq_len} is above {INT32_MAX}; "
-                             f"use the model's context length (its config.json max_position_embeddings) at most")
+            raise ValueError(
+                f"max_input_len + max_output_len = {self.max_seq_len} is above {INT32_MAX}; "
+                f"use the model's context length (its config.json max_position_embeddings) at most"
+            )
         return self
 
     @property
@@ -165,8 +169,13 @@ class Draft(Strict):
     kv_cache_free_gpu_mem_fraction: float | None = Field(None, gt=0, le=0.95)
     # A planning figure: left out of dumps (spec hash, rendered repository), like `deploy`.
     acceptance_rate: float | None = Field(
-        None, ge=0, le=1, exclude=True, description="`plan` only: probability the target accepts each drafted token "
-        "(per-token alpha of Leviathan et al. 2023); default: measured on the CPU reference runtime")
+        None,
+        ge=0,
+        le=1,
+        exclude=True,
+        description="`plan` only: probability the target accepts each drafted token "
+        "(per-token alpha of Leviathan et al. 2023); default: measured on the CPU reference runtime",
+    )
 
 
 class Serving(Strict):
@@ -183,15 +192,20 @@ class Serving(Strict):
     enable_chunked_context: bool = False
     cpu_threads: int | None = Field(None, ge=1, le=4096, description="cpu-reference only: torch threads")
     stream_interval: int = Field(
-        1, ge=1, le=256,
+        1,
+        ge=1,
+        le=256,
         description="cpu-reference only: streamed responses carry this many new tokens (the first token alone, "
-                    "at once); fewer responses per stream, the same text")
+        "at once); fewer responses per stream, the same text",
+    )
 
 
 class CudaGraphConfig(Strict):
     """`cuda_graph_config` of TensorRT-LLM's LLM API (CudaGraphConfig): CUDA graphs for decode batches."""
 
-    max_batch_size: int | None = Field(None, ge=1, le=4096, description="largest batch captured; default: LLM API's")
+    max_batch_size: int | None = Field(
+        None, ge=1, le=4096, description="largest batch captured; default: LLM API's"
+    )
     enable_padding: bool = False
 
 
@@ -199,7 +213,8 @@ class PyTorchBackend(Strict):
     """trtllm-pytorch only: LLM API (TorchLlmArgs) options, under their LLM API names."""
 
     cuda_graph_config: CudaGraphConfig | None = Field(
-        default_factory=CudaGraphConfig, description="null turns CUDA graphs off")
+        default_factory=CudaGraphConfig, description="null turns CUDA graphs off"
+    )
     disable_overlap_scheduler: bool = False
     attn_backend: Literal["TRTLLM", "FLASHINFER", "VANILLA"] = "TRTLLM"
 
@@ -217,7 +232,9 @@ class Tier(Strict):
     gpu: GpuTarget = GpuTarget()
     draft: Draft | None = None
     serving: Serving = Serving()
-    engine_dir: str | None = Field(None, description="trtllm-engine: where the engine is (default from build)")
+    engine_dir: str | None = Field(
+        None, description="trtllm-engine: where the engine is (default from build)"
+    )
     pytorch: PyTorchBackend | None = Field(None, description="trtllm-pytorch only: LLM API options")
 
     @field_validator("model")
@@ -251,7 +268,17 @@ class RouterRule(Strict):
     max_prompt_tokens: int = Field(64, ge=1, le=INT32_MAX)
     max_requested_tokens: int = Field(128, ge=1, le=INT32_MAX)
     complex_markers: list[str] = Field(
-        default_factory=lambda: ["```", "def ", "class ", "prove", "derive", "step by step", "explain why", "=", "∫"]
+        default_factory=lambda: [
+            "```",
+            "def ",
+            "class ",
+            "prove",
+            "derive",
+            "step by step",
+            "explain why",
+            "=",
+            "∫",
+        ]
     )
 
 
@@ -260,7 +287,9 @@ class RemoteTier(Strict):
     kind: Literal["triton", "openai"] = "triton"
     url: str
     model: str
-    api_key_env: str | None = Field(None, description="environment variable holding the API key (never stored)")
+    api_key_env: str | None = Field(
+        None, description="environment variable holding the API key (never stored)"
+    )
     timeout_s: float = Field(30.0, gt=0)
 
     @field_validator("url")
@@ -303,8 +332,9 @@ class Cache(Strict):
     expected_hit_rate: float | None = Field(None, ge=0, lt=1, exclude=True)
     embedding_model: str = "builtin:all-minilm-l6-v2"
     hmac_key_env: str | None = Field(
-        None, description="environment variable holding the key that signs Redis entries (HMAC-SHA256; "
-        "unsigned or forged entries are never served). Its NAME, never the key"
+        None,
+        description="environment variable holding the key that signs Redis entries (HMAC-SHA256; "
+        "unsigned or forged entries are never served). Its NAME, never the key",
     )
 
     @field_validator("hmac_key_env")
@@ -316,7 +346,9 @@ class Cache(Strict):
 class TritonSettings(Strict):
     entry_model: str = Field("llm", pattern=NAME_PATTERN)
     image: str = versions.TRITON_IMAGE
-    trtllm_version: str = Field(versions.TRTLLM_VERSION, description="TensorRT-LLM the deployment targets (<= 1.2 has engines)")
+    trtllm_version: str = Field(
+        versions.TRTLLM_VERSION, description="TensorRT-LLM the deployment targets (<= 1.2 has engines)"
+    )
     shm_size: str = "2g"
 
 
@@ -357,13 +389,20 @@ class Deploy(Strict):
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)
     storage_class: str | None = Field(None, pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
-    storage_size: str | None = Field(None, pattern=K8S_QUANTITY, description="model store PVC; default by runtime")
-    image: str | None = Field(None, pattern=r"^[A-Za-z0-9][^\s]*$",
-                              description="serving image; default: the generated Dockerfile's, tagged by spec hash")
+    storage_size: str | None = Field(
+        None, pattern=K8S_QUANTITY, description="model store PVC; default by runtime"
+    )
+    image: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][^\s]*$",
+        description="serving image; default: the generated Dockerfile's, tagged by spec hash",
+    )
     gpus_per_node: int = Field(8, ge=1, le=16)
     multi_node: bool = Field(True, description="a replica needing more GPUs than one node: a LeaderWorkerSet")
     redis_url: str | None = Field(None, description="external Redis; default: an in-cluster StatefulSet")
-    checkpoints_claim: str | None = Field(None, description="existing PVC with the HF checkpoints (build Job only)")
+    checkpoints_claim: str | None = Field(
+        None, description="existing PVC with the HF checkpoints (build Job only)"
+    )
     checkpoints_path: str = Field("/models", pattern=r"^/[^\s]*$")
     loadtest_workers: int = Field(2, ge=0, le=64)
 
@@ -379,21 +418,27 @@ class Deploy(Strict):
     @classmethod
     def _redis_url(cls, v: str | None) -> str | None:
         if v is not None and not re.match(r"^rediss?://[^\s/@]+(/\d+)?$", v):
-            raise PydanticCustomError(SECRET, "must be redis://host:port/db or rediss://host:port/db, without "
-                                              "credentials (never write them into the spec)")
+            raise PydanticCustomError(
+                SECRET,
+                "must be redis://host:port/db or rediss://host:port/db, without "
+                "credentials (never write them into the spec)",
+            )
         return v
 
     @model_validator(mode="after")
     def _min_max(self) -> Deploy:
         if self.replicas.min > self.replicas.max:
-            raise ValueError(f"replicas.min {self.replicas.min} is above replicas.max {self.replicas.max}; "
-                             f"set min <= max")
+            raise ValueError(
+                f"replicas.min {self.replicas.min} is above replicas.max {self.replicas.max}; set min <= max"
+            )
         return self
 
 
 def replica_gpus(spec: DeploymentSpec) -> int:
     """GPUs one replica (one Triton server over the whole repository) holds: every GPU tier's gpu.count."""
-    return sum(t.gpu.count for t in spec.tiers if t.runtime in (Runtime.trtllm_engine, Runtime.trtllm_pytorch))
+    return sum(
+        t.gpu.count for t in spec.tiers if t.runtime in (Runtime.trtllm_engine, Runtime.trtllm_pytorch)
+    )
 
 
 class DeploymentSpec(Strict):
@@ -421,16 +466,22 @@ class DeploymentSpec(Strict):
         if len(self.tiers) > 1 and not self.router.enabled:
             raise ValueError("several tiers need the router: set router.enabled: true")
         if self.router.policy == "classifier" and self.router.enabled and not self.router.classifier_path:
-            raise ValueError("router.policy classifier needs router.classifier_path (train one with `tritonforge router train`)")
+            raise ValueError(
+                "router.policy classifier needs router.classifier_path (train one with `tritonforge router train`)"
+            )
         share = self.router.traffic_share
         if share is not None:
             bad = sorted(set(share) - known)
             if bad:
                 raise ValueError(f"router.traffic_share: {bad[0]!r} is not a tier; use {', '.join(names)}")
             if any(not 0 <= v <= 1 for v in share.values()) or abs(sum(share.values()) - 1) > 1e-6:
-                raise ValueError(f"router.traffic_share: fractions in [0, 1] summing to 1, not {sum(share.values()):g}")
+                raise ValueError(
+                    f"router.traffic_share: fractions in [0, 1] summing to 1, not {sum(share.values()):g}"
+                )
         if self.triton.entry_model in {t.name for t in self.tiers}:
-            raise ValueError(f"triton.entry_model {self.triton.entry_model!r} clashes with a tier name; rename one")
+            raise ValueError(
+                f"triton.entry_model {self.triton.entry_model!r} clashes with a tier name; rename one"
+            )
         self._check_generated_names()
         self._check_deploy()
         return self
@@ -438,11 +489,15 @@ class DeploymentSpec(Strict):
     def _check_deploy(self) -> None:
         gpus, per_node = replica_gpus(self), self.deploy.gpus_per_node
         if gpus > per_node and not self.deploy.multi_node:
-            raise ValueError(f"deploy: a replica needs {gpus} GPUs but a node has {per_node} (deploy.gpus_per_node); "
-                             f"set deploy.multi_node: true (LeaderWorkerSet) or use fewer GPUs per replica")
+            raise ValueError(
+                f"deploy: a replica needs {gpus} GPUs but a node has {per_node} (deploy.gpus_per_node); "
+                f"set deploy.multi_node: true (LeaderWorkerSet) or use fewer GPUs per replica"
+            )
         if gpus > per_node and gpus % per_node:
-            raise ValueError(f"deploy: a replica spanning nodes takes whole nodes, but {gpus} GPUs is not a multiple "
-                             f"of deploy.gpus_per_node {per_node}; make gpu.count a multiple of it")
+            raise ValueError(
+                f"deploy: a replica spanning nodes takes whole nodes, but {gpus} GPUs is not a multiple "
+                f"of deploy.gpus_per_node {per_node}; make gpu.count a multiple of it"
+            )
 
     def _check_generated_names(self) -> None:
         """User-chosen names must not be a generated model's name (one would overwrite the other)."""
@@ -450,13 +505,17 @@ class DeploymentSpec(Strict):
         for t in self.tiers:
             for role, model in tier_model_names(t.name, self.single_tier).items():
                 if model in owner:
-                    raise ValueError(f"tier {t.name!r} and {owner[model]} both generate the Triton model {model!r}; "
-                                     f"rename one of the tiers")
+                    raise ValueError(
+                        f"tier {t.name!r} and {owner[model]} both generate the Triton model {model!r}; "
+                        f"rename one of the tiers"
+                    )
                 owner[model] = f"the {role} model of tier {t.name!r}"
         entry = self.triton.entry_model
         if entry in owner:
-            raise ValueError(f"triton.entry_model {entry!r} is already the name of {owner[entry]} and would "
-                             f"overwrite it; choose another name, e.g. llm")
+            raise ValueError(
+                f"triton.entry_model {entry!r} is already the name of {owner[entry]} and would "
+                f"overwrite it; choose another name, e.g. llm"
+            )
 
     @property
     def single_tier(self) -> bool:
@@ -476,7 +535,9 @@ class DeploymentSpec(Strict):
     def canonical_json(self) -> str:
         """Stable JSON of the resolved spec (defaults filled) for hashing and lock files."""
         # `deploy` (replicas, placement) does not change the repository or its engines, so not their hash.
-        return json.dumps(self.model_dump(mode="json", exclude={"deploy"}), sort_keys=True, separators=(",", ":"))
+        return json.dumps(
+            self.model_dump(mode="json", exclude={"deploy"}), sort_keys=True, separators=(",", ":")
+        )
 
     def spec_hash(self) -> str:
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
@@ -513,8 +574,10 @@ ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Prefixes of well-known credential formats (OpenAI/Anthropic sk-, Stripe sk_live_, GitHub ghp_/github_pat_,
 # GitLab glpat-, Hugging Face hf_, Slack xox?-, AWS access key ids AKIA/ASIA, Google API keys AIza).
 KEY_PREFIX = re.compile(r"^(sk|rk|pk)[-_]|^(gh[pousr]_|github_pat_|glpat-|hf_|xox[abprs]-|AKIA|ASIA|AIza)")
-_PUT_KEY_IN_ENV = ("put the key in an environment variable (export OPENAI_API_KEY=...) and give its name here, "
-                   "e.g. api_key_env: OPENAI_API_KEY")
+_PUT_KEY_IN_ENV = (
+    "put the key in an environment variable (export OPENAI_API_KEY=...) and give its name here, "
+    "e.g. api_key_env: OPENAI_API_KEY"
+)
 
 
 def looks_like_secret(value: str) -> bool:
@@ -522,19 +585,28 @@ def looks_like_secret(value: str) -> bool:
     if KEY_PREFIX.match(value) and len(value) >= 16:
         return True
     longest_word = max((len(w) for w in re.split(r"[_\-.]", value)), default=0)
-    mixed = (any(ch.islower() for ch in value) and any(ch.isupper() for ch in value)
-             and any(ch.isdigit() for ch in value))
+    mixed = (
+        any(ch.islower() for ch in value)
+        and any(ch.isupper() for ch in value)
+        and any(ch.isdigit() for ch in value)
+    )
     return len(value) >= 20 and mixed and longest_word >= 16
 
 
 def check_env_name(value: str) -> str:
     """`api_key_env` names an environment variable; a key pasted there is refused without echoing it."""
     if looks_like_secret(value):
-        raise PydanticCustomError(SECRET, f"this looks like an API key, not an environment variable name; "
-                                          f"never write keys into the spec: {_PUT_KEY_IN_ENV}")
+        raise PydanticCustomError(
+            SECRET,
+            f"this looks like an API key, not an environment variable name; "
+            f"never write keys into the spec: {_PUT_KEY_IN_ENV}",
+        )
     if not ENV_NAME.match(value):
-        raise PydanticCustomError(SECRET, "must be the name of an environment variable (letters, digits, _; "
-                                          "not starting with a digit, no $): " + _PUT_KEY_IN_ENV)
+        raise PydanticCustomError(
+            SECRET,
+            "must be the name of an environment variable (letters, digits, _; "
+            "not starting with a digit, no $): " + _PUT_KEY_IN_ENV,
+        )
     return value
 
 
@@ -548,17 +620,22 @@ def check_remote_url(value: str) -> str:
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
         shown = f"scheme {scheme!r}" if scheme else "no scheme"
-        raise PydanticCustomError(SECRET, f"must be an http:// or https:// URL ({shown} is not allowed); "
-                                          f"e.g. https://api.example.com/v1 or http://127.0.0.1:8000")
+        raise PydanticCustomError(
+            SECRET,
+            f"must be an http:// or https:// URL ({shown} is not allowed); "
+            f"e.g. https://api.example.com/v1 or http://127.0.0.1:8000",
+        )
     if not parts.hostname:
         raise PydanticCustomError(SECRET, "has no host; use http(s)://host:port[/path]")
     if parts.username or parts.password:
-        raise PydanticCustomError(SECRET, "carries credentials (user:password@); remove them and "
-                                          + _PUT_KEY_IN_ENV)
+        raise PydanticCustomError(
+            SECRET, "carries credentials (user:password@); remove them and " + _PUT_KEY_IN_ENV
+        )
     for key, _ in parse_qsl(parts.query, keep_blank_values=True):
         if re.search(r"key|token|secret|passw", key, re.IGNORECASE):
-            raise PydanticCustomError(SECRET, f"carries a credential in its query ({key}=...); remove it and "
-                                              + _PUT_KEY_IN_ENV)
+            raise PydanticCustomError(
+                SECRET, f"carries a credential in its query ({key}=...); remove it and " + _PUT_KEY_IN_ENV
+            )
     return value
 
 
@@ -578,8 +655,10 @@ def spec_warnings(spec: DeploymentSpec) -> list[str]:
         parts = urlsplit(r.url.strip())
         if parts.scheme.lower() == "http" and not is_loopback(parts.hostname or ""):
             key = f" and the API key from ${r.api_key_env}" if r.api_key_env else ""
-            out.append(f"router.remote.{i}.url: plain http:// to {parts.hostname} sends prompts{key} unencrypted; "
-                       f"use https:// unless the network is trusted")
+            out.append(
+                f"router.remote.{i}.url: plain http:// to {parts.hostname} sends prompts{key} unencrypted; "
+                f"use https:// unless the network is trusted"
+            )
     return out
 
 
@@ -589,7 +668,9 @@ def spec_warnings(spec: DeploymentSpec) -> list[str]:
 def parse_spec(data: Any, source: str = "spec") -> DeploymentSpec:
     """Validate a loaded YAML/JSON document into a `DeploymentSpec`, or raise one-line `UserError`."""
     if not isinstance(data, dict):
-        raise UserError(f"{source}: the spec must be a YAML mapping with `name` and `tiers`; see examples/cpu-demo.yaml")
+        raise UserError(
+            f"{source}: the spec must be a YAML mapping with `name` and `tiers`; see examples/cpu-demo.yaml"
+        )
     try:
         return DeploymentSpec.model_validate(data)
     except ValidationError as exc:
@@ -613,8 +694,10 @@ class _SpecLoader(yaml.SafeLoader):
         try:
             if self._depth > MAX_YAML_DEPTH:
                 line = self.peek_event().start_mark.line + 1
-                raise UserError(f"{self.source}: line {line}: nested more than {MAX_YAML_DEPTH} levels deep; "
-                                f"a spec is a few levels of mappings (see examples/cpu-demo.yaml)")
+                raise UserError(
+                    f"{self.source}: line {line}: nested more than {MAX_YAML_DEPTH} levels deep; "
+                    f"a spec is a few levels of mappings (see examples/cpu-demo.yaml)"
+                )
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
@@ -631,8 +714,10 @@ class _SpecLoader(yaml.SafeLoader):
             except TypeError:  # an unhashable key: the base class reports it
                 continue
             if first is not None:
-                raise UserError(f"{self.source}: line {line}: duplicate key {key!r} (first at line {first}); "
-                                f"keep only one")
+                raise UserError(
+                    f"{self.source}: line {line}: duplicate key {key!r} (first at line {first}); "
+                    f"keep only one"
+                )
             seen[key] = line
         return super().construct_mapping(node, deep)
 
@@ -640,19 +725,23 @@ class _SpecLoader(yaml.SafeLoader):
 def _decode(raw: bytes, source: str) -> str:
     """UTF-8 text (a UTF-8 byte-order mark is dropped); anything else is one clear error."""
     if raw.startswith(codecs.BOM_UTF8):
-        raw = raw[len(codecs.BOM_UTF8):]
+        raw = raw[len(codecs.BOM_UTF8) :]
     convert = "; save it as UTF-8 (e.g. `iconv -f UTF-16 -t UTF-8`)"
     if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         raise UserError(f"{source}: the file is UTF-16/UTF-32 encoded, a spec must be UTF-8 text{convert}")
     if b"\0" in raw:
-        raise UserError(f"{source}: the file holds NUL bytes, so it is binary or UTF-16/UTF-32, not a YAML "
-                        f"text file{convert}")
+        raise UserError(
+            f"{source}: the file holds NUL bytes, so it is binary or UTF-16/UTF-32, not a YAML "
+            f"text file{convert}"
+        )
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise UserError(f"{source}: line {line}: byte 0x{raw[exc.start]:02x} is not UTF-8 (a Latin-1 or "
-                        f"Windows-1252 file?); save it as UTF-8 (e.g. `iconv -f LATIN1 -t UTF-8`)") from None
+        raise UserError(
+            f"{source}: line {line}: byte 0x{raw[exc.start]:02x} is not UTF-8 (a Latin-1 or "
+            f"Windows-1252 file?); save it as UTF-8 (e.g. `iconv -f LATIN1 -t UTF-8`)"
+        ) from None
 
 
 def load_yaml_text(text: str, source: str) -> Any:
@@ -665,8 +754,10 @@ def load_yaml_text(text: str, source: str) -> Any:
     except yaml.reader.ReaderError as exc:
         line = text[: exc.position].count("\n") + 1
         char = exc.character if isinstance(exc.character, int) else ord(str(exc.character)[:1] or "?")
-        raise UserError(f"{source}: line {line}: character U+{char:04X} is not allowed in YAML "
-                        f"(a control character); remove it") from None
+        raise UserError(
+            f"{source}: line {line}: character U+{char:04X} is not allowed in YAML "
+            f"(a control character); remove it"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -685,7 +776,9 @@ def load_spec(path: str | Path, warn: bool = True) -> DeploymentSpec:
     """Read and validate a spec file; with `warn`, risky-but-accepted settings are printed on stderr."""
     p = Path(path)
     if not p.is_file():
-        raise UserError(f"spec file {str(p)!r} not found; pass the path of a YAML spec such as examples/cpu-demo.yaml")
+        raise UserError(
+            f"spec file {str(p)!r} not found; pass the path of a YAML spec such as examples/cpu-demo.yaml"
+        )
     try:
         size = p.stat().st_size
         if size > MAX_SPEC_BYTES:

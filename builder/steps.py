@@ -79,8 +79,11 @@ def tree_files(root: Path, names: list[str] | None = None) -> list[Path]:
     """Files under `root` (or only the given names), sorted, stamps and caches excluded."""
     if names is not None:
         return [root / n for n in names if (root / n).is_file()]
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.name not in (STAMP, HASH_CACHE)
-                  and "__pycache__" not in p.parts)
+    return sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file() and p.name not in (STAMP, HASH_CACHE) and "__pycache__" not in p.parts
+    )
 
 
 def hash_tree(root: Path, cache: HashCache | None = None, names: list[str] | None = None) -> dict[str, str]:
@@ -141,13 +144,31 @@ def cached_result(name: str, tier: str, key: str, out_dir: Path) -> StepResult |
     st = _stamp(out_dir)
     if st is None or st.get("key") != key or not _outputs_intact(out_dir, st):
         return None
-    return StepResult(name, tier, "cached", key, str(out_dir), st.get("command"), "inputs unchanged",
-                      st.get("started"), 0.0, st.get("outputs", {}), st.get("details", {}))
+    return StepResult(
+        name,
+        tier,
+        "cached",
+        key,
+        str(out_dir),
+        st.get("command"),
+        "inputs unchanged",
+        st.get("started"),
+        0.0,
+        st.get("outputs", {}),
+        st.get("details", {}),
+    )
 
 
-def run_step(name: str, tier: str, key: str, out_dir: Path, action: Callable[[Path], dict],
-             command: list[str] | None = None, progress: Callable[[str], None] | None = None,
-             cache: HashCache | None = None) -> StepResult:
+def run_step(
+    name: str,
+    tier: str,
+    key: str,
+    out_dir: Path,
+    action: Callable[[Path], dict],
+    command: list[str] | None = None,
+    progress: Callable[[str], None] | None = None,
+    cache: HashCache | None = None,
+) -> StepResult:
     """Run `action(tmp_dir) -> details` unless cached; publish `tmp_dir` as `out_dir` on success.
 
     An action that returns {"failed": [...reasons]} leaves nothing behind and yields status "failed".
@@ -165,20 +186,42 @@ def run_step(name: str, tier: str, key: str, out_dir: Path, action: Callable[[Pa
         details = action(tmp) or {}
         if details.get("failed"):
             shutil.rmtree(tmp, ignore_errors=True)
-            return StepResult(name, tier, "failed", key, None, command, "; ".join(details["failed"]), started,
-                              round(time.time() - t0, 2), {}, details)
+            return StepResult(
+                name,
+                tier,
+                "failed",
+                key,
+                None,
+                command,
+                "; ".join(details["failed"]),
+                started,
+                round(time.time() - t0, 2),
+                {},
+                details,
+            )
         files = tree_files(tmp)
         outputs = {p.relative_to(tmp).as_posix(): (cache.file(p) if cache else sha256_file(p)) for p in files}
         sizes = {p.relative_to(tmp).as_posix(): p.stat().st_size for p in files}
         duration = round(time.time() - t0, 2)
-        stamp = {"key": key, "name": name, "tier": tier, "command": command, "started": started,
-                 "duration_s": duration, "outputs": outputs, "sizes": sizes, "details": details}
+        stamp = {
+            "key": key,
+            "name": name,
+            "tier": tier,
+            "command": command,
+            "started": started,
+            "duration_s": duration,
+            "outputs": outputs,
+            "sizes": sizes,
+            "details": details,
+        }
         (tmp / STAMP).write_text(json.dumps(stamp, indent=2, sort_keys=True, default=str), encoding="utf-8")
         _publish(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return StepResult(name, tier, "built", key, str(out_dir), command, "", started, duration, outputs, details)
+    return StepResult(
+        name, tier, "built", key, str(out_dir), command, "", started, duration, outputs, details
+    )
 
 
 def _publish(tmp: Path, out_dir: Path) -> None:

@@ -20,13 +20,35 @@ MAX_ENGINE_TRTLLM = (1, 2)
 # ("Container Name: trtllm-python-py3"), also https://docs.nvidia.com/deeplearning/triton-inference-server/
 # user-guide/docs/introduction/compatibility.html.
 CONTAINER_TRTLLM: dict[str, str] = {
-    "26.07": "1.2.1", "26.06": "1.2.1", "26.05": "1.2.1", "26.04": "1.2.1", "26.03": "1.2.0",
-    "26.02": "1.1.0", "26.01": "1.1.0", "25.12": "1.1.0", "25.11": "1.0.3.2510", "25.10": "1.0.0",
-    "25.09": "1.0.0", "25.08": "0.21.0", "25.07": "0.20.0", "25.06": "0.20.0", "25.05": "0.19.0",
-    "25.04": "0.18.2", "25.03": "0.18.0", "25.02": "0.17.0.post1", "25.01": "0.17.0", "24.12": "0.16.0",
-    "24.11": "0.15.0", "24.10": "0.14.0", "24.09": "0.13.0", "24.08": "0.12.0", "24.07": "0.11.0",
-    "24.06": "0.10.0", "24.05": "0.9.0", "24.04": "0.9.0",
-}  # fmt: skip
+    "26.07": "1.2.1",
+    "26.06": "1.2.1",
+    "26.05": "1.2.1",
+    "26.04": "1.2.1",
+    "26.03": "1.2.0",
+    "26.02": "1.1.0",
+    "26.01": "1.1.0",
+    "25.12": "1.1.0",
+    "25.11": "1.0.3.2510",
+    "25.10": "1.0.0",
+    "25.09": "1.0.0",
+    "25.08": "0.21.0",
+    "25.07": "0.20.0",
+    "25.06": "0.20.0",
+    "25.05": "0.19.0",
+    "25.04": "0.18.2",
+    "25.03": "0.18.0",
+    "25.02": "0.17.0.post1",
+    "25.01": "0.17.0",
+    "24.12": "0.16.0",
+    "24.11": "0.15.0",
+    "24.10": "0.14.0",
+    "24.09": "0.13.0",
+    "24.08": "0.12.0",
+    "24.07": "0.11.0",
+    "24.06": "0.10.0",
+    "24.05": "0.9.0",
+    "24.04": "0.9.0",
+}
 TRITON_CONTAINER = "26.07"  # the newest tag in the matrix that ships TensorRT-LLM 1.2.1 (Triton 2.71.0)
 TRITON_IMAGE = f"nvcr.io/nvidia/tritonserver:{TRITON_CONTAINER}-trtllm-python-py3"
 
@@ -54,16 +76,21 @@ def image_trtllm(image: str) -> str | None:
     return CONTAINER_TRTLLM.get(rel) if rel else None
 
 
-def targets_line(runtime: str = "trtllm-engine", trtllm_version: str = TRTLLM_VERSION,
-                 image: str = TRITON_IMAGE) -> str:
+def targets_line(
+    runtime: str = "trtllm-engine", trtllm_version: str = TRTLLM_VERSION, image: str = TRITON_IMAGE
+) -> str:
     """One line for `tritonforge plan`: what the plan and the generated commands target, per runtime."""
     if runtime == "trtllm-pytorch":
-        return (f"targets TensorRT-LLM {trtllm_version} (PyTorch backend, LLM API), Triton container {image}, "
-                f"ModelOpt {MODELOPT_VERSION} ({MODELOPT_REQUIREMENT}) unified HF checkpoint")
+        return (
+            f"targets TensorRT-LLM {trtllm_version} (PyTorch backend, LLM API), Triton container {image}, "
+            f"ModelOpt {MODELOPT_VERSION} ({MODELOPT_REQUIREMENT}) unified HF checkpoint"
+        )
     if runtime == "cpu-reference":
         return "targets the CPU reference engine (no TensorRT-LLM)"
-    return (f"targets TensorRT-LLM {trtllm_version} (engines), Triton container {image}, "
-            f"ModelOpt {MODELOPT_VERSION} ({MODELOPT_REQUIREMENT})")
+    return (
+        f"targets TensorRT-LLM {trtllm_version} (engines), Triton container {image}, "
+        f"ModelOpt {MODELOPT_VERSION} ({MODELOPT_REQUIREMENT})"
+    )
 
 
 def _release_of(version: str) -> tuple[int, ...] | None:
@@ -74,7 +101,9 @@ def _release_of(version: str) -> tuple[int, ...] | None:
 def images_for(trtllm_version: str) -> list[str]:
     """NGC trtllm images (newest first) that ship exactly `trtllm_version` (x.y.z)."""
     want = _release_of(trtllm_version)
-    tags = sorted((t for t, v in CONTAINER_TRTLLM.items() if _release_of(v) == want), key=release_tuple, reverse=True)
+    tags = sorted(
+        (t for t, v in CONTAINER_TRTLLM.items() if _release_of(v) == want), key=release_tuple, reverse=True
+    )
     return [f"nvcr.io/nvidia/tritonserver:{t}-trtllm-python-py3" for t in tags]
 
 
@@ -88,12 +117,16 @@ def version_problems(image: str, trtllm_version: str) -> list[str]:
     if target is None:
         return [f"triton.trtllm_version {trtllm_version!r} is not a version like {TRTLLM_VERSION}; fix it"]
     if target[:2] > MAX_ENGINE_TRTLLM:
-        return [f"triton.trtllm_version {trtllm_version}: TensorRT-LLM after "
-                f"{MAX_ENGINE_TRTLLM[0]}.{MAX_ENGINE_TRTLLM[1]} has no TensorRT-engine flow; target {TRTLLM_VERSION}"]
+        return [
+            f"triton.trtllm_version {trtllm_version}: TensorRT-LLM after "
+            f"{MAX_ENGINE_TRTLLM[0]}.{MAX_ENGINE_TRTLLM[1]} has no TensorRT-engine flow; target {TRTLLM_VERSION}"
+        ]
     shipped = image_trtllm(image)
     if shipped is None or _release_of(shipped) == target:
         return []
     fits = images_for(trtllm_version)
     fix = f"set triton.image: {fits[0]}" if fits else f"set triton.trtllm_version: {shipped}"
-    return [f"triton.image {image} ships TensorRT-LLM {shipped} but triton.trtllm_version is {trtllm_version}; "
-            f"engines only load in the version that built them: {fix}"]
+    return [
+        f"triton.image {image} ships TensorRT-LLM {shipped} but triton.trtllm_version is {trtllm_version}; "
+        f"engines only load in the version that built them: {fix}"
+    ]

@@ -18,7 +18,7 @@ def router_group() -> None:
 
 
 def _embedder(name: str) -> Any:
-    from tritonforge.ensembles.policy.embedding import EmbeddingError, load_embedder
+    from tritonforge.model_repo_templates.tf_policy.embedding import EmbeddingError, load_embedder
 
     try:
         return load_embedder(name, threads=max(1, (os.cpu_count() or 1)))
@@ -31,8 +31,12 @@ def _embedder(name: str) -> Any:
 @click.option(
     "-o", "--output", required=True, type=click.Path(dir_okay=False), help="Classifier file to write (JSON)."
 )
-@click.option("--embedding-model", default="builtin:all-minilm-l6-v2", show_default=True,
-              help="Sentence model: builtin:all-minilm-l6-v2 or a local sentence-transformers directory.")  # fmt: skip
+@click.option(
+    "--embedding-model",
+    default="builtin:all-minilm-l6-v2",
+    show_default=True,
+    help="Sentence model: builtin:all-minilm-l6-v2 or a local sentence-transformers directory.",
+)
 @click.option("-C", "c", default=4.0, show_default=True, type=float, help="Inverse regularization strength.")
 def train_command(labelled: str, output: str, embedding_model: str, c: float) -> None:
     """Train the routing classifier from LABELLED.jsonl.
@@ -42,7 +46,7 @@ def train_command(labelled: str, output: str, embedding_model: str, c: float) ->
     The result is a small JSON file (logistic regression over all-MiniLM-L6-v2 embeddings); point
     the spec's `router.classifier_path` at it and use `router.policy: classifier`.
     """
-    from tritonforge.ensembles.policy.classifier import read_labelled, train
+    from tritonforge.model_repo_templates.tf_policy.classifier import read_labelled, train
 
     path = Path(labelled)
     if not path.is_file():
@@ -65,8 +69,10 @@ def train_command(labelled: str, output: str, embedding_model: str, c: float) ->
     os.replace(tmp, out)
     m = clf.metrics
     cv = f", {m['cv_folds']}-fold CV accuracy {m['cv_accuracy']:.3f}" if "cv_accuracy" in m else ""
-    click.echo(f"trained on {m['examples']} examples ({', '.join(f'{k}: {v}' for k, v in m['per_class'].items())}): "
-               f"train accuracy {m['train_accuracy']:.3f}{cv}")  # fmt: skip
+    click.echo(
+        f"trained on {m['examples']} examples ({', '.join(f'{k}: {v}' for k, v in m['per_class'].items())}): "
+        f"train accuracy {m['train_accuracy']:.3f}{cv}"
+    )
     click.echo(
         f"wrote {out} ({out.stat().st_size} bytes); set router.policy: classifier, router.classifier_path: {out}"
     )
@@ -74,7 +80,7 @@ def train_command(labelled: str, output: str, embedding_model: str, c: float) ->
 
 def _entry_config(spec_path: str | None, classifier: str | None) -> tuple[Any, str]:
     """An EntryConfig from a spec (tiers, router, cache) or the defaults (tiers small, large)."""
-    from tritonforge.ensembles.policy.config import ConfigError, parse_entry_config
+    from tritonforge.model_repo_templates.tf_policy.config import ConfigError, parse_entry_config
 
     base = "."
     if spec_path:
@@ -83,20 +89,28 @@ def _entry_config(spec_path: str | None, classifier: str | None) -> tuple[Any, s
         spec = load_spec(spec_path)
         base = str(Path(spec_path).resolve().parent)
         tiers: list[dict[str, Any]] = [
-            {"name": t.name, "model": t.name, "max_input_len": t.limits.max_input_len,
-             "max_output_len": t.limits.max_output_len}
+            {
+                "name": t.name,
+                "model": t.name,
+                "max_input_len": t.limits.max_input_len,
+                "max_output_len": t.limits.max_output_len,
+            }
             for t in spec.tiers
-        ]  # fmt: skip
-        tiers += [{"name": r.name, "model": r.model, "kind": "remote", "protocol": r.kind, "url": r.url}
-                  for r in spec.router.remote]  # fmt: skip
+        ]
+        tiers += [
+            {"name": r.name, "model": r.model, "kind": "remote", "protocol": r.kind, "url": r.url}
+            for r in spec.router.remote
+        ]
         router = spec.router.model_dump(mode="json")
         router.pop("remote", None)
         if not spec.router.enabled:
             router["enabled"] = len(tiers) > 1
         data = {"tiers": tiers, "router": router, "cache": spec.cache.model_dump(mode="json")}
     else:
-        data = {"tiers": [{"name": "small", "model": "small"}, {"name": "large", "model": "large"}],
-                "router": {"enabled": True, "policy": "classifier" if classifier else "heuristic"}}  # fmt: skip
+        data = {
+            "tiers": [{"name": "small", "model": "small"}, {"name": "large", "model": "large"}],
+            "router": {"enabled": True, "policy": "classifier" if classifier else "heuristic"},
+        }
     if classifier:
         data["router"]["policy"] = "classifier"
         data["classifier_file"] = str(Path(classifier).resolve())
@@ -126,9 +140,9 @@ def explain_command(
     """Show which tier PROMPT would be routed to, and why."""
     import numpy as np
 
-    from tritonforge.ensembles.policy.factory import load_classifier
-    from tritonforge.ensembles.policy.params import parse_request
-    from tritonforge.ensembles.policy.router import build_router
+    from tritonforge.model_repo_templates.tf_policy.factory import load_classifier
+    from tritonforge.model_repo_templates.tf_policy.params import parse_request
+    from tritonforge.model_repo_templates.tf_policy.router import build_router
 
     cfg, base = _entry_config(spec_path, classifier)
     clf, embed = None, None
@@ -144,8 +158,14 @@ def explain_command(
         {"text_input": np.array([prompt.encode()], dtype=object), "max_tokens": np.array([max_tokens])}
     )
     d = router.route(req)
-    out = {"tier": d.tier, "policy": d.policy, "reason": d.reason, "features": d.features,
-           "fallback_order": router.chain(d), "token_count": "tokenizer" if router.count.exact else "estimate"}  # fmt: skip
+    out = {
+        "tier": d.tier,
+        "policy": d.policy,
+        "reason": d.reason,
+        "features": d.features,
+        "fallback_order": router.chain(d),
+        "token_count": "tokenizer" if router.count.exact else "estimate",
+    }
     if as_json:
         click.echo(json.dumps(out, indent=2, default=str))
         return
@@ -173,7 +193,7 @@ def cache_clear_command(redis_url: str, prefix: str) -> None:
 
 def _redis(url: str, prefix: str) -> Any:
     try:
-        from tritonforge.ensembles.policy.redis_backend import RedisBackend
+        from tritonforge.model_repo_templates.tf_policy.redis_backend import RedisBackend
 
         backend = RedisBackend(url, 1, 1, prefix=prefix, timeout_s=2.0)
         backend.r.ping()

@@ -20,8 +20,14 @@ class Tensor:
     ragged: bool = False  # `allow_ragged_batch: true`
 
 
-def _t(name: str, dt: str, dims: tuple[int, ...], optional: bool = False, scalar: bool = False,
-       ragged: bool = False) -> Tensor:
+def _t(
+    name: str,
+    dt: str,
+    dims: tuple[int, ...],
+    optional: bool = False,
+    scalar: bool = False,
+    ragged: bool = False,
+) -> Tensor:
     return Tensor(name, dt, dims, optional, () if scalar else None, ragged)
 
 
@@ -114,10 +120,19 @@ ENSEMBLE_TO_ENGINE_RENAMES: dict[str, str] = {
     "stream": "streaming",
 }
 # Ensemble inputs that go to preprocessing, not straight to the engine.
-PREPROCESSED_INPUTS = frozenset({
-    "text_input", "max_tokens", "bad_words", "stop_words", "end_id", "pad_id", "embedding_bias_words",
-    "embedding_bias_weights", "prompt_table_extra_id",
-})  # fmt: skip
+PREPROCESSED_INPUTS = frozenset(
+    {
+        "text_input",
+        "max_tokens",
+        "bad_words",
+        "stop_words",
+        "end_id",
+        "pad_id",
+        "embedding_bias_words",
+        "embedding_bias_weights",
+        "prompt_table_extra_id",
+    }
+)
 
 # --- preprocessing ----------------------------------------------------------------------------------
 PREPROCESSING_INPUTS: tuple[Tensor, ...] = (

@@ -1,7 +1,7 @@
 """How a spec becomes Triton models: names, tensors, parameters and the wiring between them.
 
 Pure: `plan_repository` takes the spec plus the already-resolved local paths of each tier and returns
-a `RepositoryPlan` of `ModelPlan`s. Rendering (templates) and I/O live in `tritonforge.builder.render`.
+a `RepositoryPlan` of `ModelPlan`s. Rendering (templates) and I/O live in `tritonforge.ensembles.render`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 from tritonforge.builder.names import tier_model_names
 from tritonforge.builder.spec import DeploymentSpec, KvCacheDtype, Runtime, Tier
 from tritonforge.ensembles import contract as c
-from tritonforge.ensembles.policy.params import max_input_bytes
+from tritonforge.model_repo_templates.tf_policy.params import max_input_bytes
 
 
 @dataclass(frozen=True)
@@ -111,8 +111,15 @@ def gpu_assignment(spec: DeploymentSpec) -> dict[str, str]:
     return place_tiers(spec)
 
 
-def engine_parameters(tier: Tier, model_dir: str, limits: dict[str, int], *, draft: bool = False,
-                      gpu_device_ids: str | None = None, paths: TierPaths | None = None) -> dict[str, Any]:
+def engine_parameters(
+    tier: Tier,
+    model_dir: str,
+    limits: dict[str, int],
+    *,
+    draft: bool = False,
+    gpu_device_ids: str | None = None,
+    paths: TierPaths | None = None,
+) -> dict[str, Any]:
     """`tensorrt_llm` parameters: only keys the C++ backend knows (GPU), or the CPU reference's own."""
     kv = tier.kv_cache
     reuse = kv.block_reuse and kv.paged and tier.quantization.kv_cache_dtype != KvCacheDtype.int8
@@ -142,7 +149,9 @@ def engine_parameters(tier: Tier, model_dir: str, limits: dict[str, int], *, dra
     fraction = kv.free_gpu_mem_fraction
     if paths is not None and paths.kv_fraction is not None:
         # The planner's split: two engines on one GPU stay <= 0.95 together (tensorrtllm_backend issues 303 and 456).
-        fraction = paths.draft_kv_fraction if draft and paths.draft_kv_fraction is not None else paths.kv_fraction
+        fraction = (
+            paths.draft_kv_fraction if draft and paths.draft_kv_fraction is not None else paths.kv_fraction
+        )
     elif tier.draft is not None:
         d = tier.draft.kv_cache_free_gpu_mem_fraction or 0.1
         fraction = min(fraction, round(0.95 - d, 4)) if not draft else d
@@ -177,8 +186,9 @@ def _common(spec: DeploymentSpec, name: str, role: str, version: str) -> dict[st
     return {"name": name, "role": role, "spec_name": spec.name, "version": version}
 
 
-def _tier_models(spec: DeploymentSpec, tier: Tier, paths: TierPaths, version: str,
-                 gpus: dict[str, str]) -> tuple[list[ModelPlan], TierModels]:
+def _tier_models(
+    spec: DeploymentSpec, tier: Tier, paths: TierPaths, version: str, gpus: dict[str, str]
+) -> tuple[list[ModelPlan], TierModels]:
     n = model_names(spec, tier)
     limits = _engine_limits(tier, paths)
     mbs = limits["max_batch_size"]
@@ -216,8 +226,8 @@ def _tier_models(spec: DeploymentSpec, tier: Tier, paths: TierPaths, version: st
                     }
                 ),
             },
-            model_py_template="python/preprocessing.py.j2",
-            vendor=("runtime",),
+            model_py_template="models/preprocessing.py",
+            vendor=("tf_runtime",),
             requirements=("numpy<2", "transformers", "tokenizers"),
         )
     )
@@ -226,10 +236,11 @@ def _tier_models(spec: DeploymentSpec, tier: Tier, paths: TierPaths, version: st
         if pytorch:
             params = pytorch_engine_parameters(spec, tier, model_dir, limits, gpus.get(tier.name), paths)
         else:
-            params = engine_parameters(tier, model_dir, limits, draft=draft, gpu_device_ids=gpus.get(tier.name),
-                                       paths=paths)
+            params = engine_parameters(
+                tier, model_dir, limits, draft=draft, gpu_device_ids=gpus.get(tier.name), paths=paths
+            )
         outputs = c.ENGINE_OUTPUTS if python_engine else c.TRTLLM_ENGINE_OUTPUTS
-        template = "python/tensorrt_llm_pytorch.py.j2" if pytorch else "python/tensorrt_llm_cpu.py.j2"
+        template = "models/tensorrt_llm_pytorch.py" if pytorch else "models/tensorrt_llm_cpu.py"
         return ModelPlan(
             name,
             role,
@@ -257,10 +268,13 @@ def _tier_models(spec: DeploymentSpec, tier: Tier, paths: TierPaths, version: st
                 "parameters": _params(params),
             },
             model_py_template=template if python_engine else None,
-            vendor=("runtime",) if cpu else (),
+            vendor=("tf_runtime",) if cpu else (),
             # trtllm-pytorch imports tensorrt_llm, which the serving container provides (not pip-installable here).
-            requirements=("numpy<2", "torch", "transformers", "safetensors") if cpu else
-            ("numpy<2",) if pytorch else (),
+            requirements=("numpy<2", "torch", "transformers", "safetensors")
+            if cpu
+            else ("numpy<2",)
+            if pytorch
+            else (),
         )
 
     models.append(engine_model(n["engine"], "engine", paths.model_dir, draft=False))
@@ -290,8 +304,8 @@ def _tier_models(spec: DeploymentSpec, tier: Tier, paths: TierPaths, version: st
                 "instance_kind": "KIND_CPU",
                 "parameters": _params({"tokenizer_dir": paths.tokenizer_dir, "skip_special_tokens": True}),
             },
-            model_py_template="python/postprocessing.py.j2",
-            vendor=("runtime",),
+            model_py_template="models/postprocessing.py",
+            vendor=("tf_runtime",),
             requirements=("numpy<2", "transformers", "tokenizers"),
         )
     )
@@ -361,24 +375,36 @@ def _tier_models(spec: DeploymentSpec, tier: Tier, paths: TierPaths, version: st
                         }
                     ),
                 },
-                model_py_template="python/speculative_bls.py.j2",
-                vendor=("runtime",),
+                model_py_template="models/speculative_bls.py",
+                vendor=("tf_runtime",),
                 requirements=("numpy<2", "transformers", "tokenizers"),
             )
         )
         entry = n["speculative_bls"]
-    return models, TierModels(tier.name, entry, n["ensemble"], n["engine"],
-                              streaming or (tier.draft is not None and not pytorch))
+    return models, TierModels(
+        tier.name, entry, n["ensemble"], n["engine"], streaming or (tier.draft is not None and not pytorch)
+    )
 
 
-def pytorch_engine_parameters(spec: DeploymentSpec, tier: Tier, model_dir: str, limits: dict[str, int],
-                              gpu_device_ids: str | None, paths: TierPaths) -> dict[str, Any]:
+def pytorch_engine_parameters(
+    spec: DeploymentSpec,
+    tier: Tier,
+    model_dir: str,
+    limits: dict[str, int],
+    gpu_device_ids: str | None,
+    paths: TierPaths,
+) -> dict[str, Any]:
     """`tensorrt_llm` parameters of a trtllm-pytorch tier: the LLM API's constructor arguments as JSON."""
     from tritonforge.builder.llmapi import llm_kwargs
 
-    kwargs = llm_kwargs(tier, model_dir, trtllm_version=spec.triton.trtllm_version, limits=limits,
-                        kv_fraction=paths.kv_fraction if tier.draft is None else None,
-                        draft_dir=paths.draft_model_dir)
+    kwargs = llm_kwargs(
+        tier,
+        model_dir,
+        trtllm_version=spec.triton.trtllm_version,
+        limits=limits,
+        kv_fraction=paths.kv_fraction if tier.draft is None else None,
+        draft_dir=paths.draft_model_dir,
+    )
     params: dict[str, Any] = {
         "llmapi_kwargs": json.dumps(kwargs, sort_keys=True),
         "exclude_input_in_output": tier.serving.exclude_input_in_output,
@@ -398,7 +424,9 @@ def _named(tensors: tuple[c.Tensor, ...], *names: str) -> tuple[c.Tensor, ...]:
     return tuple(t for t in tensors if t.name in names)
 
 
-def entry_config(spec: DeploymentSpec, tiers: tuple[TierModels, ...], paths: dict[str, TierPaths]) -> dict[str, Any]:
+def entry_config(
+    spec: DeploymentSpec, tiers: tuple[TierModels, ...], paths: dict[str, TierPaths]
+) -> dict[str, Any]:
     """The JSON the `llm` entry model reads: tiers in spec order (cheapest first), router, cache."""
     local = []
     for tm in tiers:
@@ -483,8 +511,8 @@ def plan_repository(spec: DeploymentSpec, paths: dict[str, TierPaths], version: 
                     "instance_kind": "KIND_CPU",
                     "parameters": _params({"entry_config": json.dumps(cfg, sort_keys=True)}),
                 },
-                model_py_template="python/llm.py.j2",
-                vendor=("ensembles.policy",),
+                model_py_template="models/llm.py",
+                vendor=("tf_policy",),
                 requirements=requirements,
                 extra_files=extra,
             )

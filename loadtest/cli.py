@@ -39,17 +39,29 @@ def loadtest_group() -> None:
     """
 
 
-def _levels(users: int | None, spawn_rate: float | None, concurrency: str | None, request_rate: str | None) -> list:
+def _levels(
+    users: int | None, spawn_rate: float | None, concurrency: str | None, request_rate: str | None
+) -> list:
     from tritonforge.loadtest.runner import Level
 
-    given = [n for n, v in (("--users", users), ("--concurrency", concurrency), ("--request-rate", request_rate)) if v]
+    given = [
+        n
+        for n, v in (("--users", users), ("--concurrency", concurrency), ("--request-rate", request_rate))
+        if v
+    ]
     if len(given) > 1:
-        raise UserError(f"{' and '.join(given)} are exclusive: closed loop (--users N or --concurrency LIST) "
-                        "or open loop (--request-rate R)")  # fmt: skip
+        raise UserError(
+            f"{' and '.join(given)} are exclusive: closed loop (--users N or --concurrency LIST) "
+            "or open loop (--request-rate R)"
+        )
     if request_rate:
-        return [Level("rate", float(r)) for r in parse_number_list(request_rate, "--request-rate", integer=False)]
+        return [
+            Level("rate", float(r)) for r in parse_number_list(request_rate, "--request-rate", integer=False)
+        ]
     if concurrency:
-        return [Level("concurrency", int(c), spawn_rate) for c in parse_number_list(concurrency, "--concurrency")]
+        return [
+            Level("concurrency", int(c), spawn_rate) for c in parse_number_list(concurrency, "--concurrency")
+        ]
     if users is not None and users < 1:
         raise UserError("--users must be >= 1")
     return [Level("concurrency", users or 1, spawn_rate)]
@@ -65,39 +77,98 @@ def _command_line() -> list[str]:
 
 @loadtest_group.command("run")
 @click.option("--url", required=True, help="Triton HTTP endpoint, e.g. http://127.0.0.1:8000.")
-@click.option("--model", default="ensemble", show_default=True, help="Model to load: ensemble, llm, or any generate-capable model.")
-@click.option("--protocol", type=click.Choice(PROTOCOLS), default="http-stream", show_default=True,
-              help="http-stream (generate_stream, SSE), grpc-stream (decoupled gRPC) or http (generate).")
+@click.option(
+    "--model",
+    default="ensemble",
+    show_default=True,
+    help="Model to load: ensemble, llm, or any generate-capable model.",
+)
+@click.option(
+    "--protocol",
+    type=click.Choice(PROTOCOLS),
+    default="http-stream",
+    show_default=True,
+    help="http-stream (generate_stream, SSE), grpc-stream (decoupled gRPC) or http (generate).",
+)
 @click.option("--grpc-url", default=None, help="host:port of the gRPC endpoint (default: --url's port + 1).")
-@click.option("--metrics-url", default=None, help="Triton /metrics URL (default: --url's port + 2, /metrics).")
-@click.option("--users", type=int, default=None, help="Closed loop: concurrent users, one request in flight each.")
-@click.option("--spawn-rate", type=float, default=None, help="Users started per second (default: all at once).")
+@click.option(
+    "--metrics-url", default=None, help="Triton /metrics URL (default: --url's port + 2, /metrics)."
+)
+@click.option(
+    "--users", type=int, default=None, help="Closed loop: concurrent users, one request in flight each."
+)
+@click.option(
+    "--spawn-rate", type=float, default=None, help="Users started per second (default: all at once)."
+)
 @click.option("--concurrency", default=None, help="Sweep closed-loop levels, e.g. 1,2,4,8,16.")
 @click.option("--request-rate", default=None, help="Open loop: Poisson arrivals, requests/s (a list sweeps).")
-@click.option("--max-inflight", type=int, default=0, help="Open loop: cap on requests in flight per process (0 = none).")
+@click.option(
+    "--max-inflight", type=int, default=0, help="Open loop: cap on requests in flight per process (0 = none)."
+)
 @click.option("--duration", default="60s", show_default=True, help="Measured time per level (after warm-up).")
-@click.option("--warmup", type=int, default=8, show_default=True, help="Warm-up requests before measuring (excluded).")
-@click.option("--repeat", type=int, default=1, show_default=True, help="Runs per level; metrics are medians across runs.")
-@click.option("--workers", type=int, default=0, show_default=True, help="Locust worker processes (0: one process).")
+@click.option(
+    "--warmup", type=int, default=8, show_default=True, help="Warm-up requests before measuring (excluded)."
+)
+@click.option(
+    "--repeat",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Runs per level; metrics are medians across runs.",
+)
+@click.option(
+    "--workers", type=int, default=0, show_default=True, help="Locust worker processes (0: one process)."
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Workload seed.")
-@click.option("--workload", default=None, help="key=value,... : isl, isl_std, osl, osl_std, fixed_output, prefix, "
-              "prefix_groups, repeat, paraphrase, prompts, trace, temperature, top_k, top_p (or a JSONL trace path).")
-@click.option("--tokenizer", default="demo", show_default=True, help="Tokenizer dir (or demo, tiny) for prompts and re-tokenising.")
+@click.option(
+    "--workload",
+    default=None,
+    help="key=value,... : isl, isl_std, osl, osl_std, fixed_output, prefix, "
+    "prefix_groups, repeat, paraphrase, prompts, trace, temperature, top_k, top_p (or a JSONL trace path).",
+)
+@click.option(
+    "--tokenizer",
+    default="demo",
+    show_default=True,
+    help="Tokenizer dir (or demo, tiny) for prompts and re-tokenising.",
+)
 @click.option("--slo", default=None, help="Goodput SLOs, e.g. ttft=500ms,itl=50ms,e2e=10s.")
 @click.option("--gpu", default=None, help="GPU type for cost and roofline (planner catalog), e.g. H100-SXM.")
-@click.option("--gpu-price", type=float, default=None, help="$ per GPU-hour (overrides the catalog and the spec).")
+@click.option(
+    "--gpu-price", type=float, default=None, help="$ per GPU-hour (overrides the catalog and the spec)."
+)
 @click.option("--spec", "spec_path", default=None, help="Deployment spec (tier GPU, price, roofline).")
 @click.option("--tier", default=None, help="Tier of the spec being measured (default: the first).")
-@click.option("--cpu-system", default=None, help="Fitted CPU system JSON for a cpu-reference tier's prediction "
-              "(default: the checked-in one; write one with benchmarks/bench_cpu_system.py).")
-@click.option("--min-of-prediction", default=None,
-              help="Exit 1 when a metric's measured performance is below this share of the prediction, e.g. 75%%.")
-@click.option("--repo", default=None, help="Served repository dir: its tritonforge.lock.json goes in the fingerprint.")
-@click.option("--build-dir", default=None, help="Build dir whose build_manifest.json goes in the fingerprint.")
+@click.option(
+    "--cpu-system",
+    default=None,
+    help="Fitted CPU system JSON for a cpu-reference tier's prediction "
+    "(default: the checked-in one; write one with benchmarks/bench_cpu_system.py).",
+)
+@click.option(
+    "--min-of-prediction",
+    default=None,
+    help="Exit 1 when a metric's measured performance is below this share of the prediction, e.g. 75%%.",
+)
+@click.option(
+    "--repo", default=None, help="Served repository dir: its tritonforge.lock.json goes in the fingerprint."
+)
+@click.option(
+    "--build-dir", default=None, help="Build dir whose build_manifest.json goes in the fingerprint."
+)
 @click.option("--baseline", default=None, help="report.json to compare with; exit 1 on a regression.")
-@click.option("--tolerance", multiple=True, help="Override a tolerance: metric=rel:abs, e.g. ttft=0.1:5ms (repeatable).")
-@click.option("--request-timeout", default="300s", show_default=True, help="Fail a request after this long without a response.")
-@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Directory for the reports.")
+@click.option(
+    "--tolerance", multiple=True, help="Override a tolerance: metric=rel:abs, e.g. ttft=0.1:5ms (repeatable)."
+)
+@click.option(
+    "--request-timeout",
+    default="300s",
+    show_default=True,
+    help="Fail a request after this long without a response.",
+)
+@click.option(
+    "-o", "--output", required=True, type=click.Path(file_okay=False), help="Directory for the reports."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print report.json instead of the summary table.")
 def run_command(**kw: Any) -> None:
     """Run a load test (the default subcommand: `tritonforge loadtest --url ...`)."""
@@ -110,7 +181,11 @@ def run_command(**kw: Any) -> None:
         if kw[name] < (1 if name == "repeat" else 0):
             raise UserError(f"--{name.replace('_', '-')} must be >= {1 if name == 'repeat' else 0}")
     tolerances = compare.parse_tolerances(kw["tolerance"])
-    min_of = predicted.parse_min_of_prediction(kw["min_of_prediction"]) if kw["min_of_prediction"] is not None else None
+    min_of = (
+        predicted.parse_min_of_prediction(kw["min_of_prediction"])
+        if kw["min_of_prediction"] is not None
+        else None
+    )
     baseline = compare.load_report(kw["baseline"]) if kw["baseline"] else None
     if kw["cpu_system"]:  # asked for by name: a bad file is the user's error, before any request is sent
         from tritonforge.builder.cpu_system import load_system
@@ -120,20 +195,39 @@ def run_command(**kw: Any) -> None:
     if duration <= 0:
         raise UserError("--duration must be > 0, e.g. 60s")
     cfg = LoadTestConfig(
-        url=kw["url"], model=kw["model"], output=Path(kw["output"]), protocol=kw["protocol"], grpc_url=kw["grpc_url"],
-        metrics_url=kw["metrics_url"], levels=_levels(kw["users"], kw["spawn_rate"], kw["concurrency"], kw["request_rate"]),
-        duration_s=duration, warmup=kw["warmup"], seed=kw["seed"], workload=workload.parse_workload(kw["workload"]),
-        tokenizer=kw["tokenizer"], slo=parse_slo(kw["slo"]), gpu=kw["gpu"], gpu_price=kw["gpu_price"],
-        spec_path=kw["spec_path"], tier=kw["tier"], repo=kw["repo"], build_dir=kw["build_dir"], repeat=kw["repeat"],
-        workers=kw["workers"], max_inflight=kw["max_inflight"],
+        url=kw["url"],
+        model=kw["model"],
+        output=Path(kw["output"]),
+        protocol=kw["protocol"],
+        grpc_url=kw["grpc_url"],
+        metrics_url=kw["metrics_url"],
+        levels=_levels(kw["users"], kw["spawn_rate"], kw["concurrency"], kw["request_rate"]),
+        duration_s=duration,
+        warmup=kw["warmup"],
+        seed=kw["seed"],
+        workload=workload.parse_workload(kw["workload"]),
+        tokenizer=kw["tokenizer"],
+        slo=parse_slo(kw["slo"]),
+        gpu=kw["gpu"],
+        gpu_price=kw["gpu_price"],
+        spec_path=kw["spec_path"],
+        tier=kw["tier"],
+        repo=kw["repo"],
+        build_dir=kw["build_dir"],
+        repeat=kw["repeat"],
+        workers=kw["workers"],
+        max_inflight=kw["max_inflight"],
         request_timeout=parse_duration(kw["request_timeout"], "--request-timeout"),
-        argv=_command_line(), cpu_system=kw["cpu_system"],
-    )  # fmt: skip
+        argv=_command_line(),
+        cpu_system=kw["cpu_system"],
+    )
     report, records = run_loadtest(cfg, progress=lambda msg: click.echo(f"[loadtest] {msg}", err=True))
     result = None
     if baseline is not None:
         result = compare.compare_reports(baseline, report, tolerances)
-        report.comparison = Comparison.from_dict({"baseline": kw["baseline"], "tolerances": list(kw["tolerance"]), **result})
+        report.comparison = Comparison.from_dict(
+            {"baseline": kw["baseline"], "tolerances": list(kw["tolerance"]), **result}
+        )
     gate = None
     if min_of is not None:
         gate = predicted.check(report, min_of)
@@ -167,19 +261,29 @@ def _gate_text(gate: dict[str, Any]) -> str:
 
 def _require_predictions(gate: dict[str, Any], path: str) -> None:
     if not gate["checked"]:
-        raise UserError(f"{path} has no predicted-vs-measured rows; run `tritonforge loadtest` with --spec SPEC.yaml "
-                        "or --repo DIR so each level carries a prediction")
+        raise UserError(
+            f"{path} has no predicted-vs-measured rows; run `tritonforge loadtest` with --spec SPEC.yaml "
+            "or --repo DIR so each level carries a prediction"
+        )
 
 
 @loadtest_group.command("compare")
 @click.argument("baseline", type=click.Path(dir_okay=False))
 @click.argument("current", type=click.Path(dir_okay=False))
-@click.option("--tolerance", multiple=True, help="metric=rel:abs, e.g. ttft=0.1:5ms, output_tokens_per_s=5%%, error_rate=:0.02.")
-@click.option("--min-of-prediction", default=None,
-              help="Also exit 1 when a metric of CURRENT is below this share of its prediction, e.g. 75%%.")
+@click.option(
+    "--tolerance",
+    multiple=True,
+    help="metric=rel:abs, e.g. ttft=0.1:5ms, output_tokens_per_s=5%%, error_rate=:0.02.",
+)
+@click.option(
+    "--min-of-prediction",
+    default=None,
+    help="Also exit 1 when a metric of CURRENT is below this share of its prediction, e.g. 75%%.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
-def compare_command(baseline: str, current: str, tolerance: tuple[str, ...], min_of_prediction: str | None,
-                    as_json: bool) -> None:
+def compare_command(
+    baseline: str, current: str, tolerance: tuple[str, ...], min_of_prediction: str | None, as_json: bool
+) -> None:
     """Compare CURRENT with BASELINE (report.json files); exit 1 on a regression.
 
     A metric regresses when it moves the bad way (throughput down; latency, errors up) by more than
@@ -194,7 +298,9 @@ def compare_command(baseline: str, current: str, tolerance: tuple[str, ...], min
     cur = compare.load_report(current)
     result = compare.compare_reports(base, cur, tol)
     if not result["rows"]:
-        raise UserError(f"{baseline} and {current} share no load level with metrics; run both with the same --users/--concurrency/--request-rate")
+        raise UserError(
+            f"{baseline} and {current} share no load level with metrics; run both with the same --users/--concurrency/--request-rate"
+        )
     gate = None
     if min_of is not None:
         gate = predicted.check(cur, min_of)
@@ -212,8 +318,11 @@ def compare_command(baseline: str, current: str, tolerance: tuple[str, ...], min
 
 @loadtest_group.command("check")
 @click.argument("report", type=click.Path(dir_okay=False))
-@click.option("--min-of-prediction", required=True,
-              help="Exit 1 when a metric's measured performance is below this share of its prediction, e.g. 75%%.")
+@click.option(
+    "--min-of-prediction",
+    required=True,
+    help="Exit 1 when a metric's measured performance is below this share of its prediction, e.g. 75%%.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the check as JSON.")
 def check_command(report: str, min_of_prediction: str, as_json: bool) -> None:
     """Gate REPORT (a report.json) on its predictions: exit 1 with one line per metric measured below

@@ -46,27 +46,40 @@ DEFAULT_RULES: tuple[Rule, ...] = (
 # A percentile is gated only when both runs have enough samples to estimate it (p99 of 60 requests
 # is the maximum, i.e. one scheduler hiccup); otherwise it is shown with the verdict "few samples".
 MIN_SAMPLES = {"p50": 10, "p90": 50, "p99": 300}
-ALIASES = {"ttft": "ttft_ms", "itl": "itl_ms", "e2e": "e2e_ms", "throughput": "output_tokens_per_s",
-           "tokens_per_s": "output_tokens_per_s", "rps": "requests_per_s", "goodput": "goodput_requests_per_s",
-           "errors": "error_rate"}  # fmt: skip
+ALIASES = {
+    "ttft": "ttft_ms",
+    "itl": "itl_ms",
+    "e2e": "e2e_ms",
+    "throughput": "output_tokens_per_s",
+    "tokens_per_s": "output_tokens_per_s",
+    "rps": "requests_per_s",
+    "goodput": "goodput_requests_per_s",
+    "errors": "error_rate",
+}
 _AMOUNT = re.compile(r"^\s*(-?\d+(?:\.\d*)?|\.\d+)\s*(%|ms|s|us)?\s*$")
 
 
 def _amount(text: str, what: str, relative: bool) -> float:
     m = _AMOUNT.match(text)
     if not m:
-        raise UserError(f"invalid --tolerance {what}: {text!r} is not a number (e.g. ttft=0.1:5ms or tokens_per_s=10%)")
+        raise UserError(
+            f"invalid --tolerance {what}: {text!r} is not a number (e.g. ttft=0.1:5ms or tokens_per_s=10%)"
+        )
     v, unit = float(m.group(1)), m.group(2)
     if v < 0:
         raise UserError(f"invalid --tolerance {what}: tolerances must be >= 0")
     if unit == "%":
         return v / 100.0
     if relative and unit:
-        raise UserError(f"invalid --tolerance {what}: the relative part takes a fraction or a percentage, not {unit}")
+        raise UserError(
+            f"invalid --tolerance {what}: the relative part takes a fraction or a percentage, not {unit}"
+        )
     return v * {"s": 1000.0, "us": 0.001}.get(unit or "", 1.0)
 
 
-def parse_tolerances(items: list[str] | tuple[str, ...] | None) -> dict[str, tuple[float | None, float | None]]:
+def parse_tolerances(
+    items: list[str] | tuple[str, ...] | None,
+) -> dict[str, tuple[float | None, float | None]]:
     """['ttft=0.1:5ms', 'e2e.p99=30%', 'error_rate=:0.02'] -> {'ttft_ms': (0.1, 5.0), ...}."""
     out: dict[str, tuple[float | None, float | None]] = {}
     for item in items or ():
@@ -80,7 +93,9 @@ def parse_tolerances(items: list[str] | tuple[str, ...] | None) -> dict[str, tup
             key = f"{family}.{pct}" if dot else family
             if not any(r.key == key or r.key.startswith(key + ".") for r in DEFAULT_RULES):
                 known = sorted({r.key.split(".")[0] for r in DEFAULT_RULES} | set(ALIASES))
-                raise UserError(f"invalid --tolerance {part!r}: unknown metric {key!r}; use one of {', '.join(known)}")
+                raise UserError(
+                    f"invalid --tolerance {part!r}: unknown metric {key!r}; use one of {', '.join(known)}"
+                )
             rel_s, _, abs_s = value.partition(":")
             rel = _amount(rel_s, part, True) if rel_s.strip() else None
             ab = _amount(abs_s, part, False) if abs_s.strip() else None
@@ -112,8 +127,11 @@ def _value(metrics: dict[str, Any], key: str) -> float | None:
     return float(cur) if isinstance(cur, (int, float)) and not isinstance(cur, bool) else None
 
 
-def compare_reports(baseline: Report | dict[str, Any], current: Report | dict[str, Any],
-                    overrides: dict[str, tuple[float | None, float | None]] | None = None) -> dict[str, Any]:
+def compare_reports(
+    baseline: Report | dict[str, Any],
+    current: Report | dict[str, Any],
+    overrides: dict[str, tuple[float | None, float | None]] | None = None,
+) -> dict[str, Any]:
     """Per level and metric: baseline, current, ratio, verdict; `regression` if any metric regressed."""
     baseline, current = as_dict(baseline), as_dict(current)
     base_levels = {lv["label"]: lv for lv in baseline.get("levels", [])}
@@ -135,18 +153,21 @@ def compare_reports(baseline: Report | dict[str, Any], current: Report | dict[st
             family, _, pct = rule.key.partition(".")
             n = min(_value(bm, f"{family}.count") or 0, _value(cm, f"{family}.count") or 0) if pct else None
             few = n is not None and n < MIN_SAMPLES.get(pct, 0)
-            rows.append({
-                "level": label,
-                "metric": rule.key,
-                "baseline": b,
-                "current": c,
-                "ratio": round(c / b, 4) if b else None,
-                "better": "higher" if rule.higher_is_better else "lower",
-                "tolerance": f"{rule.rel:.0%} and {rule.abs:g}",
-                "samples": int(n) if n is not None else None,
-                "verdict": "few samples" if few and (regressed or improved) else (
-                    "REGRESSION" if regressed else ("improved" if improved else "ok")),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "level": label,
+                    "metric": rule.key,
+                    "baseline": b,
+                    "current": c,
+                    "ratio": round(c / b, 4) if b else None,
+                    "better": "higher" if rule.higher_is_better else "lower",
+                    "tolerance": f"{rule.rel:.0%} and {rule.abs:g}",
+                    "samples": int(n) if n is not None else None,
+                    "verdict": "few samples"
+                    if few and (regressed or improved)
+                    else ("REGRESSION" if regressed else ("improved" if improved else "ok")),
+                }
+            )
     regressions = [r for r in rows if r["verdict"] == "REGRESSION"]
     return {
         "regression": bool(regressions),
@@ -192,26 +213,51 @@ def load_report(path: str | Path) -> Report:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(x) for x in first["loc"])
-        raise UserError(f"{p} is not a valid load-test report ({where}: {first['msg']}); pass a report.json written by "
-                        "`tritonforge loadtest`") from None
+        raise UserError(
+            f"{p} is not a valid load-test report ({where}: {first['msg']}); pass a report.json written by "
+            "`tritonforge loadtest`"
+        ) from None
 
 
 def format_comparison(result: dict[str, Any], baseline: str = "baseline", current: str = "current") -> str:
     """A text table of every compared metric, then the verdict."""
     head = ["level", "metric", baseline[-28:], current[-28:], "ratio", "tolerance", "verdict"]
-    rows = [[r["level"], r["metric"], f"{r['baseline']:.3f}", f"{r['current']:.3f}",
-             "-" if r["ratio"] is None else f"{r['ratio']:.3f}", r["tolerance"], r["verdict"]] for r in result["rows"]]  # fmt: skip
+    rows = [
+        [
+            r["level"],
+            r["metric"],
+            f"{r['baseline']:.3f}",
+            f"{r['current']:.3f}",
+            "-" if r["ratio"] is None else f"{r['ratio']:.3f}",
+            r["tolerance"],
+            r["verdict"],
+        ]
+        for r in result["rows"]
+    ]
     widths = [max(len(h), *(len(x[i]) for x in rows)) if rows else len(h) for i, h in enumerate(head)]
-    lines = ["  ".join(h.ljust(w) if i < 2 else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths, strict=True)))]
+    lines = [
+        "  ".join(
+            h.ljust(w) if i < 2 else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths, strict=True))
+        )
+    ]
     for x in rows:
-        lines.append("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(x, widths, strict=True))))
+        lines.append(
+            "  ".join(
+                c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(x, widths, strict=True))
+            )
+        )
     for w in result.get("warnings", []):
         lines.append(f"warning: {w}")
     if result["missing_levels"]:
         lines.append(f"levels in only one report (not compared): {', '.join(result['missing_levels'])}")
     if not result["rows"]:
-        lines.append("nothing to compare: the reports share no level (use the same --concurrency / --request-rate)")
-    verdict = f"REGRESSION: {result['regressions']} of {result['compared']} metrics" if result["regression"] else (
-        f"no regression ({result['compared']} metrics within tolerance)")  # fmt: skip
+        lines.append(
+            "nothing to compare: the reports share no level (use the same --concurrency / --request-rate)"
+        )
+    verdict = (
+        f"REGRESSION: {result['regressions']} of {result['compared']} metrics"
+        if result["regression"]
+        else (f"no regression ({result['compared']} metrics within tolerance)")
+    )
     lines.append(verdict)
     return "\n".join(lines)

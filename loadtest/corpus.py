@@ -52,11 +52,27 @@ mechanism of springs and gears changed the shape of the known world.
 
 # Word swaps for paraphrased prompts (both directions are used).
 SYNONYMS = {
-    "large": "big", "quickly": "fast", "slowly": "gradually", "old": "ancient", "town": "village",
-    "answer": "reply", "careful": "meticulous", "small": "little", "begins": "starts", "long": "lengthy",
-    "better": "improved", "every": "each", "many": "numerous", "good": "fine", "arrive": "come",
-    "complete": "finished", "know": "understand", "made": "built", "changed": "altered", "quiet": "calm",
-}  # fmt: skip
+    "large": "big",
+    "quickly": "fast",
+    "slowly": "gradually",
+    "old": "ancient",
+    "town": "village",
+    "answer": "reply",
+    "careful": "meticulous",
+    "small": "little",
+    "begins": "starts",
+    "long": "lengthy",
+    "better": "improved",
+    "every": "each",
+    "many": "numerous",
+    "good": "fine",
+    "arrive": "come",
+    "complete": "finished",
+    "know": "understand",
+    "made": "built",
+    "changed": "altered",
+    "quiet": "calm",
+}
 
 PARAPHRASE_TEMPLATES = (
     "{p}",

@@ -61,8 +61,10 @@ def cost_section(
     elif gpu:
         price, source = float(_gpu(gpu).price_per_hour), "planner GPU catalog"
     if price is None:
-        out["note"] = ("no GPU price: pass --gpu NAME (planner catalog), --spec SPEC, or --gpu-price DOLLARS_PER_GPU_HOUR "
-                       "(a cpu-reference tier is not priced unless you pass one)")
+        out["note"] = (
+            "no GPU price: pass --gpu NAME (planner catalog), --spec SPEC, or --gpu-price DOLLARS_PER_GPU_HOUR "
+            "(a cpu-reference tier is not priced unless you pass one)"
+        )
         return out
     hourly = price * gpu_count
     out.update(price_per_gpu_hour=price, price_source=source, dollars_per_hour=round(hourly, 4))
@@ -83,8 +85,10 @@ def roofline_section(
 ) -> dict[str, Any]:
     """Measured output tokens/s as a fraction of the planner's decode roofline at this load."""
     if spec is None or not gpu:
-        return {"note": "roofline omitted: pass --spec SPEC.yaml or --repo DIR (its lock holds the spec), "
-                        "and --gpu NAME for a cpu-reference tier"}
+        return {
+            "note": "roofline omitted: pass --spec SPEC.yaml or --repo DIR (its lock holds the spec), "
+            "and --gpu NAME for a cpu-reference tier"
+        }
     try:
         from tritonforge.builder import planner
         from tritonforge.builder.modelref import resolve_model
@@ -99,12 +103,19 @@ def roofline_section(
         kv = planner.kv_bytes_per_token(shape, q.kv_cache_dtype, t.dtype, 1, 1)
         batch = max(1, min(int(concurrency or 1), t.limits.max_batch_size))
         plan = planner.roofline(
-            shape, g, q.format, t.dtype, world=t.parallelism.tp * t.parallelism.pp, gpu_count=t.gpu.count,
-            weights_total=weights, kv_per_token_total=kv,
+            shape,
+            g,
+            q.format,
+            t.dtype,
+            world=t.parallelism.tp * t.parallelism.pp,
+            gpu_count=t.gpu.count,
+            weights_total=weights,
+            kv_per_token_total=kv,
             input_len=int(round(input_len or t.limits.max_input_len)),
             output_len=int(round(output_len or t.limits.max_output_len)),
-            batch=batch, price=g.price_per_hour,
-        )  # fmt: skip
+            batch=batch,
+            price=g.price_per_hour,
+        )
     except UserError as exc:
         return {"note": f"roofline omitted: {exc}"}
     out: dict[str, Any] = {

@@ -53,9 +53,13 @@ def preflight(url: str, model: str) -> dict[str, Any]:
         status, server = get_json(f"{url}/v2")
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise UserError(f"cannot reach Triton at {url} ({reason}); start it (`tritonforge serve REPO`) or fix --url") from None
+        raise UserError(
+            f"cannot reach Triton at {url} ({reason}); start it (`tritonforge serve REPO`) or fix --url"
+        ) from None
     if status != 200 or not isinstance(server, dict):
-        raise UserError(f"{url}/v2 answered HTTP {status}; is --url Triton's HTTP endpoint (default port 8000)?")
+        raise UserError(
+            f"{url}/v2 answered HTTP {status}; is --url Triton's HTTP endpoint (default port 8000)?"
+        )
     status, _ = get_json(f"{url}/v2/models/{model}/ready")
     if status != 200:
         _, meta = get_json(f"{url}/v2/models/{model}")
@@ -66,10 +70,16 @@ def preflight(url: str, model: str) -> dict[str, Any]:
         except (urllib.error.URLError, OSError, ValueError, TypeError, KeyError):
             ready = []
         have = f"; ready models: {', '.join(ready)}" if ready else ""
-        raise UserError(f"model {model!r} is not ready on {url} ({why or f'HTTP {status}'}){have}; pass --model NAME")
+        raise UserError(
+            f"model {model!r} is not ready on {url} ({why or f'HTTP {status}'}){have}; pass --model NAME"
+        )
     _, meta = get_json(f"{url}/v2/models/{model}")
     _, config = get_json(f"{url}/v2/models/{model}/config")
-    return {"server": server, "model_metadata": meta, "model_config": config if isinstance(config, dict) else {}}
+    return {
+        "server": server,
+        "model_metadata": meta,
+        "model_config": config if isinstance(config, dict) else {},
+    }
 
 
 def _sha256(path: Path) -> str:
@@ -83,7 +93,9 @@ def repo_info(repo: str | None, build_dir: str | None) -> tuple[dict[str, Any], 
     if repo:
         lock_path = Path(repo) / LOCK_FILE
         if not lock_path.is_file():
-            raise UserError(f"--repo {repo!r} has no {LOCK_FILE}; pass a repository made by `tritonforge emit`")
+            raise UserError(
+                f"--repo {repo!r} has no {LOCK_FILE}; pass a repository made by `tritonforge emit`"
+            )
         try:
             lock = json.loads(lock_path.read_text(encoding="utf-8"))
         except ValueError:
@@ -137,11 +149,17 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def environment(pre: dict[str, Any], repo: dict[str, Any], argv: list[str], extra: dict[str, Any]) -> dict[str, Any]:
+def environment(
+    pre: dict[str, Any], repo: dict[str, Any], argv: list[str], extra: dict[str, Any]
+) -> dict[str, Any]:
     server = pre.get("server") or {}
     return {
         "tritonforge_version": tritonforge.__version__,
-        "triton": {"name": server.get("name"), "version": server.get("version"), "extensions": server.get("extensions")},
+        "triton": {
+            "name": server.get("name"),
+            "version": server.get("version"),
+            "extensions": server.get("extensions"),
+        },
         "model": model_summary(pre),
         "repository": repo,
         "load_generator": {

@@ -48,19 +48,37 @@ def _add_arguments(parser: Any) -> None:
     g = parser.add_argument_group("tritonforge", "Triton LLM load test options")
     g.add_argument("--model", default="ensemble", help="Triton model to load (ensemble, llm, ...)")
     g.add_argument("--protocol", default="http-stream", choices=protocols.PROTOCOLS, help="request protocol")
-    g.add_argument("--grpc-url", default="", help="host:port of Triton's gRPC endpoint (default: --host with port+1)")
+    g.add_argument(
+        "--grpc-url", default="", help="host:port of Triton's gRPC endpoint (default: --host with port+1)"
+    )
     g.add_argument("--workload-file", default="", help="JSONL of requests made by `tritonforge loadtest`")
     g.add_argument("--workload", default="", help=f"synthetic workload key=value,... ({workload.describe()})")
     g.add_argument("--tokenizer", default="demo", help="tokenizer dir for synthetic prompts (or demo, tiny)")
     g.add_argument("--seed", type=int, default=0, help="workload seed")
-    g.add_argument("--request-rate", type=float, default=0.0, help="open loop: requests/s in total (0 = closed loop)")
-    g.add_argument("--max-inflight", type=int, default=0, help="open loop: cap on requests in flight per process")
-    g.add_argument("--item-offset", type=int, default=0,
-                   help="start at this workload item (tritonforge loadtest: where the previous run stopped)")
-    g.add_argument("--warmup", type=int, default=0, help="first N requests per process are warm-up (excluded)")
-    g.add_argument("--batch-dim", default="auto", choices=("auto", "0", "1"),
-                   help="gRPC: inputs get a batch dimension (auto: when the model's max_batch_size > 0)")
-    g.add_argument("--request-timeout", type=float, default=300.0, help="seconds without a response before failing")
+    g.add_argument(
+        "--request-rate", type=float, default=0.0, help="open loop: requests/s in total (0 = closed loop)"
+    )
+    g.add_argument(
+        "--max-inflight", type=int, default=0, help="open loop: cap on requests in flight per process"
+    )
+    g.add_argument(
+        "--item-offset",
+        type=int,
+        default=0,
+        help="start at this workload item (tritonforge loadtest: where the previous run stopped)",
+    )
+    g.add_argument(
+        "--warmup", type=int, default=0, help="first N requests per process are warm-up (excluded)"
+    )
+    g.add_argument(
+        "--batch-dim",
+        default="auto",
+        choices=("auto", "0", "1"),
+        help="gRPC: inputs get a batch dimension (auto: when the model's max_batch_size > 0)",
+    )
+    g.add_argument(
+        "--request-timeout", type=float, default=300.0, help="seconds without a response before failing"
+    )
     g.add_argument("--records-dir", default="", help="write per-request JSONL records and process stats here")
     g.add_argument("--level", default="", help="label stored in each record (set by tritonforge loadtest)")
     g.add_argument("--repeat-index", type=int, default=0, help="repeat number stored in each record")
@@ -81,9 +99,13 @@ class _Process:
             self.items = workload.generate(spec, tok, opts.seed)
         runner = environment.runner
         index = getattr(runner, "worker_index", 0) if isinstance(runner, WorkerRunner) else 0
-        self.stride = max(1, int(getattr(opts, "expect_workers", 1) or 1)) if isinstance(runner, WorkerRunner) else 1
+        self.stride = (
+            max(1, int(getattr(opts, "expect_workers", 1) or 1)) if isinstance(runner, WorkerRunner) else 1
+        )
         self.worker_index = max(0, index)
-        self.offset = self.worker_index + max(0, int(getattr(opts, "item_offset", 0) or 0))  # first item this process sends
+        self.offset = self.worker_index + max(
+            0, int(getattr(opts, "item_offset", 0) or 0)
+        )  # first item this process sends
         self.counter = itertools.count()
         self.ids = itertools.count(1)
         self.user_ids = itertools.count(1)
@@ -95,7 +117,9 @@ class _Process:
         self.batch_dim = False
         if self.protocol == "grpc-stream":
             bd = str(getattr(opts, "batch_dim", "auto"))
-            self.batch_dim = protocols.has_batch_dim(environment.host or "", opts.model) if bd == "auto" else bd == "1"
+            self.batch_dim = (
+                protocols.has_batch_dim(environment.host or "", opts.model) if bd == "auto" else bd == "1"
+            )
         self.skipped = 0  # open loop: arrivals dropped at the in-flight cap
         self.grpc: protocols.GrpcMux | None = None  # open loop: one stream per process
         self.unfinished = 0
@@ -265,7 +289,9 @@ class TritonLLMUser(User):
         if self.protocol == "grpc-stream":
             url = _grpc_url(self.host, opts.grpc_url)
             if self.rate <= 0:
-                self.grpc = protocols.GrpcMux(url, opts.model, opts.request_timeout, self.proc.batch_dim if self.proc else False)
+                self.grpc = protocols.GrpcMux(
+                    url, opts.model, opts.request_timeout, self.proc.batch_dim if self.proc else False
+                )
                 self.grpc.open()  # connect before the first measured request
             elif self.proc is not None and self.proc.grpc is None:
                 self.proc.grpc = protocols.GrpcMux(url, opts.model, opts.request_timeout, self.proc.batch_dim)
@@ -316,12 +342,21 @@ class TritonLLMUser(User):
         try:
             out = self._send(item)
         except BaseException as exc:  # GreenletExit at a forced stop: record it, then let it through
-            out = protocols.Outcome(start=time.time(), e2e_s=0.0, error_type="interrupted", error=type(exc).__name__)
+            out = protocols.Outcome(
+                start=time.time(), e2e_s=0.0, error_type="interrupted", error=type(exc).__name__
+            )
             self._report(proc, item, out, scheduled, warm)
             raise
         self._report(proc, item, out, scheduled, warm)
 
-    def _report(self, proc: _Process, item: dict[str, Any], out: protocols.Outcome, scheduled: float | None, warm: bool) -> None:
+    def _report(
+        self,
+        proc: _Process,
+        item: dict[str, Any],
+        out: protocols.Outcome,
+        scheduled: float | None,
+        warm: bool,
+    ) -> None:
         rec = RequestRecord(
             id=f"{PROCESS}/{next(proc.ids)}",
             level=self.opts.level,
@@ -355,13 +390,42 @@ class TritonLLMUser(User):
         kind = "warmup" if warm else self.protocol
         tokens = out.server_tokens if out.server_tokens is not None else 0
         if not out.ok:
-            fire(request_type=kind, name="E2E", response_time=(out.e2e_s or 0) * 1000, response_length=0,
-                 exception=RuntimeError(f"{out.error_type}: {out.error}"), context={})  # fmt: skip
+            fire(
+                request_type=kind,
+                name="E2E",
+                response_time=(out.e2e_s or 0) * 1000,
+                response_length=0,
+                exception=RuntimeError(f"{out.error_type}: {out.error}"),
+                context={},
+            )
             return
         if out.ttft_s is not None:
-            fire(request_type=kind, name="TTFT", response_time=out.ttft_s * 1000, response_length=tokens, exception=None, context={})
-            n = out.server_tokens if out.server_tokens is not None else out.chunks  # chunks: one token each, typically
+            fire(
+                request_type=kind,
+                name="TTFT",
+                response_time=out.ttft_s * 1000,
+                response_length=tokens,
+                exception=None,
+                context={},
+            )
+            n = (
+                out.server_tokens if out.server_tokens is not None else out.chunks
+            )  # chunks: one token each, typically
             if n > 1 and out.e2e_s is not None:
                 itl_ms = (out.e2e_s - out.ttft_s) / (n - 1) * 1000
-                fire(request_type=kind, name="ITL", response_time=itl_ms, response_length=tokens, exception=None, context={})
-        fire(request_type=kind, name="E2E", response_time=(out.e2e_s or 0) * 1000, response_length=tokens, exception=None, context={})
+                fire(
+                    request_type=kind,
+                    name="ITL",
+                    response_time=itl_ms,
+                    response_length=tokens,
+                    exception=None,
+                    context={},
+                )
+        fire(
+            request_type=kind,
+            name="E2E",
+            response_time=(out.e2e_s or 0) * 1000,
+            response_length=tokens,
+            exception=None,
+            context={},
+        )

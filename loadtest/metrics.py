@@ -117,9 +117,9 @@ def level_metrics(records: Sequence[RequestRecord], slo: dict[str, float] | None
         output_tokens_per_request=stats((r.output_tokens for r in ok), digits=2),
         input_tokens_per_request=stats((r.input_tokens for r in ok), digits=2),
         # per-user decode speed: tokens after the first over the time after the first token
-        output_tokens_per_s_per_user=stats(
-            (1.0 / r.itl_s for r in ok if r.itl_s), digits=2
-        ) if streamed else {"count": 0},  # fmt: skip
+        output_tokens_per_s_per_user=stats((1.0 / r.itl_s for r in ok if r.itl_s), digits=2)
+        if streamed
+        else {"count": 0},
         errors=error_summary(measured),
         cache_status=dict(Counter(r.cache_status for r in ok if r.cache_status)),
         tiers=dict(Counter(r.tier for r in ok if r.tier)),
@@ -138,7 +138,11 @@ def level_metrics(records: Sequence[RequestRecord], slo: dict[str, float] | None
 
 def token_check(records: Sequence[RequestRecord]) -> dict[str, Any]:
     """Server-reported output token counts against re-tokenised text."""
-    both = [r for r in records if r.ok and not r.warmup and r.output_tokens_server is not None and r.output_tokens_retok is not None]
+    both = [
+        r
+        for r in records
+        if r.ok and not r.warmup and r.output_tokens_server is not None and r.output_tokens_retok is not None
+    ]
     if not both:
         return {"compared": 0}
     server = sum(r.output_tokens_server or 0 for r in both)

@@ -38,7 +38,9 @@ def parse_number_list(text: str, what: str, integer: bool = True) -> list[float]
             v = int(s) if integer else float(s)
         except ValueError:
             kind = "whole numbers" if integer else "numbers"
-            raise UserError(f"invalid {what} {text!r}: {s!r} is not a number; use {kind} such as 1,2,4,8") from None
+            raise UserError(
+                f"invalid {what} {text!r}: {s!r} is not a number; use {kind} such as 1,2,4,8"
+            ) from None
         if v <= 0:
             raise UserError(f"invalid {what} {text!r}: values must be > 0")
         out.append(v)
@@ -68,7 +70,9 @@ def parse_slo(text: str | None) -> dict[str, float]:
     out: dict[str, float] = {}
     for key, value in parse_kv_list(text, "--slo").items():
         if key not in SLO_METRICS:
-            raise UserError(f"invalid --slo {text!r}: unknown metric {key!r}; use ttft, itl or e2e (e.g. ttft=500ms,itl=50ms)")
+            raise UserError(
+                f"invalid --slo {text!r}: unknown metric {key!r}; use ttft, itl or e2e (e.g. ttft=500ms,itl=50ms)"
+            )
         seconds = parse_duration(value, what=f"--slo {key}", default_unit="ms")
         if seconds <= 0:
             raise UserError(f"invalid --slo {text!r}: {key} must be > 0")

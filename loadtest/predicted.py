@@ -25,7 +25,12 @@ JOINED: tuple[tuple[str, str, str, bool], ...] = (
     ("itl_ms", "itl_ms", "itl_ms.avg", False),
     ("e2e_ms", "request_latency_ms", "e2e_ms.avg", False),
     ("output_tokens_per_s", "output_tokens_per_s", "output_tokens_per_s", True),
-    ("output_tokens_per_s_per_user", "output_tokens_per_s_per_user", "output_tokens_per_s_per_user.avg", True),
+    (
+        "output_tokens_per_s_per_user",
+        "output_tokens_per_s_per_user",
+        "output_tokens_per_s_per_user.avg",
+        True,
+    ),
 )
 
 # (Workload, lockstep, CPU share now) -> (Prediction or None, why none / system)
@@ -52,8 +57,17 @@ def join(prediction: dict[str, Any], metrics: LevelMetrics | dict[str, Any]) -> 
         of = None
         if v is not None and p > 0 and v > 0:
             of = round(v / p if higher else p / v, 4)
-        rows.append(PredictedMetric(metric=name, predicted=round(float(p), 3), measured=v, measured_stat=key,
-                                    ratio=ratio, of_prediction=of, better="higher" if higher else "lower"))
+        rows.append(
+            PredictedMetric(
+                metric=name,
+                predicted=round(float(p), 3),
+                measured=v,
+                measured_stat=key,
+                ratio=ratio,
+                of_prediction=of,
+                better="higher" if higher else "lower",
+            )
+        )
     return rows
 
 
@@ -63,23 +77,47 @@ def level_workload(spec_workload: Any, mode: str, value: float, m: LevelMetrics)
 
     isl, osl = spec_workload.isl, spec_workload.osl
     if spec_workload.trace:
-        isl = round(m.input_tokens_per_request.avg) if m.input_tokens_per_request and m.input_tokens_per_request.avg else isl
-        osl = round(m.output_tokens_per_request.avg) if m.output_tokens_per_request and m.output_tokens_per_request.avg else osl
+        isl = (
+            round(m.input_tokens_per_request.avg)
+            if m.input_tokens_per_request and m.input_tokens_per_request.avg
+            else isl
+        )
+        osl = (
+            round(m.output_tokens_per_request.avg)
+            if m.output_tokens_per_request and m.output_tokens_per_request.avg
+            else osl
+        )
     conc = int(value) if mode == "concurrency" else None
     rate = float(value) if mode == "rate" else None
-    return Workload(max(1, int(isl)), max(1, int(osl)), float(spec_workload.isl_std), float(spec_workload.osl_std),
-                    conc, rate)
+    return Workload(
+        max(1, int(isl)),
+        max(1, int(osl)),
+        float(spec_workload.isl_std),
+        float(spec_workload.osl_std),
+        conc,
+        rate,
+    )
 
 
 def lockstep(spec_workload: Any, mode: str, spawn_rate: float | None = None) -> bool:
     """Do a closed loop's users move in lockstep? All start at once (no --spawn-rate) and every request
     has the same prompt and output length, so they finish in the same engine step and are re-sent together."""
     w = spec_workload
-    return (mode == "concurrency" and spawn_rate is None and not w.trace and not w.isl_std and not w.osl_std
-            and bool(w.fixed_output) and not w.repeat and not w.paraphrase)
+    return (
+        mode == "concurrency"
+        and spawn_rate is None
+        and not w.trace
+        and not w.isl_std
+        and not w.osl_std
+        and bool(w.fixed_output)
+        and not w.repeat
+        and not w.paraphrase
+    )
 
 
-def make_predictor(spec: Any, tier: str | None, gpu: str | None, cpu_system_file: str | None = None) -> tuple[Predictor | None, str]:
+def make_predictor(
+    spec: Any, tier: str | None, gpu: str | None, cpu_system_file: str | None = None
+) -> tuple[Predictor | None, str]:
     """A function Workload -> (Prediction, system) for the spec's tier, or (None, why not)."""
     if spec is None:
         return None, "no prediction: pass --spec SPEC.yaml or --repo DIR (its lock holds the spec)"
@@ -116,8 +154,14 @@ def make_predictor(spec: Any, tier: str | None, gpu: str | None, cpu_system_file
     return gpu_predict, f"{g.name} x{t.gpu.count}"
 
 
-def level_prediction(predictor: Predictor | None, why: str, workload: Any, metrics: LevelMetrics,
-                     in_lockstep: bool = False, cpu_share: float | None = None) -> LevelPrediction:
+def level_prediction(
+    predictor: Predictor | None,
+    why: str,
+    workload: Any,
+    metrics: LevelMetrics,
+    in_lockstep: bool = False,
+    cpu_share: float | None = None,
+) -> LevelPrediction:
     """The `prediction` section of one level (a note instead when there is none)."""
     if predictor is None:
         return LevelPrediction(note=why)
@@ -128,8 +172,9 @@ def level_prediction(predictor: Predictor | None, why: str, workload: Any, metri
     if pred is None:
         return LevelPrediction(workload=workload.to_dict(), note=system)
     d = pred.to_dict()
-    return LevelPrediction(source=d.get("source"), system=system, workload=workload.to_dict(), predicted=d,
-                           rows=join(d, metrics))
+    return LevelPrediction(
+        source=d.get("source"), system=system, workload=workload.to_dict(), predicted=d, rows=join(d, metrics)
+    )
 
 
 # ------------------------------------------------------------------------------------------ gate
@@ -168,7 +213,8 @@ def check(report: Report | dict[str, Any], minimum: float) -> dict[str, Any]:
                 worse = "above" if r.get("better") == "lower" else "below"
                 failures.append(
                     f"{lv['label']} {r['metric']}: measured {r['measured']:,.2f}{_unit(r['metric'])} is {of:.0%} of the "
-                    f"prediction ({r['predicted']:,.2f}{_unit(r['metric'])}, {worse} it; needs >= {minimum:.0%})")
+                    f"prediction ({r['predicted']:,.2f}{_unit(r['metric'])}, {worse} it; needs >= {minimum:.0%})"
+                )
     return {"min_of_prediction": minimum, "checked": checked, "failed": bool(failures), "failures": failures}
 
 
@@ -179,18 +225,39 @@ def table(report: Report | dict[str, Any]) -> str | None:
     for lv in levels:
         p = lv.get("prediction") or {}
         for r in p.get("rows") or []:
-            rows.append([lv["label"], r["metric"], f"{r['predicted']:,.2f}",
-                         "-" if r.get("measured") is None else f"{r['measured']:,.2f}",
-                         "-" if r.get("ratio") is None else f"{r['ratio']:.2f}",
-                         "-" if r.get("of_prediction") is None else f"{r['of_prediction']:.0%}"])
+            rows.append(
+                [
+                    lv["label"],
+                    r["metric"],
+                    f"{r['predicted']:,.2f}",
+                    "-" if r.get("measured") is None else f"{r['measured']:,.2f}",
+                    "-" if r.get("ratio") is None else f"{r['ratio']:.2f}",
+                    "-" if r.get("of_prediction") is None else f"{r['of_prediction']:.0%}",
+                ]
+            )
     if not rows:
         notes = {(lv.get("prediction") or {}).get("note") for lv in levels} - {None}
         return f"predicted vs measured: {'; '.join(sorted(notes))}" if notes else None
     head = ["level", "metric", "predicted", "measured", "meas/pred", "of prediction"]
     widths = [max(len(h), *(len(x[i]) for x in rows)) for i, h in enumerate(head)]
-    src = next(((lv.get("prediction") or {}).get("source") for lv in levels if (lv.get("prediction") or {}).get("source")), "")
+    src = next(
+        (
+            (lv.get("prediction") or {}).get("source")
+            for lv in levels
+            if (lv.get("prediction") or {}).get("source")
+        ),
+        "",
+    )
     out = [f"predicted vs measured (means; prediction: {src})"]
-    out.append("  ".join(h.ljust(w) if i < 2 else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths, strict=True))))
+    out.append(
+        "  ".join(
+            h.ljust(w) if i < 2 else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths, strict=True))
+        )
+    )
     for x in rows:
-        out.append("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(x, widths, strict=True))))
+        out.append(
+            "  ".join(
+                c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(x, widths, strict=True))
+            )
+        )
     return "\n".join(out)

@@ -122,7 +122,7 @@ def diff(before: tuple[dict, dict] | None, after: tuple[dict, dict] | None, mode
 
 
 # KV-cache blocks served from the prefix cache, as running totals (a run's reuse is the change):
-# - the CPU engine's `tf_cpu_engine_reused_blocks` (model_repo_templates/python/tensorrt_llm_cpu.py.j2);
+# - the CPU engine's `tf_cpu_engine_reused_blocks` (model_repo_templates/models/tensorrt_llm_cpu.py);
 # - TensorRT-LLM's Triton backend: gauge family `nv_trt_llm_kv_cache_block_metrics`, label
 #   kv_cache_block_type="reused" (backends that report it; older ones export only max/free/used/tokens_per),
 #   https://github.com/triton-inference-server/tensorrtllm_backend/blob/main/inflight_batcher_llm/src/custom_metrics_reporter/custom_metrics_reporter.cc
@@ -132,7 +132,9 @@ KV_REUSE_METRICS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
 )
 
 
-def kv_reused_blocks(before: tuple[dict, dict] | None, after: tuple[dict, dict] | None) -> tuple[float | None, str | None]:
+def kv_reused_blocks(
+    before: tuple[dict, dict] | None, after: tuple[dict, dict] | None
+) -> tuple[float | None, str | None]:
     """(KV blocks reused between the two scrapes, metric name), or (None, None) where none is exported."""
     if before is None or after is None:
         return None, None

@@ -137,9 +137,17 @@ def classify_exception(exc: BaseException) -> tuple[str, str]:
     """(error class, message) for a client-side exception."""
     name = type(exc).__name__
     text = f"{name}: {exc}"
-    if isinstance(exc, (socket.timeout, TimeoutError)) or "timeout" in name.lower() or "timed out" in str(exc):
+    if (
+        isinstance(exc, (socket.timeout, TimeoutError))
+        or "timeout" in name.lower()
+        or "timed out" in str(exc)
+    ):
         return "timeout", text
-    if isinstance(exc, (ConnectionError, http.client.RemoteDisconnected)) or "Connection" in name or "closed" in str(exc):
+    if (
+        isinstance(exc, (ConnectionError, http.client.RemoteDisconnected))
+        or "Connection" in name
+        or "closed" in str(exc)
+    ):
         return "connection", text
     if isinstance(exc, (ValueError, http.client.HTTPException)):
         return "protocol", text
@@ -244,7 +252,9 @@ class StdlibHttp:
 # ------------------------------------------------------------------------------------------ gRPC
 
 
-def grpc_request(model: str, request_id: str, item: dict[str, Any], stream: bool, batch_dim: bool = False) -> Any:
+def grpc_request(
+    model: str, request_id: str, item: dict[str, Any], stream: bool, batch_dim: bool = False
+) -> Any:
     """A ModelInferRequest (typed contents, no private tritonclient API) for one workload item.
 
     `batch_dim`: the model has max_batch_size > 0, so every input gets a leading batch dimension.
@@ -275,7 +285,15 @@ def grpc_request(model: str, request_id: str, item: dict[str, Any], stream: bool
     return req
 
 
-_FIXED = {"INT32": "<i", "INT64": "<q", "UINT64": "<Q", "FP32": "<f", "BOOL": "<?", "INT8": "<b", "UINT32": "<I"}
+_FIXED = {
+    "INT32": "<i",
+    "INT64": "<q",
+    "UINT64": "<Q",
+    "FP32": "<f",
+    "BOOL": "<?",
+    "INT8": "<b",
+    "UINT32": "<I",
+}
 
 
 def _decode_raw(datatype: str, raw: bytes) -> list[Any]:
@@ -302,7 +320,9 @@ def grpc_outputs(infer_response: Any) -> tuple[dict[str, Any], bool]:
             outputs[o.name] = _decode_raw(o.datatype, raw[i])
         else:  # typed contents (servers that do not send raw)
             c = o.contents
-            outputs[o.name] = list(c.bytes_contents or c.int_contents or c.int64_contents or c.fp32_contents or c.bool_contents)
+            outputs[o.name] = list(
+                c.bytes_contents or c.int_contents or c.int64_contents or c.fp32_contents or c.bool_contents
+            )
     final_param = infer_response.parameters.get("triton_final_response")
     final = bool(final_param.bool_param) if final_param is not None else False
     return outputs, final

@@ -47,7 +47,9 @@ class RequestRecord:
     @property
     def output_tokens(self) -> int | None:
         """Server count when reported, else the re-tokenised count."""
-        return self.output_tokens_server if self.output_tokens_server is not None else self.output_tokens_retok
+        return (
+            self.output_tokens_server if self.output_tokens_server is not None else self.output_tokens_retok
+        )
 
     @property
     def itl_s(self) -> float | None:
@@ -90,7 +92,11 @@ def write_csv(records: Iterable[RequestRecord], path: Path) -> None:
         w.writerow(CSV_FIELDS + CSV_EXTRA)
         for r in sorted(records, key=lambda r: (r.level, r.repeat, r.start)):
             row = asdict(r)
-            values = [_cell(row[k]) for k in CSV_FIELDS] + [_cell(r.end), _cell(r.itl_s), _cell(r.output_tokens)]
+            values = [_cell(row[k]) for k in CSV_FIELDS] + [
+                _cell(r.end),
+                _cell(r.itl_s),
+                _cell(r.output_tokens),
+            ]
             w.writerow(values)
 
 

@@ -105,8 +105,15 @@ def derived_url(url: str, offset: int, scheme: str | None = "http") -> str:
 # ------------------------------------------------------------------------------------------ locust
 
 
-def locust_commands(cfg: LoadTestConfig, level: Level, repeat: int, workload_file: Path, raw_dir: Path,
-                    locust_dir: Path, item_offset: int = 0) -> tuple[list[str], list[list[str]]]:
+def locust_commands(
+    cfg: LoadTestConfig,
+    level: Level,
+    repeat: int,
+    workload_file: Path,
+    raw_dir: Path,
+    locust_dir: Path,
+    item_offset: int = 0,
+) -> tuple[list[str], list[list[str]]]:
     """(main command, worker commands) for one level and repeat, starting at workload item `item_offset`."""
     py = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE)]
     processes = max(1, cfg.workers)
@@ -118,32 +125,86 @@ def locust_commands(cfg: LoadTestConfig, level: Level, repeat: int, workload_fil
         spawn = float(users)
     name = f"{level.label}-r{repeat}"
     custom = [
-        "--model", cfg.model, "--protocol", cfg.protocol, "--grpc-url", cfg.grpc_url or "",
-        "--workload-file", str(workload_file), "--records-dir", str(raw_dir), "--level", level.label,
-        "--repeat-index", str(repeat), "--request-timeout", f"{cfg.request_timeout:g}", "--seed", str(cfg.seed),
-        "--request-rate", f"{rate:g}", "--max-inflight", str(cfg.max_inflight), "--warmup", "0",
-        "--batch-dim", "1" if cfg.batch_dim else "0", "--item-offset", str(item_offset),
-    ]  # fmt: skip
-    main = py + custom + [
-        "--headless", "--host", cfg.url, "-u", str(users), "-r", f"{spawn:g}",
-        "-t", f"{max(1, math.ceil(cfg.duration_s))}s", "--stop-timeout", f"{math.ceil(cfg.request_timeout)}",
-        "--only-summary", "--loglevel", "WARNING",
-        "--csv", str(locust_dir / name), "--html", str(locust_dir / f"{name}.html"),
-    ]  # fmt: skip
+        "--model",
+        cfg.model,
+        "--protocol",
+        cfg.protocol,
+        "--grpc-url",
+        cfg.grpc_url or "",
+        "--workload-file",
+        str(workload_file),
+        "--records-dir",
+        str(raw_dir),
+        "--level",
+        level.label,
+        "--repeat-index",
+        str(repeat),
+        "--request-timeout",
+        f"{cfg.request_timeout:g}",
+        "--seed",
+        str(cfg.seed),
+        "--request-rate",
+        f"{rate:g}",
+        "--max-inflight",
+        str(cfg.max_inflight),
+        "--warmup",
+        "0",
+        "--batch-dim",
+        "1" if cfg.batch_dim else "0",
+        "--item-offset",
+        str(item_offset),
+    ]
+    main = (
+        py
+        + custom
+        + [
+            "--headless",
+            "--host",
+            cfg.url,
+            "-u",
+            str(users),
+            "-r",
+            f"{spawn:g}",
+            "-t",
+            f"{max(1, math.ceil(cfg.duration_s))}s",
+            "--stop-timeout",
+            f"{math.ceil(cfg.request_timeout)}",
+            "--only-summary",
+            "--loglevel",
+            "WARNING",
+            "--csv",
+            str(locust_dir / name),
+            "--html",
+            str(locust_dir / f"{name}.html"),
+        ]
+    )
     workers: list[list[str]] = []
     if cfg.workers > 0:
-        from tritonforge.builder.server import free_port
+        from tritonforge.ensembles.server import free_port
 
         port = free_port()
-        main += ["--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port),
-                 "--expect-workers", str(cfg.workers), "--expect-workers-max-wait", "60"]  # fmt: skip
-        workers = [py + ["--worker", "--master-host", "127.0.0.1", "--master-port", str(port), "--loglevel", "WARNING"]
-                   for _ in range(cfg.workers)]  # fmt: skip
+        main += [
+            "--master",
+            "--master-bind-host",
+            "127.0.0.1",
+            "--master-bind-port",
+            str(port),
+            "--expect-workers",
+            str(cfg.workers),
+            "--expect-workers-max-wait",
+            "60",
+        ]
+        workers = [
+            py
+            + ["--worker", "--master-host", "127.0.0.1", "--master-port", str(port), "--loglevel", "WARNING"]
+            for _ in range(cfg.workers)
+        ]
     return main, workers
 
 
-def run_locust(cfg: LoadTestConfig, level: Level, repeat: int, workload_file: Path, out: Path,
-               item_offset: int = 0) -> dict[str, Any]:
+def run_locust(
+    cfg: LoadTestConfig, level: Level, repeat: int, workload_file: Path, out: Path, item_offset: int = 0
+) -> dict[str, Any]:
     """Run Locust for one level/repeat from workload item `item_offset`; return its records and process stats."""
     name = f"{level.label}-r{repeat}"
     raw_dir = out / "raw" / name
@@ -152,7 +213,9 @@ def run_locust(cfg: LoadTestConfig, level: Level, repeat: int, workload_file: Pa
     locust_dir.mkdir(parents=True, exist_ok=True)
     for old in raw_dir.glob("*"):
         old.unlink()
-    main_cmd, worker_cmds = locust_commands(cfg, level, repeat, workload_file, raw_dir, locust_dir, item_offset)
+    main_cmd, worker_cmds = locust_commands(
+        cfg, level, repeat, workload_file, raw_dir, locust_dir, item_offset
+    )
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     log_path = locust_dir / f"{name}.log"
     procs: list[subprocess.Popen[bytes]] = []
@@ -185,7 +248,9 @@ def run_locust(cfg: LoadTestConfig, level: Level, repeat: int, workload_file: Pa
     records = read_jsonl(sorted(raw_dir.glob("records-*.jsonl")))
     proc_stats = [_read_json(p) for p in sorted(raw_dir.glob("proc-*.json"))]
     if rc is None or (rc not in (0, 1) and not records) or not proc_stats:
-        tail = " | ".join(line.strip() for line in log_path.read_text(errors="replace").splitlines()[-3:] if line.strip())
+        tail = " | ".join(
+            line.strip() for line in log_path.read_text(errors="replace").splitlines()[-3:] if line.strip()
+        )
         why = "timed out" if rc is None else f"exit {rc}"
         raise UserError(f"locust failed for {name} ({why}): {tail or 'no output'} (log: {log_path})")
     return {"records": records, "processes": proc_stats, "exit_code": rc, "log": str(log_path)}
@@ -213,8 +278,9 @@ def warm_up(cfg: LoadTestConfig, items: list[dict[str, Any]], concurrency: int) 
 
     def worker(wid: int) -> None:
         if cfg.protocol == "grpc-stream":
-            client: Any = protocols.GrpcMux(cfg.grpc_url or derived_url(cfg.url, 1, None), cfg.model, cfg.request_timeout,
-                                            cfg.batch_dim)  # fmt: skip
+            client: Any = protocols.GrpcMux(
+                cfg.grpc_url or derived_url(cfg.url, 1, None), cfg.model, cfg.request_timeout, cfg.batch_dim
+            )
         else:
             client = protocols.StdlibHttp(cfg.url, cfg.request_timeout)
         try:
@@ -228,19 +294,38 @@ def warm_up(cfg: LoadTestConfig, items: list[dict[str, Any]], concurrency: int) 
                 else:
                     out = protocols.http_request(client, cfg.model, item, cfg.protocol == "http-stream")
                 rec = RequestRecord(
-                    id=f"warmup/{n}", level="warmup", process="runner", user=wid, protocol=cfg.protocol,
-                    model=cfg.model, item=item.get("index", -1), kind=item.get("kind", ""), warmup=True,
-                    start=out.start, ttft_s=out.ttft_s, e2e_s=out.e2e_s, input_tokens=item.get("input_tokens"),
-                    requested_tokens=item.get("max_tokens"), output_tokens_server=out.server_tokens,
-                    chunks=out.chunks, ok=out.ok, error_type=out.error_type, error=out.error, tier=out.tier,
-                    cache_status=out.cache_status, text=out.text,
-                )  # fmt: skip
+                    id=f"warmup/{n}",
+                    level="warmup",
+                    process="runner",
+                    user=wid,
+                    protocol=cfg.protocol,
+                    model=cfg.model,
+                    item=item.get("index", -1),
+                    kind=item.get("kind", ""),
+                    warmup=True,
+                    start=out.start,
+                    ttft_s=out.ttft_s,
+                    e2e_s=out.e2e_s,
+                    input_tokens=item.get("input_tokens"),
+                    requested_tokens=item.get("max_tokens"),
+                    output_tokens_server=out.server_tokens,
+                    chunks=out.chunks,
+                    ok=out.ok,
+                    error_type=out.error_type,
+                    error=out.error,
+                    tier=out.tier,
+                    cache_status=out.cache_status,
+                    text=out.text,
+                )
                 with lock:
                     records.append(rec)
         finally:
             client.close()
 
-    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(max(1, min(concurrency, len(items))))]
+    threads = [
+        threading.Thread(target=worker, args=(i,), daemon=True)
+        for i in range(max(1, min(concurrency, len(items))))
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -251,7 +336,9 @@ def warm_up(cfg: LoadTestConfig, items: list[dict[str, Any]], concurrency: int) 
 # ------------------------------------------------------------------------------------------ analysis
 
 
-def generator_stats(procs: list[dict[str, Any]], level: Level, m: dict[str, Any], workers: int) -> dict[str, Any]:
+def generator_stats(
+    procs: list[dict[str, Any]], level: Level, m: dict[str, Any], workers: int
+) -> dict[str, Any]:
     """Load-generator CPU, event-loop lag and whether it kept up (saturation flags with reasons)."""
     per_proc = []
     reasons: list[str] = []
@@ -259,24 +346,30 @@ def generator_stats(procs: list[dict[str, Any]], level: Level, m: dict[str, Any]
     for p in procs:
         cpu = p.get("cpu_percent") or []
         mean = sum(cpu) / len(cpu) if cpu else None
-        per_proc.append({
-            "process": p.get("process"),
-            "cpu_percent_mean": round(mean, 1) if mean is not None else None,
-            "cpu_percent_max": max(cpu) if cpu else None,
-            "loop_lag_ms_p99": p.get("loop_lag_ms_p99"),
-            "loop_lag_ms_max": p.get("loop_lag_ms_max"),
-            "requests_started": p.get("requests_started"),
-            "open_loop_skipped": p.get("open_loop_skipped", 0),
-            "unfinished_at_stop": p.get("unfinished_at_stop", 0),
-        })  # fmt: skip
+        per_proc.append(
+            {
+                "process": p.get("process"),
+                "cpu_percent_mean": round(mean, 1) if mean is not None else None,
+                "cpu_percent_max": max(cpu) if cpu else None,
+                "loop_lag_ms_p99": p.get("loop_lag_ms_p99"),
+                "loop_lag_ms_max": p.get("loop_lag_ms_max"),
+                "requests_started": p.get("requests_started"),
+                "open_loop_skipped": p.get("open_loop_skipped", 0),
+                "unfinished_at_stop": p.get("unfinished_at_stop", 0),
+            }
+        )
         if mean is not None and mean >= CPU_SATURATED:
             reasons.append(f"{p.get('process')} averaged {mean:.0f}% CPU (>= {CPU_SATURATED:.0f}% of a core)")
         lag = p.get("loop_lag_ms_p99") or 0
         if lag > LAG_WARN_MS:
-            warnings.append(f"{p.get('process')}: event-loop lag p99 {lag:.0f} ms; timings may be inflated by as much")
+            warnings.append(
+                f"{p.get('process')}: event-loop lag p99 {lag:.0f} ms; timings may be inflated by as much"
+            )
     if level.mode == "rate":
         sent, n = m.get("sent_per_s"), m.get("requests", 0) + m.get("interrupted", 0)
-        expected = level.value * n / sent if sent else 0.0  # arrivals a Poisson process at the nominal rate makes
+        expected = (
+            level.value * n / sent if sent else 0.0
+        )  # arrivals a Poisson process at the nominal rate makes
         if sent is not None and n < expected - 3 * math.sqrt(expected):  # beyond Poisson noise (3 sigma)
             reasons.append(f"sent {sent:.2f} requests/s, scheduled {level.value:g} (below Poisson noise)")
         lag90 = (m.get("send_lag_ms") or {}).get("p90")
@@ -353,7 +446,9 @@ def run_loadtest(cfg: LoadTestConfig, progress: Progress | None = None) -> tuple
     warm = warm_up(cfg, warm_items, min(8, first_users))
     if warm and all(not r.ok for r in warm):
         r = warm[0]
-        raise UserError(f"every warm-up request failed ({r.error_type}: {r.error}); check --model, --protocol and the server log")
+        raise UserError(
+            f"every warm-up request failed ({r.error_type}: {r.error}); check --model, --protocol and the server log"
+        )
 
     prompt_of = {it["index"]: it["prompt"] for it in items}
     sent: set[str] = {it["prompt"] for it in warm_items}  # every prompt sent so far
@@ -377,7 +472,9 @@ def run_loadtest(cfg: LoadTestConfig, progress: Progress | None = None) -> tuple
             after = prom.scrape(metrics_url)
             scrape_ok = scrape_ok and before is not None and after is not None
             recs = result["records"]
-            offset += max((p.get("requests_started") or 0 for p in result["processes"]), default=0) * max(1, cfg.workers)
+            offset += max((p.get("requests_started") or 0 for p in result["processes"]), default=0) * max(
+                1, cfg.workers
+            )
             retokenize(recs, tok)
             all_records.extend(recs)
             m = metrics.level_metrics(recs, cfg.slo)
@@ -387,28 +484,44 @@ def run_loadtest(cfg: LoadTestConfig, progress: Progress | None = None) -> tuple
             runs.append(m)
             servers.append(prom.diff(before, after, cfg.model))
             gens.append(generator_stats(result["processes"], level, m, cfg.workers))
-            say(f"{level.label}: {m.get('completed', 0)} ok, {m.get('failed', 0)} failed, "
-                f"{m.get('output_tokens_per_s', 0):,.1f} output tok/s, {m.get('requests_per_s', 0):.2f} req/s")  # fmt: skip
+            say(
+                f"{level.label}: {m.get('completed', 0)} ok, {m.get('failed', 0)} failed, "
+                f"{m.get('output_tokens_per_s', 0):,.1f} output tok/s, {m.get('requests_per_s', 0):.2f} req/s"
+            )
         entry = _level_entry(cfg, level, runs, servers, gens, spec)
         wl = predicted.level_workload(cfg.workload, level.mode, level.value, entry.metrics)
         share = sorted(shares)[len(shares) // 2] if shares else None
         entry.prediction = predicted.level_prediction(
-            predictor, no_prediction, wl, entry.metrics, predicted.lockstep(cfg.workload, level.mode, level.spawn_rate),
-            share)
+            predictor,
+            no_prediction,
+            wl,
+            entry.metrics,
+            predicted.lockstep(cfg.workload, level.mode, level.spawn_rate),
+            share,
+        )
         if share is not None:
             entry.prediction.cpu_share = round(share, 3)
         levels_out.append(entry)
     if not scrape_ok:
-        notes.append(f"Triton metrics not read from {metrics_url}; pass --metrics-url (server metrics omitted)")
+        notes.append(
+            f"Triton metrics not read from {metrics_url}; pass --metrics-url (server metrics omitted)"
+        )
     distinct = len({prompt_of[r.item] for r in all_records if not r.warmup and r.item in prompt_of})
-    report = _report(cfg, pre, repo_fp, spec, items, warm_items, tok, levels_out, all_records, notes, metrics_url)
+    report = _report(
+        cfg, pre, repo_fp, spec, items, warm_items, tok, levels_out, all_records, notes, metrics_url
+    )
     if report.summary is not None:
         report.summary.prompt_reuse = _total_reuse(levels_out, distinct)
     return report, all_records
 
 
-def prompt_reuse(records: list[RequestRecord], prompt_of: dict[int, str], sent: set[str],
-                 kv_blocks: float | None = None, kv_metric: str | None = None) -> dict[str, Any]:
+def prompt_reuse(
+    records: list[RequestRecord],
+    prompt_of: dict[int, str],
+    sent: set[str],
+    kv_blocks: float | None = None,
+    kv_metric: str | None = None,
+) -> dict[str, Any]:
     """How many of a run's requests re-sent a prompt sent before (adds the run's prompts to `sent`),
     with the KV-cache blocks the server reused over the run where it exports them."""
     measured = sorted((r for r in records if not r.warmup), key=lambda r: r.start)
@@ -420,8 +533,13 @@ def prompt_reuse(records: list[RequestRecord], prompt_of: dict[int, str], sent: 
         repeated += prompt in sent
         sent.add(prompt)
         distinct.add(prompt)
-    out: dict[str, Any] = {"requests": len(measured), "distinct_prompts": len(distinct), "repeated_requests": repeated,
-                           "kv_reused_blocks": kv_blocks, "kv_metric": kv_metric}  # fmt: skip
+    out: dict[str, Any] = {
+        "requests": len(measured),
+        "distinct_prompts": len(distinct),
+        "repeated_requests": repeated,
+        "kv_reused_blocks": kv_blocks,
+        "kv_metric": kv_metric,
+    }
     return out
 
 
@@ -448,8 +566,14 @@ def _load_spec(spec_path: str | None, lock_spec: dict[str, Any] | None) -> Any:
     return None
 
 
-def _level_entry(cfg: LoadTestConfig, level: Level, runs: list[dict[str, Any]], servers: list[dict[str, Any]],
-                 gens: list[dict[str, Any]], spec: Any) -> LevelReport:
+def _level_entry(
+    cfg: LoadTestConfig,
+    level: Level,
+    runs: list[dict[str, Any]],
+    servers: list[dict[str, Any]],
+    gens: list[dict[str, Any]],
+    spec: Any,
+) -> LevelReport:
     m = LevelMetrics.from_dict(metrics.median_metrics(runs))
     gpu, count, spec_price = cost.resolve_gpu(cfg.gpu, spec, cfg.tier)
     if spec is not None and cost.on_cpu(spec, cfg.tier) and not cfg.gpu and cfg.gpu_price is None:
@@ -466,43 +590,76 @@ def _level_entry(cfg: LoadTestConfig, level: Level, runs: list[dict[str, Any]], 
         metrics=m,
         runs=[LevelMetrics.from_dict(r) for r in runs] if len(runs) > 1 else [],
         server_metrics=ServerMetrics.from_dict(servers[0] if len(servers) == 1 else {"runs": servers}),
-        load_generator=LoadGenerator.from_dict({
-            "saturated": any(g["saturated"] for g in gens),
-            "reasons": sorted({r for g in gens for r in g["reasons"]}),
-            "warnings": sorted({w for g in gens for w in g["warnings"]}),
-            "runs": gens,
-        }),  # fmt: skip
+        load_generator=LoadGenerator.from_dict(
+            {
+                "saturated": any(g["saturated"] for g in gens),
+                "reasons": sorted({r for g in gens for r in g["reasons"]}),
+                "warnings": sorted({w for g in gens for w in g["warnings"]}),
+                "runs": gens,
+            }
+        ),
         cost=Cost.from_dict(cost.cost_section(tps, gpu, count, cfg.gpu_price, spec_price)),
-        roofline=Roofline.from_dict(cost.roofline_section(tps, conc or max(1, round((m.requests_per_s or 0) * e2e_avg / 1000)),
-                                                          in_len, out_len, gpu, spec, cfg.tier)),  # fmt: skip
+        roofline=Roofline.from_dict(
+            cost.roofline_section(
+                tps,
+                conc or max(1, round((m.requests_per_s or 0) * e2e_avg / 1000)),
+                in_len,
+                out_len,
+                gpu,
+                spec,
+                cfg.tier,
+            )
+        ),
     )
 
 
-def _report(cfg: LoadTestConfig, pre: dict[str, Any], repo_fp: dict[str, Any], spec: Any, items: list[dict[str, Any]],
-            warm_items: list[dict[str, Any]], tok: Any, levels: list[LevelReport], records: list[RequestRecord],
-            notes: list[str], metrics_url: str) -> Report:
+def _report(
+    cfg: LoadTestConfig,
+    pre: dict[str, Any],
+    repo_fp: dict[str, Any],
+    spec: Any,
+    items: list[dict[str, Any]],
+    warm_items: list[dict[str, Any]],
+    tok: Any,
+    levels: list[LevelReport],
+    records: list[RequestRecord],
+    notes: list[str],
+    metrics_url: str,
+) -> Report:
     measured = [r for r in records if not r.warmup and r.error_type != "interrupted"]
     best = max(levels, key=lambda lv: lv.metrics.output_tokens_per_s or 0)
     tc = metrics.token_check(measured)
     if tc.get("compared") and tc.get("requests_differing"):
-        notes.append(f"output token counts: server reported {tc['server_total']}, re-tokenising gave "
-                     f"{tc['retokenized_total']} ({tc['requests_differing']} of {tc['compared']} requests differ); "
-                     "throughput uses the server's counts")  # fmt: skip
+        notes.append(
+            f"output token counts: server reported {tc['server_total']}, re-tokenising gave "
+            f"{tc['retokenized_total']} ({tc['requests_differing']} of {tc['compared']} requests differ); "
+            "throughput uses the server's counts"
+        )
     if not any(r.output_tokens_server is not None for r in measured):
-        notes.append("the server returned no num_output_tokens: output tokens are re-tokenised counts (may be inexact)")
+        notes.append(
+            "the server returned no num_output_tokens: output tokens are re-tokenised counts (may be inexact)"
+        )
     if cfg.protocol == "http":
         notes.append("non-streaming protocol: TTFT and ITL are not measured (E2E only)")
     saturated = any(lv.load_generator is not None and lv.load_generator.saturated for lv in levels)
     if saturated:
-        notes.append("the load generator was saturated at some level (see load_generator.reasons); add --workers")
+        notes.append(
+            "the load generator was saturated at some level (see load_generator.reasons); add --workers"
+        )
     wraps = max(0, len(measured) - len(items))
     if wraps:
-        notes.append(f"the workload has {len(items)} prompts and {len(measured)} requests were sent: prompts were reused "
-                     "(raise --workload prompts=N when testing a response cache)")  # fmt: skip
+        notes.append(
+            f"the workload has {len(items)} prompts and {len(measured)} requests were sent: prompts were reused "
+            "(raise --workload prompts=N when testing a response cache)"
+        )
     env_extra = {
-        "gpu": None if spec is not None and cost.on_cpu(spec, cfg.tier) and not cfg.gpu else cost.resolve_gpu(cfg.gpu, spec, cfg.tier)[0],
+        "gpu": None
+        if spec is not None and cost.on_cpu(spec, cfg.tier) and not cfg.gpu
+        else cost.resolve_gpu(cfg.gpu, spec, cfg.tier)[0],
         "tier_runtime": cost.tier_runtime(spec, cfg.tier),
-        "spec": {"name": spec.name, "hash": spec.spec_hash(), "path": cfg.spec_path} if spec is not None else None,
+        "spec": {"name": spec.name, "hash": spec.spec_hash(), "path": cfg.spec_path}
+        if spec is not None
+        else None,
         "metrics_url": metrics_url,
         "tokenizer": getattr(tok, "name", None),
     }
@@ -512,7 +669,9 @@ def _report(cfg: LoadTestConfig, pre: dict[str, Any], repo_fp: dict[str, Any], s
         metric_definitions=metrics.DEFINITIONS,
         config=cfg.public(),
         environment=fingerprint.environment(pre, repo_fp, cfg.argv, env_extra),
-        workload=WorkloadSummary.from_dict({"spec": cfg.workload.to_dict(), **workload.summarize(items, warm_items)}),
+        workload=WorkloadSummary.from_dict(
+            {"spec": cfg.workload.to_dict(), **workload.summarize(items, warm_items)}
+        ),
         levels=levels,
         summary=Summary(
             best_level=best.label,

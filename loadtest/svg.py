@@ -75,7 +75,9 @@ class _Frame:
         for t in self.xt:
             x = self.px(t)
             out.append(f'<line x1="{x:.1f}" y1="{H - MB}" x2="{x:.1f}" y2="{H - MB + 4}" class="axis"/>')
-            out.append(f'<text x="{x:.1f}" y="{H - MB + 16}" text-anchor="middle" class="tick">{_fmt(t)}</text>')
+            out.append(
+                f'<text x="{x:.1f}" y="{H - MB + 16}" text-anchor="middle" class="tick">{_fmt(t)}</text>'
+            )
         for t in self.yt:
             y = self.py(t)
             out.append(f'<line x1="{ML}" y1="{y:.1f}" x2="{W - MR}" y2="{y:.1f}" class="grid"/>')
@@ -91,7 +93,10 @@ def _svg(body: list[str], kind: str) -> str:
 
 
 def _empty(title: str, kind: str) -> str:
-    return _svg([f'<text x="{W / 2}" y="{H / 2}" text-anchor="middle" class="title">{escape(title)}: no data</text>'], kind)
+    return _svg(
+        [f'<text x="{W / 2}" y="{H / 2}" text-anchor="middle" class="title">{escape(title)}: no data</text>'],
+        kind,
+    )
 
 
 def _legend(names: Sequence[str]) -> list[str]:
@@ -125,13 +130,21 @@ def histogram(values: Sequence[float], title: str, xlabel: str, bins: int = 30, 
             continue
         x0, x1 = f.px(lo + i * width), f.px(lo + (i + 1) * width)
         y = f.py(c)
-        body.append(f'<rect class="bar" x="{x0:.1f}" y="{y:.1f}" width="{max(1.0, x1 - x0 - 1):.1f}" '
-                    f'height="{H - MB - y:.1f}" fill="{COLORS[0]}"><title>{_fmt(lo + i * width)}-{_fmt(lo + (i + 1) * width)}: {c}</title></rect>')  # fmt: skip
+        body.append(
+            f'<rect class="bar" x="{x0:.1f}" y="{y:.1f}" width="{max(1.0, x1 - x0 - 1):.1f}" '
+            f'height="{H - MB - y:.1f}" fill="{COLORS[0]}"><title>{_fmt(lo + i * width)}-{_fmt(lo + (i + 1) * width)}: {c}</title></rect>'
+        )
     return _svg(body, "histogram")
 
 
-def lines(series: Sequence[Series], title: str, xlabel: str, ylabel: str, markers: bool = True,
-          labels: Sequence[str] | None = None) -> str:
+def lines(
+    series: Sequence[Series],
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    markers: bool = True,
+    labels: Sequence[str] | None = None,
+) -> str:
     """One polyline (with point markers) per series; `labels` annotate the points of every series."""
     pts = [p for _, s in series for p in s]
     if not pts:
@@ -144,10 +157,14 @@ def lines(series: Sequence[Series], title: str, xlabel: str, ylabel: str, marker
         body.append(f'<polyline class="line" fill="none" stroke="{c}" stroke-width="2" points="{path}"/>')
         if markers:
             for j, (x, y) in enumerate(s):
-                body.append(f'<circle cx="{f.px(x):.1f}" cy="{f.py(y):.1f}" r="3.5" fill="{c}">'
-                            f'<title>{escape(name)}: {_fmt(x)}, {_fmt(y)}</title></circle>')  # fmt: skip
+                body.append(
+                    f'<circle cx="{f.px(x):.1f}" cy="{f.py(y):.1f}" r="3.5" fill="{c}">'
+                    f"<title>{escape(name)}: {_fmt(x)}, {_fmt(y)}</title></circle>"
+                )
                 if labels and j < len(labels):
-                    body.append(f'<text x="{f.px(x) + 5:.1f}" y="{f.py(y) - 5:.1f}" class="tick">{escape(labels[j])}</text>')
+                    body.append(
+                        f'<text x="{f.px(x) + 5:.1f}" y="{f.py(y) - 5:.1f}" class="tick">{escape(labels[j])}</text>'
+                    )
     return _svg(body, "lines")
 
 
@@ -162,5 +179,7 @@ def scatter(series: Sequence[Series], title: str, xlabel: str, ylabel: str, max_
         c = COLORS[i % len(COLORS)]
         step = max(1, len(s) // max_points)
         for x, y in list(s)[::step]:
-            body.append(f'<circle class="pt" cx="{f.px(x):.1f}" cy="{f.py(y):.1f}" r="1.8" fill="{c}" fill-opacity="0.6"/>')
+            body.append(
+                f'<circle class="pt" cx="{f.px(x):.1f}" cy="{f.py(y):.1f}" r="1.8" fill="{c}" fill-opacity="0.6"/>'
+            )
     return _svg(body, "scatter")

@@ -95,7 +95,9 @@ def _check(spec: WorkloadSpec) -> None:
     if spec.prefix_groups < 1 or spec.prompts < 1:
         raise UserError("invalid --workload: prefix_groups and prompts must be >= 1")
     if not (0 <= spec.repeat <= 1 and 0 <= spec.paraphrase <= 1 and spec.repeat + spec.paraphrase <= 1):
-        raise UserError("invalid --workload: repeat and paraphrase are rates in [0, 1] with repeat + paraphrase <= 1")
+        raise UserError(
+            "invalid --workload: repeat and paraphrase are rates in [0, 1] with repeat + paraphrase <= 1"
+        )
 
 
 # ------------------------------------------------------------------------------------- tokenizer
@@ -114,14 +116,18 @@ class TokenizerAdapter:
 
             self._fast = Tokenizer.from_file(str(file))
         elif path.is_dir() and not any(path.glob("tokenizer*")) and not any(path.glob("*vocab*")):
-            raise UserError(f"no tokenizer in {str(path)!r} (no tokenizer.json); pass a Hugging Face tokenizer directory")
+            raise UserError(
+                f"no tokenizer in {str(path)!r} (no tokenizer.json); pass a Hugging Face tokenizer directory"
+            )
         else:
             try:
                 from transformers import AutoTokenizer
 
                 self._hf = AutoTokenizer.from_pretrained(str(path))
             except Exception as exc:  # noqa: BLE001 - any load failure is the user's path
-                raise UserError(f"cannot load a tokenizer from {str(path)!r} ({type(exc).__name__}); pass a Hugging Face tokenizer directory") from None
+                raise UserError(
+                    f"cannot load a tokenizer from {str(path)!r} ({type(exc).__name__}); pass a Hugging Face tokenizer directory"
+                ) from None
 
     def encode(self, text: str) -> list[int]:
         if self._fast is not None:
@@ -146,11 +152,15 @@ def load_tokenizer(spec: str | None) -> TokenizerAdapter:
     if path.exists():
         return TokenizerAdapter(path, str(path))
     try:
-        from tritonforge.runtime import demo_model
+        from tritonforge.builder import demo_model
     except ImportError:
-        raise UserError(f"tokenizer {spec!r} is not a directory and tritonforge's demo models are unavailable; pass --tokenizer DIR") from None
+        raise UserError(
+            f"tokenizer {spec!r} is not a directory and tritonforge's demo models are unavailable; pass --tokenizer DIR"
+        ) from None
     if spec not in demo_model.MODEL_NAMES:
-        raise UserError(f"tokenizer {spec!r} not found: pass a Hugging Face tokenizer directory or one of {', '.join(demo_model.MODEL_NAMES)}")
+        raise UserError(
+            f"tokenizer {spec!r} not found: pass a Hugging Face tokenizer directory or one of {', '.join(demo_model.MODEL_NAMES)}"
+        )
     return TokenizerAdapter(demo_model.materialize(spec), f"builtin:{spec}")
 
 
@@ -172,7 +182,9 @@ class _TextMaker:
         self.ids = tok.encode(CORPUS.replace("\n", " "))
         words = sorted(set(re.findall(r"[a-z]+", CORPUS.lower())))
         single = [w for w in words if len(tok.encode(f" {w}")) == 1]
-        self.words = single if len(single) >= 64 else words  # one token per head word where the vocabulary allows
+        self.words = (
+            single if len(single) >= 64 else words
+        )  # one token per head word where the vocabulary allows
 
     def heads(self, count: int, rng: random.Random, namespace: int = 0) -> list[str]:
         """`count` distinct heads (distinct numbers drawn without replacement, spelled in words)."""
@@ -247,20 +259,43 @@ def generate(spec: WorkloadSpec, tok: TokenizerAdapter | None, seed: int, namesp
     seen: set[str] = set()
     for i in range(spec.prompts):
         osl = _normal_int(rng, spec.osl, spec.osl_std)
-        base = {"index": i, "max_tokens": osl, "min_tokens": osl if spec.fixed_output else None, "inputs": dict(spec.inputs)}
+        base = {
+            "index": i,
+            "max_tokens": osl,
+            "min_tokens": osl if spec.fixed_output else None,
+            "inputs": dict(spec.inputs),
+        }
         u = rng.random()
         if originals and u < spec.repeat:
             src = items[rng.choice(originals)]
-            items.append({**base, "prompt": src["prompt"], "input_tokens": src["input_tokens"], "kind": "repeat",
-                          "source": src["index"], "max_tokens": src["max_tokens"], "min_tokens": src["min_tokens"]})  # fmt: skip
+            items.append(
+                {
+                    **base,
+                    "prompt": src["prompt"],
+                    "input_tokens": src["input_tokens"],
+                    "kind": "repeat",
+                    "source": src["index"],
+                    "max_tokens": src["max_tokens"],
+                    "min_tokens": src["min_tokens"],
+                }
+            )
             continue
         if originals and u < spec.repeat + spec.paraphrase:
             src = items[rng.choice(originals)]
             text = paraphrase(src["prompt"], rng)
             if text not in seen:  # a paraphrase that happens to equal another prompt becomes a fresh prompt
                 seen.add(text)
-                items.append({**base, "prompt": text, "input_tokens": len(tok.encode(text)), "kind": "paraphrase",
-                              "source": src["index"], "max_tokens": src["max_tokens"], "min_tokens": src["min_tokens"]})  # fmt: skip
+                items.append(
+                    {
+                        **base,
+                        "prompt": text,
+                        "input_tokens": len(tok.encode(text)),
+                        "kind": "paraphrase",
+                        "source": src["index"],
+                        "max_tokens": src["max_tokens"],
+                        "min_tokens": src["min_tokens"],
+                    }
+                )
                 continue
         text, count = maker.make(_normal_int(rng, spec.isl, spec.isl_std), rng, next(heads))
         kind = "synthetic"
@@ -281,12 +316,15 @@ def check_distinct(items: list[Item]) -> None:
     prompts = [it["prompt"] for it in items if it["kind"] != "repeat"]
     dupes = len(prompts) - len(set(prompts))
     if dupes:
-        raise UserError(f"the workload made {dupes} duplicate prompts where none were asked for; raise --workload isl "
-                        "(prompts too short to be distinct) or lower prompts")  # fmt: skip
+        raise UserError(
+            f"the workload made {dupes} duplicate prompts where none were asked for; raise --workload isl "
+            "(prompts too short to be distinct) or lower prompts"
+        )
 
 
-def warmup_split(spec: WorkloadSpec, tok: TokenizerAdapter | None, seed: int, count: int,
-                 items: list[Item]) -> tuple[list[Item], list[Item]]:
+def warmup_split(
+    spec: WorkloadSpec, tok: TokenizerAdapter | None, seed: int, count: int, items: list[Item]
+) -> tuple[list[Item], list[Item]]:
     """(warm-up items, measured items), the warm-up prompts disjoint from the measured ones.
 
     Synthetic workloads warm up with prompts of the same shape from the warm-up namespace. A
@@ -304,8 +342,12 @@ def warmup_split(spec: WorkloadSpec, tok: TokenizerAdapter | None, seed: int, co
     elif tok is not None:
         isl = [it["input_tokens"] for it in items if it.get("input_tokens")] or [WorkloadSpec.isl]
         osl = [it["max_tokens"] for it in items]
-        warm_spec = WorkloadSpec(isl=max(1, round(sum(isl) / len(isl))), osl=max(1, round(sum(osl) / len(osl))),
-                                 prompts=count, inputs=dict(spec.inputs))  # fmt: skip
+        warm_spec = WorkloadSpec(
+            isl=max(1, round(sum(isl) / len(isl))),
+            osl=max(1, round(sum(osl) / len(osl))),
+            prompts=count,
+            inputs=dict(spec.inputs),
+        )
         warm = generate(warm_spec, tok, seed + 7919, namespace=1)
     else:
         return [], items
@@ -338,9 +380,18 @@ def read_trace(path: str, spec: WorkloadSpec, tok: TokenizerAdapter | None) -> l
                 raise UserError(f"malformed trace {p}: line {lineno}: max_tokens must be a positive integer")
             min_tokens = obj.get("min_tokens", osl if spec.fixed_output else None)
             inputs = {**spec.inputs, **(obj.get("inputs") or {})}
-            items.append({"index": len(items), "prompt": prompt, "max_tokens": osl, "min_tokens": min_tokens,
-                          "input_tokens": len(tok.encode(prompt)) if tok else None, "kind": "trace", "source": None,
-                          "inputs": inputs})  # fmt: skip
+            items.append(
+                {
+                    "index": len(items),
+                    "prompt": prompt,
+                    "max_tokens": osl,
+                    "min_tokens": min_tokens,
+                    "input_tokens": len(tok.encode(prompt)) if tok else None,
+                    "kind": "trace",
+                    "source": None,
+                    "inputs": inputs,
+                }
+            )
     if not items:
         raise UserError(f"malformed trace {p}: no requests in it")
     return items

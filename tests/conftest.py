@@ -39,8 +39,8 @@ def tiny_variant(example: str, out_dir: Path, **tier_overrides: object) -> Path:
 @pytest.fixture(scope="session")
 def tiny_demo_repo(tmp_path_factory: pytest.TempPathFactory, tf_cache: Path) -> Path:
     """examples/cpu-demo.yaml on the tiny model, emitted once per session."""
-    from tritonforge.builder.render import emit_files, write_repository
     from tritonforge.builder.spec import load_spec
+    from tritonforge.ensembles.render import emit_files, write_repository
 
     d = tmp_path_factory.mktemp("tiny-demo")
     spec_path = tiny_variant("cpu-demo.yaml", d)
@@ -53,8 +53,10 @@ def tiny_demo_repo(tmp_path_factory: pytest.TempPathFactory, tf_cache: Path) -> 
 def tiny_demo_server(tiny_demo_repo: Path) -> Iterator[object]:
     """A real Triton serving the tiny demo repository on free ports, one per test module: a model stub that
     dies in one module (seen once on a loaded machine, not reproduced) cannot fail every later module."""
-    from tritonforge.builder.server import TritonServer, free_ports
+    from tritonforge.ensembles.server import TritonServer, free_ports
 
-    with TritonServer(tiny_demo_repo, free_ports(), log_path=tiny_demo_repo.parent / "triton.log") as server:  # stops the server whatever happens
+    with TritonServer(
+        tiny_demo_repo, free_ports(), log_path=tiny_demo_repo.parent / "triton.log"
+    ) as server:  # stops the server whatever happens
         server.wait_ready(180)
         yield server

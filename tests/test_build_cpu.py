@@ -39,15 +39,31 @@ def tiny_llama(tmp_path_factory) -> Path:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(texts, trainers.BpeTrainer(
-        vocab_size=512, special_tokens=["<pad>", "<s>", "</s>"], show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        texts,
+        trainers.BpeTrainer(
+            vocab_size=512,
+            special_tokens=["<pad>", "<s>", "</s>"],
+            show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
     fast.save_pretrained(out)
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(fast), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)
+    cfg = LlamaConfig(
+        vocab_size=len(fast),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        tie_word_embeddings=False,
+    )
     model = LlamaForCausalLM(cfg)
     ids: list[int] = []
     for t in texts:
@@ -57,7 +73,7 @@ def tiny_llama(tmp_path_factory) -> Path:
     g = torch.Generator().manual_seed(0)
     for _ in range(60):
         idx = torch.randint(0, len(data) - 65, (16,), generator=g)
-        x = torch.stack([data[i:i + 64] for i in idx])
+        x = torch.stack([data[i : i + 64] for i in idx])
         loss = model(x, labels=x).loss
         opt.zero_grad()
         loss.backward()
@@ -67,13 +83,24 @@ def tiny_llama(tmp_path_factory) -> Path:
 
 
 def write_spec(path: Path, model: Path, fmt: str, kv: str = "auto", calib_size: int = 6, **gate) -> Path:
-    data = {"name": f"cpu-{fmt}", "tiers": [{
-        "name": "main", "model": str(model), "runtime": "cpu-reference", "dtype": "float32",
-        "quantization": {"format": fmt, "kv_cache_dtype": kv,
-                         "calibration": {"dataset": "builtin:stdlib", "size": calib_size, "seq_len": 64},
-                         "quality_gate": {"eval_samples": 6, **gate}},
-        "limits": {"max_batch_size": 4, "max_input_len": 256, "max_output_len": 64},
-    }]}
+    data = {
+        "name": f"cpu-{fmt}",
+        "tiers": [
+            {
+                "name": "main",
+                "model": str(model),
+                "runtime": "cpu-reference",
+                "dtype": "float32",
+                "quantization": {
+                    "format": fmt,
+                    "kv_cache_dtype": kv,
+                    "calibration": {"dataset": "builtin:stdlib", "size": calib_size, "seq_len": 64},
+                    "quality_gate": {"eval_samples": 6, **gate},
+                },
+                "limits": {"max_batch_size": 4, "max_input_len": 256, "max_output_len": 64},
+            }
+        ],
+    }
     path.write_text(yaml.safe_dump(data))
     return path
 
@@ -99,7 +126,11 @@ def test_fp8_build_export_manifest_resume_and_engine_command(tiny_llama, tmp_pat
     # Checkpoint: config.json quantization section, FP8 weights in the safetensors, hashes in the manifest.
     ck = out / "main" / "checkpoint"
     cfg = json.loads((ck / "config.json").read_text())
-    assert cfg["quantization"] == {"quant_algo": "FP8", "kv_cache_quant_algo": "FP8", "exclude_modules": ["lm_head"]}
+    assert cfg["quantization"] == {
+        "quant_algo": "FP8",
+        "kv_cache_quant_algo": "FP8",
+        "exclude_modules": ["lm_head"],
+    }
     assert cfg["mapping"] == {"world_size": 1, "tp_size": 1, "pp_size": 1} and cfg["dtype"] == "float16"
     with safe_open(str(ck / "rank0.safetensors"), "pt") as f:
         assert str(f.get_tensor("transformer.layers.0.attention.qkv.weight").dtype) == "torch.float8_e4m3fn"
@@ -143,7 +174,8 @@ def test_fp8_build_export_manifest_resume_and_engine_command(tiny_llama, tmp_pat
         "out = pathlib.Path(argv[argv.index('--output_dir') + 1]); out.mkdir(parents=True, exist_ok=True)\n"
         "(out / 'config.json').write_text(json.dumps({'build_config': {'argv': argv}}))\n"
         "(out / 'rank0.engine').write_bytes(b'test stand-in')\n"
-        f"pathlib.Path({str(tmp_path / 'argv.json')!r}).write_text(json.dumps(argv))\n")
+        f"pathlib.Path({str(tmp_path / 'argv.json')!r}).write_text(json.dumps(argv))\n"
+    )
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}/usr/bin:/bin")
     m3 = build(spec, spec_path=spec_path, build_dir=out, progress=lambda s: None).manifest
@@ -152,7 +184,7 @@ def test_fp8_build_export_manifest_resume_and_engine_command(tiny_llama, tmp_pat
     ran = json.loads((tmp_path / "argv.json").read_text())
     planned = s3["engine"]["command"][1:]
     out_i = planned.index("--output_dir") + 1
-    assert ran[:out_i] == planned[:out_i] and ran[out_i + 1:] == planned[out_i + 1:]
+    assert ran[:out_i] == planned[:out_i] and ran[out_i + 1 :] == planned[out_i + 1 :]
     assert Path(ran[out_i]).name.startswith(".tmp-engine-")
     assert m3["tiers"]["main"]["engine_dir"] == str(out / "main" / "engine")
     assert (out / "main" / "engine" / "rank0.engine").is_file()
@@ -169,19 +201,27 @@ def test_int4_awq_build(tiny_llama, tmp_path, monkeypatch):
 
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
     spec_path = write_spec(tmp_path / "spec.yaml", tiny_llama, "int4_awq", calib_size=4)
-    m = build(load_spec(spec_path), spec_path=spec_path, build_dir=tmp_path / "b", progress=lambda s: None).manifest
+    m = build(
+        load_spec(spec_path), spec_path=spec_path, build_dir=tmp_path / "b", progress=lambda s: None
+    ).manifest
     assert [s["status"] for s in m["tiers"]["main"]["steps"]] == ["built", "skipped", "built"]
     ck = tmp_path / "b" / "main" / "checkpoint"
     qsec = json.loads((ck / "config.json").read_text())["quantization"]
     assert qsec["quant_algo"] == "W4A16_AWQ" and qsec["group_size"] == 128
-    assert qsec["has_zero_point"] is False and qsec["pre_quant_scale"] is True and qsec["kv_cache_quant_algo"] is None
+    assert (
+        qsec["has_zero_point"] is False
+        and qsec["pre_quant_scale"] is True
+        and qsec["kv_cache_quant_algo"] is None
+    )
     with safe_open(str(ck / "rank0.safetensors"), "pt") as f:
         w = f.get_tensor("transformer.layers.0.attention.dense.weight")
         assert str(w.dtype) == "torch.int8" and tuple(w.shape) == (64, 128)  # two int4 per byte
         assert "transformer.layers.0.attention.dense.prequant_scaling_factor" in f.keys()
     q = m["tiers"]["main"]["quality"]
     assert 0 < q["kl_divergence"] < 0.05 and q["top1_agreement"] > 0.9
-    m2 = build(load_spec(spec_path), spec_path=spec_path, build_dir=tmp_path / "b", progress=lambda s: None).manifest
+    m2 = build(
+        load_spec(spec_path), spec_path=spec_path, build_dir=tmp_path / "b", progress=lambda s: None
+    ).manifest
     assert [s["status"] for s in m2["tiers"]["main"]["steps"]] == ["cached", "skipped", "cached"]
 
 
@@ -194,20 +234,38 @@ def test_quality_gate_failure_fails_the_build_and_writes_nothing(tiny_llama, tmp
     m = read_manifest(tmp_path / "b")
     assert m["complete"] is False
     st = steps_of(m)
-    assert st["checkpoint"]["status"] == "failed" and st["checkpoint"]["details"]["quality"]["kl_divergence"] > 0
+    assert (
+        st["checkpoint"]["status"] == "failed" and st["checkpoint"]["details"]["quality"]["kl_divergence"] > 0
+    )
     assert st["engine"]["status"] == "skipped"
 
 
-@pytest.mark.parametrize("fmt,algo", [("int8_sq", "W8A8_SQ_PER_CHANNEL"), ("w4a8_awq", "W4A8_AWQ"),
-                                      ("nvfp4", "NVFP4")])
+@pytest.mark.parametrize(
+    "fmt,algo", [("int8_sq", "W8A8_SQ_PER_CHANNEL"), ("w4a8_awq", "W4A8_AWQ"), ("nvfp4", "NVFP4")]
+)
 def test_other_formats_quantize_and_measure_on_cpu(tiny_llama, tmp_path, fmt, algo):
     from tritonforge.builder.quantize import QuantizeJob, run_quantize
 
-    gate = {"enabled": True, "max_kl_divergence": 0.05, "min_top1_agreement": 0.9, "max_perplexity_increase": 0.1,
-            "eval_dataset": "builtin:stdlib-heldout", "eval_samples": 4}
-    job = QuantizeJob(model_dir=str(tiny_llama), qformat=fmt, kv_cache_dtype=None, awq_block_size=128,
-                      calib_dataset="builtin:stdlib", calib_size=4, calib_seq_len=32, export_dtype="bfloat16",
-                      decoder_type="llama", gate=gate)
+    gate = {
+        "enabled": True,
+        "max_kl_divergence": 0.05,
+        "min_top1_agreement": 0.9,
+        "max_perplexity_increase": 0.1,
+        "eval_dataset": "builtin:stdlib-heldout",
+        "eval_samples": 4,
+    }
+    job = QuantizeJob(
+        model_dir=str(tiny_llama),
+        qformat=fmt,
+        kv_cache_dtype=None,
+        awq_block_size=128,
+        calib_dataset="builtin:stdlib",
+        calib_size=4,
+        calib_seq_len=32,
+        export_dtype="bfloat16",
+        decoder_type="llama",
+        gate=gate,
+    )
     res = run_quantize(job, tmp_path / "ck")
     assert res.quant_section["quant_algo"] == algo and not res.gate_failures
     q = res.quality

@@ -95,8 +95,12 @@ def test_dry_run_lists_every_command_and_runs_nothing(tmp_path, monkeypatch):
     rep = build(spec, build_dir=tmp_path / "b", dry_run=True, progress=lambda s: None)
     assert rep.dry_run and not (tmp_path / "b").exists()
     assert [(c["tier"], c["step"]) for c in rep.commands] == [
-        ("main", "checkpoint"), ("main", "engine"), ("main", "draft_checkpoint"), ("main", "draft_engine"),
-        ("main", "tokenizer")]
+        ("main", "checkpoint"),
+        ("main", "engine"),
+        ("main", "draft_checkpoint"),
+        ("main", "draft_engine"),
+        ("main", "tokenizer"),
+    ]
     eng = rep.commands[1]["command"]
     assert eng[0] == "trtllm-build" and eng[eng.index("--max_draft_len") + 1] == "4"
     q = rep.commands[0]
@@ -109,13 +113,27 @@ def test_dry_run_lists_every_command_and_runs_nothing(tmp_path, monkeypatch):
     r = CliRunner().invoke(build_command, [str(SPECS / "llama31-8b-fp8-h100.yaml"), "--dry-run", "--json"])
     out = json.loads(r.output)
     assert out["commands"][1]["step"] == "engine"
-    assert out["commands"][0]["job"]["calib_size"] == 512 and out["commands"][0]["job"]["memory"]["weights"] > 15e9
+    assert (
+        out["commands"][0]["job"]["calib_size"] == 512
+        and out["commands"][0]["job"]["memory"]["weights"] > 15e9
+    )
     assert out["quantize_memory"]  # per step figures, or the one-line reason it does not fit this host
 
 
 def test_build_refuses_invalid_specs_before_doing_anything(tmp_path):
-    spec = parse_spec({"name": "bad", "tiers": [{"name": "main", "model": "fixture:llama-3.1-8b",
-                                                  "runtime": "trtllm-engine", "quantization": {"format": "nvfp4"}}]})
+    spec = parse_spec(
+        {
+            "name": "bad",
+            "tiers": [
+                {
+                    "name": "main",
+                    "model": "fixture:llama-3.1-8b",
+                    "runtime": "trtllm-engine",
+                    "quantization": {"format": "nvfp4"},
+                }
+            ],
+        }
+    )
     with pytest.raises(UserError, match="Blackwell"):
         build(spec, build_dir=tmp_path / "b", progress=lambda s: None)
     assert not (tmp_path / "b").exists()
@@ -132,11 +150,16 @@ def test_docker_executor_mounts_paths_and_runs_in_the_image(tmp_path):
     plan = plan_deployment(load_spec(SPECS / "llama31-70b-fp8-tp2-h100.yaml"), str(tmp_path / "b"))
     e = plan.tiers[0].engine
     ck, out = tmp_path / "b" / "main" / "checkpoint", tmp_path / "b" / "main" / "engine"
-    cmd = engine_command(e, ck, out, Executor("docker", "nvcr.io/nvidia/tritonserver:24.12-trtllm-python-py3"))
+    cmd = engine_command(
+        e, ck, out, Executor("docker", "nvcr.io/nvidia/tritonserver:24.12-trtllm-python-py3")
+    )
     i = cmd.index("nvcr.io/nvidia/tritonserver:24.12-trtllm-python-py3")
     assert cmd[:3] == ["docker", "run", "--rm"] and "--gpus" in cmd[:i]
-    assert f"{ck.resolve()}:{ck.resolve()}:ro" in cmd[:i] and f"{out.parent.resolve()}:{out.parent.resolve()}" in cmd[:i]
-    assert cmd[i + 1:] == engine_command(e, ck, out, Executor())
+    assert (
+        f"{ck.resolve()}:{ck.resolve()}:ro" in cmd[:i]
+        and f"{out.parent.resolve()}:{out.parent.resolve()}" in cmd[:i]
+    )
+    assert cmd[i + 1 :] == engine_command(e, ck, out, Executor())
 
 
 def test_read_manifest_and_artifacts_without_a_build(tmp_path):
@@ -153,8 +176,25 @@ def test_read_manifest_and_artifacts_without_a_build(tmp_path):
     assert art.engine_dir is None and not art.built and art.gpu_device_ids == "0,1"
     assert (art.kv_cache_free_gpu_mem_fraction, art.draft_kv_cache_free_gpu_mem_fraction) == (0.818, 0.082)
     assert art.enable_kv_cache_reuse and art.num_draft_tokens == 4
-    write_manifest(tmp_path / "m", {"schema": SCHEMA, "spec": {"name": spec.name}, "tiers": {"main": {
-        "engine_dir": "/e", "tokenizer_dir": "/t", "draft_engine_dir": "/d",
-        "engine_limits": {"max_batch_size": 256, "max_input_len": 1024, "max_seq_len": 1284, "max_num_tokens": 1280}}}})
+    write_manifest(
+        tmp_path / "m",
+        {
+            "schema": SCHEMA,
+            "spec": {"name": spec.name},
+            "tiers": {
+                "main": {
+                    "engine_dir": "/e",
+                    "tokenizer_dir": "/t",
+                    "draft_engine_dir": "/d",
+                    "engine_limits": {
+                        "max_batch_size": 256,
+                        "max_input_len": 1024,
+                        "max_seq_len": 1284,
+                        "max_num_tokens": 1280,
+                    },
+                }
+            },
+        },
+    )
     art = deployment_artifacts(spec, tmp_path / "m")["main"]
     assert (art.engine_dir, art.tokenizer_dir, art.draft_engine_dir, art.built) == ("/e", "/t", "/d", True)

@@ -5,14 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tritonforge.ensembles.policy.cache import CacheEntry, CorruptEntry, ResponseCache
-from tritonforge.ensembles.policy.config import CacheConfig
-from tritonforge.ensembles.policy.index import BruteIndex, HnswIndex, SemanticIndex
-from tritonforge.ensembles.policy.memory_backend import MemoryBackend
-from tritonforge.ensembles.policy.metrics import MemoryMetrics
-from tritonforge.ensembles.policy.params import parse_request
-
-from .test_llm_entry_repo import shared_embedder
+from tests.helpers.entry_repo import shared_embedder
+from tritonforge.model_repo_templates.tf_policy.cache import CacheEntry, CorruptEntry, ResponseCache
+from tritonforge.model_repo_templates.tf_policy.config import CacheConfig
+from tritonforge.model_repo_templates.tf_policy.index import BruteIndex, HnswIndex, SemanticIndex
+from tritonforge.model_repo_templates.tf_policy.memory_backend import MemoryBackend
+from tritonforge.model_repo_templates.tf_policy.metrics import MemoryMetrics
+from tritonforge.model_repo_templates.tf_policy.params import parse_request
 
 
 def req(text: str, max_tokens: int = 16, **kw: object):
@@ -38,8 +37,13 @@ def make_cache(
     )
     emb = shared_embedder() if semantic else None
     index = SemanticIndex(emb.dim) if emb is not None else None
-    backend = MemoryBackend(capacity, ttl_s, on_evict=index.remove if index is not None else None, metrics=metrics,
-                            **({"clock": clock} if clock else {}))  # fmt: skip
+    backend = MemoryBackend(
+        capacity,
+        ttl_s,
+        on_evict=index.remove if index is not None else None,
+        metrics=metrics,
+        **({"clock": clock} if clock else {}),
+    )
     return ResponseCache(c, backend, embed or (emb.embed if emb else None), index, metrics), metrics
 
 

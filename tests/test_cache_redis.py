@@ -9,13 +9,12 @@ import uuid
 import numpy as np
 import pytest
 
-from tritonforge.ensembles.policy.cache import ResponseCache
-from tritonforge.ensembles.policy.config import CacheConfig
-from tritonforge.ensembles.policy.index import SemanticIndex
-from tritonforge.ensembles.policy.metrics import MemoryMetrics
-from tritonforge.ensembles.policy.params import parse_request
-
-from .test_llm_entry_repo import RedisProc, shared_embedder
+from tests.helpers.entry_repo import RedisProc, shared_embedder
+from tritonforge.model_repo_templates.tf_policy.cache import ResponseCache
+from tritonforge.model_repo_templates.tf_policy.config import CacheConfig
+from tritonforge.model_repo_templates.tf_policy.index import SemanticIndex
+from tritonforge.model_repo_templates.tf_policy.metrics import MemoryMetrics
+from tritonforge.model_repo_templates.tf_policy.params import parse_request
 
 pytestmark = [
     pytest.mark.redis,
@@ -42,7 +41,7 @@ def req(text: str, max_tokens: int = 16, **kw: object):
 def instance(
     url: str, prefix: str, semantic: bool = True, capacity: int = 100, ttl_s: float = 60, sync: float = 0.1
 ):
-    from tritonforge.ensembles.policy.redis_backend import RedisBackend
+    from tritonforge.model_repo_templates.tf_policy.redis_backend import RedisBackend
 
     m = MemoryMetrics()
     emb = shared_embedder() if semantic else None

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tritonforge.builder import dockerfile as df
-from tritonforge.builder.k8s import requirements_of
 from tritonforge.builder.spec import load_spec
+from tritonforge.ensembles import dockerfile as df
+from tritonforge.ensembles.k8s import requirements_of
 from tritonforge.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,7 +38,9 @@ def test_pins_equal_the_lock_file() -> None:
 
 
 def test_cascade_with_redis_and_semantic_cache_adds_exactly_the_cache_packages() -> None:
-    text = df.render_dockerfile(_requirements("cascade-h100.yaml"), "nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3")
+    text = df.render_dockerfile(
+        _requirements("cascade-h100.yaml"), "nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3"
+    )
     assert text.splitlines()[3] == "FROM nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3 AS serve"
     assert _installed(text) == sorted(f"{n}=={v}" for n, v in df.PINNED.items())
     # Never reinstalled over the image's CUDA build of torch and TensorRT-LLM's pinned transformers.
@@ -59,12 +61,16 @@ def test_single_tier_gpu_repository_adds_nothing() -> None:
 
 def test_memory_cache_without_semantic_adds_no_redis(tmp_path: Path) -> None:
     spec = tmp_path / "s.yaml"
-    spec.write_text("name: s\ntiers: [{name: a, model: 'builtin:demo'}]\n"
-                    "cache: {enabled: true, backend: memory, semantic: false}\n")
+    spec.write_text(
+        "name: s\ntiers: [{name: a, model: 'builtin:demo'}]\n"
+        "cache: {enabled: true, backend: memory, semantic: false}\n"
+    )
     reqs = "".join(f"{r}\n" for r in requirements_of(load_spec(spec)))
     assert _installed(df.render_dockerfile(reqs)) == []
-    spec.write_text("name: s\ntiers: [{name: a, model: 'builtin:demo'}]\n"
-                    "cache: {enabled: true, backend: redis, semantic: false}\n")
+    spec.write_text(
+        "name: s\ntiers: [{name: a, model: 'builtin:demo'}]\n"
+        "cache: {enabled: true, backend: redis, semantic: false}\n"
+    )
     reqs = "".join(f"{r}\n" for r in requirements_of(load_spec(spec)))
     assert _installed(df.render_dockerfile(reqs)) == [f"redis=={df.PINNED['redis']}"]
 

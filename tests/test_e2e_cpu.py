@@ -28,7 +28,9 @@ def _generate(url: str, body: dict) -> dict:
 
 
 def _stream(url: str, body: dict) -> list[dict]:
-    r = requests.post(f"{url}/v2/models/ensemble/generate_stream", json={**body, "stream": True}, stream=True, timeout=120)
+    r = requests.post(
+        f"{url}/v2/models/ensemble/generate_stream", json={**body, "stream": True}, stream=True, timeout=120
+    )
     assert r.status_code == 200, r.text
     events = []
     for line in r.iter_lines():
@@ -52,7 +54,10 @@ def test_generate_and_stream_agree(tiny_demo_server) -> None:
     streamed = "".join(e["text_output"] for e in events)
     # Greedy, and the request id lets postprocessing carry a character split across chunks; only an
     # incomplete character at the very end (U+FFFD when decoded whole) can differ.
-    assert streamed in (whole["text_output"], whole["text_output"][:-1] if whole["text_output"].endswith("\ufffd") else None)
+    assert streamed in (
+        whole["text_output"],
+        whole["text_output"][:-1] if whole["text_output"].endswith("\ufffd") else None,
+    )
     assert sum(int(e["num_output_tokens"]) for e in events) == 24
 
 
@@ -83,7 +88,10 @@ def test_grpc_streaming_client_gets_same_text(tiny_demo_server) -> None:
         response = result.get_response()
         if response.outputs:
             pieces.append(result.as_numpy("text_output").reshape(-1)[0].decode())
-        if response.parameters.get("triton_final_response") and response.parameters["triton_final_response"].bool_param:
+        if (
+            response.parameters.get("triton_final_response")
+            and response.parameters["triton_final_response"].bool_param
+        ):
             break
     client.stop_stream()
     assert len(pieces) > 1
@@ -121,29 +129,60 @@ def test_serve_cli_busy_port_is_one_line(tiny_demo_repo: Path) -> None:
 
 
 def test_serve_cli_model_load_failure_is_one_line(tiny_demo_repo: Path, tmp_path: Path) -> None:
-    from tritonforge.builder.server import free_ports
+    from tritonforge.ensembles.server import free_ports
 
     repo = tmp_path / "repo"
     shutil.copytree(tiny_demo_repo, repo)
     cfg = repo / "preprocessing" / "config.pbtxt"
     cfg.write_text(cfg.read_text().replace(str(Path(os.environ["TRITONFORGE_CACHE"])), "/nonexistent"))
     ports = free_ports()
-    proc = _run_cli("serve", str(repo), "--http-port", str(ports.http), "--grpc-port", str(ports.grpc),
-                    "--metrics-port", str(ports.metrics), "--timeout", "120", timeout=180)
+    proc = _run_cli(
+        "serve",
+        str(repo),
+        "--http-port",
+        str(ports.http),
+        "--grpc-port",
+        str(ports.grpc),
+        "--metrics-port",
+        str(ports.metrics),
+        "--timeout",
+        "120",
+        timeout=180,
+    )
     assert proc.returncode == 2, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and "preprocessing" in lines[0], proc.stderr
-    assert "Traceback" not in proc.stderr.split("error:")[-1].split("(full log")[0] or "preprocessing" in lines[0]
+    assert (
+        "Traceback" not in proc.stderr.split("error:")[-1].split("(full log")[0]
+        or "preprocessing" in lines[0]
+    )
 
 
 def test_serve_cli_stops_cleanly_on_sigterm(tiny_demo_repo: Path, tmp_path: Path) -> None:
-    from tritonforge.builder.server import free_ports
+    from tritonforge.ensembles.server import free_ports
 
     ports = free_ports()
     ready = tmp_path / "ready.json"
-    proc = subprocess.Popen([sys.executable, "-m", "tritonforge", "serve", str(tiny_demo_repo), "--http-port", str(ports.http),
-                             "--grpc-port", str(ports.grpc), "--metrics-port", str(ports.metrics), "--ready-file", str(ready)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tritonforge",
+            "serve",
+            str(tiny_demo_repo),
+            "--http-port",
+            str(ports.http),
+            "--grpc-port",
+            str(ports.grpc),
+            "--metrics-port",
+            str(ports.metrics),
+            "--ready-file",
+            str(ready),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         for _ in range(900):
             if ready.exists() or proc.poll() is not None:

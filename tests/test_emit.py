@@ -12,9 +12,9 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from tests.conftest import EXAMPLES, tiny_variant
-from tritonforge.builder.render import LOCK_FILE, emit_files, write_repository
 from tritonforge.builder.spec import load_spec
-from tritonforge.builder.validate import validate_repository
+from tritonforge.ensembles.render import LOCK_FILE, emit_files, write_repository
+from tritonforge.ensembles.validate import validate_repository
 from tritonforge.errors import UserError
 
 EXAMPLE_NAMES = sorted(p.name for p in EXAMPLES.glob("*.yaml"))
@@ -50,15 +50,24 @@ def test_example_emits_parses_validates(name: str, tmp_path: Path) -> None:
     # Same spec, byte-identical output.
     again = _emit(spec_path, tmp_path / "repo2")
     assert again == files
-    assert sorted(p.relative_to(tmp_path / "repo2").as_posix() for p in (tmp_path / "repo2").rglob("*") if p.is_file()) == sorted(files)
+    assert sorted(
+        p.relative_to(tmp_path / "repo2").as_posix() for p in (tmp_path / "repo2").rglob("*") if p.is_file()
+    ) == sorted(files)
 
 
 def test_single_tier_keeps_conventional_names(tmp_path: Path) -> None:
     files = _emit(EXAMPLES / "llama3.1-8b-fp8-h100.yaml", tmp_path / "repo")
-    assert {p.split("/")[0] for p in files if p.endswith("config.pbtxt")} == {"preprocessing", "tensorrt_llm", "postprocessing", "ensemble"}
+    assert {p.split("/")[0] for p in files if p.endswith("config.pbtxt")} == {
+        "preprocessing",
+        "tensorrt_llm",
+        "postprocessing",
+        "ensemble",
+    }
     cfg = mc.ModelConfig()
     text_format.Parse(files["tensorrt_llm/config.pbtxt"].decode(), cfg)
-    assert cfg.backend == "tensorrtllm" and cfg.max_batch_size == 256 and cfg.model_transaction_policy.decoupled
+    assert (
+        cfg.backend == "tensorrtllm" and cfg.max_batch_size == 256 and cfg.model_transaction_policy.decoupled
+    )
     params = {k: v.string_value for k, v in cfg.parameters.items()}
     assert params["gpt_model_type"] == "inflight_fused_batching"
     assert params["enable_kv_cache_reuse"] == "true" and params["kv_cache_free_gpu_mem_fraction"] == "0.9"
@@ -72,7 +81,9 @@ def test_cpu_engine_has_same_tensors_as_gpu_engine(tmp_path: Path) -> None:
     text_format.Parse(cpu["tensorrt_llm/config.pbtxt"].decode(), a)
     text_format.Parse(gpu["tensorrt_llm/config.pbtxt"].decode(), b)
     assert a.backend == "python" and b.backend == "tensorrtllm"
-    assert [(t.name, t.data_type, list(t.dims)) for t in a.input] == [(t.name, t.data_type, list(t.dims)) for t in b.input]
+    assert [(t.name, t.data_type, list(t.dims)) for t in a.input] == [
+        (t.name, t.data_type, list(t.dims)) for t in b.input
+    ]
     gpu_outputs = {(t.name, t.data_type) for t in b.output}
     assert gpu_outputs <= {(t.name, t.data_type) for t in a.output}
     for model in ("preprocessing", "postprocessing", "ensemble"):
@@ -89,7 +100,9 @@ def test_emit_refuses_foreign_nonempty_dir(tmp_path: Path) -> None:
     for force in (False, True):  # --force replaces only our own repository, never a foreign directory
         with pytest.raises(UserError, match="not written by tritonforge"):
             write_repository(files, out, force=force)
-        assert [p.name for p in out.iterdir()] == ["precious.txt"] and (out / "precious.txt").read_text() == "keep me"
+        assert [p.name for p in out.iterdir()] == ["precious.txt"] and (
+            out / "precious.txt"
+        ).read_text() == "keep me"
     empty = tmp_path / "empty"
     empty.mkdir()
     write_repository(files, empty)
@@ -113,9 +126,15 @@ def test_interrupted_emit_leaves_previous_result(tmp_path: Path) -> None:
 
 def test_emit_cli_one_line_errors(tmp_path: Path) -> None:
     spec = tmp_path / "s.yaml"
-    spec.write_text("name: s\ntiers:\n  - {name: main, model: ./no-such-checkpoint, runtime: cpu-reference}\n")
-    proc = subprocess.run([sys.executable, "-m", "tritonforge", "emit", str(spec), "-o", str(tmp_path / "r")],
-                          capture_output=True, text=True, env={**os.environ})
+    spec.write_text(
+        "name: s\ntiers:\n  - {name: main, model: ./no-such-checkpoint, runtime: cpu-reference}\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "tritonforge", "emit", str(spec), "-o", str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+        env={**os.environ},
+    )
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "tiers.main.model" in proc.stderr and "config.json" in proc.stderr
     assert not (tmp_path / "r").exists()

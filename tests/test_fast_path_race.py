@@ -13,24 +13,28 @@ import threading
 
 import numpy as np
 
-from tritonforge.ensembles.policy import factory
-from tritonforge.ensembles.policy.config import parse_entry_config
-from tritonforge.ensembles.policy.embedding import EmbeddingError
-from tritonforge.ensembles.policy.factory import build_service
-from tritonforge.ensembles.policy.metrics import MemoryMetrics
-from tritonforge.ensembles.policy.params import exact_key, namespace, parse_request
-from tritonforge.ensembles.policy.semantic_worker import Race
-from tritonforge.ensembles.policy.service import Cancel
-
-from .test_llm_entry_repo import shared_embedder
+from tests.helpers.entry_repo import shared_embedder
+from tritonforge.model_repo_templates.tf_policy import factory
+from tritonforge.model_repo_templates.tf_policy.config import parse_entry_config
+from tritonforge.model_repo_templates.tf_policy.embedding import EmbeddingError
+from tritonforge.model_repo_templates.tf_policy.factory import build_service
+from tritonforge.model_repo_templates.tf_policy.metrics import MemoryMetrics
+from tritonforge.model_repo_templates.tf_policy.params import exact_key, namespace, parse_request
+from tritonforge.model_repo_templates.tf_policy.semantic_worker import Race
+from tritonforge.model_repo_templates.tf_policy.service import Cancel
 
 WAIT = 30.0  # generous bound on any event wait (a hung test fails instead of blocking forever)
 
 
 def req(text: str | bytes, max_tokens: int = 4, stream: bool = False):
     raw = text if isinstance(text, bytes) else text.encode()
-    return parse_request({"text_input": np.array([raw], dtype=object), "max_tokens": np.array([max_tokens]),
-                          "stream": np.array([stream])})  # fmt: skip
+    return parse_request(
+        {
+            "text_input": np.array([raw], dtype=object),
+            "max_tokens": np.array([max_tokens]),
+            "stream": np.array([stream]),
+        }
+    )
 
 
 class GatedEmbedder:
@@ -86,15 +90,19 @@ class Tier:
 
 
 def service(emb=None, tier=None, **worker):
-    cfg = parse_entry_config({"tiers": [{"name": "small", "model": "s"}],
-                              "router": {"enabled": False, "tier_timeout_s": WAIT},
-                              "cache": {"enabled": True, "semantic": True}})  # fmt: skip
+    cfg = parse_entry_config(
+        {
+            "tiers": [{"name": "small", "model": "s"}],
+            "router": {"enabled": False, "tier_timeout_s": WAIT},
+            "cache": {"enabled": True, "semantic": True},
+        }
+    )
     m = MemoryMetrics()
     emb = emb or GatedEmbedder()
     tier = tier or Tier()
     svc = build_service(cfg, ".", tier, m, embedder=emb)
     if worker:
-        from tritonforge.ensembles.policy.semantic_worker import SemanticWorker
+        from tritonforge.model_repo_templates.tf_policy.semantic_worker import SemanticWorker
 
         svc.worker.close()
         svc.worker = SemanticWorker(svc.cache, m, **worker)
@@ -161,7 +169,9 @@ def test_non_streamed_hit_also_wins_while_the_engine_works() -> None:
         tier.hold.clear()
         tier.first = 2  # two chunks generated, then the engine is slow: nothing was sent to the client yet
         out, replies = handle(svc, req("What's the capital of France?"))
-        assert out.lookup.status == "hit-semantic" and replies == [replies[-1]] and replies[-1].text == " Paris."
+        assert (
+            out.lookup.status == "hit-semantic" and replies == [replies[-1]] and replies[-1].text == " Paris."
+        )
         assert tier.cancelled.wait(WAIT)
     finally:
         svc.close()
@@ -216,7 +226,7 @@ def test_cancel_runs_callbacks_once_and_late_ones_at_once() -> None:
 
 
 def test_race_close_returns_only_a_hit_offered_before_it() -> None:
-    from tritonforge.ensembles.policy.cache import CacheEntry, Lookup
+    from tritonforge.model_repo_templates.tf_policy.cache import CacheEntry, Lookup
 
     hit = Lookup("hit-semantic", CacheEntry("t", 1, "small", "ns", "p"))
     early = Race()
@@ -245,7 +255,9 @@ def test_a_burst_skips_lookups_and_drops_insertions_past_the_bounds() -> None:
 
 
 def test_insertions_waiting_together_are_embedded_in_one_batch() -> None:
-    svc, emb, tier, m = service(threads=1, max_lookups=0, max_inserts=64, batch=16)  # no lookups: inserts only
+    svc, emb, tier, m = service(
+        threads=1, max_lookups=0, max_inserts=64, batch=16
+    )  # no lookups: inserts only
     try:
         emb.gate.clear()
         handle(svc, req("blocker question about the moon"))
@@ -301,10 +313,14 @@ def test_degradation_is_logged_as_an_error_and_exposed_as_a_gauge(monkeypatch, c
 
     monkeypatch.setattr(factory, "load_embedder", no_model)
     monkeypatch.setattr(factory, "_has_redis", lambda: False)  # as if the redis package were not installed
-    cfg = parse_entry_config({"tiers": [{"name": "small", "model": "s"}],
-                              "cache": {"enabled": True, "semantic": True, "backend": "redis"}})  # fmt: skip
+    cfg = parse_entry_config(
+        {
+            "tiers": [{"name": "small", "model": "s"}],
+            "cache": {"enabled": True, "semantic": True, "backend": "redis"},
+        }
+    )
     m = MemoryMetrics()
-    with caplog.at_level(logging.ERROR, logger="tritonforge.ensembles.policy"):
+    with caplog.at_level(logging.ERROR, logger="tritonforge.model_repo_templates.tf_policy"):
         svc = build_service(cfg, ".", Tier(), m)
     try:
         assert m.get("tf_cache_degraded", reason="redis") == 1
@@ -314,7 +330,9 @@ def test_degradation_is_logged_as_an_error_and_exposed_as_a_gauge(monkeypatch, c
         assert any("semantic layer is off" in e for e in errors)
         assert svc.cache is not None and not svc.cache.semantic and svc.cache.backend.name == "memory"
         out, _ = handle(svc, req("still served"))
-        assert out.lookup.status == "miss" and handle(svc, req("still served"))[0].lookup.status == "hit-exact"
+        assert (
+            out.lookup.status == "miss" and handle(svc, req("still served"))[0].lookup.status == "hit-exact"
+        )
     finally:
         svc.close()
 

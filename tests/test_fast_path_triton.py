@@ -12,9 +12,7 @@ import time
 
 import pytest
 
-from tritonforge.builder.server import TritonServer, free_ports
-
-from .test_llm_entry_repo import (
+from tests.helpers.entry_repo import (
     build_repo,
     entry_config,
     generate,
@@ -22,6 +20,7 @@ from .test_llm_entry_repo import (
     metric_value,
     metrics_text,
 )
+from tritonforge.ensembles.server import TritonServer, free_ports
 
 pytestmark = pytest.mark.server
 
@@ -65,7 +64,9 @@ def test_a_miss_does_not_wait_for_the_embedder(gated) -> None:
     assert [e["cache_status"] for e in events] == ["miss"] * 5
     first = "".join(e["text_output"] for e in events)
     assert first.startswith(" large_ensemble call")
-    status, body = generate(server.http_url, {"text_input": "What is the boiling point of water?", "max_tokens": 4})
+    status, body = generate(
+        server.http_url, {"text_input": "What is the boiling point of water?", "max_tokens": 4}
+    )
     assert status == 200 and body["cache_status"] == "miss" and not gate.exists()
     # an exact repeat is a hit at once: the exact entry does not wait for the embedding either
     status, again = generate(server.http_url, {"text_input": SPIDER, "max_tokens": 5})

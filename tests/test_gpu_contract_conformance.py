@@ -32,80 +32,173 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 
-B, I32, I64, U64, F32, F16, S = "TYPE_BOOL", "TYPE_INT32", "TYPE_INT64", "TYPE_UINT64", "TYPE_FP32", "TYPE_FP16", "TYPE_STRING"
+B, I32, I64, U64, F32, F16, S = (
+    "TYPE_BOOL",
+    "TYPE_INT32",
+    "TYPE_INT64",
+    "TYPE_UINT64",
+    "TYPE_FP32",
+    "TYPE_FP16",
+    "TYPE_STRING",
+)
 OPT, REQ = True, False
 
 # name: (data_type, dims, optional) -- the backend's ensemble/config.pbtxt input [...]
 BACKEND_ENSEMBLE_INPUTS = {
-    "text_input": (S, [1], REQ), "max_tokens": (I32, [1], REQ), "num_return_sequences": (I32, [1], OPT),
-    "bad_words": (S, [-1], OPT), "stop_words": (S, [-1], OPT), "exclude_input_in_output": (B, [1], OPT),
-    "end_id": (I32, [1], OPT), "pad_id": (I32, [1], OPT), "top_k": (I32, [1], OPT), "top_p": (F32, [1], OPT),
-    "temperature": (F32, [1], OPT), "length_penalty": (F32, [1], OPT), "repetition_penalty": (F32, [1], OPT),
-    "min_tokens": (I32, [1], OPT), "presence_penalty": (F32, [1], OPT), "frequency_penalty": (F32, [1], OPT),
-    "seed": (U64, [1], OPT), "return_log_probs": (B, [1], OPT), "return_context_logits": (B, [1], OPT),
-    "return_generation_logits": (B, [1], OPT), "return_perf_metrics": (B, [1], OPT),
-    "return_num_input_tokens": (B, [1], OPT), "return_num_output_tokens": (B, [1], OPT),
-    "beam_width": (I32, [1], OPT), "stream": (B, [1], OPT), "prompt_embedding_table": (F16, [-1, -1], OPT),
-    "prompt_table_extra_id": (U64, [1], OPT), "prompt_vocab_size": (I32, [1], OPT),
-    "embedding_bias_words": (S, [-1], OPT), "embedding_bias_weights": (F32, [-1], OPT),
-    "lora_task_id": (U64, [1], OPT), "lora_weights": (F16, [-1, -1], OPT), "lora_config": (I32, [-1, 3], OPT),
-    "guided_decoding_guide_type": (S, [1], OPT), "guided_decoding_guide": (S, [1], OPT),
-}  # fmt: skip
+    "text_input": (S, [1], REQ),
+    "max_tokens": (I32, [1], REQ),
+    "num_return_sequences": (I32, [1], OPT),
+    "bad_words": (S, [-1], OPT),
+    "stop_words": (S, [-1], OPT),
+    "exclude_input_in_output": (B, [1], OPT),
+    "end_id": (I32, [1], OPT),
+    "pad_id": (I32, [1], OPT),
+    "top_k": (I32, [1], OPT),
+    "top_p": (F32, [1], OPT),
+    "temperature": (F32, [1], OPT),
+    "length_penalty": (F32, [1], OPT),
+    "repetition_penalty": (F32, [1], OPT),
+    "min_tokens": (I32, [1], OPT),
+    "presence_penalty": (F32, [1], OPT),
+    "frequency_penalty": (F32, [1], OPT),
+    "seed": (U64, [1], OPT),
+    "return_log_probs": (B, [1], OPT),
+    "return_context_logits": (B, [1], OPT),
+    "return_generation_logits": (B, [1], OPT),
+    "return_perf_metrics": (B, [1], OPT),
+    "return_num_input_tokens": (B, [1], OPT),
+    "return_num_output_tokens": (B, [1], OPT),
+    "beam_width": (I32, [1], OPT),
+    "stream": (B, [1], OPT),
+    "prompt_embedding_table": (F16, [-1, -1], OPT),
+    "prompt_table_extra_id": (U64, [1], OPT),
+    "prompt_vocab_size": (I32, [1], OPT),
+    "embedding_bias_words": (S, [-1], OPT),
+    "embedding_bias_weights": (F32, [-1], OPT),
+    "lora_task_id": (U64, [1], OPT),
+    "lora_weights": (F16, [-1, -1], OPT),
+    "lora_config": (I32, [-1, 3], OPT),
+    "guided_decoding_guide_type": (S, [1], OPT),
+    "guided_decoding_guide": (S, [1], OPT),
+}
 # ensemble/config.pbtxt output [...] (outputs carry no optional flag)
 BACKEND_ENSEMBLE_OUTPUTS = {
-    "text_output": (S, [-1]), "cum_log_probs": (F32, [-1]), "output_log_probs": (F32, [-1, -1]),
-    "context_logits": (F32, [-1, -1]), "generation_logits": (F32, [-1, -1, -1]), "batch_index": (I32, [1]),
-    "sequence_index": (I32, [1]), "kv_cache_alloc_new_blocks": (I32, [1]), "kv_cache_reused_blocks": (I32, [1]),
-    "kv_cache_alloc_total_blocks": (I32, [1]), "arrival_time_ns": (I64, [1]), "first_scheduled_time_ns": (I64, [1]),
-    "first_token_time_ns": (I64, [1]), "last_token_time_ns": (I64, [1]), "acceptance_rate": (F32, [1]),
-    "total_accepted_draft_tokens": (I32, [1]), "total_draft_tokens": (I32, [1]), "num_input_tokens": (I32, [1]),
+    "text_output": (S, [-1]),
+    "cum_log_probs": (F32, [-1]),
+    "output_log_probs": (F32, [-1, -1]),
+    "context_logits": (F32, [-1, -1]),
+    "generation_logits": (F32, [-1, -1, -1]),
+    "batch_index": (I32, [1]),
+    "sequence_index": (I32, [1]),
+    "kv_cache_alloc_new_blocks": (I32, [1]),
+    "kv_cache_reused_blocks": (I32, [1]),
+    "kv_cache_alloc_total_blocks": (I32, [1]),
+    "arrival_time_ns": (I64, [1]),
+    "first_scheduled_time_ns": (I64, [1]),
+    "first_token_time_ns": (I64, [1]),
+    "last_token_time_ns": (I64, [1]),
+    "acceptance_rate": (F32, [1]),
+    "total_accepted_draft_tokens": (I32, [1]),
+    "total_draft_tokens": (I32, [1]),
+    "num_input_tokens": (I32, [1]),
     "num_output_tokens": (I32, [1]),
-}  # fmt: skip
+}
 # The ensemble's tensorrt_llm step: input_map key (model tensor) <- value (ensemble tensor), client inputs only.
 BACKEND_ENGINE_STEP_RENAMES = {
-    "runtime_top_k": "top_k", "runtime_top_p": "top_p", "len_penalty": "length_penalty", "streaming": "stream",
-    "temperature": "temperature", "repetition_penalty": "repetition_penalty", "min_tokens": "min_tokens",
-    "presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty", "seed": "seed",
-    "return_log_probs": "return_log_probs", "return_context_logits": "return_context_logits",
-    "return_generation_logits": "return_generation_logits", "return_perf_metrics": "return_perf_metrics",
-    "return_num_input_tokens": "return_num_input_tokens", "return_num_output_tokens": "return_num_output_tokens",
-    "num_return_sequences": "num_return_sequences", "beam_width": "beam_width",
-    "exclude_input_in_output": "exclude_input_in_output", "prompt_embedding_table": "prompt_embedding_table",
-    "prompt_vocab_size": "prompt_vocab_size", "lora_task_id": "lora_task_id", "lora_weights": "lora_weights",
-    "lora_config": "lora_config", "guided_decoding_guide_type": "guided_decoding_guide_type",
+    "runtime_top_k": "top_k",
+    "runtime_top_p": "top_p",
+    "len_penalty": "length_penalty",
+    "streaming": "stream",
+    "temperature": "temperature",
+    "repetition_penalty": "repetition_penalty",
+    "min_tokens": "min_tokens",
+    "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty",
+    "seed": "seed",
+    "return_log_probs": "return_log_probs",
+    "return_context_logits": "return_context_logits",
+    "return_generation_logits": "return_generation_logits",
+    "return_perf_metrics": "return_perf_metrics",
+    "return_num_input_tokens": "return_num_input_tokens",
+    "return_num_output_tokens": "return_num_output_tokens",
+    "num_return_sequences": "num_return_sequences",
+    "beam_width": "beam_width",
+    "exclude_input_in_output": "exclude_input_in_output",
+    "prompt_embedding_table": "prompt_embedding_table",
+    "prompt_vocab_size": "prompt_vocab_size",
+    "lora_task_id": "lora_task_id",
+    "lora_weights": "lora_weights",
+    "lora_config": "lora_config",
+    "guided_decoding_guide_type": "guided_decoding_guide_type",
     "guided_decoding_guide": "guided_decoding_guide",
-}  # fmt: skip
+}
 # ... and what goes through preprocessing: embedding_bias_words/_weights -> EMBEDDING_BIAS -> embedding_bias,
 # bad/stop words -> *_WORDS_IDS -> bad_words_list / stop_words_list.
-BACKEND_PREPROCESSED = {"embedding_bias": ("EMBEDDING_BIAS", ("EMBEDDING_BIAS_WORDS", "embedding_bias_words")),
-                        "bad_words_list": ("BAD_WORDS_IDS", ("BAD_WORDS_DICT", "bad_words")),
-                        "stop_words_list": ("STOP_WORDS_IDS", ("STOP_WORDS_DICT", "stop_words"))}
+BACKEND_PREPROCESSED = {
+    "embedding_bias": ("EMBEDDING_BIAS", ("EMBEDDING_BIAS_WORDS", "embedding_bias_words")),
+    "bad_words_list": ("BAD_WORDS_IDS", ("BAD_WORDS_DICT", "bad_words")),
+    "stop_words_list": ("STOP_WORDS_IDS", ("STOP_WORDS_DICT", "stop_words")),
+}
 
 # tensorrt_llm/config.pbtxt input [...], decoder-only part: (data_type, dims, optional)
 BACKEND_ENGINE_INPUTS = {
-    "input_ids": (I32, [-1], OPT), "input_lengths": (I32, [1], REQ), "request_output_len": (I32, [1], REQ),
-    "num_return_sequences": (I32, [1], OPT), "draft_input_ids": (I32, [-1], OPT), "draft_logits": (F32, [-1, -1], OPT),
-    "draft_acceptance_threshold": (F32, [1], OPT), "end_id": (I32, [1], OPT), "pad_id": (I32, [1], OPT),
-    "stop_words_list": (I32, [2, -1], OPT), "bad_words_list": (I32, [2, -1], OPT), "embedding_bias": (F32, [-1], OPT),
-    "beam_width": (I32, [1], OPT), "temperature": (F32, [1], OPT), "runtime_top_k": (I32, [1], OPT),
-    "runtime_top_p": (F32, [1], OPT), "runtime_top_p_min": (F32, [1], OPT), "runtime_top_p_decay": (F32, [1], OPT),
-    "runtime_top_p_reset_ids": (I32, [1], OPT), "len_penalty": (F32, [1], OPT), "early_stopping": (B, [1], OPT),
-    "repetition_penalty": (F32, [1], OPT), "min_tokens": (I32, [1], OPT), "beam_search_diversity_rate": (F32, [1], OPT),
-    "presence_penalty": (F32, [1], OPT), "frequency_penalty": (F32, [1], OPT), "seed": (U64, [1], OPT),
-    "return_log_probs": (B, [1], OPT), "return_context_logits": (B, [1], OPT), "return_generation_logits": (B, [1], OPT),
-    "return_perf_metrics": (B, [1], OPT), "return_num_input_tokens": (B, [1], OPT),
-    "return_num_output_tokens": (B, [1], OPT), "exclude_input_in_output": (B, [1], OPT), "stop": (B, [1], OPT),
-    "streaming": (B, [1], OPT), "prompt_embedding_table": (F16, [-1, -1], OPT), "prompt_table_extra_ids": (U64, [-1], OPT),
-    "prompt_vocab_size": (I32, [1], OPT), "lora_task_id": (U64, [1], OPT), "lora_weights": (F16, [-1, -1], OPT),
-    "lora_config": (I32, [-1, 3], OPT), "retention_token_range_starts": (I32, [-1], OPT),
-    "retention_token_range_ends": (I32, [-1], OPT), "retention_token_range_priorities": (I32, [-1], OPT),
-    "retention_token_range_durations_ms": (I32, [-1], OPT), "retention_decode_priority": (I32, [1], OPT),
-    "retention_decode_duration_ms": (I32, [1], OPT), "guided_decoding_guide_type": (S, [1], OPT),
-    "guided_decoding_guide": (S, [1], OPT), "lookahead_window_size": (I32, [1], OPT),
-    "lookahead_ngram_size": (I32, [1], OPT), "lookahead_verification_set_size": (I32, [1], OPT),
-}  # fmt: skip
+    "input_ids": (I32, [-1], OPT),
+    "input_lengths": (I32, [1], REQ),
+    "request_output_len": (I32, [1], REQ),
+    "num_return_sequences": (I32, [1], OPT),
+    "draft_input_ids": (I32, [-1], OPT),
+    "draft_logits": (F32, [-1, -1], OPT),
+    "draft_acceptance_threshold": (F32, [1], OPT),
+    "end_id": (I32, [1], OPT),
+    "pad_id": (I32, [1], OPT),
+    "stop_words_list": (I32, [2, -1], OPT),
+    "bad_words_list": (I32, [2, -1], OPT),
+    "embedding_bias": (F32, [-1], OPT),
+    "beam_width": (I32, [1], OPT),
+    "temperature": (F32, [1], OPT),
+    "runtime_top_k": (I32, [1], OPT),
+    "runtime_top_p": (F32, [1], OPT),
+    "runtime_top_p_min": (F32, [1], OPT),
+    "runtime_top_p_decay": (F32, [1], OPT),
+    "runtime_top_p_reset_ids": (I32, [1], OPT),
+    "len_penalty": (F32, [1], OPT),
+    "early_stopping": (B, [1], OPT),
+    "repetition_penalty": (F32, [1], OPT),
+    "min_tokens": (I32, [1], OPT),
+    "beam_search_diversity_rate": (F32, [1], OPT),
+    "presence_penalty": (F32, [1], OPT),
+    "frequency_penalty": (F32, [1], OPT),
+    "seed": (U64, [1], OPT),
+    "return_log_probs": (B, [1], OPT),
+    "return_context_logits": (B, [1], OPT),
+    "return_generation_logits": (B, [1], OPT),
+    "return_perf_metrics": (B, [1], OPT),
+    "return_num_input_tokens": (B, [1], OPT),
+    "return_num_output_tokens": (B, [1], OPT),
+    "exclude_input_in_output": (B, [1], OPT),
+    "stop": (B, [1], OPT),
+    "streaming": (B, [1], OPT),
+    "prompt_embedding_table": (F16, [-1, -1], OPT),
+    "prompt_table_extra_ids": (U64, [-1], OPT),
+    "prompt_vocab_size": (I32, [1], OPT),
+    "lora_task_id": (U64, [1], OPT),
+    "lora_weights": (F16, [-1, -1], OPT),
+    "lora_config": (I32, [-1, 3], OPT),
+    "retention_token_range_starts": (I32, [-1], OPT),
+    "retention_token_range_ends": (I32, [-1], OPT),
+    "retention_token_range_priorities": (I32, [-1], OPT),
+    "retention_token_range_durations_ms": (I32, [-1], OPT),
+    "retention_decode_priority": (I32, [1], OPT),
+    "retention_decode_duration_ms": (I32, [1], OPT),
+    "guided_decoding_guide_type": (S, [1], OPT),
+    "guided_decoding_guide": (S, [1], OPT),
+    "lookahead_window_size": (I32, [1], OPT),
+    "lookahead_ngram_size": (I32, [1], OPT),
+    "lookahead_verification_set_size": (I32, [1], OPT),
+}
 BACKEND_ENGINE_OUTPUTS = {
-    "output_ids": (I32, [-1, -1]), "sequence_length": (I32, [-1]),
+    "output_ids": (I32, [-1, -1]),
+    "sequence_length": (I32, [-1]),
     **{k: v for k, v in BACKEND_ENSEMBLE_OUTPUTS.items() if k != "text_output"},
 }
 # tensorrt_llm_bls/config.pbtxt: the ensemble's inputs plus these two (outputs: the ensemble's)
@@ -130,8 +223,8 @@ def _tensors(items, with_optional: bool = True) -> dict:
 
 
 def _emit(tmp_path: Path, example: str, **tier_overrides) -> Path:
-    from tritonforge.builder.render import emit_files, write_repository
     from tritonforge.builder.spec import load_spec
+    from tritonforge.ensembles.render import emit_files, write_repository
 
     data = yaml.safe_load((ROOT / "examples" / example).read_text())
     data["tiers"][0].update(tier_overrides)
@@ -169,7 +262,9 @@ def test_ensemble_feeds_the_engine_under_the_backends_names(gpu_repo) -> None:
     cfg = _load(gpu_repo / "ensemble" / "config.pbtxt")
     steps = {s.model_name: s for s in cfg.ensemble_scheduling.step}
     eng, pre = steps["tensorrt_llm"], steps["preprocessing"]
-    assert {k: v for k, v in eng.input_map.items() if k in BACKEND_ENGINE_STEP_RENAMES} == BACKEND_ENGINE_STEP_RENAMES
+    assert {
+        k: v for k, v in eng.input_map.items() if k in BACKEND_ENGINE_STEP_RENAMES
+    } == BACKEND_ENGINE_STEP_RENAMES
     for engine_in, (pre_out, (pre_in, client_in)) in BACKEND_PREPROCESSED.items():
         assert pre.input_map[pre_in] == client_in
         assert eng.input_map[engine_in] == pre.output_map[pre_out]
@@ -216,7 +311,11 @@ def _http(url: str, model: str, body: dict, stream: bool = False):
     r = requests.post(f"{url}/v2/models/{model}/{path}", json=body, timeout=120, stream=stream)
     if not stream:
         return r.status_code, r.json()
-    events = [json.loads(line[5:]) for line in r.iter_lines(decode_unicode=True) if line and line.startswith("data:")]
+    events = [
+        json.loads(line[5:])
+        for line in r.iter_lines(decode_unicode=True)
+        if line and line.startswith("data:")
+    ]
     return r.status_code, events
 
 
@@ -227,19 +326,41 @@ def test_backend_client_requests_work_over_http(tiny_demo_server) -> None:
     base = {"text_input": "def main(argv):\n    ", "max_tokens": 24, "min_tokens": 24}
     code, plain = _http(url, "ensemble", base)
     assert code == 200, plain
-    code, pen = _http(url, "ensemble", {**base, "repetition_penalty": 50.0, "presence_penalty": 1.0,
-                                        "frequency_penalty": 0.5, "length_penalty": 1.0, "beam_width": 1,
-                                        "return_perf_metrics": True, "return_num_input_tokens": True})
+    code, pen = _http(
+        url,
+        "ensemble",
+        {
+            **base,
+            "repetition_penalty": 50.0,
+            "presence_penalty": 1.0,
+            "frequency_penalty": 0.5,
+            "length_penalty": 1.0,
+            "beam_width": 1,
+            "return_perf_metrics": True,
+            "return_num_input_tokens": True,
+        },
+    )
     assert code == 200, pen
     assert pen["text_output"] != plain["text_output"]  # the penalties reached the engine (were not dropped)
     assert pen["num_input_tokens"] > 0 and pen["kv_cache_alloc_total_blocks"] >= 1
     assert pen["first_token_time_ns"] >= pen["first_scheduled_time_ns"] >= pen["arrival_time_ns"] > 0
     # embedding bias through preprocessing: a huge weight on one word makes it the whole output
-    code, biased = _http(url, "ensemble", {**base, "max_tokens": 4, "min_tokens": 4,
-                                           "embedding_bias_words": ["return"], "embedding_bias_weights": [1e4]})
+    code, biased = _http(
+        url,
+        "ensemble",
+        {
+            **base,
+            "max_tokens": 4,
+            "min_tokens": 4,
+            "embedding_bias_words": ["return"],
+            "embedding_bias_weights": [1e4],
+        },
+    )
     assert code == 200, biased
     text = biased["text_output"]
-    assert text.strip() and set(text.replace(" ", "")) <= set("return"), text  # only tokens of the biased word
+    assert text.strip() and set(text.replace(" ", "")) <= set("return"), (
+        text
+    )  # only tokens of the biased word
 
 
 @pytest.mark.server
@@ -247,8 +368,11 @@ def test_backend_client_requests_work_over_http(tiny_demo_server) -> None:
 def test_beam_width_lora_and_guided_decoding_get_clear_errors(tiny_demo_server) -> None:
     url = tiny_demo_server.http_url
     base = {"text_input": "x = ", "max_tokens": 4}
-    for extra, name in (({"beam_width": 2}, "beam_width"), ({"lora_task_id": 3}, "lora_task_id"),
-                        ({"guided_decoding_guide_type": "json", "guided_decoding_guide": "{}"}, "guided_decoding")):
+    for extra, name in (
+        ({"beam_width": 2}, "beam_width"),
+        ({"lora_task_id": 3}, "lora_task_id"),
+        ({"guided_decoding_guide_type": "json", "guided_decoding_guide": "{}"}, "guided_decoding"),
+    ):
         code, body = _http(url, "ensemble", {**base, **extra})
         assert code == 400, body
         assert name in body["error"] and "CPU reference engine" in body["error"], body
@@ -275,8 +399,12 @@ def _grpc_stream(server, values: dict, request_id: str):
     client = grpcclient.InferenceServerClient(server.grpc_url)
     client.start_stream(callback=lambda result, error: results.put((result, error)))
     try:
-        client.async_stream_infer("ensemble", _grpc_inputs(grpcclient, values), request_id=request_id,
-                                  enable_empty_final_response=True)
+        client.async_stream_infer(
+            "ensemble",
+            _grpc_inputs(grpcclient, values),
+            request_id=request_id,
+            enable_empty_final_response=True,
+        )
         got = []
         while True:
             result, error = results.get(timeout=120)
@@ -295,17 +423,31 @@ def _grpc_stream(server, values: dict, request_id: str):
 @pytest.mark.server
 @pytest.mark.slow
 def test_backend_client_requests_work_over_grpc(tiny_demo_server) -> None:
-    base = {"text_input": (b"def f(x):\n    ", object), "max_tokens": (np.int32(8), np.int32),
-            "stream": (True, bool), "top_k": (np.int32(40), np.int32), "temperature": (np.float32(1.2), np.float32),
-            "seed": (np.uint64(11), np.uint64)}
-    got, err = _grpc_stream(tiny_demo_server, {**base, "repetition_penalty": (np.float32(1.3), np.float32),
-                                               "beam_width": (np.int32(1), np.int32),
-                                               "num_return_sequences": (np.int32(2), np.int32),
-                                               "return_generation_logits": (True, bool)}, "grpc-contract-1")
+    base = {
+        "text_input": (b"def f(x):\n    ", object),
+        "max_tokens": (np.int32(8), np.int32),
+        "stream": (True, bool),
+        "top_k": (np.int32(40), np.int32),
+        "temperature": (np.float32(1.2), np.float32),
+        "seed": (np.uint64(11), np.uint64),
+    }
+    got, err = _grpc_stream(
+        tiny_demo_server,
+        {
+            **base,
+            "repetition_penalty": (np.float32(1.3), np.float32),
+            "beam_width": (np.int32(1), np.int32),
+            "num_return_sequences": (np.int32(2), np.int32),
+            "return_generation_logits": (True, bool),
+        },
+        "grpc-contract-1",
+    )
     assert err is None, err
     seqs = {int(r.as_numpy("sequence_index").reshape(-1)[0]) for r in got}
     assert seqs == {0, 1}  # one stream per returned sequence, each naming its sequence_index
     gen = [r.as_numpy("generation_logits") for r in got if r.as_numpy("generation_logits") is not None]
     assert gen and all(g.ndim == 4 and g.shape[-1] > 100 for g in gen)
-    got, err = _grpc_stream(tiny_demo_server, {**base, "beam_width": (np.int32(2), np.int32)}, "grpc-contract-2")
+    got, err = _grpc_stream(
+        tiny_demo_server, {**base, "beam_width": (np.int32(2), np.int32)}, "grpc-contract-2"
+    )
     assert err is not None and "beam_width=2" in err and "unexpected inference input" not in err, err

@@ -57,7 +57,7 @@ def plan(spec):
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, spec) -> Path:
-    from tritonforge.builder.render import emit_files, write_repository
+    from tritonforge.ensembles.render import emit_files, write_repository
 
     d = tmp_path_factory.mktemp("draft-conformance")
     files, _ = emit_files(spec, ROOT / "examples")
@@ -66,7 +66,10 @@ def repo(tmp_path_factory, spec) -> Path:
 
 
 def test_draft_model_is_a_renamed_tensorrt_llm(repo) -> None:
-    target, draft = _load(repo / "tensorrt_llm" / "config.pbtxt"), _load(repo / "tensorrt_llm_draft" / "config.pbtxt")
+    target, draft = (
+        _load(repo / "tensorrt_llm" / "config.pbtxt"),
+        _load(repo / "tensorrt_llm_draft" / "config.pbtxt"),
+    )
     assert draft.name == "tensorrt_llm_draft" and draft.backend == target.backend == "tensorrtllm"
     assert list(draft.input) == list(target.input) and list(draft.output) == list(target.output)
     tp, dp = _params(target), _params(draft)
@@ -76,7 +79,12 @@ def test_draft_model_is_a_renamed_tensorrt_llm(repo) -> None:
         assert p["gpu_device_ids"]  # placed explicitly, per model
         assert p["gpt_model_type"] == "inflight_fused_batching"
     inputs = {t.name for t in target.input}
-    assert {"draft_input_ids", "draft_logits", "draft_acceptance_threshold", "return_generation_logits"} <= inputs
+    assert {
+        "draft_input_ids",
+        "draft_logits",
+        "draft_acceptance_threshold",
+        "return_generation_logits",
+    } <= inputs
 
 
 def test_bls_has_the_documented_parameters_and_inputs(repo, spec) -> None:
@@ -106,8 +114,11 @@ def test_num_draft_tokens_over_the_built_max_draft_len_is_refused(spec) -> None:
     from tritonforge.ensembles.wiring import TierPaths, plan_repository
     from tritonforge.errors import UserError
 
-    paths = {"main": TierPaths("/engines/main/engine", "/engines/main/tokenizer", "/engines/main/draft_engine",
-                               max_draft_len=2)}
+    paths = {
+        "main": TierPaths(
+            "/engines/main/engine", "/engines/main/tokenizer", "/engines/main/draft_engine", max_draft_len=2
+        )
+    }
     with pytest.raises(UserError, match=r"num_draft_tokens 4 exceeds the target engine's max_draft_len 2"):
         plan_repository(spec, paths, "test")
 
@@ -119,7 +130,11 @@ def test_kv_pools_are_pinned_in_tokens_from_the_plan(repo, plan) -> None:
     assert int(tp["max_tokens_in_paged_kv_cache"]) == plan.memory.kv_pool_tokens > 0
     assert int(dp["max_tokens_in_paged_kv_cache"]) == plan.draft.memory.kv_pool_tokens > 0
     both = round(plan.memory.kv_fraction + plan.draft.memory.kv_fraction, 4)
-    assert float(tp["kv_cache_free_gpu_mem_fraction"]) == float(dp["kv_cache_free_gpu_mem_fraction"]) == min(0.95, both)
+    assert (
+        float(tp["kv_cache_free_gpu_mem_fraction"])
+        == float(dp["kv_cache_free_gpu_mem_fraction"])
+        == min(0.95, both)
+    )
 
 
 def _load_in_order(first, second, fractions, max_tokens):
@@ -144,7 +159,10 @@ def test_either_load_order_gets_the_planned_pools(repo, plan) -> None:
     dp = _params(_load(repo / "tensorrt_llm_draft" / "config.pbtxt"))
     target, draft = {"name": "t", "mem": plan.memory}, {"name": "d", "mem": plan.draft.memory}
     planned = {"t": plan.memory.kv_pool_tokens, "d": plan.draft.memory.kv_pool_tokens}
-    ours_f = {"t": float(tp["kv_cache_free_gpu_mem_fraction"]), "d": float(dp["kv_cache_free_gpu_mem_fraction"])}
+    ours_f = {
+        "t": float(tp["kv_cache_free_gpu_mem_fraction"]),
+        "d": float(dp["kv_cache_free_gpu_mem_fraction"]),
+    }
     ours_max = {"t": int(tp["max_tokens_in_paged_kv_cache"]), "d": int(dp["max_tokens_in_paged_kv_cache"])}
     assert _load_in_order(target, draft, ours_f, ours_max) == planned
     assert _load_in_order(draft, target, ours_f, ours_max) == planned
@@ -160,9 +178,9 @@ def test_either_load_order_gets_the_planned_pools(repo, plan) -> None:
 
 @pytest.fixture(scope="module")
 def bls_server(tmp_path_factory, tf_cache):
-    from tritonforge.builder.render import emit_files, write_repository
-    from tritonforge.builder.server import TritonServer, free_ports
     from tritonforge.builder.spec import load_spec
+    from tritonforge.ensembles.render import emit_files, write_repository
+    from tritonforge.ensembles.server import TritonServer, free_ports
 
     d = tmp_path_factory.mktemp("draft-bls")
     data = yaml.safe_load((ROOT / "examples" / "cpu-demo.yaml").read_text())
@@ -197,8 +215,10 @@ def test_bls_requests_as_the_readme_sends_them(bls_server) -> None:
     code, text = _bls(bls_server, {**base, "lora_task_id": 1})
     assert "lora_task_id" in text and "CPU reference engine" in text, text
     # the embedding bias reaches the engines through preprocessing
-    code, text = _bls(bls_server, {**base, "max_tokens": 4, "embedding_bias_words": ["return"],
-                                   "embedding_bias_weights": [1e4]})
+    code, text = _bls(
+        bls_server,
+        {**base, "max_tokens": 4, "embedding_bias_words": ["return"], "embedding_bias_weights": [1e4]},
+    )
     assert code == 200, text
     out = json.loads(text.split("data:", 1)[1])["text_output"] if "data:" in text else ""
     assert out.strip() and set(out.replace(" ", "")) <= set("return"), text

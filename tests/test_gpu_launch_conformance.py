@@ -36,13 +36,12 @@ from tritonforge.builder.launch import (
     engine_models,
     launch_command,
     place_tiers,
-    repository_launch,
 )
 from tritonforge.builder.planner import plan_deployment
-from tritonforge.builder.render import emit_files, write_repository
-from tritonforge.builder.server import Ports, docker_command
 from tritonforge.builder.spec import load_spec, parse_spec
-from tritonforge.builder.validate import load_configs
+from tritonforge.ensembles.render import emit_files, write_repository
+from tritonforge.ensembles.server import Ports, docker_command, repository_launch
+from tritonforge.ensembles.validate import load_configs
 from tritonforge.errors import UserError
 
 IMAGE = "nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3"
@@ -69,7 +68,7 @@ def _variant(name: str, tmp_path: Path, **tier: object) -> Path:
 
 
 def _container_part(cmd: list[str]) -> list[str]:
-    return cmd[cmd.index(IMAGE) + 1:]
+    return cmd[cmd.index(IMAGE) + 1 :]
 
 
 def test_tp1_is_a_one_rank_mpi_world(tmp_path: Path) -> None:
@@ -77,14 +76,22 @@ def test_tp1_is_a_one_rank_mpi_world(tmp_path: Path) -> None:
     launch = repository_launch(repo, IMAGE)
     assert launch.mode == "leader" and launch.env == {} and launch.gpus == (0,)
     assert list(launch.argv) == [
-        "mpirun", "--allow-run-as-root",
-        "-n", "1", TS, REPO, *PORTS, *PORTS,
-        "--disable-auto-complete-config", "--backend-config=python,shm-region-prefix-name=prefix0_", ":",
-    ]  # fmt: skip
+        "mpirun",
+        "--allow-run-as-root",
+        "-n",
+        "1",
+        TS,
+        REPO,
+        *PORTS,
+        *PORTS,
+        "--disable-auto-complete-config",
+        "--backend-config=python,shm-region-prefix-name=prefix0_",
+        ":",
+    ]
     cmd = docker_command(IMAGE, repo, Ports(9000, 9001, 9002))
     assert _container_part(cmd) == list(launch.argv)
     assert '--gpus="device=0"' in cmd and "-e" not in cmd
-    assert ["-p", "9000:8000"] == cmd[cmd.index("9000:8000") - 1: cmd.index("9000:8000") + 1]
+    assert ["-p", "9000:8000"] == cmd[cmd.index("9000:8000") - 1 : cmd.index("9000:8000") + 1]
 
 
 def test_tp2_leader_mode_has_one_block_per_rank(tmp_path: Path) -> None:
@@ -93,28 +100,66 @@ def test_tp2_leader_mode_has_one_block_per_rank(tmp_path: Path) -> None:
     launch = repository_launch(repo, IMAGE)
     assert launch.mode == "leader" and launch.world_size == 2 and launch.env == {} and launch.gpus == (0, 1)
     assert list(launch.argv) == [
-        "mpirun", "--allow-run-as-root",
-        "-n", "1", TS, REPO, *PORTS, *PORTS,
-        "--disable-auto-complete-config", "--backend-config=python,shm-region-prefix-name=prefix0_", ":",
-        "-n", "1", TS, REPO, *PORTS, "--model-control-mode=explicit", "--load-model=tensorrt_llm", *PORTS,
-        "--disable-auto-complete-config", "--backend-config=python,shm-region-prefix-name=prefix1_", ":",
-    ]  # fmt: skip
+        "mpirun",
+        "--allow-run-as-root",
+        "-n",
+        "1",
+        TS,
+        REPO,
+        *PORTS,
+        *PORTS,
+        "--disable-auto-complete-config",
+        "--backend-config=python,shm-region-prefix-name=prefix0_",
+        ":",
+        "-n",
+        "1",
+        TS,
+        REPO,
+        *PORTS,
+        "--model-control-mode=explicit",
+        "--load-model=tensorrt_llm",
+        *PORTS,
+        "--disable-auto-complete-config",
+        "--backend-config=python,shm-region-prefix-name=prefix1_",
+        ":",
+    ]
     cmd = docker_command(IMAGE, repo, Ports())
     assert _container_part(cmd) == list(launch.argv) and '--gpus="device=0,1"' in cmd
 
 
 def test_pp2_world_is_tp_times_pp(tmp_path: Path) -> None:
-    repo = _variant("llama3.1-8b-fp8-h100.yaml", tmp_path, parallelism={"tp": 1, "pp": 2},
-                    gpu={"type": "H100-SXM", "count": 2})
+    repo = _variant(
+        "llama3.1-8b-fp8-h100.yaml",
+        tmp_path,
+        parallelism={"tp": 1, "pp": 2},
+        gpu={"type": "H100-SXM", "count": 2},
+    )
     launch = repository_launch(repo, IMAGE)
     assert launch.mode == "leader" and launch.world_size == 2
     assert list(launch.argv) == [
-        "mpirun", "--allow-run-as-root",
-        "-n", "1", TS, REPO, *PORTS, *PORTS,
-        "--disable-auto-complete-config", "--backend-config=python,shm-region-prefix-name=prefix0_", ":",
-        "-n", "1", TS, REPO, *PORTS, "--model-control-mode=explicit", "--load-model=tensorrt_llm", *PORTS,
-        "--disable-auto-complete-config", "--backend-config=python,shm-region-prefix-name=prefix1_", ":",
-    ]  # fmt: skip
+        "mpirun",
+        "--allow-run-as-root",
+        "-n",
+        "1",
+        TS,
+        REPO,
+        *PORTS,
+        *PORTS,
+        "--disable-auto-complete-config",
+        "--backend-config=python,shm-region-prefix-name=prefix0_",
+        ":",
+        "-n",
+        "1",
+        TS,
+        REPO,
+        *PORTS,
+        "--model-control-mode=explicit",
+        "--load-model=tensorrt_llm",
+        *PORTS,
+        "--disable-auto-complete-config",
+        "--backend-config=python,shm-region-prefix-name=prefix1_",
+        ":",
+    ]
 
 
 def test_tp2_with_draft_is_orchestrator_mode(tmp_path: Path) -> None:
@@ -122,12 +167,22 @@ def test_tp2_with_draft_is_orchestrator_mode(tmp_path: Path) -> None:
     launch = repository_launch(repo, IMAGE)
     assert launch.mode == "orchestrator" and launch.world_size == 1 and launch.env == ORCHESTRATOR_ENV
     assert list(launch.argv) == [
-        "mpirun", "--allow-run-as-root",
-        "-n", "1", TS, REPO, *PORTS,
-        "--pinned-memory-pool-byte-size=0", "--enable-peer-access=false",
-        "--cuda-memory-pool-byte-size=0:0", "--cuda-memory-pool-byte-size=1:0",
-        *PORTS, "--disable-auto-complete-config", "--backend-config=python,shm-region-prefix-name=prefix0_", ":",
-    ]  # fmt: skip
+        "mpirun",
+        "--allow-run-as-root",
+        "-n",
+        "1",
+        TS,
+        REPO,
+        *PORTS,
+        "--pinned-memory-pool-byte-size=0",
+        "--enable-peer-access=false",
+        "--cuda-memory-pool-byte-size=0:0",
+        "--cuda-memory-pool-byte-size=1:0",
+        *PORTS,
+        "--disable-auto-complete-config",
+        "--backend-config=python,shm-region-prefix-name=prefix0_",
+        ":",
+    ]
     cmd = docker_command(IMAGE, repo, Ports())
     assert _container_part(cmd) == list(launch.argv) and '--gpus="device=0,1"' in cmd
     env_flags = [cmd[i + 1] for i, a in enumerate(cmd[: cmd.index(IMAGE)]) if a == "-e"]
@@ -140,9 +195,18 @@ def test_triton_2406_gets_no_memory_pool_options(tmp_path: Path) -> None:
     launch = repository_launch(repo, "nvcr.io/nvidia/tritonserver:24.06-trtllm-python-py3")
     assert launch.env == ORCHESTRATOR_ENV
     assert list(launch.argv) == [
-        "mpirun", "--allow-run-as-root", "-n", "1", TS, REPO, *PORTS, *PORTS,
-        "--disable-auto-complete-config", "--backend-config=python,shm-region-prefix-name=prefix0_", ":",
-    ]  # fmt: skip
+        "mpirun",
+        "--allow-run-as-root",
+        "-n",
+        "1",
+        TS,
+        REPO,
+        *PORTS,
+        *PORTS,
+        "--disable-auto-complete-config",
+        "--backend-config=python,shm-region-prefix-name=prefix0_",
+        ":",
+    ]
 
 
 def test_two_tier_cascade_is_orchestrator_mode_over_all_its_gpus(tmp_path: Path) -> None:
@@ -150,12 +214,23 @@ def test_two_tier_cascade_is_orchestrator_mode_over_all_its_gpus(tmp_path: Path)
     launch = repository_launch(repo, IMAGE)
     assert launch.mode == "orchestrator" and launch.env == ORCHESTRATOR_ENV and launch.gpus == (0, 1, 2)
     assert list(launch.argv) == [
-        "mpirun", "--allow-run-as-root",
-        "-n", "1", TS, REPO, *PORTS,
-        "--pinned-memory-pool-byte-size=0", "--enable-peer-access=false",
-        "--cuda-memory-pool-byte-size=0:0", "--cuda-memory-pool-byte-size=1:0", "--cuda-memory-pool-byte-size=2:0",
-        *PORTS, "--disable-auto-complete-config", "--backend-config=python,shm-region-prefix-name=prefix0_", ":",
-    ]  # fmt: skip
+        "mpirun",
+        "--allow-run-as-root",
+        "-n",
+        "1",
+        TS,
+        REPO,
+        *PORTS,
+        "--pinned-memory-pool-byte-size=0",
+        "--enable-peer-access=false",
+        "--cuda-memory-pool-byte-size=0:0",
+        "--cuda-memory-pool-byte-size=1:0",
+        "--cuda-memory-pool-byte-size=2:0",
+        *PORTS,
+        "--disable-auto-complete-config",
+        "--backend-config=python,shm-region-prefix-name=prefix0_",
+        ":",
+    ]
     engines = {e.name: e for e in engine_models(load_configs(repo)[0])}
     assert engines["small_tensorrt_llm"].instances == ((0,),)
     assert engines["large_tensorrt_llm"].instances == ((1, 2),)
@@ -164,7 +239,7 @@ def test_two_tier_cascade_is_orchestrator_mode_over_all_its_gpus(tmp_path: Path)
 def test_leader_rank_loads_every_named_engine_model() -> None:
     """Ranks > 0 load exactly the TensorRT-LLM models (--tensorrt_llm_model_name, comma-separated)."""
     launch = launch_command([EngineModel("large_tensorrt_llm", 2, ((0, 1),))])
-    rank1 = list(launch.argv[launch.argv.index(":") + 1:])
+    rank1 = list(launch.argv[launch.argv.index(":") + 1 :])
     assert rank1[rank1.index("--model-control-mode=explicit") + 1] == "--load-model=large_tensorrt_llm"
     assert sum(a.startswith("--load-model=") for a in launch.argv) == 1
 
@@ -172,8 +247,13 @@ def test_leader_rank_loads_every_named_engine_model() -> None:
 def test_replicas_use_triton_load_balancing_in_orchestrator_mode(tmp_path: Path) -> None:
     """Two TP2 instances of one model: instance_group count 2 + gpu_device_ids "0,1;2,3"
     (tensorrtllm_backend docs/llama_multi_instance.md, "Using Triton Core's Load Balancing")."""
-    repo = _variant("llama3.1-70b-fp8-tp2-draft-h100.yaml", tmp_path, gpu={"type": "H100-SXM", "count": 4},
-                    serving={"instance_count": 2}, draft=None)
+    repo = _variant(
+        "llama3.1-70b-fp8-tp2-draft-h100.yaml",
+        tmp_path,
+        gpu={"type": "H100-SXM", "count": 4},
+        serving={"instance_count": 2},
+        draft=None,
+    )
     launch = repository_launch(repo, IMAGE)
     assert launch.mode == "orchestrator" and launch.gpus == (0, 1, 2, 3)
     (engine,) = engine_models(load_configs(repo)[0])
@@ -189,7 +269,9 @@ def test_instances_beyond_gpu_count_are_refused() -> None:
 
 def test_no_engine_model_is_a_plain_tritonserver() -> None:
     launch = launch_command([])
-    assert launch.mode == "plain" and list(launch.argv) == [TS, REPO, *PORTS] and launch.docker_gpus() == "all"
+    assert (
+        launch.mode == "plain" and list(launch.argv) == [TS, REPO, *PORTS] and launch.docker_gpus() == "all"
+    )
 
 
 # --- the targeted versions (Triton's trtllm-python-py3 compatibility matrix:
@@ -201,18 +283,34 @@ def test_targeted_image_ships_the_targeted_trtllm_and_it_has_engines() -> None:
     assert tuple(int(x) for x in versions.TRTLLM_VERSION.split(".")[:2]) == versions.MAX_ENGINE_TRTLLM
     assert versions.images_for(versions.TRTLLM_VERSION)[0] == versions.TRITON_IMAGE  # the newest such tag
     line = versions.targets_line()
-    assert versions.TRTLLM_VERSION in line and versions.TRITON_IMAGE in line and versions.MODELOPT_VERSION in line
+    assert (
+        versions.TRTLLM_VERSION in line
+        and versions.TRITON_IMAGE in line
+        and versions.MODELOPT_VERSION in line
+    )
 
 
 def test_image_that_ships_another_trtllm_is_refused() -> None:
-    spec = parse_spec({"name": "v", "triton": {"image": "nvcr.io/nvidia/tritonserver:24.12-trtllm-python-py3",
-                                               "trtllm_version": versions.TRTLLM_VERSION},
-                       "tiers": [{"name": "main", "model": "fixture:llama-3.1-8b", "runtime": "trtllm-engine"}]})
+    spec = parse_spec(
+        {
+            "name": "v",
+            "triton": {
+                "image": "nvcr.io/nvidia/tritonserver:24.12-trtllm-python-py3",
+                "trtllm_version": versions.TRTLLM_VERSION,
+            },
+            "tiers": [{"name": "main", "model": "fixture:llama-3.1-8b", "runtime": "trtllm-engine"}],
+        }
+    )
     errors = [p for p in plan_deployment(spec).errors if p.rule == "trtllm-image"]
     assert len(errors) == 1 and "ships TensorRT-LLM 0.16.0" in errors[0].message
     assert f"set triton.image: {versions.TRITON_IMAGE}" in errors[0].message
-    ok = parse_spec({"name": "v", "triton": {"image": versions.TRITON_IMAGE, "trtllm_version": versions.TRTLLM_VERSION},
-                     "tiers": [{"name": "main", "model": "fixture:llama-3.1-8b", "runtime": "trtllm-engine"}]})
+    ok = parse_spec(
+        {
+            "name": "v",
+            "triton": {"image": versions.TRITON_IMAGE, "trtllm_version": versions.TRTLLM_VERSION},
+            "tiers": [{"name": "main", "model": "fixture:llama-3.1-8b", "runtime": "trtllm-engine"}],
+        }
+    )
     assert not [p for p in plan_deployment(ok).errors if p.rule == "trtllm-image"]
     # An image the matrix does not list (a custom build) is the user's call.
     assert versions.version_problems("registry.example/triton:custom", versions.TRTLLM_VERSION) == []
@@ -224,4 +322,5 @@ def test_docker_passes_every_device_up_to_the_highest_id() -> None:
     launch = launch_command([EngineModel("a", 2, ((2, 3),)), EngineModel("b", 1, ((0,),))])
     assert launch.docker_gpus() == '"device=0,1,2,3"' and launch.gpus == (0, 2, 3)
     assert [a for a in launch.argv if a.startswith("--cuda-memory-pool-byte-size=")] == [
-        f"--cuda-memory-pool-byte-size={j}:0" for j in range(4)]
+        f"--cuda-memory-pool-byte-size={j}:0" for j in range(4)
+    ]

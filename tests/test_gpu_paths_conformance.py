@@ -19,46 +19,32 @@ import pytest
 import yaml
 
 from tests.conftest import EXAMPLES
-from tritonforge.builder.dockerfile import PINNED
-from tritonforge.builder.manifest import SCHEMA, write_manifest
-from tritonforge.builder.render import LOCK_FILE, emit_files, write_repository
-from tritonforge.builder.server import Ports, check_servable, docker_command, plan_mounts, repository_mounts
+from tests.helpers.builds import fake_build
 from tritonforge.builder.spec import load_spec
+from tritonforge.ensembles.dockerfile import PINNED
+from tritonforge.ensembles.render import LOCK_FILE, emit_files, write_repository
+from tritonforge.ensembles.server import Ports, check_servable, docker_command, plan_mounts, repository_mounts
 from tritonforge.errors import UserError
 
 IMAGE = "nvcr.io/nvidia/tritonserver:24.12-trtllm-python-py3"
-GPU_EXAMPLES = ["llama3.1-8b-fp8-h100.yaml", "llama3.1-70b-fp8-tp2-draft-h100.yaml", "cascade-h100.yaml",
-                "llama3.3-70b-nvfp4-b200.yaml"]
+GPU_EXAMPLES = [
+    "llama3.1-8b-fp8-h100.yaml",
+    "llama3.1-70b-fp8-tp2-draft-h100.yaml",
+    "cascade-h100.yaml",
+    "llama3.3-70b-nvfp4-b200.yaml",
+]
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tritonforge", *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "tritonforge", *args], capture_output=True, text=True, timeout=60
+    )
 
 
 def _emit(example: str, out: Path, build_dir: Path | None = None) -> Path:
     files, _ = emit_files(load_spec(EXAMPLES / example), EXAMPLES, build_dir)
     write_repository(files, out)
     return out
-
-
-def _fake_build(example: str, root: Path, tokenizer_under: str | None = None) -> Path:
-    """A build manifest as `tritonforge build` writes it, with engine and tokenizer directories that exist
-    (empty: nothing here loads them). `tokenizer_under` puts the tokenizers below that directory instead."""
-    spec = load_spec(EXAMPLES / example)
-    build_dir = root / "build" / spec.name
-    tiers = {}
-    for t in spec.tiers:
-        tdir = build_dir / t.name
-        tok = Path(tokenizer_under) / t.name / "tokenizer" if tokenizer_under else tdir / "tokenizer"
-        entry = {"engine_dir": str(tdir / "engine"), "tokenizer_dir": str(tok)}
-        if t.draft is not None:
-            entry["draft_engine_dir"] = str(tdir / "draft_engine")
-        for d in entry.values():
-            Path(d).mkdir(parents=True, exist_ok=True)
-        tiers[t.name] = entry
-    write_manifest(build_dir, {"schema": SCHEMA, "spec": {"name": spec.name, "hash": spec.spec_hash()},
-                               "tiers": tiers})
-    return build_dir
 
 
 def _volumes(cmd: list[str]) -> list[tuple[str, str, str]]:
@@ -87,14 +73,21 @@ def test_unbuilt_repository_marks_placeholders_and_serve_refuses(example: str, t
     spec = load_spec(EXAMPLES / example)
     for t in spec.tiers:
         entry = lock["paths"][t.name]
-        assert entry["engine_dir"]["source"] == "placeholder" and entry["tokenizer_dir"]["source"] == "placeholder"
+        assert (
+            entry["engine_dir"]["source"] == "placeholder"
+            and entry["tokenizer_dir"]["source"] == "placeholder"
+        )
         # The tokenizer is no longer the checkpoint path, which sat under the container's /models mount.
         assert not entry["tokenizer_dir"]["path"].startswith("/models")
-    with pytest.raises(UserError, match=r"never built .*tritonforge build SPEC -o build/.* --build-dir build/"):
+    with pytest.raises(
+        UserError, match=r"never built .*tritonforge build SPEC -o build/.* --build-dir build/"
+    ):
         check_servable(repo)
     for args in (["--docker", IMAGE, "--print"], ["--docker", IMAGE, "--no-build", "--print"], []):
         proc = _cli("serve", str(repo), *args)
-        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, (
+            proc.stderr
+        )
         assert f"tritonforge build SPEC -o build/{spec.name}" in proc.stderr
         assert f"tritonforge emit SPEC -o {repo} --build-dir build/{spec.name}" in proc.stderr
         assert proc.stdout == ""
@@ -104,13 +97,15 @@ def test_hand_written_engine_path_missing_is_refused(tmp_path: Path) -> None:
     """Without a lock file the configs alone decide: an engine directory that is not on this host."""
     repo = _emit("llama3.1-8b-fp8-h100.yaml", tmp_path / "repo")
     (repo / LOCK_FILE).unlink()
-    with pytest.raises(UserError, match=r"tensorrt_llm: gpt_model_path '/engines/main/engine' does not exist"):
+    with pytest.raises(
+        UserError, match=r"tensorrt_llm: gpt_model_path '/engines/main/engine' does not exist"
+    ):
         check_servable(repo)
 
 
 @pytest.mark.parametrize("example", GPU_EXAMPLES)
 def test_built_repository_serves_with_distinct_read_only_mounts(example: str, tmp_path: Path) -> None:
-    build_dir = _fake_build(example, tmp_path)
+    build_dir = fake_build(example, tmp_path)
     repo = _emit(example, tmp_path / "repo", build_dir)
     lock = json.loads((repo / LOCK_FILE).read_text())
     assert {e["engine_dir"]["source"] for e in lock["paths"].values()} == {"build"}
@@ -133,7 +128,7 @@ def test_tokenizer_under_models_moves_the_repository_mount(tmp_path: Path) -> No
     repo_at, kept = plan_mounts(["/models/Llama-3.1-8B/tokenizer", "/data/engines/main/engine"])
     assert repo_at != "/models" and not repo_at.startswith("/models/")
     assert kept == ["/data/engines/main/engine", "/models/Llama-3.1-8B/tokenizer"]
-    build_dir = _fake_build("llama3.1-8b-fp8-h100.yaml", tmp_path)
+    build_dir = fake_build("llama3.1-8b-fp8-h100.yaml", tmp_path)
     repo = _emit("llama3.1-8b-fp8-h100.yaml", tmp_path / "repo", build_dir)
     cmd = docker_command(IMAGE, repo, Ports(), mounts=[*repository_mounts(repo), "/models/x/tokenizer"])
     _assert_no_collisions(cmd)
@@ -172,7 +167,7 @@ def test_repository_dockerfile_adds_what_models_import(example: str, tmp_path: P
 def test_serve_docker_print_builds_then_runs_the_tag(tmp_path: Path) -> None:
     example = "cascade-h100.yaml"
     spec = load_spec(EXAMPLES / example)
-    repo = _emit(example, tmp_path / "repo", _fake_build(example, tmp_path))
+    repo = _emit(example, tmp_path / "repo", fake_build(example, tmp_path))
     image = spec.triton.image
     proc = _cli("serve", str(repo), "--docker", image, "--print")
     assert proc.returncode == 0, proc.stderr
@@ -207,19 +202,31 @@ def test_spec_engine_and_tokenizer_dirs_resolve_against_the_spec(tmp_path: Path)
     files, _ = emit_files(load_spec(spec_path), tmp_path)
     write_repository(files, tmp_path / "repo")
     lock = json.loads((tmp_path / "repo" / LOCK_FILE).read_text())
-    assert lock["paths"]["main"]["engine_dir"] == {"path": str(tmp_path / "engines" / "main"), "source": "spec"}
+    assert lock["paths"]["main"]["engine_dir"] == {
+        "path": str(tmp_path / "engines" / "main"),
+        "source": "spec",
+    }
     assert lock["paths"]["main"]["tokenizer_dir"] == {"path": str(tmp_path / "tok"), "source": "spec"}
     check_servable(tmp_path / "repo")
 
 
 def test_emit_without_build_says_serve_will_refuse(tmp_path: Path) -> None:
     spec_path = EXAMPLES / "llama3.1-8b-fp8-h100.yaml"
-    proc = _cli("emit", str(spec_path), "-o", str(tmp_path / "repo"), "--build-dir", str(_fake_build(
-        "llama3.1-8b-fp8-h100.yaml", tmp_path)))
+    proc = _cli(
+        "emit",
+        str(spec_path),
+        "-o",
+        str(tmp_path / "repo"),
+        "--build-dir",
+        str(fake_build("llama3.1-8b-fp8-h100.yaml", tmp_path)),
+    )
     assert proc.returncode == 0 and "note:" not in proc.stderr, proc.stderr
     proc = _cli("emit", str(spec_path), "-o", str(tmp_path / "unbuilt"))
     assert proc.returncode == 0, proc.stderr
-    assert "no engines built for tier(s) main" in proc.stderr and f"tritonforge build {spec_path} -o build/" in proc.stderr
+    assert (
+        "no engines built for tier(s) main" in proc.stderr
+        and f"tritonforge build {spec_path} -o build/" in proc.stderr
+    )
 
 
 def test_cpu_repository_from_another_host_says_re_emit(tmp_path: Path) -> None:

@@ -21,8 +21,8 @@ import pytest
 
 from tests.conftest import EXAMPLES
 from tritonforge.builder.launch import parse_gpu_device_ids
-from tritonforge.builder.triton_schema import model_config_pb2 as mc
-from tritonforge.builder.validate import load_configs
+from tritonforge.ensembles.triton_schema import model_config_pb2 as mc
+from tritonforge.ensembles.validate import load_configs
 
 # example -> {TensorRT-LLM model: gpu_device_ids}: tiers take disjoint GPU blocks in spec order; a draft
 # engine is built with its target's TP and shares its GPUs (the plan splits the memory fractions).
@@ -39,15 +39,21 @@ def emitted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = {}
     for name in EXPECTED:
         repo = tmp_path_factory.mktemp("gpu-emit") / "repo"
-        proc = subprocess.run([sys.executable, "-m", "tritonforge", "emit", str(EXAMPLES / name), "-o", str(repo)],
-                              capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-m", "tritonforge", "emit", str(EXAMPLES / name), "-o", str(repo)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stderr
         out[name] = repo
     return out
 
 
 @pytest.mark.parametrize("example", sorted(EXPECTED))
-def test_engine_models_are_kind_cpu_count_1_with_gpu_device_ids(emitted: dict[str, Path], example: str) -> None:
+def test_engine_models_are_kind_cpu_count_1_with_gpu_device_ids(
+    emitted: dict[str, Path], example: str
+) -> None:
     configs, problems = load_configs(emitted[example])
     assert not problems
     engines = {n: c for n, c in configs.items() if c.backend == "tensorrtllm"}
@@ -60,8 +66,11 @@ def test_engine_models_are_kind_cpu_count_1_with_gpu_device_ids(emitted: dict[st
 
 def test_cascade_tiers_are_on_disjoint_gpus(emitted: dict[str, Path]) -> None:
     configs, _ = load_configs(emitted["cascade-h100.yaml"])
-    sets = {n: set(parse_gpu_device_ids(c.parameters["gpu_device_ids"].string_value)[0])
-            for n, c in configs.items() if c.backend == "tensorrtllm"}
+    sets = {
+        n: set(parse_gpu_device_ids(c.parameters["gpu_device_ids"].string_value)[0])
+        for n, c in configs.items()
+        if c.backend == "tensorrtllm"
+    }
     assert sets["small_tensorrt_llm"].isdisjoint(sets["large_tensorrt_llm"])
     assert len(sets["large_tensorrt_llm"]) == 2  # tp 2
 

@@ -38,8 +38,12 @@ _DEFAULT_DISABLED_037 = {
     "output.*": {"enable": False},
     "default": {"enable": False},
 }
-_NVFP4_037 = {"num_bits": (2, 1), "block_sizes": {-1: 16, "type": "dynamic", "scale_bits": (4, 3)}, "axis": None,
-              "enable": True}
+_NVFP4_037 = {
+    "num_bits": (2, 1),
+    "block_sizes": {-1: 16, "type": "dynamic", "scale_bits": (4, 3)},
+    "axis": None,
+    "enable": True,
+}
 MODELOPT_037_PRESETS = {
     "FP8_DEFAULT_CFG": {
         "quant_cfg": {
@@ -77,8 +81,11 @@ MODELOPT_037_PRESETS = {
         "algorithm": "awq_lite",
     },
     "NVFP4_DEFAULT_CFG": {
-        "quant_cfg": {"*weight_quantizer": dict(_NVFP4_037), "*input_quantizer": dict(_NVFP4_037),
-                      **_DEFAULT_DISABLED_037},
+        "quant_cfg": {
+            "*weight_quantizer": dict(_NVFP4_037),
+            "*input_quantizer": dict(_NVFP4_037),
+            **_DEFAULT_DISABLED_037,
+        },
         "algorithm": "max",
     },
     "FP8_KV_CFG": {
@@ -118,7 +125,7 @@ def _quantize_tiny(cfg: dict) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from tritonforge.runtime import demo_model
+    from tritonforge.builder import demo_model
 
     model = AutoModelForCausalLM.from_pretrained(demo_model.materialize("tiny")).eval()
     x = torch.randint(3, 1000, (1, 32), generator=torch.Generator().manual_seed(0))
@@ -147,7 +154,10 @@ def test_dict_form_presets_give_a_dict_form_config_for_modelopt_037():
     w4a8 = modelopt_config("w4a8_awq", "fp8", awq_block_size=64, presets=MODELOPT_037_PRESETS)["quant_cfg"]
     assert w4a8["*weight_quantizer"][0]["block_sizes"] == {-1: 64, "type": "static"}
     assert w4a8["*weight_quantizer"][1] == {"num_bits": (4, 3), "axis": None, "enable": True}
-    assert MODELOPT_037_PRESETS["W4A8_AWQ_BETA_CFG"]["quant_cfg"]["*weight_quantizer"][0]["block_sizes"][-1] == 128
+    assert (
+        MODELOPT_037_PRESETS["W4A8_AWQ_BETA_CFG"]["quant_cfg"]["*weight_quantizer"][0]["block_sizes"][-1]
+        == 128
+    )
     int8 = modelopt_config("int8_sq", "int8", presets=MODELOPT_037_PRESETS)
     assert int8["algorithm"] == "smoothquant" and int8["quant_cfg"]["*[kv]_bmm_quantizer"]["num_bits"] == 8
 
@@ -192,11 +202,15 @@ def test_both_config_forms_set_the_same_quantizers(fmt, kv, block):
     same = {k: native[k] for k in native if _SKIP_DIFF not in k}
     assert same == {k: legacy[k] for k in same}
     enabled = [k for k, v in same.items() if (v[0] is True if isinstance(v, tuple) else v[0][0])]
-    assert any(k.endswith("k_bmm_quantizer") for k in enabled) and any(k.endswith("v_bmm_quantizer") for k in enabled)
+    assert any(k.endswith("k_bmm_quantizer") for k in enabled) and any(
+        k.endswith("v_bmm_quantizer") for k in enabled
+    )
     assert any("q_proj.weight_quantizer" in k for k in enabled) and not any("lm_head" in k for k in enabled)
     if fmt == "w4a8_awq":
         w = same["model.layers.0.mlp.down_proj.weight_quantizer"]
-        assert w[0][:2] == (True, 4) and w[0][3] == {-1: block, "type": "static"} and w[1][:2] == (True, (4, 3))
+        assert (
+            w[0][:2] == (True, 4) and w[0][3] == {-1: block, "type": "static"} and w[1][:2] == (True, (4, 3))
+        )
 
 
 # ------------------------------------------------------------------------------ quantization memory
@@ -219,10 +233,15 @@ def test_device_map_kwargs_spread_over_gpus_and_offload_to_host():
     assert 130 * GIB < mem.weights < 132 * GIB  # 70.6B parameters in bf16
     assert 0.5 * GIB < mem.activations < 4 * GIB
 
-    assert load_plan(quantize_memory_of(plan.tiers[0].shape, 512, 4), [], 512 * GIB) == {}  # CPU: fp32, no map
+    assert (
+        load_plan(quantize_memory_of(plan.tiers[0].shape, 512, 4), [], 512 * GIB) == {}
+    )  # CPU: fp32, no map
     one = load_plan(mem, [H100], 512 * GIB)
     assert one["device_map"] == "auto"
-    assert one["max_memory"] == {0: int(H100 * GPU_USABLE) - mem.activations, "cpu": int(512 * GIB * HOST_USABLE)}
+    assert one["max_memory"] == {
+        0: int(H100 * GPU_USABLE) - mem.activations,
+        "cpu": int(512 * GIB * HOST_USABLE),
+    }
     assert one["max_memory"][0] < mem.weights  # the rest is offloaded to host RAM
     two = load_plan(mem, [H100, H100], 512 * GIB)
     assert set(two["max_memory"]) == {0, 1, "cpu"} and two["max_memory"][1] == two["max_memory"][0]
@@ -240,7 +259,12 @@ def test_quantization_that_cannot_fit_the_host_is_refused_in_one_line():
     with pytest.raises(UserError) as exc:
         check_quantize_memory(spec, plan, ([H100], 32 * GIB))
     msg = str(exc.value)
-    assert "\n" not in msg and "131.4 GiB of 16-bit weights" in msg and "38 GiB more" in msg and "more GPU memory or RAM" in msg
+    assert (
+        "\n" not in msg
+        and "131.4 GiB of 16-bit weights" in msg
+        and "38 GiB more" in msg
+        and "more GPU memory or RAM" in msg
+    )
     ok = check_quantize_memory(spec, plan, ([H100, H100], 256 * GIB))
     assert ok["main/checkpoint"]["placement"] == "device_map=auto" and ok["main/checkpoint"]["gpus"] == 2
     # the boundary: exactly the usable room fits, one byte more does not
@@ -263,8 +287,18 @@ def test_calibration_defaults_follow_the_reference():
     from tritonforge.builder.spec import parse_spec
 
     def tier(fmt: str, **cal):
-        spec = parse_spec({"name": "t", "tiers": [{"name": "main", "model": "fixture:llama-3.1-8b",
-                                                    "quantization": {"format": fmt, "calibration": cal}}]})
+        spec = parse_spec(
+            {
+                "name": "t",
+                "tiers": [
+                    {
+                        "name": "main",
+                        "model": "fixture:llama-3.1-8b",
+                        "quantization": {"format": fmt, "calibration": cal},
+                    }
+                ],
+            }
+        )
         return plan_deployment(spec, "out").tiers[0].quantize, spec.tiers[0].quantization
 
     qp, q = tier("fp8")
@@ -281,8 +315,9 @@ def test_reference_set_when_loadable_else_builtin_with_the_reason():
     # load_reference (same signature: calib_size, eval_samples -> train and validation TextSets).
     def hub(n: int, m: int):
         mk = quality.TextSet
-        return mk("cnn_dailymail 3.0.0 train[:2]", ["a", "b"], "1" * 64, 1), mk("cnn_dailymail 3.0.0 validation[:1]",
-                                                                               ["c"], "2" * 64, 1)
+        return mk("cnn_dailymail 3.0.0 train[:2]", ["a", "b"], "1" * 64, 1), mk(
+            "cnn_dailymail 3.0.0 validation[:1]", ["c"], "2" * 64, 1
+        )
 
     got = quality.resolve_text_sources("auto", "auto", 512, 16, reference=hub)
     assert got.info["kind"] == "reference" and got.eval.texts == ["c"] and "fallback" not in got.info
@@ -298,21 +333,45 @@ def _spec(tmp_path: Path) -> Path:
     import yaml
 
     p = tmp_path / "spec.yaml"
-    p.write_text(yaml.safe_dump({"name": "calib", "tiers": [{
-        "name": "main", "model": "builtin:tiny", "runtime": "cpu-reference", "dtype": "float32",
-        "quantization": {"format": "fp8", "calibration": {"size": 8, "seq_len": 64},
-                         # a random-weight model: the gate measures, these limits do not fail it
-                         "quality_gate": {"eval_samples": 2, "max_kl_divergence": 100, "min_top1_agreement": 0,
-                                          "max_perplexity_increase": 100}},
-        "limits": {"max_batch_size": 2, "max_input_len": 128, "max_output_len": 32}}]}))
+    p.write_text(
+        yaml.safe_dump(
+            {
+                "name": "calib",
+                "tiers": [
+                    {
+                        "name": "main",
+                        "model": "builtin:tiny",
+                        "runtime": "cpu-reference",
+                        "dtype": "float32",
+                        "quantization": {
+                            "format": "fp8",
+                            "calibration": {"size": 8, "seq_len": 64},
+                            # a random-weight model: the gate measures, these limits do not fail it
+                            "quality_gate": {
+                                "eval_samples": 2,
+                                "max_kl_divergence": 100,
+                                "min_top1_agreement": 0,
+                                "max_perplexity_increase": 100,
+                            },
+                        },
+                        "limits": {"max_batch_size": 2, "max_input_len": 128, "max_output_len": 32},
+                    }
+                ],
+            }
+        )
+    )
     return p
 
 
 def _traffic(path: Path, n: int = 40) -> list[str]:
-    texts = [f"user {i}: please summarize the quarterly report for region {i % 7}, list the three largest "
-             f"cost items, compare them with last year and suggest two savings with their expected impact"
-             for i in range(n)]
-    path.write_text("".join(json.dumps({"prompt" if i % 2 else "text": t}) + "\n" for i, t in enumerate(texts)))
+    texts = [
+        f"user {i}: please summarize the quarterly report for region {i % 7}, list the three largest "
+        f"cost items, compare them with last year and suggest two savings with their expected impact"
+        for i in range(n)
+    ]
+    path.write_text(
+        "".join(json.dumps({"prompt" if i % 2 else "text": t}) + "\n" for i, t in enumerate(texts))
+    )
     return texts
 
 
@@ -328,7 +387,9 @@ def test_build_calibrates_on_a_traffic_jsonl_and_records_the_source(tmp_path, mo
     monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no trtllm-build
     spec, traffic = _spec(tmp_path), tmp_path / "traffic.jsonl"
     texts = _traffic(traffic)
-    r = CliRunner().invoke(build_command, [str(spec), "-o", str(tmp_path / "b1"), "--calib-data", str(traffic)])
+    r = CliRunner().invoke(
+        build_command, [str(spec), "-o", str(tmp_path / "b1"), "--calib-data", str(traffic)]
+    )
     assert r.exit_code == 0, r.output
     m = read_manifest(tmp_path / "b1")
     tier = m["tiers"]["main"]
@@ -340,7 +401,9 @@ def test_build_calibrates_on_a_traffic_jsonl_and_records_the_source(tmp_path, mo
     assert cal["windows"] == 8 and cal["seq_len"] == 64
     # the calibration records are the file's, minus every 10th, which the quality gate evaluates on
     used = [json.loads(line)["text"] for line in Path(cal["dataset"]).read_text().splitlines()]
-    held = [json.loads(line)["text"] for line in Path(tier["quality"]["eval_dataset"]).read_text().splitlines()]
+    held = [
+        json.loads(line)["text"] for line in Path(tier["quality"]["eval_dataset"]).read_text().splitlines()
+    ]
     assert used == [t for i, t in enumerate(texts) if i % 10 != 9] and held == texts[9::10]
     assert tier["quality"]["windows"] >= 1 and tier["quality"]["tokens"] > 0
     assert "calib 8 x 64 of file" in r.stdout
@@ -349,7 +412,11 @@ def test_build_calibrates_on_a_traffic_jsonl_and_records_the_source(tmp_path, mo
     r = CliRunner().invoke(build_command, [str(spec), "-o", str(tmp_path / "b2")])
     assert r.exit_code == 0, r.output
     src = read_manifest(tmp_path / "b2")["tiers"]["main"]["calibration"]
-    assert src["kind"] == "builtin" and src["requested"] == "auto" and "cnn_dailymail not loadable" in src["fallback"]
+    assert (
+        src["kind"] == "builtin"
+        and src["requested"] == "auto"
+        and "cnn_dailymail not loadable" in src["fallback"]
+    )
     assert "fit only for offline hosts" in r.stderr and "(offline fallback)" in r.stdout
 
 
@@ -368,22 +435,32 @@ def _run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
-@pytest.mark.parametrize("content,expect", [
-    ('{"text": "fine"}\n{"message": "no text"}\n', r'traffic.jsonl:2: no "text" or "prompt" string field'),
-    ('{"text": "fine"}\nnot json\n', "traffic.jsonl:2: not valid JSON"),
-    ('{"text": "only one"}\n', "1 record"),
-    ("", "no text found"),
-])
+@pytest.mark.parametrize(
+    "content,expect",
+    [
+        (
+            '{"text": "fine"}\n{"message": "no text"}\n',
+            r'traffic.jsonl:2: no "text" or "prompt" string field',
+        ),
+        ('{"text": "fine"}\nnot json\n', "traffic.jsonl:2: not valid JSON"),
+        ('{"text": "only one"}\n', "1 record"),
+        ("", "no text found"),
+    ],
+)
 def test_bad_calib_data_is_one_line_and_exit_2(tmp_path, content, expect, monkeypatch, capsys):
     import re
 
     spec, traffic = _spec(tmp_path), tmp_path / "traffic.jsonl"
     traffic.write_text(content)
-    code, err = _run_cli(["build", str(spec), "-o", str(tmp_path / "b"), "--calib-data", str(traffic)],
-                         monkeypatch, capsys)
+    code, err = _run_cli(
+        ["build", str(spec), "-o", str(tmp_path / "b"), "--calib-data", str(traffic)], monkeypatch, capsys
+    )
     assert code == 2 and re.search(expect, err), err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "b").exists()
-    code, err = _run_cli(["build", str(spec), "-o", str(tmp_path / "b"), "--calib-data",
-                          str(tmp_path / "missing.jsonl")], monkeypatch, capsys)
+    code, err = _run_cli(
+        ["build", str(spec), "-o", str(tmp_path / "b"), "--calib-data", str(tmp_path / "missing.jsonl")],
+        monkeypatch,
+        capsys,
+    )
     assert code == 2 and "file not found" in err and not (tmp_path / "b").exists()

@@ -14,22 +14,25 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tritonforge.builder import k8s_validate
-from tritonforge.builder.k8s import K8sOptions, objects, plan_k8s, render_k8s
 from tritonforge.builder.spec import load_spec
+from tritonforge.ensembles import k8s_validate
+from tritonforge.ensembles.k8s import K8sOptions, objects, plan_k8s, render_k8s
 
 from .conftest import EXAMPLES, tiny_variant
 
 GOLDEN = Path(__file__).parent / "fixtures" / "k8s_golden"
 KUBECTL = shutil.which("kubectl")
 needs_validate = pytest.mark.skipif(not k8s_validate.available(), reason="kubernetes-validate not installed")
-needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl not installed (kustomize rendering not checked)")
+needs_kubectl = pytest.mark.skipif(
+    KUBECTL is None, reason="kubectl not installed (kustomize rendering not checked)"
+)
 ALL_EXAMPLES = sorted(p.name for p in EXAMPLES.glob("*.yaml"))
 
 
 def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tritonforge", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "tritonforge", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
 
 
 def _render(spec_path: Path, **opts: str) -> dict[str, bytes]:
@@ -61,8 +64,16 @@ def _kustomize(folder: Path) -> list[dict]:
 @pytest.mark.parametrize("example", ALL_EXAMPLES)
 def test_every_example_validates(example: str) -> None:
     objs = objects(_render(EXAMPLES / example, registry="registry.example.com/ml"))
-    assert {"Deployment", "Service", "Job", "HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy",
-            "ServiceMonitor", "PersistentVolumeClaim"} <= {o["kind"] for _, o in objs}
+    assert {
+        "Deployment",
+        "Service",
+        "Job",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+        "ServiceMonitor",
+        "PersistentVolumeClaim",
+    } <= {o["kind"] for _, o in objs}
     assert k8s_validate.validate_objects(objs) == []
 
 
@@ -99,9 +110,15 @@ def test_multi_node_replica_is_a_leaderworkerset(tmp_path: Path) -> None:
     broken["spec"]["leaderWorkerTemplate"]["sise"] = 2
     assert any("sise" in p for p in k8s_validate.validate_object(broken))
     patch = yaml.safe_load(files["overlays/gpu/server-patch.yaml"])
-    gpus = {op["path"]: op["value"]["limits"]["nvidia.com/gpu"] for op in patch if op["path"].endswith("/resources")}
-    assert gpus == {"/spec/leaderWorkerTemplate/leaderTemplate/spec/containers/0/resources": "8",
-                    "/spec/leaderWorkerTemplate/workerTemplate/spec/containers/0/resources": "8"}
+    gpus = {
+        op["path"]: op["value"]["limits"]["nvidia.com/gpu"]
+        for op in patch
+        if op["path"].endswith("/resources")
+    }
+    assert gpus == {
+        "/spec/leaderWorkerTemplate/leaderTemplate/spec/containers/0/resources": "8",
+        "/spec/leaderWorkerTemplate/workerTemplate/spec/containers/0/resources": "8",
+    }
 
 
 # ------------------------------------------------------------------------------------------ kustomize
@@ -109,8 +126,14 @@ def test_multi_node_replica_is_a_leaderworkerset(tmp_path: Path) -> None:
 
 @needs_kubectl
 @needs_validate
-@pytest.mark.parametrize("example,overlay", [("cpu-demo.yaml", "cpu-demo"), ("cascade-h100.yaml", "gpu"),
-                                             ("llama3.1-70b-fp8-tp2-draft-h100.yaml", "gpu")])
+@pytest.mark.parametrize(
+    "example,overlay",
+    [
+        ("cpu-demo.yaml", "cpu-demo"),
+        ("cascade-h100.yaml", "gpu"),
+        ("llama3.1-70b-fp8-tp2-draft-h100.yaml", "gpu"),
+    ],
+)
 def test_kustomize_renders_and_validates(tmp_path: Path, example: str, overlay: str) -> None:
     out = tmp_path / "k8s"
     proc = _cli("deploy", "k8s", str(EXAMPLES / example), "-o", str(out), "--namespace", "llm", "--json")
@@ -119,12 +142,19 @@ def test_kustomize_renders_and_validates(tmp_path: Path, example: str, overlay: 
     docs = _kustomize(out / "overlays" / overlay)
     assert all(d["metadata"].get("namespace") == "llm" for d in docs if d["kind"] != "Namespace")
     assert k8s_validate.validate_objects([("kustomize", d) for d in docs]) == []
-    server = next(d for d in docs if d["kind"] == "Deployment"
-                  and d["metadata"]["labels"].get("app.kubernetes.io/component") == "server")
+    server = next(
+        d
+        for d in docs
+        if d["kind"] == "Deployment"
+        and d["metadata"]["labels"].get("app.kubernetes.io/component") == "server"
+    )
     container = server["spec"]["template"]["spec"]["containers"][0]
     store = next(d for d in docs if d["kind"] == "PersistentVolumeClaim")
     if overlay == "gpu":
-        assert container["resources"]["limits"]["nvidia.com/gpu"] == container["resources"]["requests"]["nvidia.com/gpu"]
+        assert (
+            container["resources"]["limits"]["nvidia.com/gpu"]
+            == container["resources"]["requests"]["nvidia.com/gpu"]
+        )
         assert store["spec"]["accessModes"] == ["ReadWriteMany"]  # replicas on many nodes read the engines
     else:
         assert store["spec"]["accessModes"] == ["ReadWriteOnce"]  # what kind/minikube provision
@@ -133,7 +163,9 @@ def test_kustomize_renders_and_validates(tmp_path: Path, example: str, overlay: 
     # The spec ConfigMap's generated name is what the build Job mounts.
     cm = next(d for d in docs if d["kind"] == "ConfigMap")
     job = next(d for d in docs if d["kind"] == "Job")
-    assert {v.get("configMap", {}).get("name") for v in job["spec"]["template"]["spec"]["volumes"]} >= {cm["metadata"]["name"]}
+    assert {v.get("configMap", {}).get("name") for v in job["spec"]["template"]["spec"]["volumes"]} >= {
+        cm["metadata"]["name"]
+    }
     load = _kustomize(out / "loadtest")
     assert k8s_validate.validate_objects([("kustomize", d) for d in load]) == []
 
@@ -148,26 +180,33 @@ def _docker_print(repo: Path, image: str) -> list[str]:
     return shlex.split(proc.stdout.strip())
 
 
-@pytest.mark.parametrize("example", ["cpu-demo.yaml", "llama3.1-70b-fp8-tp2-draft-h100.yaml", "cascade-h100.yaml"])
+@pytest.mark.parametrize(
+    "example", ["cpu-demo.yaml", "llama3.1-70b-fp8-tp2-draft-h100.yaml", "cascade-h100.yaml"]
+)
 def test_replica_command_is_serve_docker_print(tmp_path: Path, example: str) -> None:
     """The replica's container runs exactly what `serve --docker IMAGE --print` runs after the image."""
-    from tritonforge.builder.render import emit_files, write_repository
+    from tritonforge.ensembles.render import emit_files, write_repository
 
     spec_path = tiny_variant(example, tmp_path) if example == "cpu-demo.yaml" else EXAMPLES / example
     spec = load_spec(spec_path)
     plan = plan_k8s(spec, K8sOptions(registry="registry.example.com/ml"))
-    from tests.test_gpu_paths_conformance import _fake_build  # serve refuses engines that were never built
+    from tests.helpers.builds import fake_build  # serve refuses engines that were never built
 
-    files, _ = emit_files(spec, spec_path.parent, None if example == "cpu-demo.yaml" else _fake_build(example, tmp_path))
+    files, _ = emit_files(
+        spec, spec_path.parent, None if example == "cpu-demo.yaml" else fake_build(example, tmp_path)
+    )
     write_repository(files, tmp_path / "repo")
     docker = _docker_print(tmp_path / "repo", plan.image)
-    after_image = docker[docker.index(plan.image) + 1:]
+    after_image = docker[docker.index(plan.image) + 1 :]
     deployment = _one(objects(render_k8s(plan)), "Deployment")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["command"] == after_image
     # `-e NAME=VALUE` pairs, and `-e NAME` for secrets passed by name (in the pod: a secretKeyRef, no value).
-    docker_env = dict((docker[i + 1].split("=", 1) + [None])[:2]  # type: ignore[list-item]
-                      for i, a in enumerate(docker[:docker.index(plan.image)]) if a == "-e")
+    docker_env = dict(
+        (docker[i + 1].split("=", 1) + [None])[:2]  # type: ignore[list-item]
+        for i, a in enumerate(docker[: docker.index(plan.image)])
+        if a == "-e"
+    )
     pod_env = {e["name"]: e.get("value") for e in container["env"]}
     assert docker_env.items() <= pod_env.items()
     for name, value in docker_env.items():
@@ -176,7 +215,10 @@ def test_replica_command_is_serve_docker_print(tmp_path: Path, example: str) -> 
             assert "secretKeyRef" in entry["valueFrom"]
     shm = next(v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "dshm")
     assert f"--shm-size={spec.triton.shm_size}" in docker
-    assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": spec.triton.shm_size.upper().replace("G", "Gi")}
+    assert shm["emptyDir"] == {
+        "medium": "Memory",
+        "sizeLimit": spec.triton.shm_size.upper().replace("G", "Gi"),
+    }
 
 
 # -------------------------------------------------------------------------------- what is rendered
@@ -192,7 +234,11 @@ def test_probes_ports_and_gpu_requests() -> None:
     startup = c["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 600  # GPU engines load for minutes
     svc = next(o for _, o in objs if o["kind"] == "Service")
-    assert {p["name"]: p["port"] for p in svc["spec"]["ports"]} == {"http": 8000, "grpc": 8001, "metrics": 8002}
+    assert {p["name"]: p["port"] for p in svc["spec"]["ports"]} == {
+        "http": 8000,
+        "grpc": 8001,
+        "metrics": 8002,
+    }
     patch = yaml.safe_load(files["overlays/gpu/server-patch.yaml"])
     res = next(op["value"] for op in patch if op["path"].endswith("/resources"))
     assert res["requests"]["nvidia.com/gpu"] == res["limits"]["nvidia.com/gpu"] == "2"  # TP2
@@ -209,8 +255,15 @@ def test_probes_ports_and_gpu_requests() -> None:
 def test_redis_shared_and_keys_by_secret_reference(tmp_path: Path) -> None:
     spec = tmp_path / "c.yaml"
     data = yaml.safe_load((EXAMPLES / "cascade-h100.yaml").read_text())
-    data["router"]["remote"] = [{"name": "api", "kind": "openai", "url": "https://api.example.com/v1",
-                                 "model": "m", "api_key_env": "OPENAI_API_KEY"}]
+    data["router"]["remote"] = [
+        {
+            "name": "api",
+            "kind": "openai",
+            "url": "https://api.example.com/v1",
+            "model": "m",
+            "api_key_env": "OPENAI_API_KEY",
+        }
+    ]
     data["cache"]["hmac_key_env"] = "TF_CACHE_HMAC"
     spec.write_text(yaml.safe_dump(data))
     files = _render(spec)
@@ -221,8 +274,10 @@ def test_redis_shared_and_keys_by_secret_reference(tmp_path: Path) -> None:
     assert built["cache"]["redis_url"] == f"redis://{sts['metadata']['name']}:6379/0"
     env = _one(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
     refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in env if "valueFrom" in e}
-    assert refs == {"OPENAI_API_KEY": {"name": "cascade-h100-secrets", "key": "OPENAI_API_KEY"},
-                    "TF_CACHE_HMAC": {"name": "cascade-h100-secrets", "key": "TF_CACHE_HMAC"}}
+    assert refs == {
+        "OPENAI_API_KEY": {"name": "cascade-h100-secrets", "key": "OPENAI_API_KEY"},
+        "TF_CACHE_HMAC": {"name": "cascade-h100-secrets", "key": "TF_CACHE_HMAC"},
+    }
     assert not any(o["kind"] == "Secret" for _, o in objs)
     # An external Redis: no StatefulSet, and the build uses that URL.
     data["deploy"] = {"redis_url": "redis://redis.shared.svc:6379/3"}
@@ -246,11 +301,15 @@ def test_network_policy_admits_only_clients_and_prometheus() -> None:
     script = job["spec"]["template"]["spec"]["containers"][0]["args"][0]
     assert "tritonforge loadtest --url http://cpu-demo-ensemble:8000 --model ensemble" in script
     assert "--workers 2" in script and '-o "$OUT"' in script
-    assert {m["mountPath"] for m in job["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]} >= {"/reports"}
+    assert {m["mountPath"] for m in job["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]} >= {
+        "/reports"
+    }
 
 
 def test_hpa_replicas_from_spec(tmp_path: Path) -> None:
-    spec = _spec(tmp_path, "deploy: {replicas: {min: 2, max: 6}, autoscale: {metric: queue_time, target: 0.5}}\n")
+    spec = _spec(
+        tmp_path, "deploy: {replicas: {min: 2, max: 6}, autoscale: {metric: queue_time, target: 0.5}}\n"
+    )
     objs = objects(_render(spec))
     hpa = _one(objs, "HorizontalPodAutoscaler")
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 6)
@@ -273,14 +332,17 @@ def test_deploy_section_does_not_change_the_spec_hash(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize("extra,needle", [
-    ("deploy: {replicas: {min: 4, max: 2}}\n", "replicas.min 4 is above replicas.max 2"),
-    ("deploy: {gpus_per_node: 1, multi_node: false}\n", "a replica needs 2 GPUs but a node has 1"),
-    ("deploy: {gpus_per_node: 4}\n", None),
-    ("deploy: {node_selector: {'bad key!': x}}\n", "not a Kubernetes label key"),
-    ("deploy: {storage_size: lots}\n", "deploy.storage_size"),
-    ("deploy: {redis_url: 'redis://user:hunter2@h:6379/0'}\n", "without credentials"),
-])
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        ("deploy: {replicas: {min: 4, max: 2}}\n", "replicas.min 4 is above replicas.max 2"),
+        ("deploy: {gpus_per_node: 1, multi_node: false}\n", "a replica needs 2 GPUs but a node has 1"),
+        ("deploy: {gpus_per_node: 4}\n", None),
+        ("deploy: {node_selector: {'bad key!': x}}\n", "not a Kubernetes label key"),
+        ("deploy: {storage_size: lots}\n", "deploy.storage_size"),
+        ("deploy: {redis_url: 'redis://user:hunter2@h:6379/0'}\n", "without credentials"),
+    ],
+)
 def test_spec_check_rejects_impossible_deploy(tmp_path: Path, extra: str, needle: str | None) -> None:
     proc = _cli("spec", "check", str(_spec(tmp_path, extra)))
     if needle is None:
@@ -300,11 +362,14 @@ def test_spanning_nodes_needs_whole_nodes(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "not a multiple of deploy.gpus_per_node 8" in proc.stderr
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--namespace", "Bad_NS"], "--namespace 'Bad_NS'"),
-    (["--registry", "https://registry.example.com/"], "--registry"),
-    (["--registry", "Registry.Example.com"], "--registry"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--namespace", "Bad_NS"], "--namespace 'Bad_NS'"),
+        (["--registry", "https://registry.example.com/"], "--registry"),
+        (["--registry", "Registry.Example.com"], "--registry"),
+    ],
+)
 def test_bad_deploy_options_one_line(tmp_path: Path, args: list[str], needle: str) -> None:
     proc = _cli("deploy", "k8s", str(EXAMPLES / "cpu-demo.yaml"), "-o", str(tmp_path / "out"), *args)
     assert proc.returncode == 2
@@ -319,7 +384,9 @@ def test_output_ownership(tmp_path: Path) -> None:
     assert _cli("deploy", "k8s", spec, "-o", str(out)).returncode == 0
     first = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert "tritonforge.lock.json" in first and "base/kustomization.yaml" in first
-    assert _cli("deploy", "k8s", spec, "-o", str(out), "--namespace", "other").returncode == 0  # ours: replaced
+    assert (
+        _cli("deploy", "k8s", spec, "-o", str(out), "--namespace", "other").returncode == 0
+    )  # ours: replaced
     assert "namespace: other" in (out / "base" / "kustomization.yaml").read_text()
     hpa = out / "base" / "hpa.yaml"
     hpa.write_text(hpa.read_text() + "# tuned by hand\n")
@@ -357,7 +424,9 @@ def _normalized(files: dict[str, bytes], spec_hash: str) -> str:
 @pytest.mark.parametrize("example", ["cpu-demo.yaml", "llama3.1-70b-fp8-tp2-draft-h100.yaml"])
 def test_golden(example: str) -> None:
     """Set TRITONFORGE_UPDATE_GOLDEN=1 to rewrite after an intended change, and review the diff."""
-    plan = plan_k8s(load_spec(EXAMPLES / example), K8sOptions(namespace="llm", registry="registry.example.com/ml"))
+    plan = plan_k8s(
+        load_spec(EXAMPLES / example), K8sOptions(namespace="llm", registry="registry.example.com/ml")
+    )
     text = _normalized(render_k8s(plan), plan.spec_hash)
     golden = GOLDEN / f"{example.removesuffix('.yaml')}.txt"
     if os.environ.get("TRITONFORGE_UPDATE_GOLDEN"):
@@ -391,7 +460,9 @@ def test_python_kustomize_matches_kubectl(tmp_path: Path, example: str) -> None:
     for folder in (f"overlays/{plan.overlay}", "loadtest"):
         ours, problems = k8s_validate.render_kustomization(files, folder)
         assert problems == []
-        assert sorted(ours, key=lambda d: (d["kind"], d["metadata"]["name"])) == _strip_generated(_kustomize(tmp_path / folder))
+        assert sorted(ours, key=lambda d: (d["kind"], d["metadata"]["name"])) == _strip_generated(
+            _kustomize(tmp_path / folder)
+        )
 
 
 def test_kustomization_problems_found_without_kubectl() -> None:
@@ -400,7 +471,9 @@ def test_kustomization_problems_found_without_kubectl() -> None:
     overlay = f"overlays/{plan.overlay}"
     assert k8s_validate.render_kustomization(files, overlay)[1] == []
     broken = dict(files)
-    broken[f"{overlay}/server-patch.yaml"] = b"- {op: add, path: /spec/nope/containers/0/resources, value: {}}\n"
+    broken[f"{overlay}/server-patch.yaml"] = (
+        b"- {op: add, path: /spec/nope/containers/0/resources, value: {}}\n"
+    )
     assert any("does not apply" in p for p in k8s_validate.render_kustomization(broken, overlay)[1])
     broken = dict(files)
     del broken["base/pdb.yaml"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.test_llm_entry_repo import (
+from tests.helpers.entry_repo import (
     build_repo,
     entry_config,
     generate,
@@ -16,11 +16,13 @@ from tests.test_llm_entry_repo import (
     metrics_text,
     write_llm_model,
 )
-from tritonforge.builder.server import TritonServer, free_ports
+from tritonforge.ensembles.server import TritonServer, free_ports
 
 
 def test_missing_embedder_is_logged_and_exported(tmp_path: Path, tf_cache: Path) -> None:
-    broken = entry_config(router={"enabled": False}, cache={"embedding_model": str(tmp_path / "no-such-model")})
+    broken = entry_config(
+        router={"enabled": False}, cache={"embedding_model": str(tmp_path / "no-such-model")}
+    )
     repo = build_repo(tmp_path / "repo", broken)
     write_llm_model(repo, entry_config(router={"enabled": False}, cache={"semantic": False}), name="llm_ok")
     with TritonServer(repo, free_ports(), log_path=tmp_path / "triton.log") as server:

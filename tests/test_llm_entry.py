@@ -15,10 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tritonforge.builder.server import TritonServer, free_ports
-from tritonforge.ensembles.policy.classifier import train
-
-from .test_llm_entry_repo import (
+from tests.helpers.entry_repo import (
     build_repo,
     entry_config,
     generate,
@@ -28,6 +25,8 @@ from .test_llm_entry_repo import (
     shared_embedder,
     write_llm_model,
 )
+from tritonforge.ensembles.server import TritonServer, free_ports
+from tritonforge.model_repo_templates.tf_policy.classifier import train
 
 pytestmark = pytest.mark.server
 
@@ -38,8 +37,16 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     ports = free_ports()
     cfg = entry_config(router={"tier_timeout_s": 1.5})
     # a remote Triton tier: this same server's generate endpoint, over HTTP
-    cfg["tiers"].append({"name": "mirror", "kind": "remote", "protocol": "triton", "url": f"http://127.0.0.1:{ports.http}",
-                         "model": "large_ensemble", "timeout_s": 5})  # fmt: skip
+    cfg["tiers"].append(
+        {
+            "name": "mirror",
+            "kind": "remote",
+            "protocol": "triton",
+            "url": f"http://127.0.0.1:{ports.http}",
+            "model": "large_ensemble",
+            "timeout_s": 5,
+        }
+    )
     repo = build_repo(d / "repo", cfg)
     # llm_clf: the classifier policy, with a classifier trained here on real embeddings
     from .test_router_cli import COMPLEX, SIMPLE
@@ -53,8 +60,9 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     )
     write_llm_model(repo, clf_cfg, name="llm_clf")
     (repo / "llm_clf" / "1" / "router_classifier.json").write_text(clf.to_json())
-    s = TritonServer(repo, ports, log_path=d / "triton.log",
-                     extra_args=["--model-control-mode=explicit", "--load-model=*"])  # fmt: skip
+    s = TritonServer(
+        repo, ports, log_path=d / "triton.log", extra_args=["--model-control-mode=explicit", "--load-model=*"]
+    )
     s.start()
     try:
         s.wait_ready(240)
@@ -188,9 +196,12 @@ def test_unloaded_tier_falls_back_and_tier_says_so(server) -> None:
 
 
 def test_classifier_policy_in_triton(server) -> None:
-    for prompt, want in [("What is the capital of Peru?", "small"), ("Say thanks in German.", "small"),
-                         ("Implement a red-black tree in C with deletion and prove its height bound.", "large"),
-                         ("Write a Go program that shards a Postgres table across nodes.", "large")]:  # fmt: skip
+    for prompt, want in [
+        ("What is the capital of Peru?", "small"),
+        ("Say thanks in German.", "small"),
+        ("Implement a red-black tree in C with deletion and prove its height bound.", "large"),
+        ("Write a Go program that shards a Postgres table across nodes.", "large"),
+    ]:
         status, body = generate(server.http_url, {"text_input": prompt, "max_tokens": 4}, model="llm_clf")
         assert status == 200 and body["tier"] == want, (prompt, body)
     assert body["cache_status"] == "bypass"  # cache off in llm_clf

@@ -6,24 +6,26 @@ from pathlib import Path
 
 import pytest
 
-from tritonforge.builder.server import TritonServer, free_ports
+from tests.helpers.entry_repo import generate, generate_stream
+from tritonforge.ensembles.server import TritonServer, free_ports
 
 from .conftest import tiny_variant
-from .test_llm_entry_repo import generate, generate_stream
 
 pytestmark = pytest.mark.server
 
 
 @pytest.fixture(scope="module")
 def cascade(tmp_path_factory: pytest.TempPathFactory, tf_cache: Path):
-    from tritonforge.builder.render import emit_files, write_repository
     from tritonforge.builder.spec import load_spec
+    from tritonforge.ensembles.render import emit_files, write_repository
 
     d = tmp_path_factory.mktemp("cascade")
     spec = tiny_variant("cascade-cpu.yaml", d)
     files, _ = emit_files(load_spec(spec), spec.parent)
     write_repository(files, d / "repo")
-    with TritonServer(d / "repo", free_ports(), log_path=d / "triton.log") as server:  # stops the server whatever happens
+    with TritonServer(
+        d / "repo", free_ports(), log_path=d / "triton.log"
+    ) as server:  # stops the server whatever happens
         server.wait_ready(300)
         yield server
 
@@ -70,7 +72,12 @@ def test_full_contract_inputs_reach_the_tier_and_are_keyed(cascade) -> None:
     status, perf = generate(url, {**prompt, "return_perf_metrics": True})
     assert status == 200 and perf["cache_status"] == "bypass", perf  # outputs the cache does not hold
     assert perf["text_output"] == plain["text_output"]
-    for name in ("arrival_time_ns", "first_token_time_ns", "last_token_time_ns", "kv_cache_alloc_total_blocks"):
+    for name in (
+        "arrival_time_ns",
+        "first_token_time_ns",
+        "last_token_time_ns",
+        "kv_cache_alloc_total_blocks",
+    ):
         assert name in perf, sorted(perf)
     assert perf["first_token_time_ns"] >= perf["arrival_time_ns"] > 0
     assert "arrival_time_ns" not in plain

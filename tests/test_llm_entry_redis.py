@@ -8,9 +8,8 @@ import time
 
 import pytest
 
-from tritonforge.builder.server import TritonServer, free_ports
-
-from .test_llm_entry_repo import RedisProc, build_repo, entry_config, generate, metric_value, metrics_text
+from tests.helpers.entry_repo import RedisProc, build_repo, entry_config, generate, metric_value, metrics_text
+from tritonforge.ensembles.server import TritonServer, free_ports
 
 pytestmark = [
     pytest.mark.server,
@@ -57,7 +56,9 @@ def test_two_servers_share_exact_and_semantic_hits(cluster) -> None:
     first = gen(a, "What is the tallest mountain on Earth?" + slow)
     assert first["cache_status"] == "miss"
     t0 = time.monotonic()  # A writes Redis right after its response went out
-    while metric_value(metrics_text(a.metrics_url), "tf_cache_stores_total") < 1 and time.monotonic() - t0 < 10:
+    while (
+        metric_value(metrics_text(a.metrics_url), "tf_cache_stores_total") < 1 and time.monotonic() - t0 < 10
+    ):
         time.sleep(0.05)
     hit = gen(b, "What is the tallest mountain on Earth?" + slow)
     assert hit["cache_status"] == "hit-exact" and hit["text_output"] == first["text_output"]

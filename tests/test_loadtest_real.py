@@ -31,10 +31,36 @@ def test_report_matches_engine_count(tiny_demo_server, tiny_demo_repo: Path, tmp
     before = _engine_output_tokens(tiny_demo_server.metrics_url)
     out = tmp_path / "load"
     proc = subprocess.run(
-        [sys.executable, "-m", "tritonforge", "loadtest", "--url", tiny_demo_server.http_url, "--model", "ensemble",
-         "--users", "2", "--duration", "8s", "--warmup", "0", "--tokenizer", "tiny", "--workload", "isl=32,osl=24",
-         "--metrics-url", tiny_demo_server.metrics_url, "--repo", str(tiny_demo_repo), "--output", str(out)],
-        capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "tritonforge",
+            "loadtest",
+            "--url",
+            tiny_demo_server.http_url,
+            "--model",
+            "ensemble",
+            "--users",
+            "2",
+            "--duration",
+            "8s",
+            "--warmup",
+            "0",
+            "--tokenizer",
+            "tiny",
+            "--workload",
+            "isl=32,osl=24",
+            "--metrics-url",
+            tiny_demo_server.metrics_url,
+            "--repo",
+            str(tiny_demo_repo),
+            "--output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     after = _engine_output_tokens(tiny_demo_server.metrics_url)
     report = json.loads((out / "report.json").read_text())
@@ -51,7 +77,10 @@ def test_report_matches_engine_count(tiny_demo_server, tiny_demo_repo: Path, tmp
     assert (out / "report.html").read_text().count("<svg") >= 2
     # repeat=0: no measured request re-sent a prompt, and the engine's prefix cache reused no block
     reuse = report["summary"]["prompt_reuse"]
-    assert reuse["repeated_requests"] == 0 and reuse["distinct_prompts"] == reuse["requests"] == metrics["requests"]
+    assert (
+        reuse["repeated_requests"] == 0
+        and reuse["distinct_prompts"] == reuse["requests"] == metrics["requests"]
+    )
     assert reuse["kv_metric"] == "tf_cpu_engine_reused_blocks" and reuse["kv_reused_blocks"] == 0
 
 
@@ -61,17 +90,46 @@ def test_reported_kv_reuse_is_the_engines(tiny_demo_server, tmp_path: Path) -> N
     before = _engine_metric(url, "tf_cpu_engine_reused_blocks")
     out = tmp_path / "repeats"
     proc = subprocess.run(
-        [sys.executable, "-m", "tritonforge", "loadtest", "--url", tiny_demo_server.http_url, "--model", "ensemble",
-         "--users", "2", "--duration", "6s", "--warmup", "0", "--tokenizer", "tiny",
-         "--workload", "isl=80,osl=4,repeat=0.5,prompts=3000", "--metrics-url", url, "--output", str(out)],
-        capture_output=True, text=True, timeout=300)  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "tritonforge",
+            "loadtest",
+            "--url",
+            tiny_demo_server.http_url,
+            "--model",
+            "ensemble",
+            "--users",
+            "2",
+            "--duration",
+            "6s",
+            "--warmup",
+            "0",
+            "--tokenizer",
+            "tiny",
+            "--workload",
+            "isl=80,osl=4,repeat=0.5,prompts=3000",
+            "--metrics-url",
+            url,
+            "--output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     time.sleep(0.5)
     after = _engine_metric(url, "tf_cpu_engine_reused_blocks")
     report = json.loads((out / "report.json").read_text())
     reuse = report["summary"]["prompt_reuse"]
     kinds = report["levels"][0]["metrics"]["kinds"]
-    assert reuse["requests"] < 3000  # the run did not wrap around the items: only `repeat` items re-send a prompt
-    assert reuse["repeated_requests"] == kinds["repeat"] > 0 and reuse["distinct_prompts"] == reuse["requests"] - kinds["repeat"]
+    assert (
+        reuse["requests"] < 3000
+    )  # the run did not wrap around the items: only `repeat` items re-send a prompt
+    assert (
+        reuse["repeated_requests"] == kinds["repeat"] > 0
+        and reuse["distinct_prompts"] == reuse["requests"] - kinds["repeat"]
+    )
     assert reuse["kv_reused_blocks"] == after - before > 0  # 80-token prompts: up to 2 blocks of 32 each
     assert "prompt reuse:" in proc.stdout

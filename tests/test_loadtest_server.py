@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tritonforge.builder.server import TritonServer, free_port, free_ports
+from tritonforge.ensembles.server import TritonServer, free_port, free_ports
 
 pytestmark = pytest.mark.server
 
@@ -45,7 +45,9 @@ def mock_repo(dst: Path, **params: str) -> Path:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
     d = tmp_path_factory.mktemp("mock-normal")
-    with TritonServer(mock_repo(d / "repo", **NORMAL), free_ports(), log_path=d / "triton.log") as srv:  # stops the server whatever happens
+    with TritonServer(
+        mock_repo(d / "repo", **NORMAL), free_ports(), log_path=d / "triton.log"
+    ) as srv:  # stops the server whatever happens
         srv.wait_ready(120)
         yield srv
 
@@ -53,13 +55,32 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
 def loadtest(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     """`tritonforge loadtest ARGS` (through `python -m tritonforge.loadtest`)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "tritonforge.loadtest", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=ROOT)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "tritonforge.loadtest", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=ROOT,
+    )
 
 
 def base_args(srv: TritonServer, out: Path, *extra: str) -> list[str]:
-    return ["--url", srv.http_url, "--metrics-url", srv.metrics_url, "--tokenizer", "tiny",
-            "--workload", f"isl=24,osl={OSL}", "--warmup", "4", "-o", str(out), *extra]  # fmt: skip
+    return [
+        "--url",
+        srv.http_url,
+        "--metrics-url",
+        srv.metrics_url,
+        "--tokenizer",
+        "tiny",
+        "--workload",
+        f"isl=24,osl={OSL}",
+        "--warmup",
+        "4",
+        "-o",
+        str(out),
+        *extra,
+    ]
 
 
 def closed_loop(srv: TritonServer, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -95,15 +116,23 @@ def test_report_agrees_with_server_and_csv(baseline: Path) -> None:
     # output tokens: the report = what the mock was asked to send = the server's own counters
     assert m["output_tokens"] == len(ok) * OSL == sum(int(r["requested_tokens"]) for r in ok)
     server = level["server_metrics"]
-    assert server["available"] and server["tritonforge"]["tritonforge_mock_output_tokens_total{model=ensemble}"]["delta"] == m["output_tokens"]
+    assert (
+        server["available"]
+        and server["tritonforge"]["tritonforge_mock_output_tokens_total{model=ensemble}"]["delta"]
+        == m["output_tokens"]
+    )
     assert server["triton"]["request_success"] == len(rows)
     tc = report["token_check"]
-    assert tc["server_total"] == tc["retokenized_total"] == m["output_tokens"] and tc["requests_differing"] == 0
+    assert (
+        tc["server_total"] == tc["retokenized_total"] == m["output_tokens"] and tc["requests_differing"] == 0
+    )
 
     # TTFT <= E2E for every request; throughput = a direct count from requests.csv
     assert all(float(r["ttft_s"]) <= float(r["e2e_s"]) for r in ok)
     span = max(float(r["end"]) for r in rows) - min(float(r["start"]) for r in rows)
-    assert m["output_tokens_per_s"] == pytest.approx(sum(int(r["output_tokens"]) for r in ok) / span, rel=1e-3)
+    assert m["output_tokens_per_s"] == pytest.approx(
+        sum(int(r["output_tokens"]) for r in ok) / span, rel=1e-3
+    )
     assert m["requests_per_s"] == pytest.approx(len(ok) / span, rel=1e-3)
     assert m["ttft_ms"]["p50"] >= 20 and m["e2e_ms"]["p50"] >= 20 + 20 * (OSL - 1)  # the mock's sleeps
 
@@ -111,7 +140,11 @@ def test_report_agrees_with_server_and_csv(baseline: Path) -> None:
     stats = (baseline / "locust" / "c=4-r0_stats.csv").read_text()
     assert all(name in stats for name in ("TTFT", "ITL", "E2E"))
     env = report["environment"]
-    assert env["triton"]["version"] and env["model"]["decoupled"] is True and env["command_line"][:2] == ["tritonforge", "loadtest"]
+    assert (
+        env["triton"]["version"]
+        and env["model"]["decoupled"] is True
+        and env["command_line"][:2] == ["tritonforge", "loadtest"]
+    )
     assert (baseline / "report.html").read_text().count("<svg") >= 5
     assert not level["load_generator"]["saturated"], level["load_generator"]
 
@@ -142,10 +175,34 @@ def test_slow_configuration_is_a_regression(baseline: Path, tmp_path: Path) -> N
 
 def test_grpc_open_loop_with_response_cache(server: TritonServer, tmp_path: Path) -> None:
     out = tmp_path / "grpc"
-    r = loadtest("--url", server.http_url, "--metrics-url", server.metrics_url, "--grpc-url", server.grpc_url,
-                 "--protocol", "grpc-stream", "--model", "llm", "--request-rate", "30", "--duration", "4s",
-                 "--tokenizer", "tiny", "--workload", "isl=16,osl=8,repeat=0.5,prompts=200", "--warmup", "2",
-                 "--slo", "ttft=1s,itl=200ms", "--gpu", "H100-SXM", "-o", str(out))  # fmt: skip
+    r = loadtest(
+        "--url",
+        server.http_url,
+        "--metrics-url",
+        server.metrics_url,
+        "--grpc-url",
+        server.grpc_url,
+        "--protocol",
+        "grpc-stream",
+        "--model",
+        "llm",
+        "--request-rate",
+        "30",
+        "--duration",
+        "4s",
+        "--tokenizer",
+        "tiny",
+        "--workload",
+        "isl=16,osl=8,repeat=0.5,prompts=200",
+        "--warmup",
+        "2",
+        "--slo",
+        "ttft=1s,itl=200ms",
+        "--gpu",
+        "H100-SXM",
+        "-o",
+        str(out),
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     m = read_report(out)["levels"][0]["metrics"]
     assert m["failed"] == 0 and m["completed"] > 30
@@ -157,7 +214,9 @@ def test_grpc_open_loop_with_response_cache(server: TritonServer, tmp_path: Path
 
 def test_workers_and_non_streaming(server: TritonServer, tmp_path: Path) -> None:
     out = tmp_path / "workers"
-    r = loadtest(*base_args(server, out, "--protocol", "http", "--workers", "2", "--users", "4", "--duration", "4s"))
+    r = loadtest(
+        *base_args(server, out, "--protocol", "http", "--workers", "2", "--users", "4", "--duration", "4s")
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     report = read_report(out)
     level = report["levels"][0]
@@ -172,10 +231,18 @@ def test_workers_and_non_streaming(server: TritonServer, tmp_path: Path) -> None
 
 def test_errors_are_counted_and_classified(server: TritonServer, tmp_path: Path) -> None:
     trace = tmp_path / "trace.jsonl"
-    trace.write_text("".join(json.dumps({"prompt": p, "max_tokens": 8}) + "\n"
-                             for p in ("the cat sat", "please [[mock-fail]] now", "on the mat")))  # fmt: skip
+    trace.write_text(
+        "".join(
+            json.dumps({"prompt": p, "max_tokens": 8}) + "\n"
+            for p in ("the cat sat", "please [[mock-fail]] now", "on the mat")
+        )
+    )
     out = tmp_path / "errors"
-    r = loadtest(*base_args(server, out, "--users", "2", "--duration", "3s", "--warmup", "0", "--workload", f"trace={trace}"))
+    r = loadtest(
+        *base_args(
+            server, out, "--users", "2", "--duration", "3s", "--warmup", "0", "--workload", f"trace={trace}"
+        )
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     m = read_report(out)["levels"][0]["metrics"]
     assert m["failed"] > 0 and m["completed"] > 0 and m["requests"] == m["failed"] + m["completed"]
@@ -183,7 +250,9 @@ def test_errors_are_counted_and_classified(server: TritonServer, tmp_path: Path)
     assert m["errors"]["by_type"] == {"http_400": m["failed"]}
     assert "mock failure" in m["errors"]["top_messages"][0]["message"]
     failed = [row for row in read_rows(out) if row["ok"] == "False"]
-    assert len(failed) == m["failed"] and all(row["error_type"] == "http_400" and "[[mock-fail]]" in row["error"] for row in failed)
+    assert len(failed) == m["failed"] and all(
+        row["error_type"] == "http_400" and "[[mock-fail]]" in row["error"] for row in failed
+    )
 
 
 def _one_line_error(r: subprocess.CompletedProcess[str], needle: str) -> None:
@@ -196,24 +265,57 @@ def _one_line_error(r: subprocess.CompletedProcess[str], needle: str) -> None:
 def test_bad_inputs_give_one_line(server: TritonServer, tmp_path: Path) -> None:
     out = str(tmp_path / "x")
     _one_line_error(loadtest("--url", f"http://127.0.0.1:{free_port()}", "-o", out), "cannot reach Triton")
-    _one_line_error(loadtest("--url", server.http_url, "--model", "nope", "-o", out), "model 'nope' is not ready")
+    _one_line_error(
+        loadtest("--url", server.http_url, "--model", "nope", "-o", out), "model 'nope' is not ready"
+    )
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "ok", "max_tokens": 4}\n{"prompt": \n')
-    _one_line_error(loadtest("--url", server.http_url, "--workload", f"trace={bad}", "-o", out), "malformed trace")
+    _one_line_error(
+        loadtest("--url", server.http_url, "--workload", f"trace={bad}", "-o", out), "malformed trace"
+    )
     _one_line_error(loadtest("--url", server.http_url, "--slo", "ttft=fast", "-o", out), "invalid --slo")
-    _one_line_error(loadtest("--url", server.http_url, "--users", "2", "--request-rate", "3", "-o", out), "exclusive")
+    _one_line_error(
+        loadtest("--url", server.http_url, "--users", "2", "--request-rate", "3", "-o", out), "exclusive"
+    )
     _one_line_error(loadtest("compare", str(bad), out), "not JSON")
 
 
 def test_locustfile_runs_directly(server: TritonServer, tmp_path: Path) -> None:
-    from tritonforge.runtime.demo_model import materialize
+    from tritonforge.builder.demo_model import materialize
 
     tokenizer = materialize("tiny")  # made before Locust starts its clock
     records = tmp_path / "records"
-    cmd = [sys.executable, "-m", "locust", "-f", str(ROOT / "loadtest" / "locustfile.py"), "--headless",
-           "--host", server.http_url, "-u", "2", "-r", "2", "-t", "3s", "--stop-timeout", "10", "--only-summary", "--model", "ensemble",
-           "--tokenizer", str(tokenizer), "--workload", "isl=8,osl=4,prompts=20", "--warmup", "2",
-           "--records-dir", str(records), "--csv", str(tmp_path / "direct")]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(ROOT / "loadtest" / "locustfile.py"),
+        "--headless",
+        "--host",
+        server.http_url,
+        "-u",
+        "2",
+        "-r",
+        "2",
+        "-t",
+        "3s",
+        "--stop-timeout",
+        "10",
+        "--only-summary",
+        "--model",
+        "ensemble",
+        "--tokenizer",
+        str(tokenizer),
+        "--workload",
+        "isl=8,osl=4,prompts=20",
+        "--warmup",
+        "2",
+        "--records-dir",
+        str(records),
+        "--csv",
+        str(tmp_path / "direct"),
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     stats = (tmp_path / "direct_stats.csv").read_text()
@@ -221,13 +323,25 @@ def test_locustfile_runs_directly(server: TritonServer, tmp_path: Path) -> None:
     lines = next(records.glob("records-*.jsonl")).read_text().splitlines()
     recs = [json.loads(line) for line in lines]
     assert sum(rec["warmup"] for rec in recs) == 2
-    assert all(rec["ok"] for rec in recs), [(rec["error_type"], rec["error"]) for rec in recs if not rec["ok"]][:3]
+    assert all(rec["ok"] for rec in recs), [
+        (rec["error_type"], rec["error"]) for rec in recs if not rec["ok"]
+    ][:3]
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is not installed (Debian package `chromium`)")
+@pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="/usr/bin/chromium is not installed (Debian package `chromium`)"
+)
 def test_html_report_renders_in_chromium(baseline: Path, tmp_path: Path) -> None:
-    cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-           f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", (baseline / "report.html").as_uri()]  # fmt: skip
+    cmd = [
+        str(CHROMIUM),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--dump-dom",
+        (baseline / "report.html").as_uri(),
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     dom = r.stdout
@@ -236,7 +350,9 @@ def test_html_report_renders_in_chromium(baseline: Path, tmp_path: Path) -> None
 
 def test_concurrency_sweep_with_repeats(server: TritonServer, tmp_path: Path) -> None:
     out = tmp_path / "sweep"
-    r = loadtest(*base_args(server, out, "--concurrency", "1,4", "--repeat", "2", "--duration", "2s", "--json"))
+    r = loadtest(
+        *base_args(server, out, "--concurrency", "1,4", "--repeat", "2", "--duration", "2s", "--json")
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     report = json.loads(r.stdout)
     assert [lv["label"] for lv in report["levels"]] == ["c=1", "c=4"]

@@ -20,7 +20,15 @@ from tritonforge.loadtest.report import render_html, summary_table
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("60s", 60.0), ("500ms", 0.5), ("2m", 120.0), ("1.5h", 5400.0), ("250us", 0.00025), ("7", 7.0), (" 3 s ", 3.0)],
+    [
+        ("60s", 60.0),
+        ("500ms", 0.5),
+        ("2m", 120.0),
+        ("1.5h", 5400.0),
+        ("250us", 0.00025),
+        ("7", 7.0),
+        (" 3 s ", 3.0),
+    ],
 )
 def test_parse_duration(text: str, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds)
@@ -78,9 +86,21 @@ def test_stats_fields() -> None:
     assert metrics.stats([]) == {"count": 0}
 
 
-def _rec(i: int, start: float, ttft: float | None, e2e: float, tokens: int, ok: bool = True, **kw: object) -> RequestRecord:
-    return RequestRecord(id=str(i), level="c=2", start=start, ttft_s=ttft, e2e_s=e2e, output_tokens_server=tokens if ok else None,
-                         ok=ok, error_type="" if ok else "server_error", error="" if ok else "boom", **kw)  # type: ignore[arg-type]
+def _rec(
+    i: int, start: float, ttft: float | None, e2e: float, tokens: int, ok: bool = True, **kw: object
+) -> RequestRecord:
+    return RequestRecord(
+        id=str(i),
+        level="c=2",
+        start=start,
+        ttft_s=ttft,
+        e2e_s=e2e,
+        output_tokens_server=tokens if ok else None,
+        ok=ok,
+        error_type="" if ok else "server_error",
+        error="" if ok else "boom",
+        **kw,
+    )  # type: ignore[arg-type]
 
 
 def test_level_metrics_definitions() -> None:
@@ -120,7 +140,13 @@ def test_token_check() -> None:
     recs = [_rec(0, 0, 0.1, 1, 10), _rec(1, 0, 0.1, 1, 10)]
     recs[0].output_tokens_retok, recs[1].output_tokens_retok = 10, 11
     tc = metrics.token_check(recs)
-    assert tc == {"compared": 2, "server_total": 20, "retokenized_total": 21, "requests_differing": 1, "relative_difference": 0.05}
+    assert tc == {
+        "compared": 2,
+        "server_total": 20,
+        "retokenized_total": 21,
+        "requests_differing": 1,
+        "relative_difference": 0.05,
+    }
 
 
 def test_requests_csv_round_trip(tmp_path: Path) -> None:
@@ -136,20 +162,39 @@ def test_requests_csv_round_trip(tmp_path: Path) -> None:
 
 
 def _report(tps: float, ttft: float, err: float = 0.0, label: str = "c=4", n: int = 1000) -> dict:
-    return {"schema": "tritonforge.loadtest/1", "levels": [{"label": label, "metrics": {
-        "output_tokens_per_s": tps, "requests_per_s": tps / 10, "ttft_ms": {"count": n, "p50": ttft, "p90": ttft, "p99": ttft},
-        "itl_ms": {"count": n, "p50": 5.0}, "e2e_ms": {"count": n, "p50": 100.0}, "error_rate": err}}]}  # fmt: skip
+    return {
+        "schema": "tritonforge.loadtest/1",
+        "levels": [
+            {
+                "label": label,
+                "metrics": {
+                    "output_tokens_per_s": tps,
+                    "requests_per_s": tps / 10,
+                    "ttft_ms": {"count": n, "p50": ttft, "p90": ttft, "p99": ttft},
+                    "itl_ms": {"count": n, "p50": 5.0},
+                    "e2e_ms": {"count": n, "p50": 100.0},
+                    "error_rate": err,
+                },
+            }
+        ],
+    }
 
 
 def test_compare_direction_aware() -> None:
     base = _report(1000, 100)
     assert not compare.compare_reports(base, _report(1000, 100))["regression"]
     slower = compare.compare_reports(base, _report(700, 100))
-    assert slower["regression"] and {r["metric"] for r in slower["rows"] if r["verdict"] == "REGRESSION"} >= {"output_tokens_per_s"}
+    assert slower["regression"] and {r["metric"] for r in slower["rows"] if r["verdict"] == "REGRESSION"} >= {
+        "output_tokens_per_s"
+    }
     faster = compare.compare_reports(base, _report(1500, 50))
     assert not faster["regression"] and any(r["verdict"] == "improved" for r in faster["rows"])
     laggier = compare.compare_reports(base, _report(1000, 200))
-    assert [r["metric"] for r in laggier["rows"] if r["verdict"] == "REGRESSION"] == ["ttft_ms.p50", "ttft_ms.p90", "ttft_ms.p99"]
+    assert [r["metric"] for r in laggier["rows"] if r["verdict"] == "REGRESSION"] == [
+        "ttft_ms.p50",
+        "ttft_ms.p90",
+        "ttft_ms.p99",
+    ]
     row = next(r for r in laggier["rows"] if r["metric"] == "ttft_ms.p50")
     assert row["ratio"] == 2.0
 
@@ -170,15 +215,26 @@ def test_compare_does_not_gate_tails_of_few_samples() -> None:
     assert verdicts["ttft_ms.p50"] == verdicts["ttft_ms.p90"] == "REGRESSION"
     assert verdicts["ttft_ms.p99"] == "few samples"  # 100 requests cannot estimate a p99
     few = compare.compare_reports(_report(1000, 100, n=5), _report(1000, 200, n=5))
-    assert not few["regression"] and next(r for r in few["rows"] if r["metric"] == "ttft_ms.p50")["samples"] == 5
+    assert (
+        not few["regression"] and next(r for r in few["rows"] if r["metric"] == "ttft_ms.p50")["samples"] == 5
+    )
 
 
 def test_parse_tolerances() -> None:
-    t = compare.parse_tolerances(["ttft=0.1:5ms", "e2e.p99=30%", "throughput=5%", "error_rate=:0.02", "itl=:1s"])
-    assert t == {"ttft_ms": (0.1, 5.0), "e2e_ms.p99": (0.3, None), "output_tokens_per_s": (0.05, None),
-                 "error_rate": (None, 0.02), "itl_ms": (None, 1000.0)}  # fmt: skip
+    t = compare.parse_tolerances(
+        ["ttft=0.1:5ms", "e2e.p99=30%", "throughput=5%", "error_rate=:0.02", "itl=:1s"]
+    )
+    assert t == {
+        "ttft_ms": (0.1, 5.0),
+        "e2e_ms.p99": (0.3, None),
+        "output_tokens_per_s": (0.05, None),
+        "error_rate": (None, 0.02),
+        "itl_ms": (None, 1000.0),
+    }
     rules = {r.key: r for r in compare.rules(t)}
-    assert rules["ttft_ms.p99"].rel == 0.1 and rules["e2e_ms.p99"].rel == 0.3 and rules["e2e_ms.p50"].rel == 0.2
+    assert (
+        rules["ttft_ms.p99"].rel == 0.1 and rules["e2e_ms.p99"].rel == 0.3 and rules["e2e_ms.p50"].rel == 0.2
+    )
     for bad in ("ttft", "nonsense=0.1", "ttft=x", "ttft=0.1ms:5", "ttft=-1"):
         with pytest.raises(UserError):
             compare.parse_tolerances([bad])
@@ -208,18 +264,35 @@ nv_inference_request_success{model="other",version="1"} 99
 # TYPE tritonforge_router_decisions_total counter
 tritonforge_router_decisions_total{tier="small"} 3
 """
-PROM_AFTER = PROM_BEFORE.replace("} 10\n", "} 30\n").replace("} 1000\n", "} 3000\n").replace("} 5000\n", "} 25000\n") \
-    .replace("} 8000\n", "} 30000\n").replace('tier="small"} 3', 'tier="small"} 13') + "tritonforge_cache_entries 7\n"
+PROM_AFTER = (
+    PROM_BEFORE.replace("} 10\n", "} 30\n")
+    .replace("} 1000\n", "} 3000\n")
+    .replace("} 5000\n", "} 25000\n")
+    .replace("} 8000\n", "} 30000\n")
+    .replace('tier="small"} 3', 'tier="small"} 13')
+    + "tritonforge_cache_entries 7\n"
+)
 
 
 def test_prometheus_diff() -> None:
     d = prom.diff(prom.parse(PROM_BEFORE), prom.parse(PROM_AFTER), "ensemble")
     assert d["triton"]["request_success"] == 20
     assert d["triton"]["avg_queue_us"] == 100.0 and d["triton"]["avg_compute_infer_us"] == 1000.0
-    assert d["tritonforge"]["tritonforge_router_decisions_total{tier=small}"] == {"kind": "counter", "delta": 10, "after": 13}
+    assert d["tritonforge"]["tritonforge_router_decisions_total{tier=small}"] == {
+        "kind": "counter",
+        "delta": 10,
+        "after": 13,
+    }
     assert d["tritonforge"]["tritonforge_cache_entries"] == {"kind": "untyped", "delta": 7, "after": 7}
-    assert d["models"] == {"ensemble": {"requests": 20, "exec_count": 0.0, "avg_queue_us": 100.0,
-                                        "avg_compute_infer_us": 1000.0, "avg_request_us": 1100.0}}  # fmt: skip
+    assert d["models"] == {
+        "ensemble": {
+            "requests": 20,
+            "exec_count": 0.0,
+            "avg_queue_us": 100.0,
+            "avg_compute_infer_us": 1000.0,
+            "avg_request_us": 1100.0,
+        }
+    }
     assert prom.diff(None, prom.parse(PROM_AFTER), "ensemble") == {"available": False}
     assert prom.scrape("http://127.0.0.1:9/metrics", timeout=0.5) is None
 
@@ -246,10 +319,17 @@ def _post(status: int, body: bytes):
 
 def test_sse_stream_parsing() -> None:
     body = b"".join(
-        b'data: {"text_output": "%s", "num_output_tokens": 1, "cache_status": "miss"}\n\n' % w for w in (b" a", b" b", b" c")
+        b'data: {"text_output": "%s", "num_output_tokens": 1, "cache_status": "miss"}\n\n' % w
+        for w in (b" a", b" b", b" c")
     )
     out = protocols.http_request(_post(200, body), "ensemble", {"prompt": "p", "max_tokens": 3}, True)
-    assert out.ok and out.text == " a b c" and out.server_tokens == 3 and out.chunks == 3 and out.cache_status == "miss"
+    assert (
+        out.ok
+        and out.text == " a b c"
+        and out.server_tokens == 3
+        and out.chunks == 3
+        and out.cache_status == "miss"
+    )
     assert out.ttft_s is not None and out.ttft_s <= out.e2e_s
 
 
@@ -260,7 +340,9 @@ def test_sse_errors_are_classified() -> None:
     assert out.error_type == "server_error" and "engine died" in out.error
     out = protocols.http_request(_post(400, b'{"error": "bad input"}'), "m", item, True)
     assert (out.error_type, out.error) == ("http_400", "bad input")
-    assert protocols.http_request(_post(200, b"data: {not json\n\n"), "m", item, True).error_type == "protocol"
+    assert (
+        protocols.http_request(_post(200, b"data: {not json\n\n"), "m", item, True).error_type == "protocol"
+    )
     assert protocols.http_request(_post(200, b""), "m", item, True).error_type == "empty_response"
 
     def refused(path: str, body: bytes):
@@ -271,10 +353,21 @@ def test_sse_errors_are_classified() -> None:
 
 def test_payload() -> None:
     item = {"prompt": "hi", "max_tokens": 8, "min_tokens": 8, "inputs": {"temperature": 0.5}}
-    assert protocols.build_payload(item, True) == {"text_input": "hi", "max_tokens": 8, "min_tokens": 8, "temperature": 0.5, "stream": True}
+    assert protocols.build_payload(item, True) == {
+        "text_input": "hi",
+        "max_tokens": 8,
+        "min_tokens": 8,
+        "temperature": 0.5,
+        "stream": True,
+    }
     req = protocols.grpc_request("ensemble", "7", {**item, "inputs": {"seed": 3}}, True)
     assert req.id == "7" and {t.name: t.datatype for t in req.inputs} == {
-        "text_input": "BYTES", "max_tokens": "INT32", "min_tokens": "INT32", "seed": "UINT64", "stream": "BOOL"}  # fmt: skip
+        "text_input": "BYTES",
+        "max_tokens": "INT32",
+        "min_tokens": "INT32",
+        "seed": "UINT64",
+        "stream": "BOOL",
+    }
 
 
 # ------------------------------------------------------------------------------------------ workload
@@ -290,8 +383,12 @@ def tok(tmp_path_factory: pytest.TempPathFactory) -> workload.TokenizerAdapter:
     t = Tokenizer(models.BPE())
     t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     t.decoder = decoders.ByteLevel()
-    t.train_from_iterator([CORPUS] * 3, trainers.BpeTrainer(vocab_size=600, show_progress=False,
-                                                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))  # fmt: skip
+    t.train_from_iterator(
+        [CORPUS] * 3,
+        trainers.BpeTrainer(
+            vocab_size=600, show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
     path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
     t.save(str(path))
     return workload.load_tokenizer(str(path))
@@ -304,14 +401,18 @@ def test_workload_lengths_and_determinism(tok: workload.TokenizerAdapter) -> Non
     assert all(it["input_tokens"] == len(tok.encode(it["prompt"])) for it in items)
     assert sum(it["input_tokens"] == 40 for it in items) >= 55  # exact, but for rare edge merges
     assert all(it["max_tokens"] == it["min_tokens"] == 12 for it in items)
-    varied = workload.generate(workload.parse_workload("isl=40,isl_std=10,osl=12,osl_std=3,fixed_output=false,prompts=200"), tok, 0)
+    varied = workload.generate(
+        workload.parse_workload("isl=40,isl_std=10,osl=12,osl_std=3,fixed_output=false,prompts=200"), tok, 0
+    )
     assert len({it["input_tokens"] for it in varied}) > 10 and all(it["min_tokens"] is None for it in varied)
     mean = sum(it["input_tokens"] for it in varied) / len(varied)
     assert 36 < mean < 44
 
 
 def test_workload_repeats_paraphrases_prefixes(tok: workload.TokenizerAdapter) -> None:
-    items = workload.generate(workload.parse_workload("isl=20,prompts=400,repeat=0.25,paraphrase=0.15"), tok, 5)
+    items = workload.generate(
+        workload.parse_workload("isl=20,prompts=400,repeat=0.25,paraphrase=0.15"), tok, 5
+    )
     kinds = [it["kind"] for it in items]
     assert 70 < kinds.count("repeat") < 130 and 35 < kinds.count("paraphrase") < 90
     by_index = {it["index"]: it for it in items}
@@ -327,18 +428,28 @@ def test_workload_repeats_paraphrases_prefixes(tok: workload.TokenizerAdapter) -
 
 def test_workload_trace(tmp_path: Path, tok: workload.TokenizerAdapter) -> None:
     p = tmp_path / "t.jsonl"
-    p.write_text('{"prompt": "hello there", "max_tokens": 5}\n\n{"text_input": "x", "output_tokens": 2, "inputs": {"top_k": 1}}\n')
+    p.write_text(
+        '{"prompt": "hello there", "max_tokens": 5}\n\n{"text_input": "x", "output_tokens": 2, "inputs": {"top_k": 1}}\n'
+    )
     items = workload.generate(workload.parse_workload(f"trace={p}"), tok, 0)
-    assert [(i["prompt"], i["max_tokens"], i["kind"]) for i in items] == [("hello there", 5, "trace"), ("x", 2, "trace")]
+    assert [(i["prompt"], i["max_tokens"], i["kind"]) for i in items] == [
+        ("hello there", 5, "trace"),
+        ("x", 2, "trace"),
+    ]
     assert items[1]["inputs"] == {"top_k": 1} and items[0]["input_tokens"] == len(tok.encode("hello there"))
     assert workload.parse_workload(str(p)).trace == str(p)  # a bare path is a trace
 
 
 @pytest.mark.parametrize(
     ("content", "needle"),
-    [("{not json}\n", "line 1 is not JSON"), ('["a"]\n', "not a JSON object"), ('{"max_tokens": 3}\n', "no string `prompt`"),
-     ('{"prompt": "a", "max_tokens": 0}\n', "positive integer"), ("\n\n", "no requests")],
-)  # fmt: skip
+    [
+        ("{not json}\n", "line 1 is not JSON"),
+        ('["a"]\n', "not a JSON object"),
+        ('{"max_tokens": 3}\n', "no string `prompt`"),
+        ('{"prompt": "a", "max_tokens": 0}\n', "positive integer"),
+        ("\n\n", "no requests"),
+    ],
+)
 def test_malformed_trace(tmp_path: Path, content: str, needle: str) -> None:
     p = tmp_path / "bad.jsonl"
     p.write_text(content)
@@ -347,7 +458,9 @@ def test_malformed_trace(tmp_path: Path, content: str, needle: str) -> None:
     assert needle in str(e.value) and "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("bad", ["isl=0", "repeat=0.8,paraphrase=0.5", "bogus=1", "isl=ten", "prefix_groups=0"])
+@pytest.mark.parametrize(
+    "bad", ["isl=0", "repeat=0.8,paraphrase=0.5", "bogus=1", "isl=ten", "prefix_groups=0"]
+)
 def test_bad_workload(bad: str) -> None:
     with pytest.raises(UserError):
         workload.parse_workload(bad)
@@ -403,15 +516,40 @@ def test_html_report_is_self_contained() -> None:
     recs = [_rec(i, 100 + i * 0.1, 0.01 * (i % 5 + 1), 0.2 + 0.01 * i, 16) for i in range(50)]
     m = metrics.level_metrics(recs)
     report = {
-        "schema": "tritonforge.loadtest/1", "created": "now", "metric_definitions": metrics.DEFINITIONS,
-        "config": {"model": "ensemble", "url": "http://x", "protocol": "http-stream", "duration_s": 5, "repeat": 1},
+        "schema": "tritonforge.loadtest/1",
+        "created": "now",
+        "metric_definitions": metrics.DEFINITIONS,
+        "config": {
+            "model": "ensemble",
+            "url": "http://x",
+            "protocol": "http-stream",
+            "duration_s": 5,
+            "repeat": 1,
+        },
         "environment": {"triton": {"version": "2.51.0"}, "model": {"name": "ensemble"}},
-        "levels": [{"label": "c=2", "mode": "concurrency", "value": 2, "metrics": m, "cost": {}, "roofline": {},
-                    "server_metrics": {"available": False}, "load_generator": {"saturated": False, "runs": []}}],
-        "notes": ["a <note>"], "errors": {"count": 0}, "token_check": {},
-    }  # fmt: skip
+        "levels": [
+            {
+                "label": "c=2",
+                "mode": "concurrency",
+                "value": 2,
+                "metrics": m,
+                "cost": {},
+                "roofline": {},
+                "server_metrics": {"available": False},
+                "load_generator": {"saturated": False, "runs": []},
+            }
+        ],
+        "notes": ["a <note>"],
+        "errors": {"count": 0},
+        "token_check": {},
+    }
     html = render_html(report, recs)
-    assert html.count("<svg") == 5 and "<script" not in html and "http://cdn" not in html and "a &lt;note&gt;" in html
+    assert (
+        html.count("<svg") == 5
+        and "<script" not in html
+        and "http://cdn" not in html
+        and "a &lt;note&gt;" in html
+    )
     text = summary_table(report)
     assert "c=2" in text and "TTFT p50" in text
     json.dumps(report)
@@ -425,7 +563,9 @@ def test_grpc_raw_output_decoding() -> None:
         o = resp.outputs.add()
         o.name, o.datatype = name, dt
         o.shape.append(1)
-    resp.raw_output_contents.extend([len(b" h\xc3\xa9").to_bytes(4, "little") + b" h\xc3\xa9", (7).to_bytes(4, "little")])
+    resp.raw_output_contents.extend(
+        [len(b" h\xc3\xa9").to_bytes(4, "little") + b" h\xc3\xa9", (7).to_bytes(4, "little")]
+    )
     resp.parameters["triton_final_response"].bool_param = True
     outputs, final = protocols.grpc_outputs(resp)
     assert final and outputs == {"text_output": [b" h\xc3\xa9"], "num_output_tokens": [7]}
@@ -454,11 +594,23 @@ def test_saturation_flags() -> None:
     assert g["saturated"] and "CPU" in g["reasons"][0] and "lag" in g["warnings"][0]
     calm = [{"process": "h:1", "cpu_percent": [20.0, 30.0], "loop_lag_ms_p99": 2.0}]
     assert not generator_stats(calm, Level("concurrency", 8), {}, workers=0)["saturated"]
-    behind = generator_stats(calm, Level("rate", 100), {"sent_per_s": 70.0, "requests": 700, "send_lag_ms": {"p90": 5.0}}, workers=0)
+    behind = generator_stats(
+        calm,
+        Level("rate", 100),
+        {"sent_per_s": 70.0, "requests": 700, "send_lag_ms": {"p90": 5.0}},
+        workers=0,
+    )
     assert behind["saturated"] and "scheduled 100" in behind["reasons"][0]
-    noise = generator_stats(calm, Level("rate", 10), {"sent_per_s": 8.8, "requests": 88, "send_lag_ms": {"p90": 5.0}}, workers=0)
+    noise = generator_stats(
+        calm, Level("rate", 10), {"sent_per_s": 8.8, "requests": 88, "send_lag_ms": {"p90": 5.0}}, workers=0
+    )
     assert not noise["saturated"]  # 88 arrivals where 100 were expected is Poisson noise
-    late = generator_stats(calm, Level("rate", 10), {"sent_per_s": 10.0, "requests": 100, "send_lag_ms": {"p90": 80.0}}, workers=0)
+    late = generator_stats(
+        calm,
+        Level("rate", 10),
+        {"sent_per_s": 10.0, "requests": 100, "send_lag_ms": {"p90": 80.0}},
+        workers=0,
+    )
     assert late["saturated"] and "after their scheduled time" in late["reasons"][0]
 
 
@@ -467,12 +619,18 @@ def test_repo_fingerprint(tmp_path: Path) -> None:
 
     repo = tmp_path / "repo"
     repo.mkdir()
-    (repo / "tritonforge.lock.json").write_text(json.dumps({"spec_name": "demo", "spec_hash": "abc", "spec": {"name": "demo"}}))
+    (repo / "tritonforge.lock.json").write_text(
+        json.dumps({"spec_name": "demo", "spec_hash": "abc", "spec": {"name": "demo"}})
+    )
     build = tmp_path / "build"
     build.mkdir()
     (build / "build_manifest.json").write_text("{}")
     info, spec = repo_info(str(repo), str(build))
-    assert info["spec_hash"] == "abc" and len(info["lock_sha256"]) == 64 and len(info["engine_manifest_sha256"]) == 64
+    assert (
+        info["spec_hash"] == "abc"
+        and len(info["lock_sha256"]) == 64
+        and len(info["engine_manifest_sha256"]) == 64
+    )
     assert spec == {"name": "demo"}
     with pytest.raises(UserError):
         repo_info(str(tmp_path), None)
@@ -509,7 +667,9 @@ def test_only_repeat_items_repeat_a_prompt(tok: workload.TokenizerAdapter) -> No
     assert len(set(others)) == len(others)
     assert len({it["prompt"] for it in items}) == len(others)  # repeats add no new prompt
     with pytest.raises(UserError) as e:
-        workload.check_distinct([{"prompt": "same", "kind": "synthetic"}, {"prompt": "same", "kind": "prefix"}])
+        workload.check_distinct(
+            [{"prompt": "same", "kind": "synthetic"}, {"prompt": "same", "kind": "prefix"}]
+        )
     assert "1 duplicate prompts" in str(e.value) and "\n" not in str(e.value)
     workload.check_distinct([{"prompt": "same", "kind": "synthetic"}, {"prompt": "same", "kind": "repeat"}])
 
@@ -523,11 +683,15 @@ def test_warmup_prompts_are_disjoint_from_measured(tok: workload.TokenizerAdapte
     assert all(w["input_tokens"] == len(tok.encode(w["prompt"])) for w in warm)
     # a trace warms up with its first lines, which are then not measured
     trace = tmp_path / "t.jsonl"
-    trace.write_text("".join(json.dumps({"prompt": f"question number {i}", "max_tokens": 4}) + "\n" for i in range(12)))
+    trace.write_text(
+        "".join(json.dumps({"prompt": f"question number {i}", "max_tokens": 4}) + "\n" for i in range(12))
+    )
     tspec = workload.parse_workload(f"trace={trace}")
     titems = workload.generate(tspec, tok, 0)
     twarm, tmeasured = workload.warmup_split(tspec, tok, 0, 8, titems)
-    assert [w["index"] for w in twarm] == list(range(8)) and [m["index"] for m in tmeasured] == list(range(8, 12))
+    assert [w["index"] for w in twarm] == list(range(8)) and [m["index"] for m in tmeasured] == list(
+        range(8, 12)
+    )
     assert not {w["prompt"] for w in twarm} & {m["prompt"] for m in tmeasured}
     # a trace too short for that warms up with synthetic prompts instead, and measures every line
     swarm, smeasured = workload.warmup_split(tspec, tok, 0, 20, titems)
@@ -543,8 +707,13 @@ def test_prompt_reuse_counts_resent_prompts() -> None:
     sent = {"w"}  # the warm-up prompt
     recs = [RequestRecord(id=str(i), start=float(i), item=item) for i, item in enumerate([0, 1, 0, 2])]
     first = prompt_reuse(recs, prompt_of, sent, 0.0, "tf_cpu_engine_reused_blocks")
-    assert first == {"requests": 4, "distinct_prompts": 3, "repeated_requests": 1, "kv_reused_blocks": 0.0,
-                     "kv_metric": "tf_cpu_engine_reused_blocks"}  # fmt: skip
+    assert first == {
+        "requests": 4,
+        "distinct_prompts": 3,
+        "repeated_requests": 1,
+        "kv_reused_blocks": 0.0,
+        "kv_metric": "tf_cpu_engine_reused_blocks",
+    }
     again = prompt_reuse(recs[:2], prompt_of, sent)  # a later run re-sending the same items
     assert again["repeated_requests"] == 2 and again["kv_reused_blocks"] is None
 
@@ -561,7 +730,9 @@ nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type="reused",model="tensorrt_l
 def test_kv_reused_blocks_from_triton_metrics() -> None:
     cpu = prom.kv_reused_blocks(prom.parse(KV_BEFORE), prom.parse(KV_BEFORE.replace("} 10", "} 14")))
     assert cpu == (4.0, "tf_cpu_engine_reused_blocks")
-    trt = prom.kv_reused_blocks(prom.parse(TRTLLM_BEFORE), prom.parse(TRTLLM_BEFORE.replace("} 7", "} 9").replace("} 50", "} 80")))
+    trt = prom.kv_reused_blocks(
+        prom.parse(TRTLLM_BEFORE), prom.parse(TRTLLM_BEFORE.replace("} 7", "} 9").replace("} 50", "} 80"))
+    )
     assert trt == (2.0, "nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type=reused}")
     assert prom.kv_reused_blocks(prom.parse(PROM_BEFORE), prom.parse(PROM_AFTER)) == (None, None)
     assert prom.kv_reused_blocks(None, prom.parse(KV_BEFORE)) == (None, None)
@@ -571,7 +742,9 @@ def test_runs_continue_the_workload_instead_of_restarting_it(tmp_path: Path) -> 
     from tritonforge.loadtest.runner import Level, LoadTestConfig, locust_commands
 
     cfg = LoadTestConfig(url="http://127.0.0.1:8000", model="ensemble", output=tmp_path)
-    main, _ = locust_commands(cfg, Level("concurrency", 2), 1, tmp_path / "w.jsonl", tmp_path, tmp_path, item_offset=137)
+    main, _ = locust_commands(
+        cfg, Level("concurrency", 2), 1, tmp_path / "w.jsonl", tmp_path, tmp_path, item_offset=137
+    )
     assert main[main.index("--item-offset") + 1] == "137"
 
 
@@ -628,7 +801,9 @@ def test_compare_reads_old_reports(tmp_path: Path) -> None:
     slow.write_text(json.dumps(data))
     run = CliRunner().invoke(loadtest_group, ["compare", str(old), str(slow)])
     assert run.exit_code == 1 and "REGRESSION" in run.output and "output_tokens_per_s" in run.output
-    same = CliRunner().invoke(loadtest_group, ["compare", str(old), str(FIXTURES / "with_comparison_v1.json")])
+    same = CliRunner().invoke(
+        loadtest_group, ["compare", str(old), str(FIXTURES / "with_comparison_v1.json")]
+    )
     assert same.exit_code in (0, 1) and "c=2" in same.output
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"schema": "tritonforge.loadtest/1", "levels": [{"label": 3, "metrics": {}}]}))
@@ -649,25 +824,78 @@ def test_typed_report_from_runner_parts(tmp_path: Path) -> None:
     for _ in range(2):
         m = metrics.level_metrics(recs)
         m["token_check"] = metrics.token_check(recs)
-        m["prompt_reuse"] = runner.prompt_reuse(recs, {i: f"p{i}" for i in range(20)}, sent, 3.0, "tf_cpu_engine_reused_blocks")
+        m["prompt_reuse"] = runner.prompt_reuse(
+            recs, {i: f"p{i}" for i in range(20)}, sent, 3.0, "tf_cpu_engine_reused_blocks"
+        )
         m["wall_s"] = 2.0
         runs.append(m)
-    gens = [runner.generator_stats([{"process": "h:1", "cpu_percent": [10.0]}], runner.Level("concurrency", 2), runs[0], 0)]
-    level = runner._level_entry(cfg, runner.Level("concurrency", 2), runs, [{"available": False}] * 2, gens * 2, None)
+    gens = [
+        runner.generator_stats(
+            [{"process": "h:1", "cpu_percent": [10.0]}], runner.Level("concurrency", 2), runs[0], 0
+        )
+    ]
+    level = runner._level_entry(
+        cfg, runner.Level("concurrency", 2), runs, [{"available": False}] * 2, gens * 2, None
+    )
     d = level.to_dict()
-    assert list(d) == ["label", "mode", "value", "metrics", "runs", "server_metrics", "load_generator", "cost", "roofline"]
-    assert d["server_metrics"] == {"runs": [{"available": False}, {"available": False}]} and d["metrics"]["repeats"] == 2
+    assert list(d) == [
+        "label",
+        "mode",
+        "value",
+        "metrics",
+        "runs",
+        "server_metrics",
+        "load_generator",
+        "cost",
+        "roofline",
+    ]
+    assert (
+        d["server_metrics"] == {"runs": [{"available": False}, {"available": False}]}
+        and d["metrics"]["repeats"] == 2
+    )
     assert d["cost"]["price_source"] == "planner GPU catalog" and "note" in d["roofline"]
-    assert d["metrics"]["prompt_reuse"]["repeated_requests"] == 10  # median of 0 and 20: run 2 re-sent run 1's prompts
+    assert (
+        d["metrics"]["prompt_reuse"]["repeated_requests"] == 10
+    )  # median of 0 and 20: run 2 re-sent run 1's prompts
     pre = {"server": {"version": "2.51.0"}, "model_config": {}, "model_metadata": {}}
-    report = runner._report(cfg, pre, {}, None, [{"index": i, "prompt": f"p{i}", "kind": "synthetic", "input_tokens": 4,
-                            "max_tokens": 16} for i in range(20)], [], None, [level], recs, [], "http://x:8002/metrics")  # fmt: skip
+    report = runner._report(
+        cfg,
+        pre,
+        {},
+        None,
+        [
+            {"index": i, "prompt": f"p{i}", "kind": "synthetic", "input_tokens": 4, "max_tokens": 16}
+            for i in range(20)
+        ],
+        [],
+        None,
+        [level],
+        recs,
+        [],
+        "http://x:8002/metrics",
+    )
     report.summary.prompt_reuse = runner._total_reuse([level], 20)
     out = report.to_dict()
-    assert list(out) == ["schema", "created", "metric_definitions", "config", "environment", "workload", "levels",
-                         "summary", "token_check", "errors", "notes"]  # fmt: skip
-    assert out["summary"]["prompt_reuse"] == {"requests": 40, "distinct_prompts": 20, "repeated_requests": 20,
-                                              "kv_reused_blocks": 6.0, "kv_metric": "tf_cpu_engine_reused_blocks"}  # fmt: skip
+    assert list(out) == [
+        "schema",
+        "created",
+        "metric_definitions",
+        "config",
+        "environment",
+        "workload",
+        "levels",
+        "summary",
+        "token_check",
+        "errors",
+        "notes",
+    ]
+    assert out["summary"]["prompt_reuse"] == {
+        "requests": 40,
+        "distinct_prompts": 20,
+        "repeated_requests": 20,
+        "kv_reused_blocks": 6.0,
+        "kv_metric": "tf_cpu_engine_reused_blocks",
+    }
     assert out["workload"]["distinct_prompts"] == 20 and out["workload"]["warmup_items"] == 0
     assert Report.from_dict(json.loads(json.dumps(out))).to_dict() == json.loads(json.dumps(out))
     assert "prompt reuse: 20 of 40 measured requests" in summary_table(report)

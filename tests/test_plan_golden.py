@@ -74,11 +74,31 @@ def test_llama31_8b_fp8_h100():
     assert not p.errors, p.errors
     # argv: FP8 weights + FP8 KV on sm90 -> paged context FMHA stays and FP8 context FMHA is valid.
     assert t.engine.argv == [
-        "trtllm-build", "--checkpoint_dir", "out/main/checkpoint", "--output_dir", "out/main/engine",
-        "--max_batch_size", "64", "--max_input_len", "2048", "--max_seq_len", "2560",
-        "--max_num_tokens", "8192",  # default: max(2048, min(8192, 64 x 256))
-        "--gemm_plugin", "auto", "--kv_cache_type", "paged", "--use_paged_context_fmha", "enable",
-        "--use_fp8_context_fmha", "enable", "--tokens_per_block", "32", "--workers", "1",
+        "trtllm-build",
+        "--checkpoint_dir",
+        "out/main/checkpoint",
+        "--output_dir",
+        "out/main/engine",
+        "--max_batch_size",
+        "64",
+        "--max_input_len",
+        "2048",
+        "--max_seq_len",
+        "2560",
+        "--max_num_tokens",
+        "8192",  # default: max(2048, min(8192, 64 x 256))
+        "--gemm_plugin",
+        "auto",
+        "--kv_cache_type",
+        "paged",
+        "--use_paged_context_fmha",
+        "enable",
+        "--use_fp8_context_fmha",
+        "enable",
+        "--tokens_per_block",
+        "32",
+        "--workers",
+        "1",
     ]
     weights = 32 * L8_LINEAR_PER_LAYER * 1 + 32 * 2 * 4096 * 2 + 4096 * 2 + 2 * VOCAB * 4096 * 2
     assert t.memory.weights == weights == 9_081_200_640  # 8.46 GiB
@@ -98,10 +118,31 @@ def test_llama31_70b_fp8_tp2_h100():
     p, t = plan("llama31-70b-fp8-tp2-h100.yaml")
     assert not p.errors, p.errors
     assert t.engine.argv == [
-        "trtllm-build", "--checkpoint_dir", "out/main/checkpoint", "--output_dir", "out/main/engine",
-        "--max_batch_size", "64", "--max_input_len", "4096", "--max_seq_len", "5120", "--max_num_tokens", "8192",
-        "--gemm_plugin", "auto", "--kv_cache_type", "paged", "--use_paged_context_fmha", "enable",
-        "--use_fp8_context_fmha", "enable", "--tokens_per_block", "64", "--workers", "2",
+        "trtllm-build",
+        "--checkpoint_dir",
+        "out/main/checkpoint",
+        "--output_dir",
+        "out/main/engine",
+        "--max_batch_size",
+        "64",
+        "--max_input_len",
+        "4096",
+        "--max_seq_len",
+        "5120",
+        "--max_num_tokens",
+        "8192",
+        "--gemm_plugin",
+        "auto",
+        "--kv_cache_type",
+        "paged",
+        "--use_paged_context_fmha",
+        "enable",
+        "--use_fp8_context_fmha",
+        "enable",
+        "--tokens_per_block",
+        "64",
+        "--workers",
+        "2",
     ]
     # Per GPU: linears / 2, embedding and lm_head / 2 (parallel embedding), norms replicated.
     weights = 80 * L70_LINEAR_PER_LAYER // 2 + 80 * 2 * 8192 * 2 + 8192 * 2 + 2 * (VOCAB * 8192 * 2 // 2)
@@ -111,8 +152,11 @@ def test_llama31_70b_fp8_tp2_h100():
     acts = activations(8192, 8192, 1024, 28672, 2, 8192, 64, 1, RESERVE_MULTI)
     assert t.memory.activations == acts
     free, pool_bytes, tokens, seqs = pool(H100, weights, acts, 0.9, kv, 64, 5120)
-    assert (t.memory.kv_pool_bytes, t.memory.kv_pool_tokens, t.memory.max_concurrent_sequences) == \
-        (pool_bytes, tokens, seqs)
+    assert (t.memory.kv_pool_bytes, t.memory.kv_pool_tokens, t.memory.max_concurrent_sequences) == (
+        pool_bytes,
+        tokens,
+        seqs,
+    )
     assert seqs == 98
     assert t.quantize.tp == 2 and t.throughput.replicas == 1
 
@@ -122,11 +166,29 @@ def test_llama31_70b_int4_awq_one_h100():
     assert not p.errors, p.errors
     # INT4-AWQ (W4A16) has no FP8 context FMHA; BF16 KV keeps paged context FMHA.
     assert t.engine.argv == [
-        "trtllm-build", "--checkpoint_dir", "out/main/checkpoint", "--output_dir", "out/main/engine",
-        "--max_batch_size", "16", "--max_input_len", "2048", "--max_seq_len", "2560",
-        "--max_num_tokens", "4096",  # max(2048, min(8192, 16 x 256))
-        "--gemm_plugin", "auto", "--kv_cache_type", "paged", "--use_paged_context_fmha", "enable",
-        "--tokens_per_block", "32", "--workers", "1",
+        "trtllm-build",
+        "--checkpoint_dir",
+        "out/main/checkpoint",
+        "--output_dir",
+        "out/main/engine",
+        "--max_batch_size",
+        "16",
+        "--max_input_len",
+        "2048",
+        "--max_seq_len",
+        "2560",
+        "--max_num_tokens",
+        "4096",  # max(2048, min(8192, 16 x 256))
+        "--gemm_plugin",
+        "auto",
+        "--kv_cache_type",
+        "paged",
+        "--use_paged_context_fmha",
+        "enable",
+        "--tokens_per_block",
+        "32",
+        "--workers",
+        "1",
     ]
     linear = 80 * L70_LINEAR_PER_LAYER * 33 // 64  # 0.5 byte + 2 bytes per 128-group
     assert linear == 35_295_068_160
@@ -136,8 +198,11 @@ def test_llama31_70b_int4_awq_one_h100():
     assert kv == 320 * 1024 and t.memory.kv_bytes_per_token == kv  # 320 KiB BF16
     acts = activations(8192, 8192, 1024, 28672, 1, 4096, 16, 1, RESERVE)
     _, pool_bytes, tokens, seqs = pool(H100, weights, acts, 0.9, kv, 32, 2560)
-    assert (t.memory.kv_pool_bytes, t.memory.kv_pool_tokens, t.memory.max_concurrent_sequences) == \
-        (pool_bytes, tokens, seqs)
+    assert (t.memory.kv_pool_bytes, t.memory.kv_pool_tokens, t.memory.max_concurrent_sequences) == (
+        pool_bytes,
+        tokens,
+        seqs,
+    )
     assert seqs == 46
     assert t.quantize.modelopt_config == "INT4_AWQ_CFG" and t.quantize.expected_quant_algo == "W4A16_AWQ"
     assert t.throughput.compute_tflops_per_gpu == 989.0  # W4A16 runs BF16 GEMMs
@@ -147,10 +212,31 @@ def test_llama33_70b_nvfp4_one_b200():
     p, t = plan("llama33-70b-nvfp4-b200.yaml")
     assert not p.errors, p.errors
     assert t.engine.argv == [
-        "trtllm-build", "--checkpoint_dir", "out/main/checkpoint", "--output_dir", "out/main/engine",
-        "--max_batch_size", "128", "--max_input_len", "4096", "--max_seq_len", "5120", "--max_num_tokens", "8192",
-        "--gemm_plugin", "nvfp4", "--kv_cache_type", "paged", "--use_paged_context_fmha", "enable",
-        "--use_fp8_context_fmha", "enable", "--tokens_per_block", "32", "--workers", "1",
+        "trtllm-build",
+        "--checkpoint_dir",
+        "out/main/checkpoint",
+        "--output_dir",
+        "out/main/engine",
+        "--max_batch_size",
+        "128",
+        "--max_input_len",
+        "4096",
+        "--max_seq_len",
+        "5120",
+        "--max_num_tokens",
+        "8192",
+        "--gemm_plugin",
+        "nvfp4",
+        "--kv_cache_type",
+        "paged",
+        "--use_paged_context_fmha",
+        "enable",
+        "--use_fp8_context_fmha",
+        "enable",
+        "--tokens_per_block",
+        "32",
+        "--workers",
+        "1",
     ]
     linear = 80 * L70_LINEAR_PER_LAYER * 9 // 16  # 0.5 byte + 1 byte e4m3 scale per 16
     weights = linear + 80 * 2 * 8192 * 2 + 8192 * 2 + 2 * VOCAB * 8192 * 2
@@ -158,8 +244,11 @@ def test_llama33_70b_nvfp4_one_b200():
     kv = 2 * 80 * 8 * 128 * 1
     acts = activations(8192, 8192, 1024, 28672, 1, 8192, 128, 1, RESERVE)
     _, pool_bytes, tokens, seqs = pool(B200, weights, acts, 0.9, kv, 32, 5120)
-    assert (t.memory.kv_pool_bytes, t.memory.kv_pool_tokens, t.memory.max_concurrent_sequences) == \
-        (pool_bytes, tokens, seqs)
+    assert (t.memory.kv_pool_bytes, t.memory.kv_pool_tokens, t.memory.max_concurrent_sequences) == (
+        pool_bytes,
+        tokens,
+        seqs,
+    )
     assert seqs == 156
     assert t.throughput.compute_tflops_per_gpu == 9000.0  # NVFP4 GEMMs on FP4 tensor cores
     assert t.quantize.modelopt_config == "NVFP4_DEFAULT_CFG" and t.quantize.expected_quant_algo == "NVFP4"
@@ -172,19 +261,64 @@ def test_llama31_70b_fp8_with_llama32_1b_draft():
     # Target: draft_tokens_external + max_draft_len; max_num_tokens raised to 256 x (4+1) = 1280;
     # --max_seq_len stays 1280 because trtllm-build adds K itself (engine ends with 1284).
     assert t.engine.argv == [
-        "trtllm-build", "--checkpoint_dir", "out/main/checkpoint", "--output_dir", "out/main/engine",
-        "--max_batch_size", "256", "--max_input_len", "1024", "--max_seq_len", "1280", "--max_num_tokens", "1280",
-        "--gemm_plugin", "auto", "--kv_cache_type", "paged", "--use_paged_context_fmha", "enable",
-        "--use_fp8_context_fmha", "enable", "--tokens_per_block", "32",
-        "--speculative_decoding_mode", "draft_tokens_external", "--max_draft_len", "4", "--workers", "2",
+        "trtllm-build",
+        "--checkpoint_dir",
+        "out/main/checkpoint",
+        "--output_dir",
+        "out/main/engine",
+        "--max_batch_size",
+        "256",
+        "--max_input_len",
+        "1024",
+        "--max_seq_len",
+        "1280",
+        "--max_num_tokens",
+        "1280",
+        "--gemm_plugin",
+        "auto",
+        "--kv_cache_type",
+        "paged",
+        "--use_paged_context_fmha",
+        "enable",
+        "--use_fp8_context_fmha",
+        "enable",
+        "--tokens_per_block",
+        "32",
+        "--speculative_decoding_mode",
+        "draft_tokens_external",
+        "--max_draft_len",
+        "4",
+        "--workers",
+        "2",
     ]
     assert t.engine.engine_max_seq_len == 1280 + k
     # Draft: paged context FMHA too, holds prompt + output + K proposals, not itself speculative.
     assert t.draft.engine.argv == [
-        "trtllm-build", "--checkpoint_dir", "out/main/draft_checkpoint", "--output_dir", "out/main/draft_engine",
-        "--max_batch_size", "256", "--max_input_len", "1024", "--max_seq_len", "1284", "--max_num_tokens", "1024",
-        "--gemm_plugin", "auto", "--kv_cache_type", "paged", "--use_paged_context_fmha", "enable",
-        "--use_fp8_context_fmha", "enable", "--tokens_per_block", "32", "--workers", "2",
+        "trtllm-build",
+        "--checkpoint_dir",
+        "out/main/draft_checkpoint",
+        "--output_dir",
+        "out/main/draft_engine",
+        "--max_batch_size",
+        "256",
+        "--max_input_len",
+        "1024",
+        "--max_seq_len",
+        "1284",
+        "--max_num_tokens",
+        "1024",
+        "--gemm_plugin",
+        "auto",
+        "--kv_cache_type",
+        "paged",
+        "--use_paged_context_fmha",
+        "enable",
+        "--use_fp8_context_fmha",
+        "enable",
+        "--tokens_per_block",
+        "32",
+        "--workers",
+        "2",
     ]
     tw = 80 * L70_LINEAR_PER_LAYER // 2 + 80 * 2 * 8192 * 2 + 8192 * 2 + 2 * (VOCAB * 8192 * 2 // 2)
     dw = 16 * L1_LINEAR_PER_LAYER // 2 + 16 * 2 * 2048 * 2 + 2048 * 2 + VOCAB * 2048 * 2 // 2  # tied: once
@@ -195,7 +329,11 @@ def test_llama31_70b_fp8_with_llama32_1b_draft():
     tkv, dkv = 2 * 80 * 4 * 128, 2 * 16 * 4 * 64
     # One fraction (0.9) split in proportion to KV bytes/token so both pools hold ~ the same tokens.
     d_frac = round(0.9 * dkv / (tkv + dkv), 3)
-    assert (t.memory.kv_fraction, t.draft.memory.kv_fraction) == (round(0.9 - d_frac, 3), d_frac) == (0.818, 0.082)
+    assert (
+        (t.memory.kv_fraction, t.draft.memory.kv_fraction)
+        == (round(0.9 - d_frac, 3), d_frac)
+        == (0.818, 0.082)
+    )
     _, tpool, ttok, tseq = pool(H100, tw, ta, 0.818, tkv, 32, 1284, other=dw + da)
     _, dpool, dtok, dseq = pool(H100, dw, da, 0.082, dkv, 32, 1284, other=tw + ta)
     assert (t.memory.kv_pool_bytes, t.memory.max_concurrent_sequences) == (tpool, tseq)

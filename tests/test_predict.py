@@ -40,19 +40,29 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_parse_workload_reads_all_keys():
     w = predict.parse_workload("isl=2048, osl=256,isl_std=100,osl_std=20.5", concurrency=8)
-    assert (w.isl, w.osl, w.isl_std, w.osl_std, w.concurrency, w.request_rate) == (2048, 256, 100.0, 20.5, 8, None)
+    assert (w.isl, w.osl, w.isl_std, w.osl_std, w.concurrency, w.request_rate) == (
+        2048,
+        256,
+        100.0,
+        20.5,
+        8,
+        None,
+    )
 
 
-@pytest.mark.parametrize("text, fragment", [
-    ("isl=2048", "osl is missing"),
-    ("osl=10", "isl is missing"),
-    ("isl=2048,osl=256,foo=1", "unknown key 'foo'"),
-    ("isl=2048,osl=0", "between 1 and"),
-    ("isl=20.5,osl=10", "whole number"),
-    ("isl=2048;osl=256", "cannot read"),
-    ("isl=1,isl=2,osl=3", "given twice"),
-    ("", "cannot read"),
-])
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("isl=2048", "osl is missing"),
+        ("osl=10", "isl is missing"),
+        ("isl=2048,osl=256,foo=1", "unknown key 'foo'"),
+        ("isl=2048,osl=0", "between 1 and"),
+        ("isl=20.5,osl=10", "whole number"),
+        ("isl=2048;osl=256", "cannot read"),
+        ("isl=1,isl=2,osl=3", "given twice"),
+        ("", "cannot read"),
+    ],
+)
 def test_parse_workload_rejects(text, fragment):
     with pytest.raises(UserError, match=fragment):
         predict.parse_workload(text)
@@ -67,12 +77,15 @@ def test_concurrency_and_rate_are_exclusive_and_positive():
         predict.parse_workload("isl=1,osl=1", request_rate=-3.0)
 
 
-@pytest.mark.parametrize("args", [
-    ["--workload", "isl=2048,osl=x"],
-    ["--workload", "isl=2048"],
-    ["--concurrency", "4"],
-    ["--workload", "isl=128,osl=128", "--concurrency", "4", "--request-rate", "2"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--workload", "isl=2048,osl=x"],
+        ["--workload", "isl=2048"],
+        ["--concurrency", "4"],
+        ["--workload", "isl=128,osl=128", "--concurrency", "4", "--request-rate", "2"],
+    ],
+)
 def test_cli_bad_workload_is_one_line_exit_2(args):
     proc = run_cli("plan", str(SPECS / "llama31-8b-fp8-h100.yaml"), *args)
     assert proc.returncode == 2, proc.stderr
@@ -112,8 +125,9 @@ def test_littles_law():
     assert predict.littles_law_concurrency(4.0, 2.5) == 10.0
     t = tier("llama31-8b-fp8-h100.yaml")
     for rate in (0.5, 5.0, 20.0):
-        p = predict.predict_tier(t, predict.parse_workload("isl=512,osl=128", request_rate=rate),
-                                 use_aiconfigurator=False).prediction
+        p = predict.predict_tier(
+            t, predict.parse_workload("isl=512,osl=128", request_rate=rate), use_aiconfigurator=False
+        ).prediction
         assert not p.saturated
         # the solved concurrency is the request rate times the predicted time in the system
         assert p.concurrency == pytest.approx(rate * p.request_latency_ms / 1e3, rel=1e-3)
@@ -122,8 +136,9 @@ def test_littles_law():
 
 def test_request_rate_past_capacity_is_saturated():
     t = tier("llama31-8b-fp8-h100.yaml")
-    p = predict.predict_tier(t, predict.parse_workload("isl=512,osl=128", request_rate=1e6),
-                             use_aiconfigurator=False).prediction
+    p = predict.predict_tier(
+        t, predict.parse_workload("isl=512,osl=128", request_rate=1e6), use_aiconfigurator=False
+    ).prediction
     assert p.saturated and p.batch == 64 and any("without bound" in n for n in p.notes)
 
 
@@ -138,8 +153,9 @@ def test_closed_loop_concurrency():
     assert p8.output_tokens_per_s == pytest.approx(8 * 256 / (p8.request_latency_ms / 1e3))
     assert p8.itl_ms > p1.itl_ms and p8.output_tokens_per_s > p1.output_tokens_per_s
     # more users than the engine's 64 slots: the rest queue (Little's law latency)
-    p100 = predict.predict_tier(t, predict.parse_workload("isl=1024,osl=256", concurrency=100),
-                                use_aiconfigurator=False).prediction
+    p100 = predict.predict_tier(
+        t, predict.parse_workload("isl=1024,osl=256", concurrency=100), use_aiconfigurator=False
+    ).prediction
     assert p100.saturated and p100.batch == 64
     assert p100.request_latency_ms / 1e3 == pytest.approx(100 * 256 / p100.output_tokens_per_s)
 
@@ -170,7 +186,9 @@ def published():
 def test_published_file_cites_its_sources(published):
     doc, cases = published
     for src in doc["sources"].values():
-        assert re.match(r"^https://github\.com/[\w-]+/TensorRT-LLM/blob/[0-9a-f]{40}/", src["url"]), src["url"]
+        assert re.match(r"^https://github\.com/[\w-]+/TensorRT-LLM/blob/[0-9a-f]{40}/", src["url"]), src[
+            "url"
+        ]
         assert src["file"] in src["url"] and src["commit"] in src["url"]
     assert {r["source"] for r in doc["rows"]} <= set(doc["sources"])
     covered = {(r["model"], r["gpu"], r["format"]) for r in doc["rows"]}
@@ -180,8 +198,11 @@ def test_published_file_cites_its_sources(published):
 
 def test_every_bound_is_at_least_the_published_measurement(published):
     _, cases = published
-    below = [(r["model"], r["gpu"], r["tp"], r["isl"], r["osl"], r["output_tokens_per_s"], round(b))
-             for r, g, w in cases if (b := predict.bound(g, w).output_tokens_per_s) < r["output_tokens_per_s"]]
+    below = [
+        (r["model"], r["gpu"], r["tp"], r["isl"], r["osl"], r["output_tokens_per_s"], round(b))
+        for r, g, w in cases
+        if (b := predict.bound(g, w).output_tokens_per_s) < r["output_tokens_per_s"]
+    ]
     assert not below, below
 
 
@@ -196,10 +217,18 @@ def test_bound_at_least_prediction(published):
 def test_llama31_8b_h100_128_bound_is_not_below_nvidia():
     """The old roofline (longest context) said 9,630 tok/s; NVIDIA measured 28,837 (v0.17)."""
     doc = predict_fit.load_published()
-    row = next(r for r in doc["rows"] if (r["model"], r["gpu"], r["isl"], r["osl"], r["source"]) ==
-               ("llama-3.1-8b", "H100-SXM", 128, 128, "v0.17"))
+    row = next(
+        r
+        for r in doc["rows"]
+        if (r["model"], r["gpu"], r["isl"], r["osl"], r["source"])
+        == ("llama-3.1-8b", "H100-SXM", 128, 128, "v0.17")
+    )
     g = predict.geometry(predict_fit.row_tier_plan(row, doc["assumptions"]))
-    assert predict.bound(g, predict.Workload(128, 128)).output_tokens_per_s >= row["output_tokens_per_s"] == 28836.77
+    assert (
+        predict.bound(g, predict.Workload(128, 128)).output_tokens_per_s
+        >= row["output_tokens_per_s"]
+        == 28836.77
+    )
 
 
 def test_checked_in_calibration_is_the_fit_of_the_published_rows(published):
@@ -223,15 +252,28 @@ def test_uncalibrated_group_says_so():
 
 
 def test_plan_json_carries_prediction_and_bound():
-    proc = run_cli("plan", str(SPECS / "llama31-70b-fp8-tp2-h100.yaml"), "--json", "--workload", "isl=2048,osl=256",
-                   "--no-aiconfigurator")
+    proc = run_cli(
+        "plan",
+        str(SPECS / "llama31-70b-fp8-tp2-h100.yaml"),
+        "--json",
+        "--workload",
+        "isl=2048,osl=256",
+        "--no-aiconfigurator",
+    )
     assert proc.returncode == 0, proc.stderr
     d = json.loads(proc.stdout)
     assert d["workload"]["isl"] == 2048
     t = d["tiers"][0]
     p = t["prediction"]
-    for k in ("ttft_ms", "itl_ms", "output_tokens_per_s", "output_tokens_per_s_per_gpu", "batch",
-              "usd_per_1m_output_tokens", "source"):
+    for k in (
+        "ttft_ms",
+        "itl_ms",
+        "output_tokens_per_s",
+        "output_tokens_per_s_per_gpu",
+        "batch",
+        "usd_per_1m_output_tokens",
+        "source",
+    ):
         assert k in p, k
     assert p["batch"] == min(64, p["kv_batch_limit"])
     assert t["bound"]["output_tokens_per_s"] >= p["output_tokens_per_s"] > 0
@@ -239,8 +281,15 @@ def test_plan_json_carries_prediction_and_bound():
 
 
 def test_plan_text_has_prediction_section():
-    proc = run_cli("plan", str(SPECS / "llama31-8b-fp8-h100.yaml"), "--workload", "isl=128,osl=128",
-                   "--concurrency", "4", "--no-aiconfigurator")
+    proc = run_cli(
+        "plan",
+        str(SPECS / "llama31-8b-fp8-h100.yaml"),
+        "--workload",
+        "isl=128,osl=128",
+        "--concurrency",
+        "4",
+        "--no-aiconfigurator",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "predicted  tier main  isl 128 osl 128  concurrency 4" in proc.stdout
     assert "bound " in proc.stdout and "source calibrated (Hopper/fp8)" in proc.stdout
@@ -265,7 +314,9 @@ def test_aic_preference_picks_the_closer_source_per_group(published):
     pref = predict_fit.aic_preference(cases, loo, aic_rows)
     assert pref["Hopper/fp8"]["prefer"] == pref["Hopper/fp8 tp8"]["prefer"] == "aiconfigurator"
     assert pref["Blackwell/nvfp4"]["prefer"] == pref["Blackwell/nvfp4 tp1"]["prefer"] == "calibrated"
-    assert pref["Hopper/fp8 tp2"]["rows"] == sum(1 for r, g, _ in cases if r["tp"] == 2 and g.gpu.arch == "Hopper")
+    assert pref["Hopper/fp8 tp2"]["rows"] == sum(
+        1 for r, g, _ in cases if r["tp"] == 2 and g.gpu.arch == "Hopper"
+    )
     assert pref["Hopper/fp8"]["mean_abs_log_err_ours_loo"] == pytest.approx(math.log(1.1), abs=1e-4)
     # rows it could not estimate do not count
     pref2 = predict_fit.aic_preference(cases, loo, [{**a, "raw": {}} for a in aic_rows])

@@ -24,8 +24,19 @@ CONFIGS = Path(__file__).parent.parent / "builder" / "fixtures"
 def test_parse_captured_estimate():
     r = predict_aic.parse_estimate_output(CAPTURE.read_text())
     assert (r["ttft_ms"], r["tpot_ms"], r["request_latency_ms"]) == (33.678, 8.420, 1102.960)
-    assert (r["tokens_per_s"], r["tokens_per_s_per_gpu"], r["tokens_per_s_per_user"]) == (15083.96, 15083.96, 118.77)
-    assert (r["batch_size"], r["concurrency"], r["tp"], r["pp"], r["isl"], r["osl"]) == (256, 256, 1, 1, 128, 128)
+    assert (r["tokens_per_s"], r["tokens_per_s_per_gpu"], r["tokens_per_s_per_user"]) == (
+        15083.96,
+        15083.96,
+        118.77,
+    )
+    assert (r["batch_size"], r["concurrency"], r["tp"], r["pp"], r["isl"], r["osl"]) == (
+        256,
+        256,
+        1,
+        1,
+        128,
+        128,
+    )
     assert r["system"] == "h100_sxm" and r["backend"].startswith("trtllm")
     # per-user speed is 1 / TPOT (both printed, rounded)
     assert r["tokens_per_s_per_user"] == pytest.approx(1e3 / r["tpot_ms"], rel=0.01)
@@ -52,13 +63,25 @@ def test_supported_cases():
     assert not predict_aic.supported("H100-SXM", "w4a8_awq", "fp8")
 
 
-@pytest.mark.skipif(predict_aic.find_executable() is None,
-                    reason="aiconfigurator not installed (pip install 'tritonforge[predict]' or set "
-                           "TRITONFORGE_AICONFIGURATOR to its executable)")
+@pytest.mark.skipif(
+    predict_aic.find_executable() is None,
+    reason="aiconfigurator not installed (pip install 'tritonforge[predict]' or set "
+    "TRITONFORGE_AICONFIGURATOR to its executable)",
+)
 def test_real_estimate_runs_and_parses():
     cfg = json.loads((CONFIGS / "llama-3.1-8b.json").read_text())
-    r = predict_aic.estimate_cli(predict_aic.find_executable(), cfg, gpu="H100-SXM", fmt="fp8", kv="fp8",
-                                 isl=128, osl=128, batch=64, ctx_tokens=128, tp=1)
+    r = predict_aic.estimate_cli(
+        predict_aic.find_executable(),
+        cfg,
+        gpu="H100-SXM",
+        fmt="fp8",
+        kv="fp8",
+        isl=128,
+        osl=128,
+        batch=64,
+        ctx_tokens=128,
+        tp=1,
+    )
     assert r["batch_size"] == 64 and r["tokens_per_s"] > 0 and r["tpot_ms"] > 0
 
 
@@ -94,9 +117,11 @@ def test_not_preferred_stays_calibrated():
     assert tp.prediction.source == "calibrated (Hopper/fp8)" and tp.alternatives == {}
 
 
-@pytest.mark.skipif(predict_aic.find_executable() is None,
-                    reason="aiconfigurator not installed (pip install 'tritonforge[predict]' or set "
-                           "TRITONFORGE_AICONFIGURATOR to its executable)")
+@pytest.mark.skipif(
+    predict_aic.find_executable() is None,
+    reason="aiconfigurator not installed (pip install 'tritonforge[predict]' or set "
+    "TRITONFORGE_AICONFIGURATOR to its executable)",
+)
 def test_preferred_and_installed_uses_it():
     from tritonforge.builder import predict
 

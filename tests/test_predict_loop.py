@@ -22,9 +22,17 @@ from tritonforge.loadtest.workload import WorkloadSpec
 ROOT = Path(__file__).resolve().parents[1]
 
 SYSTEM = cpu_system.CpuSystem(
-    step_overhead_s=0.010, per_sequence_s=0.002, per_sequence_per_ctx_token_s=0.0, prefill_fixed_s=0.005,
-    prefill_per_token_s=0.0001, prefill_per_token_squared_s=0.0, matmul_flops_per_token=1e6,
-    attn_flops_per_ctx_token=1e3, measured="2026-01-01", machine="test", model="demo",
+    step_overhead_s=0.010,
+    per_sequence_s=0.002,
+    per_sequence_per_ctx_token_s=0.0,
+    prefill_fixed_s=0.005,
+    prefill_per_token_s=0.0001,
+    prefill_per_token_squared_s=0.0,
+    matmul_flops_per_token=1e6,
+    attn_flops_per_ctx_token=1e3,
+    measured="2026-01-01",
+    machine="test",
+    model="demo",
 )
 
 
@@ -104,13 +112,24 @@ def test_bad_system_file_is_one_line(tmp_path: Path) -> None:
         cpu_system.load_system(tmp_path / "missing.json")
 
 
-METRICS = LevelMetrics.from_dict({
-    "requests": 10, "completed": 10, "output_tokens_per_s": 90.0,
-    "ttft_ms": {"count": 10, "avg": 30.0}, "itl_ms": {"count": 10, "avg": 10.0},
-    "e2e_ms": {"count": 10, "avg": 200.0}, "output_tokens_per_s_per_user": {"count": 10, "avg": 100.0},
-})
-PRED = {"ttft_ms": 20.0, "itl_ms": 10.0, "request_latency_ms": 250.0, "output_tokens_per_s": 100.0,
-        "output_tokens_per_s_per_user": 100.0}
+METRICS = LevelMetrics.from_dict(
+    {
+        "requests": 10,
+        "completed": 10,
+        "output_tokens_per_s": 90.0,
+        "ttft_ms": {"count": 10, "avg": 30.0},
+        "itl_ms": {"count": 10, "avg": 10.0},
+        "e2e_ms": {"count": 10, "avg": 200.0},
+        "output_tokens_per_s_per_user": {"count": 10, "avg": 100.0},
+    }
+)
+PRED = {
+    "ttft_ms": 20.0,
+    "itl_ms": 10.0,
+    "request_latency_ms": 250.0,
+    "output_tokens_per_s": 100.0,
+    "output_tokens_per_s_per_user": 100.0,
+}
 
 
 def test_join_ratios_and_fraction_of_prediction() -> None:
@@ -125,23 +144,39 @@ def test_join_ratios_and_fraction_of_prediction() -> None:
 def test_join_without_a_measurement_has_no_ratio() -> None:
     m = LevelMetrics.from_dict({"requests": 3, "output_tokens_per_s": 50.0, "ttft_ms": {"count": 0}})
     rows = {r.metric: r for r in predicted.join(PRED, m)}
-    assert rows["ttft_ms"].measured is None and rows["ttft_ms"].ratio is None and rows["ttft_ms"].of_prediction is None
+    assert (
+        rows["ttft_ms"].measured is None
+        and rows["ttft_ms"].ratio is None
+        and rows["ttft_ms"].of_prediction is None
+    )
     assert rows["output_tokens_per_s"].ratio == 0.5
 
 
 def _report(pred: dict = PRED) -> Report:
     rows = [r.to_dict() for r in predicted.join(pred, METRICS)]
-    return Report.from_dict({
-        "schema": "tritonforge.loadtest/1", "config": {"model": "ensemble", "protocol": "http-stream"},
-        "levels": [{"label": "c=4", "mode": "concurrency", "value": 4, "metrics": METRICS.to_dict(),
-                    "prediction": {"source": "test", "predicted": pred, "rows": rows}}],
-    })  # fmt: skip
+    return Report.from_dict(
+        {
+            "schema": "tritonforge.loadtest/1",
+            "config": {"model": "ensemble", "protocol": "http-stream"},
+            "levels": [
+                {
+                    "label": "c=4",
+                    "mode": "concurrency",
+                    "value": 4,
+                    "metrics": METRICS.to_dict(),
+                    "prediction": {"source": "test", "predicted": pred, "rows": rows},
+                }
+            ],
+        }
+    )
 
 
 def test_gate_one_line_per_failing_metric() -> None:
     gate = predicted.check(_report(), 0.75)
     assert gate["checked"] == 5 and gate["failed"]
-    assert len(gate["failures"]) == 1 and gate["failures"][0].startswith("c=4 ttft_ms: measured 30.00 ms is 67%")
+    assert len(gate["failures"]) == 1 and gate["failures"][0].startswith(
+        "c=4 ttft_ms: measured 30.00 ms is 67%"
+    )
     assert not predicted.check(_report(), 0.6)["failed"]
     assert len(predicted.check(_report(), 0.95)["failures"]) == 2  # TTFT and throughput (90%)
 
@@ -168,8 +203,9 @@ def test_summary_and_html_show_predicted_vs_measured() -> None:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tritonforge", "loadtest", *args], capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "tritonforge", "loadtest", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_check_command_exit_codes(tmp_path: Path) -> None:
@@ -178,11 +214,16 @@ def test_check_command_exit_codes(tmp_path: Path) -> None:
     bad = _cli("check", str(path), "--min-of-prediction", "75%")
     assert bad.returncode == 1, bad.stderr
     assert [ln for ln in bad.stdout.splitlines() if ln.startswith("BELOW PREDICTION:")] == [
-        "BELOW PREDICTION: " + predicted.check(_report(), 0.75)["failures"][0]]
+        "BELOW PREDICTION: " + predicted.check(_report(), 0.75)["failures"][0]
+    ]
     ok = _cli("check", str(path), "--min-of-prediction", "60%")
     assert ok.returncode == 0 and "all 5 metrics at or above 60%" in ok.stdout
     wrong = _cli("check", str(path), "--min-of-prediction", "lots")
-    assert wrong.returncode == 2 and len(wrong.stderr.strip().splitlines()) == 1 and "--min-of-prediction" in wrong.stderr
+    assert (
+        wrong.returncode == 2
+        and len(wrong.stderr.strip().splitlines()) == 1
+        and "--min-of-prediction" in wrong.stderr
+    )
     bare = tmp_path / "bare.json"
     data = json.loads(path.read_text())
     del data["levels"][0]["prediction"]
@@ -190,14 +231,22 @@ def test_check_command_exit_codes(tmp_path: Path) -> None:
     none = _cli("check", str(bare), "--min-of-prediction", "75%")
     assert none.returncode == 2 and "no predicted-vs-measured rows" in none.stderr
     cmp = _cli("compare", str(path), str(path), "--min-of-prediction", "75%")
-    assert cmp.returncode == 1 and "no regression" in cmp.stdout and "BELOW PREDICTION: c=4 ttft_ms" in cmp.stdout
+    assert (
+        cmp.returncode == 1
+        and "no regression" in cmp.stdout
+        and "BELOW PREDICTION: c=4 ttft_ms" in cmp.stdout
+    )
 
 
 def test_level_workload_uses_workload_lengths_and_level_load() -> None:
     w = predicted.level_workload(WorkloadSpec(isl=64, osl=32), "concurrency", 4, METRICS)
     assert (w.isl, w.osl, w.concurrency, w.request_rate) == (64, 32, 4, None)
-    traced = LevelMetrics.from_dict({"input_tokens_per_request": {"count": 2, "avg": 99.6},
-                                     "output_tokens_per_request": {"count": 2, "avg": 20.2}})
+    traced = LevelMetrics.from_dict(
+        {
+            "input_tokens_per_request": {"count": 2, "avg": 99.6},
+            "output_tokens_per_request": {"count": 2, "avg": 20.2},
+        }
+    )
     w = predicted.level_workload(WorkloadSpec(trace="t.jsonl"), "rate", 2.5, traced)
     assert (w.isl, w.osl, w.concurrency, w.request_rate) == (100, 20, None, 2.5)
 
@@ -243,7 +292,9 @@ def test_engine_threads_found_and_read_from_proc(tmp_path: Path) -> None:
 
     repo = tmp_path / "repo"
     stub = "/x/triton_python_backend_stub"
-    _fake_proc(tmp_path, 10, [stub, f"{repo.resolve()}/tensorrt_llm/1/model.py", "shm"], {10: (5, 1), 11: (300, 20)})
+    _fake_proc(
+        tmp_path, 10, [stub, f"{repo.resolve()}/tensorrt_llm/1/model.py", "shm"], {10: (5, 1), 11: (300, 20)}
+    )
     _fake_proc(tmp_path, 20, [stub, f"{repo.resolve()}/preprocessing/1/model.py", "shm"], {20: (900, 0)})
     _fake_proc(tmp_path, 30, ["/usr/bin/python", f"{repo.resolve()}/tensorrt_llm/1/model.py"], {30: (1, 1)})
     (tmp_path / "self").mkdir()
@@ -255,7 +306,15 @@ def test_engine_threads_found_and_read_from_proc(tmp_path: Path) -> None:
 def test_run_options_checked_before_any_request(tmp_path: Path) -> None:
     url = "http://127.0.0.1:9"  # nothing listens: an error about the options must come first
     bad = _cli("--url", url, "--min-of-prediction", "x", "-o", str(tmp_path / "o"))
-    assert bad.returncode == 2 and "--min-of-prediction" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert (
+        bad.returncode == 2
+        and "--min-of-prediction" in bad.stderr
+        and len(bad.stderr.strip().splitlines()) == 1
+    )
     missing = _cli("--url", url, "--cpu-system", str(tmp_path / "none.json"), "-o", str(tmp_path / "o"))
-    assert missing.returncode == 2 and "CPU system file" in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
+    assert (
+        missing.returncode == 2
+        and "CPU system file" in missing.stderr
+        and len(missing.stderr.strip().splitlines()) == 1
+    )
     assert not (tmp_path / "o").exists()

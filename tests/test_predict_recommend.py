@@ -14,7 +14,9 @@ from tritonforge.errors import UserError
 
 
 def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tritonforge", *args], capture_output=True, text=True, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "tritonforge", *args], capture_output=True, text=True, cwd=cwd
+    )
 
 
 def test_parse_slo():
@@ -62,12 +64,18 @@ def test_batch_is_the_largest_meeting_the_slo(cands):
     cfg = resolve_model("fixture:llama-3.1-70b").config
     for c in cands[:3]:
         spec = dict(c.spec)
-        spec["tiers"] = [dict(c.spec["tiers"][0], limits=dict(c.spec["tiers"][0]["limits"], max_batch_size=2048))]
+        spec["tiers"] = [
+            dict(c.spec["tiers"][0], limits=dict(c.spec["tiers"][0]["limits"], max_batch_size=2048))
+        ]
         t = plan_tier(parse_spec(spec).tiers[0], cfg, get_gpu(c.gpu))
         g = predict.geometry(t)
         f = predict.factors_for(g.gpu, g.fmt)
         nxt = predict.predict_model(g, predict.Workload(2048, 256, concurrency=c.batch + 1), f)
-        assert c.batch == predict.kv_batch(g, predict.Workload(2048, 256)) or nxt.itl_ms > 50 or nxt.ttft_ms > 1000
+        assert (
+            c.batch == predict.kv_batch(g, predict.Workload(2048, 256))
+            or nxt.itl_ms > 50
+            or nxt.ttft_ms > 1000
+        )
 
 
 def test_tighter_slo_costs_more():
@@ -79,8 +87,22 @@ def test_tighter_slo_costs_more():
 
 def test_cli_recommend_writes_a_spec_plan_and_emit_accept(tmp_path):
     out = tmp_path / "spec.yaml"
-    proc = run_cli("plan", "--recommend", "--model", "llama-3.1-70b", "--workload", "isl=2048,osl=256",
-                   "--slo", "ttft=1s,itl=50ms", "--gpus", "H100-SXM,H200,B200", "--max-gpus", "8", "-o", str(out))
+    proc = run_cli(
+        "plan",
+        "--recommend",
+        "--model",
+        "llama-3.1-70b",
+        "--workload",
+        "isl=2048,osl=256",
+        "--slo",
+        "ttft=1s,itl=50ms",
+        "--gpus",
+        "H100-SXM,H200,B200",
+        "--max-gpus",
+        "8",
+        "-o",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr
     assert " 1  " in proc.stdout and "$/1M out" in proc.stdout
     spec = yaml.safe_load(out.read_text())
@@ -95,19 +117,47 @@ def test_cli_recommend_writes_a_spec_plan_and_emit_accept(tmp_path):
 def test_cli_recommend_refuses_to_overwrite_a_foreign_file(tmp_path):
     mine = tmp_path / "notes.yaml"
     mine.write_text("my notes\n")
-    proc = run_cli("plan", "--recommend", "--model", "llama-3.1-8b", "--workload", "isl=128,osl=128",
-                   "--slo", "itl=50ms", "-o", str(mine))
+    proc = run_cli(
+        "plan",
+        "--recommend",
+        "--model",
+        "llama-3.1-8b",
+        "--workload",
+        "isl=128,osl=128",
+        "--slo",
+        "itl=50ms",
+        "-o",
+        str(mine),
+    )
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
     assert mine.read_text() == "my notes\n"
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--recommend", "--workload", "isl=1,osl=1", "--slo", "itl=5ms"], "needs --model"),
-    (["--recommend", "--model", "llama-3.1-8b", "--workload", "isl=1,osl=1", "--slo", "itl=0.001ms"], "no deployment"),
-    (["--recommend", "--model", "llama-3.1-8b", "--workload", "isl=1,osl=1", "--slo", "itl=5ms", "--max-gpus", "0"],
-     "--max-gpus"),
-    ([], "needs a SPEC"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--recommend", "--workload", "isl=1,osl=1", "--slo", "itl=5ms"], "needs --model"),
+        (
+            ["--recommend", "--model", "llama-3.1-8b", "--workload", "isl=1,osl=1", "--slo", "itl=0.001ms"],
+            "no deployment",
+        ),
+        (
+            [
+                "--recommend",
+                "--model",
+                "llama-3.1-8b",
+                "--workload",
+                "isl=1,osl=1",
+                "--slo",
+                "itl=5ms",
+                "--max-gpus",
+                "0",
+            ],
+            "--max-gpus",
+        ),
+        ([], "needs a SPEC"),
+    ],
+)
 def test_cli_recommend_bad_input_one_line(args, fragment):
     proc = run_cli("plan", *args)
     assert proc.returncode == 2, proc.stdout

@@ -1,4 +1,4 @@
-"""The trtllm-pytorch `tensorrt_llm` model (model_repo_templates/python/tensorrt_llm_pytorch.py.j2), run against a
+"""The trtllm-pytorch `tensorrt_llm` model (model_repo_templates/models/tensorrt_llm_pytorch.py), run against a
 stand-in of TensorRT-LLM's LLM API (tests/fixtures/llmapi_standin, written from
 https://nvidia.github.io/TensorRT-LLM/llm-api/reference.html) and a small fake of Triton's
 `triton_python_backend_utils` (the interface of https://github.com/triton-inference-server/python_backend
@@ -24,7 +24,7 @@ from tritonforge.builder.spec import parse_spec
 from tritonforge.ensembles.wiring import TierPaths, plan_repository
 
 ROOT = Path(__file__).resolve().parents[1]
-TEMPLATE = ROOT / "model_repo_templates" / "python" / "tensorrt_llm_pytorch.py.j2"
+TEMPLATE = ROOT / "model_repo_templates" / "models" / "tensorrt_llm_pytorch.py"
 STANDIN = ROOT / "tests" / "fixtures" / "llmapi_standin"
 
 
@@ -115,10 +115,16 @@ class Request:
 
 SPEC = {
     "name": "pt",
-    "tiers": [{"name": "main", "model": "/models/Meta-Llama-3.1-8B-Instruct", "runtime": "trtllm-pytorch",
-               "quantization": {"format": "fp8", "kv_cache_dtype": "fp8"},
-               "limits": {"max_batch_size": 16, "max_input_len": 512, "max_output_len": 256},
-               "draft": {"model": "/models/Llama-3.2-1B-Instruct", "num_draft_tokens": 3}}],
+    "tiers": [
+        {
+            "name": "main",
+            "model": "/models/Meta-Llama-3.1-8B-Instruct",
+            "runtime": "trtllm-pytorch",
+            "quantization": {"format": "fp8", "kv_cache_dtype": "fp8"},
+            "limits": {"max_batch_size": 16, "max_input_len": 512, "max_output_len": 256},
+            "draft": {"model": "/models/Llama-3.2-1B-Instruct", "num_draft_tokens": 3},
+        }
+    ],
     "triton": {"trtllm_version": "1.2.1"},
 }
 
@@ -127,8 +133,8 @@ def engine_config(spec_data: dict) -> dict:
     """The rendered `tensorrt_llm` config.pbtxt as Triton hands it to `initialize` (JSON of the ModelConfig)."""
     from google.protobuf import json_format, text_format
 
-    from tritonforge.builder.render import _environment, render_model
-    from tritonforge.builder.triton_schema import model_config_pb2 as mc
+    from tritonforge.ensembles.render import _environment, render_model
+    from tritonforge.ensembles.triton_schema import model_config_pb2 as mc
 
     spec = parse_spec(spec_data)
     paths = {"main": TierPaths("/ckpt/main", "/ckpt/tok", "/ckpt/draft")}
@@ -161,7 +167,9 @@ def env(monkeypatch):
 def start(env_, spec_data=SPEC):
     mod, _pb, _ = env_
     model = mod.TritonPythonModel()
-    model.initialize({"model_config": json.dumps(engine_config(spec_data)), "model_instance_name": "tensorrt_llm_0"})
+    model.initialize(
+        {"model_config": json.dumps(engine_config(spec_data)), "model_instance_name": "tensorrt_llm_0"}
+    )
     return model
 
 
@@ -185,8 +193,13 @@ PROMPT = np.array([[11, 12, 13]], dtype=np.int32)
 
 
 def base(**extra):
-    return {"input_ids": PROMPT, "input_lengths": np.array([[3]], np.int32),
-            "request_output_len": np.array([[6]], np.int32), "end_id": np.array([[999]], np.int32), **extra}
+    return {
+        "input_ids": PROMPT,
+        "input_lengths": np.array([[3]], np.int32),
+        "request_output_len": np.array([[6]], np.int32),
+        "end_id": np.array([[999]], np.int32),
+        **extra,
+    }
 
 
 # ------------------------------------------------------------------------------------------ tests
@@ -270,20 +283,40 @@ def test_sampling_mapping(env):
     try:
         run(model, pb, **base())
         greedy = standin.SamplingParams.created[-1]
-        assert (greedy.top_k, greedy.top_p, greedy.temperature, greedy.max_tokens, greedy.end_id) == (1, None, None, 6, 999)
-        req = run(model, pb, **base(runtime_top_k=np.array([[5]], np.int32), runtime_top_p=np.array([[0.9]], np.float32),
-                                    temperature=np.array([[0.7]], np.float32), seed=np.array([[3]], np.uint64),
-                                    min_tokens=np.array([[2]], np.int32), return_log_probs=np.array([[True]]),
-                                    bad_words_list=np.array([[[toy_sequence(13, 1)[0]], [1]]], np.int32)))
+        assert (greedy.top_k, greedy.top_p, greedy.temperature, greedy.max_tokens, greedy.end_id) == (
+            1,
+            None,
+            None,
+            6,
+            999,
+        )
+        req = run(
+            model,
+            pb,
+            **base(
+                runtime_top_k=np.array([[5]], np.int32),
+                runtime_top_p=np.array([[0.9]], np.float32),
+                temperature=np.array([[0.7]], np.float32),
+                seed=np.array([[3]], np.uint64),
+                min_tokens=np.array([[2]], np.int32),
+                return_log_probs=np.array([[True]]),
+                bad_words_list=np.array([[[toy_sequence(13, 1)[0]], [1]]], np.int32),
+            ),
+        )
         sp = standin.SamplingParams.created[-1]
-        assert sp.top_k == 5 and math.isclose(sp.top_p, 0.9, rel_tol=1e-6) and math.isclose(sp.temperature, 0.7,
-                                                                                             rel_tol=1e-6)
+        assert (
+            sp.top_k == 5
+            and math.isclose(sp.top_p, 0.9, rel_tol=1e-6)
+            and math.isclose(sp.temperature, 0.7, rel_tol=1e-6)
+        )
         assert (sp.seed, sp.min_tokens, sp.logprobs, sp.bad_token_ids) == (3, 2, 1, [toy_sequence(13, 1)[0]])
         (out,) = req.sender.outputs()
         assert toy_sequence(13, 1)[0] not in req.sender.tokens()
         lp = out.tensor("output_log_probs").reshape(-1)
         assert len(lp) == 6 and np.allclose(lp, -math.log(2.0))
-        assert math.isclose(float(out.tensor("cum_log_probs").reshape(-1)[0]), -6 * math.log(2.0), rel_tol=1e-5)
+        assert math.isclose(
+            float(out.tensor("cum_log_probs").reshape(-1)[0]), -6 * math.log(2.0), rel_tol=1e-5
+        )
     finally:
         model.finalize()
 
@@ -294,7 +327,9 @@ def test_triton_cancellation_aborts_and_ends_with_cancelled(env, monkeypatch):
     model = start(env)
     model.cancel_period_s = 0.005
     try:
-        req = Request(pb, **base(request_output_len=np.array([[100000]], np.int32), streaming=np.array([[True]])))
+        req = Request(
+            pb, **base(request_output_len=np.array([[100000]], np.int32), streaming=np.array([[True]]))
+        )
         model.execute([req])
         deadline = time.time() + 10
         while not req.sender.outputs() and time.time() < deadline:
@@ -316,26 +351,34 @@ def test_stop_request_ends_the_request_with_that_id(env, monkeypatch):
     monkeypatch.setattr(standin, "STEP_S", 0.01)
     model = start(env)
     try:
-        req = Request(pb, request_id="r1", **base(request_output_len=np.array([[100000]], np.int32),
-                                                  streaming=np.array([[True]])))
+        req = Request(
+            pb,
+            request_id="r1",
+            **base(request_output_len=np.array([[100000]], np.int32), streaming=np.array([[True]])),
+        )
         model.execute([req])
         while not req.sender.outputs():
             time.sleep(0.005)
         stop = run(model, pb, request_id="r1", stop=np.array([[True]]), **base())
         assert stop.sender.responses == [(None, 1)]
         assert req.sender.done.wait(10)
-        assert req.sender.responses[-1][1] == 1 and all(r is None or r.error is None for r, _ in req.sender.responses)
+        assert req.sender.responses[-1][1] == 1 and all(
+            r is None or r.error is None for r, _ in req.sender.responses
+        )
         assert standin.LLM.instances[0].requests[-1].aborted
     finally:
         model.finalize()
 
 
-@pytest.mark.parametrize("extra, needle", [
-    ({"beam_width": np.array([[4]], np.int32)}, "beam_width=4"),
-    ({"draft_input_ids": np.array([[1, 2]], np.int32)}, "draft_input_ids"),
-    ({"request_output_len": np.array([[0]], np.int32)}, "request_output_len"),
-    ({"stop_words_list": np.array([[[1, 2], [5, -1]]], np.int32)}, "stop_words_list"),
-])
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        ({"beam_width": np.array([[4]], np.int32)}, "beam_width=4"),
+        ({"draft_input_ids": np.array([[1, 2]], np.int32)}, "draft_input_ids"),
+        ({"request_output_len": np.array([[0]], np.int32)}, "request_output_len"),
+        ({"stop_words_list": np.array([[[1, 2], [5, -1]]], np.int32)}, "stop_words_list"),
+    ],
+)
 def test_bad_requests_are_invalid_arg_and_others_still_served(env, extra, needle):
     mod, pb, _ = env
     model = start(env)

@@ -84,7 +84,8 @@ def test_predict_covers_pytorch_tiers() -> None:
 
 
 def test_doctor_and_k8s_placeholders() -> None:
-    from tritonforge.builder import doctor, k8s
+    from tritonforge.builder import doctor
+    from tritonforge.ensembles import k8s
 
     spec = load_spec(PT)
     assert "LLM API spawns" in doctor.mpi_needed(spec)

@@ -11,25 +11,37 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from tests.helpers.entry_repo import shared_embedder
 from tritonforge.ensembles.cli import router_group
-from tritonforge.ensembles.policy.classifier import LinearClassifier
-from tritonforge.ensembles.policy.config import parse_entry_config
-from tritonforge.ensembles.policy.params import parse_request
-from tritonforge.ensembles.policy.router import build_router
-
-from .test_llm_entry_repo import shared_embedder
+from tritonforge.model_repo_templates.tf_policy.classifier import LinearClassifier
+from tritonforge.model_repo_templates.tf_policy.config import parse_entry_config
+from tritonforge.model_repo_templates.tf_policy.params import parse_request
+from tritonforge.model_repo_templates.tf_policy.router import build_router
 
 ROOT = Path(__file__).resolve().parent.parent
 
 SIMPLE = [
-    "What is the capital of Spain?", "Translate hello to French.", "What colour is the sky?",
-    "How many days are in a week?", "Who wrote Hamlet?", "What is the opposite of hot?",
-    "Name a fruit that is yellow.", "What time zone is London in?", "Spell the word necessary.",
-    "Is a tomato a fruit?", "What is the plural of mouse?", "Give me a synonym for happy.",
-    "What language is spoken in Brazil?", "How many legs does a cat have?", "What is 3 plus 4?",
-    "Say good morning in Spanish.", "What is the largest ocean?", "Which animal barks?",
-    "What is the freezing point of water in Celsius?", "Who painted the Mona Lisa?",
-]  # fmt: skip
+    "What is the capital of Spain?",
+    "Translate hello to French.",
+    "What colour is the sky?",
+    "How many days are in a week?",
+    "Who wrote Hamlet?",
+    "What is the opposite of hot?",
+    "Name a fruit that is yellow.",
+    "What time zone is London in?",
+    "Spell the word necessary.",
+    "Is a tomato a fruit?",
+    "What is the plural of mouse?",
+    "Give me a synonym for happy.",
+    "What language is spoken in Brazil?",
+    "How many legs does a cat have?",
+    "What is 3 plus 4?",
+    "Say good morning in Spanish.",
+    "What is the largest ocean?",
+    "Which animal barks?",
+    "What is the freezing point of water in Celsius?",
+    "Who painted the Mona Lisa?",
+]
 COMPLEX = [
     "Write a Python function that merges overlapping intervals and explain its complexity.",
     "Prove that there are infinitely many prime numbers.",
@@ -51,7 +63,7 @@ COMPLEX = [
     "Write a Kubernetes operator in Go that reconciles a custom resource.",
     "Evaluate the integral of x^2 e^x dx by parts and verify by differentiation.",
     "Optimise this pandas pipeline that runs out of memory on a 50 GB CSV file.",
-]  # fmt: skip
+]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -88,8 +100,12 @@ def test_trained_file_is_portable_json(trained: Path) -> None:
 
 
 def test_classifier_routes_held_out_prompts(trained: Path) -> None:
-    cfg = parse_entry_config({"tiers": [{"name": "small", "model": "s"}, {"name": "large", "model": "l"}],
-                              "router": {"enabled": True, "policy": "classifier"}})  # fmt: skip
+    cfg = parse_entry_config(
+        {
+            "tiers": [{"name": "small", "model": "s"}, {"name": "large", "model": "l"}],
+            "router": {"enabled": True, "policy": "classifier"},
+        }
+    )
     router = build_router(cfg, LinearClassifier.load(str(trained)), shared_embedder().embed)
     for prompt, want in [(p, "small") for p in SIMPLE[-4:]] + [(p, "large") for p in COMPLEX[-4:]]:
         r = parse_request(
@@ -100,8 +116,12 @@ def test_classifier_routes_held_out_prompts(trained: Path) -> None:
 
 
 def test_classifier_degrades_to_heuristic() -> None:
-    cfg = parse_entry_config({"tiers": [{"name": "small", "model": "s"}, {"name": "large", "model": "l"}],
-                              "router": {"enabled": True, "policy": "classifier"}})  # fmt: skip
+    cfg = parse_entry_config(
+        {
+            "tiers": [{"name": "small", "model": "s"}, {"name": "large", "model": "l"}],
+            "router": {"enabled": True, "policy": "classifier"},
+        }
+    )
 
     def broken(text: str):
         raise RuntimeError("no model")
@@ -133,8 +153,12 @@ def test_explain_with_classifier_and_with_spec(trained: Path) -> None:
 
 
 def test_cli_errors_are_one_line() -> None:
-    proc = subprocess.run([sys.executable, "-m", "tritonforge", "router", "train", "/no/such.jsonl", "-o", "/tmp/x.json"],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "tritonforge", "router", "train", "/no/such.jsonl", "-o", "/tmp/x.json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "not found" in proc.stderr and "Traceback" not in proc.stderr
 
 

@@ -5,9 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tritonforge.ensembles.policy.config import ConfigError, parse_entry_config
-from tritonforge.ensembles.policy.params import RequestError, exact_key, namespace, parse_request
-from tritonforge.ensembles.policy.router import Router, build_router, estimate_tokens
+from tritonforge.model_repo_templates.tf_policy.config import ConfigError, parse_entry_config
+from tritonforge.model_repo_templates.tf_policy.params import (
+    RequestError,
+    exact_key,
+    namespace,
+    parse_request,
+)
+from tritonforge.model_repo_templates.tf_policy.router import Router, build_router, estimate_tokens
 
 TIERS = [
     {"name": "small", "model": "small_ensemble", "max_input_len": 256, "max_output_len": 128},

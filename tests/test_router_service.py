@@ -14,11 +14,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from tritonforge.ensembles.policy.config import parse_entry_config
-from tritonforge.ensembles.policy.factory import build_service
-from tritonforge.ensembles.policy.metrics import MemoryMetrics
-from tritonforge.ensembles.policy.params import RequestError, parse_request
-from tritonforge.ensembles.policy.remote import TierError
+from tritonforge.model_repo_templates.tf_policy.config import parse_entry_config
+from tritonforge.model_repo_templates.tf_policy.factory import build_service
+from tritonforge.model_repo_templates.tf_policy.metrics import MemoryMetrics
+from tritonforge.model_repo_templates.tf_policy.params import RequestError, parse_request
+from tritonforge.model_repo_templates.tf_policy.remote import TierError
 
 TIERS = [{"name": "small", "model": "s"}, {"name": "large", "model": "l"}]
 
@@ -42,7 +42,7 @@ class Tiers:
         self.calls.append(tier.name)
         n = len(self.calls)
         if tier.name in self.fail:
-            from tritonforge.ensembles.policy.remote import TierError
+            from tritonforge.model_repo_templates.tf_policy.remote import TierError
 
             raise TierError(f"{tier.name} exploded")
         time.sleep(self.sleep.get(tier.name, 0))
@@ -54,11 +54,18 @@ class Tiers:
 
 
 def service(router=None, cache=None, remote=None, tiers=None):
-    cfg = parse_entry_config({
-        "tiers": TIERS + (remote or []),
-        "router": {"enabled": True, "tier_timeout_s": 0.5, "heuristic": {"max_prompt_tokens": 16}, **(router or {})},
-        "cache": {"enabled": True, "semantic": False, **(cache or {})},
-    })  # fmt: skip
+    cfg = parse_entry_config(
+        {
+            "tiers": TIERS + (remote or []),
+            "router": {
+                "enabled": True,
+                "tier_timeout_s": 0.5,
+                "heuristic": {"max_prompt_tokens": 16},
+                **(router or {}),
+            },
+            "cache": {"enabled": True, "semantic": False, **(cache or {})},
+        }
+    )
     tiers = tiers or Tiers()
     m = MemoryMetrics()
     return build_service(cfg, ".", tiers, m), tiers, m
@@ -191,8 +198,16 @@ def openai_url():
 
 def test_openai_remote_tier_with_key_from_env(openai_url, monkeypatch) -> None:
     monkeypatch.setenv("TF_TEST_KEY", "sk-test")
-    remote = [{"name": "cloud", "kind": "remote", "protocol": "openai", "url": openai_url, "model": "gpt-x",
-               "api_key_env": "TF_TEST_KEY"}]  # fmt: skip
+    remote = [
+        {
+            "name": "cloud",
+            "kind": "remote",
+            "protocol": "openai",
+            "url": openai_url,
+            "model": "gpt-x",
+            "api_key_env": "TF_TEST_KEY",
+        }
+    ]
     svc, _, _ = service(remote=remote)
     out, replies = run(
         svc, req("hi", tier=np.array([b"cloud"], dtype=object), temperature=np.array([0.0], np.float32))
@@ -216,8 +231,16 @@ def test_openai_remote_tier_with_key_from_env(openai_url, monkeypatch) -> None:
 
 def test_remote_tier_without_its_key_falls_back(openai_url, monkeypatch) -> None:
     monkeypatch.delenv("TF_TEST_KEY", raising=False)
-    remote = [{"name": "cloud", "kind": "remote", "protocol": "openai", "url": openai_url, "model": "gpt-x",
-               "api_key_env": "TF_TEST_KEY"}]  # fmt: skip
+    remote = [
+        {
+            "name": "cloud",
+            "kind": "remote",
+            "protocol": "openai",
+            "url": openai_url,
+            "model": "gpt-x",
+            "api_key_env": "TF_TEST_KEY",
+        }
+    ]
     svc, _, _ = service(router={"policy": "static", "default_tier": "cloud"}, remote=remote)
     sent = len(OpenAIStandIn.seen)
     out, _ = run(svc, req("hi"))

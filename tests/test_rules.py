@@ -22,8 +22,12 @@ SPECS = Path(__file__).parent / "fixtures" / "specs"
 
 
 def spec_of(**tier):
-    base = {"name": "main", "model": "fixture:llama-3.1-8b", "runtime": "trtllm-engine",
-            "quantization": {"format": "fp8", "kv_cache_dtype": "fp8"}}
+    base = {
+        "name": "main",
+        "model": "fixture:llama-3.1-8b",
+        "runtime": "trtllm-engine",
+        "quantization": {"format": "fp8", "kv_cache_dtype": "fp8"},
+    }
     base.update(tier)
     return parse_spec({"name": "rules", "tiers": [base]})
 
@@ -50,7 +54,9 @@ def test_nvfp4_needs_blackwell():
     assert rule_ids(e) == {"nvfp4-needs-blackwell"}
     assert "B200" in e[0].message and "H100-SXM is sm90" in e[0].message
     assert not errors(quantization={"format": "nvfp4", "kv_cache_dtype": "fp8"}, gpu={"type": "B200"})
-    assert rule_ids(errors(quantization={"format": "fp8", "kv_cache_dtype": "nvfp4"})) == {"nvfp4-needs-blackwell"}
+    assert rule_ids(errors(quantization={"format": "fp8", "kv_cache_dtype": "nvfp4"})) == {
+        "nvfp4-needs-blackwell"
+    }
 
 
 # Source: facts hardware table (FP8: Ada sm89+, not Ampere).
@@ -64,8 +70,15 @@ def test_fp8_needs_sm89(fmt):
 
 # Source: TensorRT-LLM builder.py: "INT8/INT4 quantization is not supported on SM>=100",
 # "SmoothQuant is not supported on SM>=100"; facts: INT4-AWQ "no" on Blackwell.
-@pytest.mark.parametrize("quant", [{"format": "int4_awq"}, {"format": "w4a8_awq"}, {"format": "int8_sq"},
-                                   {"format": "fp8", "kv_cache_dtype": "int8"}])
+@pytest.mark.parametrize(
+    "quant",
+    [
+        {"format": "int4_awq"},
+        {"format": "w4a8_awq"},
+        {"format": "int8_sq"},
+        {"format": "fp8", "kv_cache_dtype": "int8"},
+    ],
+)
 def test_int_weights_and_int8_kv_refused_on_blackwell(quant):
     e = errors(quantization=quant, gpu={"type": "B200"}, kv_cache={"block_reuse": False})
     assert "int-weights-refused-on-sm100" in rule_ids(e)
@@ -95,8 +108,9 @@ def test_block_reuse_impossible_with_int8_kv():
     e = errors(quantization={"format": "fp8", "kv_cache_dtype": "int8"})
     assert rule_ids(e) == {"block-reuse"}
     assert "INT8 KV cache" in e[0].message and "block_reuse: false" in e[0].message
-    plan = plan_deployment(spec_of(quantization={"format": "fp8", "kv_cache_dtype": "int8"},
-                                   kv_cache={"block_reuse": False}))
+    plan = plan_deployment(
+        spec_of(quantization={"format": "fp8", "kv_cache_dtype": "int8"}, kv_cache={"block_reuse": False})
+    )
     assert not plan.errors
     assert "--use_paged_context_fmha" not in plan.tiers[0].engine.argv
 
@@ -113,9 +127,16 @@ def test_block_reuse_needs_paged_kv():
 
 
 def draft_tier(**over):
-    t = {"model": "fixture:llama-3.1-70b", "gpu": {"count": 2}, "parallelism": {"tp": 2},
-         "draft": {"model": "fixture:llama-3.2-1b", "num_draft_tokens": 4,
-                   "quantization": {"format": "fp8", "kv_cache_dtype": "fp8"}}}
+    t = {
+        "model": "fixture:llama-3.1-70b",
+        "gpu": {"count": 2},
+        "parallelism": {"tp": 2},
+        "draft": {
+            "model": "fixture:llama-3.2-1b",
+            "num_draft_tokens": 4,
+            "quantization": {"format": "fp8", "kv_cache_dtype": "fp8"},
+        },
+    }
     t.update(over)
     return t
 
@@ -142,7 +163,7 @@ def test_draft_target_flags_checked_on_the_derived_command():
     assert not list(rules.rule_draft_target_flags(rules.Ctx(spec.tiers[0], plan)))
     broken = copy.deepcopy(plan)
     i = broken.engine.argv.index("--speculative_decoding_mode")
-    del broken.engine.argv[i:i + 4]
+    del broken.engine.argv[i : i + 4]
     broken.engine.max_num_tokens = 10  # < max_batch_size 8 x (4 + 1)
     e = list(rules.rule_draft_target_flags(rules.Ctx(spec.tiers[0], broken)))
     assert {p.rule for p in e} == {"draft-target-flags"} and len(e) == 2
@@ -189,7 +210,11 @@ def test_two_engines_fractions_sum():
 def test_tier_must_fit_and_says_by_how_much():
     e = errors(model="fixture:llama-3.1-70b", quantization={"format": "none"})  # 70B BF16 on one H100
     assert rule_ids(e) == {"must-fit"}
-    m = plan_deployment(spec_of(model="fixture:llama-3.1-70b", quantization={"format": "none"})).tiers[0].memory
+    m = (
+        plan_deployment(spec_of(model="fixture:llama-3.1-70b", quantization={"format": "none"}))
+        .tiers[0]
+        .memory
+    )
     assert not m.fits and m.max_concurrent_sequences == 0
     need = m.blocks_per_sequence * m.tokens_per_block * m.kv_bytes_per_token
     assert m.shortfall_bytes == -(-need * 10 // 9) - m.free_after_load  # ceil(need / 0.9) - free (free < 0)
@@ -199,8 +224,10 @@ def test_tier_must_fit_and_says_by_how_much():
 
 def test_fit_also_fails_when_only_the_kv_is_missing():
     # 8B FP8 fits its weights, but a 128k-token sequence does not fit the KV pool.
-    e = errors(limits={"max_batch_size": 1, "max_input_len": 126000, "max_output_len": 2000,
-                       "max_num_tokens": 8192}, kv_cache={"max_tokens": 100000})
+    e = errors(
+        limits={"max_batch_size": 1, "max_input_len": 126000, "max_output_len": 2000, "max_num_tokens": 8192},
+        kv_cache={"max_tokens": 100000},
+    )
     assert "must-fit" in rule_ids(e)
 
 
@@ -209,35 +236,60 @@ def test_seq_len_past_the_model_context_is_an_error_on_any_runtime():
     lim = {"max_input_len": 130_000, "max_output_len": 2000, "max_batch_size": 1, "max_num_tokens": 8192}
     for runtime in ("trtllm-engine", "cpu-reference"):
         e = [p for p in errors(runtime=runtime, limits=lim) if p.rule == "max-seq-len"]
-        assert len(e) == 1 and "max_position_embeddings 131072" in e[0].message and "at most 131072" in e[0].message
+        assert (
+            len(e) == 1
+            and "max_position_embeddings 131072" in e[0].message
+            and "at most 131072" in e[0].message
+        )
     assert not [p for p in problems(limits={**lim, "max_input_len": 129_000}) if p.rule == "max-seq-len"]
 
 
 def test_cpu_reference_tier_must_fit_its_gpu_target_too():
     # `plan` prints the GPU capacity of every tier; one that does not fit is an error whatever the runtime.
-    assert rule_ids(errors(runtime="cpu-reference", model="fixture:llama-3.1-70b",
-                           quantization={"format": "none"})) == {"must-fit"}
+    assert rule_ids(
+        errors(runtime="cpu-reference", model="fixture:llama-3.1-70b", quantization={"format": "none"})
+    ) == {"must-fit"}
 
 
 # Source: trtllm-build-facts "Which TensorRT-LLM has engines" (1.3 removed the engine flow).
 def test_newer_trtllm_has_no_engine_flow():
-    spec = parse_spec({"name": "v", "triton": {"trtllm_version": "1.3.0rc2"},
-                       "tiers": [{"name": "main", "model": "fixture:llama-3.1-8b", "runtime": "trtllm-engine"}]})
+    spec = parse_spec(
+        {
+            "name": "v",
+            "triton": {"trtllm_version": "1.3.0rc2"},
+            "tiers": [{"name": "main", "model": "fixture:llama-3.1-8b", "runtime": "trtllm-engine"}],
+        }
+    )
     plan = plan_deployment(spec)
     assert [p.rule for p in plan.errors] == ["trtllm-version"]
     with pytest.raises(UserError, match="PyTorch backend"):
         rules.raise_for_errors(plan)
-    cpu = parse_spec({"name": "v", "triton": {"trtllm_version": "1.3.0"},
-                      "tiers": [{"name": "main", "model": "fixture:llama-3.1-8b", "runtime": "cpu-reference"}]})
+    cpu = parse_spec(
+        {
+            "name": "v",
+            "triton": {"trtllm_version": "1.3.0"},
+            "tiers": [{"name": "main", "model": "fixture:llama-3.1-8b", "runtime": "cpu-reference"}],
+        }
+    )
     assert not plan_deployment(cpu).errors
-    w = rules.check_deployment(parse_spec({"name": "v", "tiers": [
-        {"name": "main", "model": "fixture:llama-3.1-8b", "runtime": "trtllm-engine"}]}), installed_trtllm="0.17.0")
+    w = rules.check_deployment(
+        parse_spec(
+            {
+                "name": "v",
+                "tiers": [{"name": "main", "model": "fixture:llama-3.1-8b", "runtime": "trtllm-engine"}],
+            }
+        ),
+        installed_trtllm="0.17.0",
+    )
     assert [(p.severity, p.rule) for p in w] == [("warning", "trtllm-version")]
 
 
 def test_cpu_reference_ignores_gpu_rules():
-    assert not errors(runtime="cpu-reference", quantization={"format": "nvfp4", "kv_cache_dtype": "int8"},
-                      parallelism={"tp": 3})
+    assert not errors(
+        runtime="cpu-reference",
+        quantization={"format": "nvfp4", "kv_cache_dtype": "int8"},
+        parallelism={"tp": 3},
+    )
 
 
 def test_unknown_gpu_lists_the_known_ones():
@@ -256,8 +308,13 @@ def test_price_override_changes_cost_only():
 
 
 def test_raise_for_errors_counts_the_rest():
-    plan = plan_deployment(spec_of(quantization={"format": "nvfp4", "kv_cache_dtype": "int8"},
-                                   parallelism={"tp": 3}, gpu={"count": 1}))
+    plan = plan_deployment(
+        spec_of(
+            quantization={"format": "nvfp4", "kv_cache_dtype": "int8"},
+            parallelism={"tp": 3},
+            gpu={"count": 1},
+        )
+    )
     with pytest.raises(UserError, match=r"\+\d+ more"):
         rules.raise_for_errors(plan)
 
@@ -278,8 +335,10 @@ def test_plan_cli_table_and_json(tmp_path):
 
 def test_plan_cli_prints_the_plan_then_exits_2_on_errors(tmp_path):
     spec = tmp_path / "bad.yaml"
-    spec.write_text("name: bad\ntiers:\n  - name: main\n    model: fixture:llama-3.1-8b\n    runtime: trtllm-engine\n"
-                    "    quantization: {format: nvfp4}\n")
+    spec.write_text(
+        "name: bad\ntiers:\n  - name: main\n    model: fixture:llama-3.1-8b\n    runtime: trtllm-engine\n"
+        "    quantization: {format: nvfp4}\n"
+    )
     r = CliRunner().invoke(plan_command, [str(spec)])
     assert "tier main" in r.output and "ERROR" in r.output  # the plan is printed first
     assert isinstance(r.exception, UserError) and "Blackwell" in str(r.exception)  # the CLI exits 2 on it

@@ -6,8 +6,13 @@ import random
 
 import pytest
 
-from tritonforge.runtime.demo_model import materialize
-from tritonforge.runtime.detok import ByteTable, IncrementalDetokenizer, byte_table, token_bytes
+from tritonforge.builder.demo_model import materialize
+from tritonforge.model_repo_templates.tf_runtime.detok import (
+    ByteTable,
+    IncrementalDetokenizer,
+    byte_table,
+    token_bytes,
+)
 
 TEXT = (
     "def café(x):\n    return '日本語 テキスト  🎉👍🏽' + \"naïve  spaces\"\t→ Ωmega ✓\n"
@@ -55,7 +60,9 @@ def test_random_chunking_and_many_texts(tok):
     rng = random.Random(0)
     detok = IncrementalDetokenizer(tok)
     for k in range(20):
-        text = "".join(rng.choice(["é", " ", "  ", "語", "🎉", "ab", "\n", "x=1;", "ß", "👍🏽"]) for _ in range(40))
+        text = "".join(
+            rng.choice(["é", " ", "  ", "語", "🎉", "ab", "\n", "x=1;", "ß", "👍🏽"]) for _ in range(40)
+        )
         ids = tok(text, add_special_tokens=False)["input_ids"]
         sizes = [rng.randint(1, 4) for _ in range(len(ids) // 2)]
         out = "".join(_stream(detok, ids, sizes))

@@ -11,10 +11,15 @@ import time
 import pytest
 import torch
 
-from tritonforge.runtime.demo_model import materialize
-from tritonforge.runtime.engine import Chunk, CpuEngine, EngineError, GenerationRequest
-from tritonforge.runtime.kv import SlotKVCache
-from tritonforge.runtime.model_runner import LlamaRunner, RowSpec, load_model
+from tritonforge.builder.demo_model import materialize
+from tritonforge.model_repo_templates.tf_runtime.engine import (
+    Chunk,
+    CpuEngine,
+    EngineError,
+    GenerationRequest,
+)
+from tritonforge.model_repo_templates.tf_runtime.kv import SlotKVCache
+from tritonforge.model_repo_templates.tf_runtime.model_runner import LlamaRunner, RowSpec, load_model
 
 LIMITS = dict(max_batch_size=8, max_num_tokens=512, max_input_len=384, max_seq_len=512)
 
@@ -117,9 +122,13 @@ def test_greedy_matches_transformers_generate(engine, hf_model):
     prompt = prompt_of(23, salt=1)
     out = greedy(engine, prompt, 16)
     ref = hf_model.generate(
-        torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-        max_new_tokens=16, do_sample=False, eos_token_id=None, pad_token_id=0,
-    )  # fmt: skip
+        torch.tensor([prompt]),
+        attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+        max_new_tokens=16,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
     assert out == ref[0, len(prompt) :].tolist()
 
 
@@ -167,7 +176,10 @@ def test_short_request_is_not_held_behind_long_ones(engine):
 
 def test_cancel_20_streams_leaves_no_leaked_slots(engine):
     cols = [Collector() for _ in range(20)]
-    handles = [engine.submit(GenerationRequest(prompt_of(16, salt=200 + i), 400, end_id=-1), c) for i, c in enumerate(cols)]
+    handles = [
+        engine.submit(GenerationRequest(prompt_of(16, salt=200 + i), 400, end_id=-1), c)
+        for i, c in enumerate(cols)
+    ]
     deadline = time.time() + 20
     while sum(len(c.chunks) > 2 for c in cols) < 8 and time.time() < deadline:
         time.sleep(0.005)
@@ -270,7 +282,9 @@ def test_log_probs_and_non_streaming(engine):
 
 def test_chunked_prefill_gives_same_output(tiny_dir, engine):
     p = prompt_of(200, salt=11)
-    with CpuEngine(tiny_dir, max_batch_size=4, max_num_tokens=24, max_input_len=384, max_seq_len=512) as small:
+    with CpuEngine(
+        tiny_dir, max_batch_size=4, max_num_tokens=24, max_input_len=384, max_seq_len=512
+    ) as small:
         assert greedy(small, p, 10) == greedy(engine, p, 10)
 
 
@@ -313,7 +327,9 @@ def test_draft_target_loop_equals_target_alone(engine, tiny_draft_dir):
         while len(out) < n:
             k = min(4, n - len(out) - 1)
             proposal = greedy(draft, p + out, k) if k > 0 else []
-            got = run(engine, GenerationRequest(p + out, k + 1, end_id=-1, draft_input_ids=proposal or None)).tokens
+            got = run(
+                engine, GenerationRequest(p + out, k + 1, end_id=-1, draft_input_ids=proposal or None)
+            ).tokens
             assert got, "no progress"
             out += got
             rounds += 1
@@ -351,8 +367,9 @@ class _FaultyEngine(CpuEngine):
 
 
 def test_a_sampling_failure_ends_only_its_own_sequence(tiny_dir):
-    with _FaultyEngine(tiny_dir, max_batch_size=4, max_num_tokens=256, max_input_len=64, max_seq_len=128,
-                       num_threads=1) as eng:  # fmt: skip
+    with _FaultyEngine(
+        tiny_dir, max_batch_size=4, max_num_tokens=256, max_input_len=64, max_seq_len=128, num_threads=1
+    ) as eng:
         eng.poison = [9, 9, 9]
         good = [Collector() for _ in range(3)]
         bad = Collector()
@@ -408,19 +425,33 @@ def test_repetition_penalty_matches_transformers(engine, hf_model):
     plain = greedy(engine, prompt, 24)  # repeats one of its own tokens within 24 (checked below)
     out = greedy(engine, prompt, 24, repetition_penalty=50.0)
     ref = hf_model.generate(
-        torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-        max_new_tokens=24, do_sample=False, eos_token_id=None, pad_token_id=0, repetition_penalty=50.0,
-    )  # fmt: skip
+        torch.tensor([prompt]),
+        attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+        max_new_tokens=24,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=0,
+        repetition_penalty=50.0,
+    )
     assert out == ref[0, len(prompt) :].tolist()
     assert len(set(plain)) < len(plain) and out != plain  # the penalty changed a repeating output
 
 
 def test_presence_and_frequency_penalties_match_a_written_out_loop(engine, hf_model):
     prompt = prompt_of(10, salt=41)
-    for kw in ({"presence_penalty": 2.0}, {"frequency_penalty": 1.5}, {"presence_penalty": 0.5, "frequency_penalty": 0.7}):
+    for kw in (
+        {"presence_penalty": 2.0},
+        {"frequency_penalty": 1.5},
+        {"presence_penalty": 0.5, "frequency_penalty": 0.7},
+    ):
         out = greedy(engine, prompt, 10, **kw)
-        ref = _manual_greedy(hf_model, prompt, 10, presence=kw.get("presence_penalty", 0.0),
-                             frequency=kw.get("frequency_penalty", 0.0))
+        ref = _manual_greedy(
+            hf_model,
+            prompt,
+            10,
+            presence=kw.get("presence_penalty", 0.0),
+            frequency=kw.get("frequency_penalty", 0.0),
+        )
         assert out == ref, kw
 
 
@@ -449,8 +480,12 @@ def test_num_return_sequences_runs_independent_seeded_sequences(engine):
 
 def test_context_and_generation_logits(engine, hf_model):
     prompt = prompt_of(40, salt=44)
-    col = run(engine, GenerationRequest(prompt, 5, end_id=-1, return_context_logits=True,
-                                        return_generation_logits=True, streaming=False))
+    col = run(
+        engine,
+        GenerationRequest(
+            prompt, 5, end_id=-1, return_context_logits=True, return_generation_logits=True, streaming=False
+        ),
+    )
     with torch.no_grad():
         ref = hf_model(input_ids=torch.tensor([prompt + col.tokens])).logits[0].float()
     ctx, gen = col.final.context_logits, col.final.generation_logits
@@ -462,13 +497,21 @@ def test_context_and_generation_logits(engine, hf_model):
     plain = run(engine, GenerationRequest(prompt, 5, end_id=-1))
     assert plain.final.context_logits is None and plain.final.generation_logits is None
     assert plain.final.num_input_tokens == len(prompt)
-    assert plain.final.kv_cache_alloc_total_blocks >= 1 and plain.final.first_scheduled_time_ns >= plain.final.arrival_time_ns
+    assert (
+        plain.final.kv_cache_alloc_total_blocks >= 1
+        and plain.final.first_scheduled_time_ns >= plain.final.arrival_time_ns
+    )
 
 
-@pytest.mark.parametrize("kw,name", [({"repetition_penalty": 0.0}, "repetition_penalty"),
-                                     ({"presence_penalty": float("nan")}, "presence_penalty"),
-                                     ({"num_return_sequences": 0}, "num_return_sequences"),
-                                     ({"embedding_bias": [float("inf")]}, "embedding_bias")])
+@pytest.mark.parametrize(
+    "kw,name",
+    [
+        ({"repetition_penalty": 0.0}, "repetition_penalty"),
+        ({"presence_penalty": float("nan")}, "presence_penalty"),
+        ({"num_return_sequences": 0}, "num_return_sequences"),
+        ({"embedding_bias": [float("inf")]}, "embedding_bias"),
+    ],
+)
 def test_bad_penalty_and_sequence_values_are_refused(engine, kw, name):
     with pytest.raises(EngineError, match=name):
         engine.submit(GenerationRequest(prompt_of(5), 4, **kw), Collector())

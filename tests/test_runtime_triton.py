@@ -25,9 +25,9 @@ PROMPT = "def main(argv):\n    "
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tf_cache):
-    from tritonforge.builder.render import emit_files, write_repository
-    from tritonforge.builder.server import TritonServer, free_ports
     from tritonforge.builder.spec import load_spec
+    from tritonforge.ensembles.render import emit_files, write_repository
+    from tritonforge.ensembles.server import TritonServer, free_ports
 
     d = tmp_path_factory.mktemp("runtime-triton")
     data = yaml.safe_load((ROOT / "examples" / "cpu-demo.yaml").read_text())
@@ -40,7 +40,9 @@ def server(tmp_path_factory, tf_cache):
     # only the models under test (the ensemble is the lead's, tested in test_e2e_cpu.py)
     files = {k: v for k, v in files.items() if not k.startswith("ensemble/")}
     write_repository(files, d / "repo")
-    with TritonServer(d / "repo", free_ports(), log_path=d / "triton.log") as srv:  # stops the server whatever happens
+    with TritonServer(
+        d / "repo", free_ports(), log_path=d / "triton.log"
+    ) as srv:  # stops the server whatever happens
         srv.wait_ready(300)
         yield srv
 
@@ -49,7 +51,7 @@ def server(tmp_path_factory, tf_cache):
 def tokenizer(server):
     from transformers import AutoTokenizer
 
-    from tritonforge.runtime.demo_model import model_dir
+    from tritonforge.builder.demo_model import model_dir
 
     return AutoTokenizer.from_pretrained(str(model_dir("tiny")))
 
@@ -156,7 +158,9 @@ def test_engine_stream_and_non_stream_agree(server):
         assert tokens_of(streamed) == tokens_of(whole) and len(tokens_of(whole)) == 12
         r = whole[0]
         assert int(r.as_numpy("num_output_tokens").reshape(-1)[0]) == 12
-        assert r.as_numpy("first_token_time_ns").reshape(-1)[0] >= r.as_numpy("arrival_time_ns").reshape(-1)[0]
+        assert (
+            r.as_numpy("first_token_time_ns").reshape(-1)[0] >= r.as_numpy("arrival_time_ns").reshape(-1)[0]
+        )
         # the prompt is echoed unless exclude_input_in_output (TRT-LLM's default)
         inputs = engine_inputs(s, ids, 5, False)
         inputs[4] = s.tensor("exclude_input_in_output", np.array([[False]], dtype=bool), "BOOL")
@@ -169,12 +173,19 @@ def test_engine_stream_and_non_stream_agree(server):
 def test_engine_16_concurrent_and_batch_of_8_identical(server):
     s = Streams(server.grpc_url)
     try:
-        alone = [tokens_of(s.wait(s.send("tensorrt_llm", engine_inputs(s, prompt_ids(i, 10 + 3 * i), 10, False))))
-                 for i in range(8)]  # fmt: skip
-        rids = [s.send("tensorrt_llm", engine_inputs(s, prompt_ids(i, 10 + 3 * i), 10, True)) for i in range(8)]
+        alone = [
+            tokens_of(s.wait(s.send("tensorrt_llm", engine_inputs(s, prompt_ids(i, 10 + 3 * i), 10, False))))
+            for i in range(8)
+        ]
+        rids = [
+            s.send("tensorrt_llm", engine_inputs(s, prompt_ids(i, 10 + 3 * i), 10, True)) for i in range(8)
+        ]
         assert [tokens_of(s.wait(r)) for r in rids] == alone
         counts = [5 + (i * 7) % 23 for i in range(16)]
-        rids = [s.send("tensorrt_llm", engine_inputs(s, prompt_ids(100 + i), n, True)) for i, n in enumerate(counts)]
+        rids = [
+            s.send("tensorrt_llm", engine_inputs(s, prompt_ids(100 + i), n, True))
+            for i, n in enumerate(counts)
+        ]
         assert [len(tokens_of(s.wait(r))) for r in rids] == counts
     finally:
         s.close()
@@ -183,23 +194,38 @@ def test_engine_16_concurrent_and_batch_of_8_identical(server):
 def test_engine_cancellation_frees_slots(server):
     stop_s, drop_s = Streams(server.grpc_url), Streams(server.grpc_url)
     try:
-        by_stop = [stop_s.send("tensorrt_llm", engine_inputs(stop_s, prompt_ids(200 + i), 500, True)) for i in range(10)]
-        by_drop = [drop_s.send("tensorrt_llm", engine_inputs(drop_s, prompt_ids(300 + i), 500, True)) for i in range(10)]
+        by_stop = [
+            stop_s.send("tensorrt_llm", engine_inputs(stop_s, prompt_ids(200 + i), 500, True))
+            for i in range(10)
+        ]
+        by_drop = [
+            drop_s.send("tensorrt_llm", engine_inputs(drop_s, prompt_ids(300 + i), 500, True))
+            for i in range(10)
+        ]
         time.sleep(1.0)
         for rid in by_stop:  # TRT-LLM style: a request with the same id and stop=true
-            stop_s.send("tensorrt_llm", engine_inputs(stop_s, [0], 1, False, stop=(np.array([[True]]), "BOOL")), rid=rid)
+            stop_s.send(
+                "tensorrt_llm",
+                engine_inputs(stop_s, [0], 1, False, stop=(np.array([[True]]), "BOOL")),
+                rid=rid,
+            )
         drop_s.close(cancel=True)  # the client goes away
         for rid in by_stop:
             stop_s.wait(rid, 30)
             assert len(tokens_of(stop_s.results.get(rid, []))) < 500
         deadline = time.time() + 30
-        while time.time() < deadline and (metric(server, "tf_cpu_engine_active_requests") or metric(server, "tf_cpu_engine_queued_requests")):
+        while time.time() < deadline and (
+            metric(server, "tf_cpu_engine_active_requests") or metric(server, "tf_cpu_engine_queued_requests")
+        ):
             time.sleep(0.1)
         assert metric(server, "tf_cpu_engine_active_requests") == 0
         assert metric(server, "tf_cpu_engine_queued_requests") == 0
         assert all(len(tokens_of(drop_s.results.get(r, []))) < 500 for r in by_drop)
         # a following burst is served at full batch
-        rids = [stop_s.send("tensorrt_llm", engine_inputs(stop_s, prompt_ids(400 + i), 120, True)) for i in range(8)]
+        rids = [
+            stop_s.send("tensorrt_llm", engine_inputs(stop_s, prompt_ids(400 + i), 120, True))
+            for i in range(8)
+        ]
         peak = 0.0
         while not all(stop_s.done[r].is_set() for r in rids):
             peak = max(peak, metric(server, "tf_cpu_engine_active_requests"))
@@ -248,7 +274,7 @@ def bls_inputs(s: Streams, text: str, max_tokens: int, stream: bool) -> list:
 
 
 def test_speculative_bls_equals_target_alone(server, tokenizer):
-    from tritonforge.runtime.detok import ByteTable
+    from tritonforge.model_repo_templates.tf_runtime.detok import ByteTable
 
     table = ByteTable(tokenizer)
     s = Streams(server.grpc_url)
@@ -257,7 +283,21 @@ def test_speculative_bls_equals_target_alone(server, tokenizer):
         expected = []
         for p in prompts:
             ids = tokenizer(p)["input_ids"]
-            toks = tokens_of(s.wait(s.send("tensorrt_llm", engine_inputs(s, ids, 24, False, end_id=2, min_tokens=(np.array([[24]], dtype=np.int32), "INT32")))))
+            toks = tokens_of(
+                s.wait(
+                    s.send(
+                        "tensorrt_llm",
+                        engine_inputs(
+                            s,
+                            ids,
+                            24,
+                            False,
+                            end_id=2,
+                            min_tokens=(np.array([[24]], dtype=np.int32), "INT32"),
+                        ),
+                    )
+                )
+            )
             expected.append(table.decode(toks))
         whole = [s.send("tensorrt_llm_bls", bls_inputs(s, p, 24, False)) for p in prompts]
         streamed = [s.send("tensorrt_llm_bls", bls_inputs(s, p, 24, True)) for p in prompts]

@@ -12,16 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.helpers.entry_repo import RedisProc, shared_embedder
 from tritonforge.builder.spec import Cache
-from tritonforge.ensembles.policy.cache import CacheEntry, ResponseCache, UntrustedEntry
-from tritonforge.ensembles.policy.config import CacheConfig, ConfigError, parse_entry_config
-from tritonforge.ensembles.policy.index import SemanticIndex
-from tritonforge.ensembles.policy.memory_backend import MemoryBackend
-from tritonforge.ensembles.policy.metrics import MemoryMetrics
-from tritonforge.ensembles.policy.params import normalize_prompt, parse_request
-from tritonforge.ensembles.policy.verify import verify
-
-from .test_llm_entry_repo import RedisProc, shared_embedder
+from tritonforge.model_repo_templates.tf_policy.cache import CacheEntry, ResponseCache, UntrustedEntry
+from tritonforge.model_repo_templates.tf_policy.config import CacheConfig, ConfigError, parse_entry_config
+from tritonforge.model_repo_templates.tf_policy.index import SemanticIndex
+from tritonforge.model_repo_templates.tf_policy.memory_backend import MemoryBackend
+from tritonforge.model_repo_templates.tf_policy.metrics import MemoryMetrics
+from tritonforge.model_repo_templates.tf_policy.params import normalize_prompt, parse_request
+from tritonforge.model_repo_templates.tf_policy.verify import verify
 
 PAIRS = Path(__file__).resolve().parent.parent / "benchmarks" / "data" / "near_duplicates.jsonl"
 DEFAULT_THRESHOLD = Cache().similarity_threshold
@@ -81,7 +80,9 @@ def semantic_cache(threshold: float = DEFAULT_THRESHOLD) -> tuple[ResponseCache,
     emb = shared_embedder()
     index = SemanticIndex(emb.dim)
     cfg = CacheConfig(enabled=True, semantic=True, similarity_threshold=threshold)
-    return ResponseCache(cfg, MemoryBackend(100, 60, on_evict=index.remove, metrics=m), emb.embed, index, m), m
+    return ResponseCache(
+        cfg, MemoryBackend(100, 60, on_evict=index.remove, metrics=m), emb.embed, index, m
+    ), m
 
 
 @pytest.mark.parametrize(
@@ -114,17 +115,25 @@ def test_signed_entry_round_trip_and_forgeries() -> None:
         CacheEntry.from_json(e.to_json(), KEY, "ns:k1")
     assert exc.value.reason == "unsigned"
     tampered = raw.replace("Paris", "Lyon!")
-    for bad, bind, key in ((tampered, "ns:k1", KEY), (raw, "ns:k2", KEY), (raw, "ns:k1", b"another key, 16+ bytes")):
+    for bad, bind, key in (
+        (tampered, "ns:k1", KEY),
+        (raw, "ns:k2", KEY),
+        (raw, "ns:k1", b"another key, 16+ bytes"),
+    ):
         with pytest.raises(UntrustedEntry) as exc:
             CacheEntry.from_json(bad, key, bind)
         assert exc.value.reason == "forged"
 
 
 def test_config_takes_an_env_name_for_the_signing_key() -> None:
-    cfg = parse_entry_config({"tiers": [{"name": "a", "model": "m"}], "cache": {"hmac_key_env": "TF_CACHE_KEY"}})
+    cfg = parse_entry_config(
+        {"tiers": [{"name": "a", "model": "m"}], "cache": {"hmac_key_env": "TF_CACHE_KEY"}}
+    )
     assert cfg.cache.hmac_key_env == "TF_CACHE_KEY"
     with pytest.raises(ConfigError, match="NAME of an environment variable") as exc:
-        parse_entry_config({"tiers": [{"name": "a", "model": "m"}], "cache": {"hmac_key_env": "s3cr3t/key=="}})
+        parse_entry_config(
+            {"tiers": [{"name": "a", "model": "m"}], "cache": {"hmac_key_env": "s3cr3t/key=="}}
+        )
     assert "s3cr3t" not in str(exc.value)
 
 
@@ -138,13 +147,14 @@ def redis_proc():
 
 
 def redis_cache(url: str, prefix: str, env: str | None, semantic: bool = False):
-    from tritonforge.ensembles.policy.redis_backend import RedisBackend
+    from tritonforge.model_repo_templates.tf_policy.redis_backend import RedisBackend
 
     m = MemoryMetrics()
     emb = shared_embedder() if semantic else None
     index = SemanticIndex(emb.dim) if emb is not None else None
-    backend = RedisBackend(url, 100, 60, prefix=prefix, timeout_s=0.5, sync_interval_s=0.1, metrics=m,
-                           hmac_key_env=env)  # fmt: skip
+    backend = RedisBackend(
+        url, 100, 60, prefix=prefix, timeout_s=0.5, sync_interval_s=0.1, metrics=m, hmac_key_env=env
+    )
     if index is not None:
         backend.start_sync(index)
         assert backend.synced.wait(10)
@@ -214,12 +224,15 @@ def test_missing_signing_key_turns_the_redis_cache_off_loudly(redis_proc, monkey
 
 # --- wrong-typed keys under our prefix -------------------------------------------------------------------
 @needs_redis
-@pytest.mark.parametrize("name,plant", [
-    ("lru", lambda r, k: r.set(k, "not a sorted set")),
-    ("log", lambda r, k: r.rpush(k, "x")),
-    ("seq", lambda r, k: r.set(k, "not a number")),
-    ("seq", lambda r, k: r.hset(k, "a", "b")),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "name,plant",
+    [
+        ("lru", lambda r, k: r.set(k, "not a sorted set")),
+        ("log", lambda r, k: r.rpush(k, "x")),
+        ("seq", lambda r, k: r.set(k, "not a number")),
+        ("seq", lambda r, k: r.hset(k, "a", "b")),
+    ],
+)
 def test_wrong_typed_bookkeeping_key_is_repaired_with_a_warning(redis_proc, caplog, name, plant) -> None:
     p = f"t{uuid.uuid4().hex[:8]}:"
     cache, m = redis_cache(redis_proc.url, p, None)

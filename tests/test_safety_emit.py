@@ -29,14 +29,25 @@ def _spec(where: Path, name: str = "spec.yaml", **limits: int) -> Path:
     return path
 
 
-def _cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tritonforge", *args], capture_output=True, text=True, timeout=120,
-                          cwd=cwd or ROOT, env={**os.environ, **(env or {})})
+def _cli(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "tritonforge", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd or ROOT,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def _tree(path: Path) -> dict[str, bytes | None]:
     """Every entry under `path` (directories as None), to compare before and after."""
-    return {p.relative_to(path).as_posix(): (p.read_bytes() if p.is_file() else None) for p in sorted(path.rglob("*"))}
+    return {
+        p.relative_to(path).as_posix(): (p.read_bytes() if p.is_file() else None)
+        for p in sorted(path.rglob("*"))
+    }
 
 
 def _refused(proc: subprocess.CompletedProcess, *words: str) -> None:
@@ -68,7 +79,10 @@ def test_force_into_current_directory_touches_nothing(tmp_path: Path) -> None:
 def test_force_into_a_parent_of_the_current_directory(tmp_path: Path) -> None:
     proj = _project(tmp_path)
     before = _tree(proj)
-    _refused(_cli("emit", str(proj / "spec.yaml"), "-o", str(proj), "--force", cwd=proj / "src"), "current directory")
+    _refused(
+        _cli("emit", str(proj / "spec.yaml"), "-o", str(proj), "--force", cwd=proj / "src"),
+        "current directory",
+    )
     assert _tree(proj) == before
 
 
@@ -79,7 +93,9 @@ def test_force_into_home_and_root(tmp_path: Path) -> None:
     spec = _spec(tmp_path / "specs")
     before = _tree(home)
     _refused(_cli("emit", str(spec), "-o", str(home), "--force", env={"HOME": str(home)}), "home directory")
-    _refused(_cli("emit", str(spec), "-o", "~", "--force", cwd=tmp_path, env={"HOME": str(home)}), "home directory")
+    _refused(
+        _cli("emit", str(spec), "-o", "~", "--force", cwd=tmp_path, env={"HOME": str(home)}), "home directory"
+    )
     _refused(_cli("emit", str(spec), "-o", "/", "--force", cwd=tmp_path), "filesystem root")
     assert _tree(home) == before
 
@@ -90,7 +106,9 @@ def test_force_into_the_spec_directory(tmp_path: Path) -> None:
     (specs / "other.yaml").write_text("name: other\n")
     before = _tree(specs)
     _refused(_cli("emit", str(spec), "-o", str(specs), "--force", cwd=tmp_path), "holds the spec")
-    _refused(_cli("emit", str(spec), "-o", str(tmp_path), "--force", cwd=tmp_path / "specs"), "current directory")
+    _refused(
+        _cli("emit", str(spec), "-o", str(tmp_path), "--force", cwd=tmp_path / "specs"), "current directory"
+    )
     assert _tree(specs) == before
 
 
@@ -102,15 +120,24 @@ def test_force_into_a_foreign_directory(tmp_path: Path) -> None:
     (shared / "x.sock.txt").write_text("x")
     spec = _spec(tmp_path / "specs")
     before = _tree(shared)
-    _refused(_cli("emit", str(spec), "-o", str(shared), "--force"), "not written by tritonforge", "no tritonforge.lock.json")
+    _refused(
+        _cli("emit", str(spec), "-o", str(shared), "--force"),
+        "not written by tritonforge",
+        "no tritonforge.lock.json",
+    )
     assert _tree(shared) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shared", "specs"]  # no temp or lock sibling left
 
 
-@pytest.mark.parametrize("lock_text", ["garbage{", json.dumps({"files": {}}),
-                                       json.dumps({"tritonforge_version": "0.1.0", "spec_hash": "x",
-                                                   "files": {"../escape": "0" * 64}})],
-                         ids=["garbage", "wrong-schema", "path-escape"])
+@pytest.mark.parametrize(
+    "lock_text",
+    [
+        "garbage{",
+        json.dumps({"files": {}}),
+        json.dumps({"tritonforge_version": "0.1.0", "spec_hash": "x", "files": {"../escape": "0" * 64}}),
+    ],
+    ids=["garbage", "wrong-schema", "path-escape"],
+)
 def test_a_bad_lock_file_does_not_make_a_directory_ours(lock_text: str, tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
@@ -127,7 +154,10 @@ def test_inside_an_existing_repository(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     assert _cli("emit", str(spec), "-o", str(repo)).returncode == 0
     before = _tree(repo)
-    _refused(_cli("emit", str(spec), "-o", str(repo / "ensemble" / "nested"), "--force"), "inside the tritonforge repository")
+    _refused(
+        _cli("emit", str(spec), "-o", str(repo / "ensemble" / "nested"), "--force"),
+        "inside the tritonforge repository",
+    )
     assert _tree(repo) == before
 
 
@@ -140,7 +170,12 @@ def test_hand_added_files_are_listed_and_kept(tmp_path: Path) -> None:
     (repo / "my_model" / "config.pbtxt").write_text('name: "my_model"\n')
     before = _tree(repo)
     for force in ([], ["--force"]):
-        _refused(_cli("emit", str(spec), "-o", str(repo), *force), "README.md", "my_model/config.pbtxt", "did not write")
+        _refused(
+            _cli("emit", str(spec), "-o", str(repo), *force),
+            "README.md",
+            "my_model/config.pbtxt",
+            "did not write",
+        )
         assert _tree(repo) == before
 
 
@@ -227,10 +262,17 @@ main()
 """
 
 
-def _wrapped(kill_at: int, *args: str, mode: str = "exchange", ready: str = "-", go: str = "-") -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", WRAPPED, str(kill_at), mode, ready, go, *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                            env={**os.environ})
+def _wrapped(
+    kill_at: int, *args: str, mode: str = "exchange", ready: str = "-", go: str = "-"
+) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", WRAPPED, str(kill_at), mode, ready, go, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ},
+    )
 
 
 def _kill_points(ops: list[str]) -> list[int]:
@@ -323,7 +365,9 @@ def test_two_emits_to_one_target(tmp_path: Path) -> None:
         deadline = time.monotonic() + 120
         while not ready.exists() and first.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert ready.exists(), first.communicate()[1] if first.poll() is not None else "first emit never swapped"
+        assert ready.exists(), (
+            first.communicate()[1] if first.poll() is not None else "first emit never swapped"
+        )
         second = _cli("emit", str(spec_a), "-o", str(repo), "--force")
         _refused(second, "another `tritonforge emit` is writing")
         assert _tree(repo) == before

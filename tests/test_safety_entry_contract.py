@@ -7,18 +7,28 @@ import numpy as np
 import pytest
 
 from tritonforge.ensembles import contract as c
-from tritonforge.ensembles.policy.cache import ResponseCache
-from tritonforge.ensembles.policy.config import CacheConfig, TierConfig
-from tritonforge.ensembles.policy.memory_backend import MemoryBackend
-from tritonforge.ensembles.policy.params import NOT_KEYED, exact_key, namespace, parse_request
-from tritonforge.ensembles.policy.service import remote_refusal
+from tritonforge.model_repo_templates.tf_policy.cache import ResponseCache
+from tritonforge.model_repo_templates.tf_policy.config import CacheConfig, TierConfig
+from tritonforge.model_repo_templates.tf_policy.memory_backend import MemoryBackend
+from tritonforge.model_repo_templates.tf_policy.params import NOT_KEYED, exact_key, namespace, parse_request
+from tritonforge.model_repo_templates.tf_policy.service import remote_refusal
 
-NUMPY = {c.INT32: np.int32, c.INT64: np.int64, c.UINT64: np.uint64, c.FP32: np.float32, c.FP16: np.float16,
-         c.BOOL: np.bool_, c.STRING: np.object_}  # fmt: skip
+NUMPY = {
+    c.INT32: np.int32,
+    c.INT64: np.int64,
+    c.UINT64: np.uint64,
+    c.FP32: np.float32,
+    c.FP16: np.float16,
+    c.BOOL: np.bool_,
+    c.STRING: np.object_,
+}
 
 
 def base() -> dict:
-    return {"text_input": np.array([b"hello there"], dtype=object), "max_tokens": np.array([8], dtype=np.int32)}
+    return {
+        "text_input": np.array([b"hello there"], dtype=object),
+        "max_tokens": np.array([8], dtype=np.int32),
+    }
 
 
 def sample(t: c.Tensor) -> np.ndarray:
@@ -37,8 +47,9 @@ def key(inputs: dict, tier: str = "small") -> str:
 
 
 def make_cache() -> ResponseCache:
-    return ResponseCache(CacheConfig(enabled=True, semantic=False, capacity=10, ttl_s=60),
-                         MemoryBackend(10, 60), None, None)  # fmt: skip
+    return ResponseCache(
+        CacheConfig(enabled=True, semantic=False, capacity=10, ttl_s=60), MemoryBackend(10, 60), None, None
+    )
 
 
 def test_not_keyed_names_are_contract_inputs() -> None:
@@ -75,13 +86,20 @@ def test_plain_request_namespace_is_unchanged_by_the_rule() -> None:
     assert set(r.params) == {"max_tokens"}
 
 
-@pytest.mark.parametrize("extra", [
-    {"return_context_logits": np.array([True])}, {"return_generation_logits": np.array([True])},
-    {"return_log_probs": np.array([True])}, {"return_perf_metrics": np.array([True])},
-    {"num_return_sequences": np.array([2], dtype=np.int32)}, {"beam_width": np.array([4], dtype=np.int32)},
-    {"lora_task_id": np.array([7], dtype=np.uint64)},
-    {"guided_decoding_guide_type": np.array([b"json"], dtype=object)},
-], ids=lambda d: next(iter(d)))
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"return_context_logits": np.array([True])},
+        {"return_generation_logits": np.array([True])},
+        {"return_log_probs": np.array([True])},
+        {"return_perf_metrics": np.array([True])},
+        {"num_return_sequences": np.array([2], dtype=np.int32)},
+        {"beam_width": np.array([4], dtype=np.int32)},
+        {"lora_task_id": np.array([7], dtype=np.uint64)},
+        {"guided_decoding_guide_type": np.array([b"json"], dtype=object)},
+    ],
+    ids=lambda d: next(iter(d)),
+)
 def test_requests_for_outputs_the_cache_lacks_bypass_it(extra: dict) -> None:
     cache = make_cache()
     plain = parse_request(base())
@@ -95,8 +113,13 @@ def test_requests_for_outputs_the_cache_lacks_bypass_it(extra: dict) -> None:
 
 
 def test_neutral_values_of_bypass_inputs_keep_the_cache() -> None:
-    r = parse_request({**base(), "num_return_sequences": np.array([1], dtype=np.int32),
-                       "return_log_probs": np.array([False])})  # fmt: skip
+    r = parse_request(
+        {
+            **base(),
+            "num_return_sequences": np.array([1], dtype=np.int32),
+            "return_log_probs": np.array([False]),
+        }
+    )
     assert r.bypass_reason is None and make_cache().cacheable(r)
 
 
@@ -108,8 +131,13 @@ def test_remote_tiers_refuse_what_they_cannot_carry() -> None:
     why = remote_refusal(openai, rep)
     assert why is not None and "'repetition_penalty'" in why and "'cloud'" in why
     assert remote_refusal(triton, rep) is None and remote_refusal(local, rep) is None
-    pres = parse_request({**base(), "presence_penalty": np.array([0.5], dtype=np.float32),
-                          "frequency_penalty": np.array([0.2], dtype=np.float32)})  # fmt: skip
+    pres = parse_request(
+        {
+            **base(),
+            "presence_penalty": np.array([0.5], dtype=np.float32),
+            "frequency_penalty": np.array([0.2], dtype=np.float32),
+        }
+    )
     assert remote_refusal(openai, pres) is None
     logits = parse_request({**base(), "return_generation_logits": np.array([True])})
     for tier in (openai, triton):
@@ -119,10 +147,15 @@ def test_remote_tiers_refuse_what_they_cannot_carry() -> None:
 
 
 def test_openai_body_carries_presence_and_frequency_penalty() -> None:
-    from tritonforge.ensembles.policy.remote import _openai_body
+    from tritonforge.model_repo_templates.tf_policy.remote import _openai_body
 
     openai = TierConfig("cloud", "gpt-x", kind="remote", protocol="openai", url="http://127.0.0.1:9")
-    r = parse_request({**base(), "presence_penalty": np.array([0.5], dtype=np.float32),
-                       "frequency_penalty": np.array([0.25], dtype=np.float32)})  # fmt: skip
+    r = parse_request(
+        {
+            **base(),
+            "presence_penalty": np.array([0.5], dtype=np.float32),
+            "frequency_penalty": np.array([0.25], dtype=np.float32),
+        }
+    )
     body = _openai_body(openai, r, False)
     assert body["presence_penalty"] == 0.5 and body["frequency_penalty"] == 0.25

@@ -12,9 +12,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from tritonforge.ensembles.policy.config import TierConfig
-from tritonforge.ensembles.policy.params import parse_request
-from tritonforge.ensembles.policy.remote import TierError, call_remote
+from tritonforge.model_repo_templates.tf_policy.config import TierConfig
+from tritonforge.model_repo_templates.tf_policy.params import parse_request
+from tritonforge.model_repo_templates.tf_policy.remote import TierError, call_remote
 
 from .test_router_service import run, service
 
@@ -22,8 +22,14 @@ KEY = "sk-live-0123456789abcdefSECRET"
 
 
 def req(text: str = "hi", **kw: object):
-    return parse_request({"text_input": np.array([text.encode()], dtype=object), "max_tokens": np.array([8]),
-                          "temperature": np.array([0.0], np.float32), **kw})  # fmt: skip
+    return parse_request(
+        {
+            "text_input": np.array([text.encode()], dtype=object),
+            "max_tokens": np.array([8]),
+            "temperature": np.array([0.0], np.float32),
+            **kw,
+        }
+    )
 
 
 class Recorder(BaseHTTPRequestHandler):
@@ -77,9 +83,17 @@ class Echo(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         auth = self.headers.get("Authorization") or ""
         if "/v1/" in self.path and not body.get("max_tokens") == 7:
-            out, status, ctype = json.dumps({"error": f"invalid api key: {auth}"}).encode(), 401, "application/json"
+            out, status, ctype = (
+                json.dumps({"error": f"invalid api key: {auth}"}).encode(),
+                401,
+                "application/json",
+            )
         elif body.get("stream"):
-            out, status, ctype = f"data: {json.dumps({'error': 'bad key ' + auth})}\n\n".encode(), 200, "text/event-stream"
+            out, status, ctype = (
+                f"data: {json.dumps({'error': 'bad key ' + auth})}\n\n".encode(),
+                200,
+                "text/event-stream",
+            )
         else:
             out, status, ctype = json.dumps({"unexpected": auth}).encode(), 200, "application/json"
         self.send_response(status)
@@ -117,13 +131,22 @@ def echo():
 
 
 def tier(url: str, protocol: str) -> TierConfig:
-    return TierConfig(name="cloud", model="m", kind="remote", protocol=protocol, url=url, api_key_env="TF_TEST_KEY",
-                      streaming=True)  # fmt: skip
+    return TierConfig(
+        name="cloud",
+        model="m",
+        kind="remote",
+        protocol=protocol,
+        url=url,
+        api_key_env="TF_TEST_KEY",
+        streaming=True,
+    )
 
 
 @pytest.mark.parametrize("protocol", ["openai", "triton"])
 @pytest.mark.parametrize("code", [301, 302, 303, 307, 308])
-def test_redirect_is_not_followed_and_the_key_goes_nowhere_else(redirector, monkeypatch, caplog, code, protocol):
+def test_redirect_is_not_followed_and_the_key_goes_nowhere_else(
+    redirector, monkeypatch, caplog, code, protocol
+):
     monkeypatch.setenv("TF_TEST_KEY", KEY)
     with caplog.at_level(logging.WARNING), pytest.raises(TierError) as exc:
         list(call_remote(tier(f"{redirector}/{code}/v1", protocol), req(), 5))
@@ -141,8 +164,16 @@ def test_recorder_does_record_the_key(recorder, monkeypatch) -> None:
 
 def test_error_body_echoing_the_key_reaches_neither_client_nor_log(echo, monkeypatch, caplog) -> None:
     monkeypatch.setenv("TF_TEST_KEY", KEY)
-    remote = [{"name": "cloud", "kind": "remote", "protocol": "openai", "url": echo + "/v1", "model": "m",
-               "api_key_env": "TF_TEST_KEY"}]  # fmt: skip
+    remote = [
+        {
+            "name": "cloud",
+            "kind": "remote",
+            "protocol": "openai",
+            "url": echo + "/v1",
+            "model": "m",
+            "api_key_env": "TF_TEST_KEY",
+        }
+    ]
     svc, _, _ = service(router={"policy": "static", "default_tier": "cloud"}, remote=remote)
     with caplog.at_level(logging.WARNING):
         out, _ = run(svc, req())
@@ -152,14 +183,22 @@ def test_error_body_echoing_the_key_reaches_neither_client_nor_log(echo, monkeyp
     assert "SECRET" not in caplog.text  # not even a fragment of the key
 
 
-@pytest.mark.parametrize("protocol,stream,max_tokens,what", [
-    ("triton", True, 8, "reported an error"),   # an SSE error event carrying the key
-    ("openai", False, 7, "sent an unexpected response"),  # a 200 whose body is the key
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "protocol,stream,max_tokens,what",
+    [
+        ("triton", True, 8, "reported an error"),  # an SSE error event carrying the key
+        ("openai", False, 7, "sent an unexpected response"),  # a 200 whose body is the key
+    ],
+)
 def test_other_remote_texts_are_not_reflected(echo, monkeypatch, caplog, protocol, stream, max_tokens, what):
     monkeypatch.setenv("TF_TEST_KEY", KEY)
-    r = parse_request({"text_input": np.array([b"hi"], dtype=object), "max_tokens": np.array([max_tokens]),
-                       "stream": np.array([stream])})  # fmt: skip
+    r = parse_request(
+        {
+            "text_input": np.array([b"hi"], dtype=object),
+            "max_tokens": np.array([max_tokens]),
+            "stream": np.array([stream]),
+        }
+    )
     with caplog.at_level(logging.WARNING), pytest.raises(TierError) as exc:
         list(call_remote(tier(echo + ("/v1" if protocol == "openai" else ""), protocol), r, 5))
     assert str(exc.value) == f"tier cloud: remote {what}"

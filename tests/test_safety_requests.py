@@ -20,17 +20,17 @@ import numpy as np
 import pytest
 import yaml
 
-from tritonforge.ensembles.policy.config import parse_entry_config
-from tritonforge.ensembles.policy.params import (
+from tests.helpers.entry_repo import generate, metric_value, metrics_text
+from tritonforge.model_repo_templates.tf_policy.config import parse_entry_config
+from tritonforge.model_repo_templates.tf_policy.params import (
     MAX_BYTES_PER_TOKEN,
     RequestError,
     max_input_bytes,
     parse_request,
 )
-from tritonforge.runtime.sampling import check_sampling
+from tritonforge.model_repo_templates.tf_runtime.sampling import check_sampling
 
 from .conftest import tiny_variant
-from .test_llm_entry_repo import generate, metric_value, metrics_text
 
 # ---------------------------------------------------------------------------------------------- units
 
@@ -93,16 +93,23 @@ def test_entry_parse_keeps_good_values() -> None:
 
 
 def _service(max_output_len: int = 256, max_input_len: int = 768, remote: bool = False):
-    from tritonforge.ensembles.policy.router import Router, StaticPolicy
-    from tritonforge.ensembles.policy.service import EntryService
+    from tritonforge.model_repo_templates.tf_policy.router import Router, StaticPolicy
+    from tritonforge.model_repo_templates.tf_policy.service import EntryService
 
-    tiers = [{"name": "small", "model": "small_ensemble", "max_input_len": 64, "max_output_len": 32},
-             {"name": "large", "model": "large_ensemble", "max_input_len": max_input_len,
-              "max_output_len": max_output_len}]  # fmt: skip
+    tiers = [
+        {"name": "small", "model": "small_ensemble", "max_input_len": 64, "max_output_len": 32},
+        {
+            "name": "large",
+            "model": "large_ensemble",
+            "max_input_len": max_input_len,
+            "max_output_len": max_output_len,
+        },
+    ]
     if remote:
         tiers.append({"name": "far", "kind": "remote", "url": "http://127.0.0.1:9", "model": "m"})
-    cfg = parse_entry_config(json.dumps({"tiers": tiers, "router": {"enabled": True, "policy": "static",
-                                                                    "default_tier": "small"}}))  # fmt: skip
+    cfg = parse_entry_config(
+        json.dumps({"tiers": tiers, "router": {"enabled": True, "policy": "static", "default_tier": "small"}})
+    )
 
     def never(*_a: Any) -> Any:
         raise AssertionError("a refused request must not reach a tier")
@@ -130,12 +137,18 @@ def test_entry_service_refuses_what_no_tier_can_serve_before_any_tier_call() -> 
 
 
 def test_entry_service_does_not_retry_a_request_a_tier_refused() -> None:
-    from tritonforge.ensembles.policy.remote import TierError
-    from tritonforge.ensembles.policy.router import Router, StaticPolicy
-    from tritonforge.ensembles.policy.service import EntryService
+    from tritonforge.model_repo_templates.tf_policy.remote import TierError
+    from tritonforge.model_repo_templates.tf_policy.router import Router, StaticPolicy
+    from tritonforge.model_repo_templates.tf_policy.service import EntryService
 
-    cfg = parse_entry_config(json.dumps({"tiers": [{"name": "a", "model": "a"}, {"name": "b", "model": "b"}],
-                                         "router": {"enabled": True, "policy": "static", "default_tier": "a"}}))
+    cfg = parse_entry_config(
+        json.dumps(
+            {
+                "tiers": [{"name": "a", "model": "a"}, {"name": "b", "model": "b"}],
+                "router": {"enabled": True, "policy": "static", "default_tier": "a"},
+            }
+        )
+    )
     called: list[str] = []
 
     def call(tier, req, timeout, cancel):
@@ -157,9 +170,9 @@ def test_entry_service_does_not_retry_a_request_a_tier_refused() -> None:
 
 @pytest.fixture(scope="module")
 def cascade(tmp_path_factory: pytest.TempPathFactory, tf_cache: Path):
-    from tritonforge.builder.render import emit_files, write_repository
-    from tritonforge.builder.server import TritonServer, free_ports
     from tritonforge.builder.spec import load_spec
+    from tritonforge.ensembles.render import emit_files, write_repository
+    from tritonforge.ensembles.server import TritonServer, free_ports
 
     d = tmp_path_factory.mktemp("safety-requests")
     spec = tiny_variant("cascade-cpu.yaml", d)
@@ -175,9 +188,12 @@ def cascade(tmp_path_factory: pytest.TempPathFactory, tf_cache: Path):
 
 def _stream_http(url: str, model: str, payload: dict[str, Any], first: threading.Event, out: dict) -> None:
     """One /generate_stream call; sets `first` at its first event; records its events or its error."""
-    req = urllib.request.Request(f"{url}/v2/models/{model}/generate_stream",
-                                 data=json.dumps({**payload, "stream": True}).encode(),
-                                 headers={"Content-Type": "application/json"}, method="POST")  # fmt: skip
+    req = urllib.request.Request(
+        f"{url}/v2/models/{model}/generate_stream",
+        data=json.dumps({**payload, "stream": True}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
     events: list[dict] = []
     try:
         with urllib.request.urlopen(req, timeout=120) as r:
@@ -204,14 +220,22 @@ def test_nan_temperature_does_not_fail_the_requests_beside_it(cascade, model) ->
     extra = {"tier": "small", "cache": "bypass"} if model == "llm" else {}
     results = [dict() for _ in range(4)]
     firsts = [threading.Event() for _ in range(4)]
-    threads = [threading.Thread(target=_stream_http, args=(url, model, {"text_input": f"def f{i}(x):", **LONG, **extra},
-                                                          firsts[i], results[i])) for i in range(4)]  # fmt: skip
+    threads = [
+        threading.Thread(
+            target=_stream_http,
+            args=(url, model, {"text_input": f"def f{i}(x):", **LONG, **extra}, firsts[i], results[i]),
+        )
+        for i in range(4)
+    ]
     for t in threads:
         t.start()
     for ev in firsts:
         assert ev.wait(120)
-    status, bad = generate(url, {"text_input": "def g(y):", "max_tokens": 8, "temperature": float("nan"),
-                                 "top_k": 5, **extra}, model=model)  # fmt: skip
+    status, bad = generate(
+        url,
+        {"text_input": "def g(y):", "max_tokens": 8, "temperature": float("nan"), "top_k": 5, **extra},
+        model=model,
+    )
     in_flight = sum(not r.get("done") for r in results)  # the good ones were running beside it
     for t in threads:
         t.join(180)
@@ -234,8 +258,12 @@ def test_int32_overflow_and_too_many_tokens_are_refused(cascade) -> None:
     assert status == 200, err  # within the limit: served
     # Triton's HTTP frontend narrows JSON integers into the INT32 tensor: 10**12 arrives as -727379968
     status, err = generate(url, {"text_input": "def f():", "max_tokens": 8, "top_k": 10**12})
-    assert status == 400 and err["error"].startswith("bad request: input 'top_k'") and "wraps" in err["error"], err
-    status, err = generate(url, {"text_input": "def f():", "max_tokens": 8, "top_k": 10**12}, model="small_ensemble")
+    assert (
+        status == 400 and err["error"].startswith("bad request: input 'top_k'") and "wraps" in err["error"]
+    ), err
+    status, err = generate(
+        url, {"text_input": "def f():", "max_tokens": 8, "top_k": 10**12}, model="small_ensemble"
+    )
     assert status == 400 and "runtime_top_k must be between 0 and 2147483647" in err["error"], err
     status, err = generate(url, {"text_input": "def f():", "max_tokens": 10**12})
     assert status == 400 and "max_tokens" in err["error"] and "wraps" in err["error"], err
@@ -257,8 +285,13 @@ def test_huge_prompt_is_refused_before_tokenizing_and_others_are_served(cascade,
 
     t = threading.Thread(target=send_huge)
     t.start()
-    status, good = generate(url, {"text_input": "def f(x):", "max_tokens": 8, "cache": "bypass"} if model == "llm"
-                            else {"text_input": "def f(x):", "max_tokens": 8}, model=model)  # fmt: skip
+    status, good = generate(
+        url,
+        {"text_input": "def f(x):", "max_tokens": 8, "cache": "bypass"}
+        if model == "llm"
+        else {"text_input": "def f(x):", "max_tokens": 8},
+        model=model,
+    )
     t.join(300)
     assert status == 200 and good["text_output"], good
     status, err = out["huge"]
@@ -315,9 +348,15 @@ def test_dropped_streams_stop_generating(cascade) -> None:
 
     try:
         for i in range(n):
-            inputs = [t("text_input", f"def drop{i}(x):".encode(), "BYTES"), t("max_tokens", max_tokens, "INT32"),
-                      t("min_tokens", max_tokens, "INT32"), t("end_id", -1, "INT32"), t("stream", True, "BOOL"),
-                      t("tier", b"large", "BYTES"), t("cache", b"bypass", "BYTES")]  # fmt: skip
+            inputs = [
+                t("text_input", f"def drop{i}(x):".encode(), "BYTES"),
+                t("max_tokens", max_tokens, "INT32"),
+                t("min_tokens", max_tokens, "INT32"),
+                t("end_id", -1, "INT32"),
+                t("stream", True, "BOOL"),
+                t("tier", b"large", "BYTES"),
+                t("cache", b"bypass", "BYTES"),
+            ]
             client.async_stream_infer("llm", inputs, request_id=f"drop{i}")
         assert started.wait(120), seen
     finally:

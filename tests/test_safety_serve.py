@@ -15,9 +15,9 @@ import pytest
 
 from tests.conftest import EXAMPLES
 from tritonforge.builder import versions
-from tritonforge.builder.render import emit_files, write_repository
-from tritonforge.builder.server import free_ports
 from tritonforge.builder.spec import load_spec
+from tritonforge.ensembles.render import emit_files, write_repository
+from tritonforge.ensembles.server import free_ports
 
 pytestmark = pytest.mark.server
 # 127.0.0.1 as /proc/net/tcp writes it, and as an IPv4-mapped IPv6 address (gRPC listens that way).
@@ -61,10 +61,29 @@ def _wait_gone(pgid: int, limit_s: float = 30.0) -> list[int]:
 def test_sigkilled_serve_leaves_no_orphan_and_binds_loopback(tiny_demo_repo: Path, tmp_path: Path) -> None:
     ports = free_ports()
     ready = tmp_path / "ready.json"
-    proc = subprocess.Popen([sys.executable, "-m", "tritonforge", "serve", str(tiny_demo_repo), "--http-port", str(ports.http),
-                             "--grpc-port", str(ports.grpc), "--metrics-port", str(ports.metrics), "--ready-file", str(ready),
-                             "--log", str(tmp_path / "triton.log")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tritonforge",
+            "serve",
+            str(tiny_demo_repo),
+            "--http-port",
+            str(ports.http),
+            "--grpc-port",
+            str(ports.grpc),
+            "--metrics-port",
+            str(ports.metrics),
+            "--ready-file",
+            str(ready),
+            "--log",
+            str(tmp_path / "triton.log"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     server_pid = None
     try:
         deadline = time.monotonic() + 300
@@ -95,7 +114,7 @@ def test_killed_parent_of_a_library_server_takes_it_along(tiny_demo_repo: Path, 
     script = (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from tritonforge.builder.server import TritonServer, Ports\n"
+        "from tritonforge.ensembles.server import TritonServer, Ports\n"
         f"s = TritonServer({str(tiny_demo_repo)!r}, Ports{ports.all()!r}, log_path=Path({str(tmp_path / 't.log')!r}))\n"
         "s.start()\n"
         f"Path({str(pid_file)!r}).write_text(str(s.proc.pid))\n"
@@ -121,14 +140,28 @@ def test_killed_parent_of_a_library_server_takes_it_along(tiny_demo_repo: Path, 
 
 
 def test_docker_command_publishes_on_loopback_by_default(tmp_path: Path) -> None:
-    from tests.test_gpu_paths_conformance import _fake_build  # serve refuses engines that were never built
+    from tests.helpers.builds import fake_build  # serve refuses engines that were never built
 
     example = "llama3.1-8b-fp8-h100.yaml"
-    files, _ = emit_files(load_spec(EXAMPLES / example), EXAMPLES, _fake_build(example, tmp_path))
+    files, _ = emit_files(load_spec(EXAMPLES / example), EXAMPLES, fake_build(example, tmp_path))
     write_repository(files, tmp_path / "repo")
     image = versions.TRITON_IMAGE
-    base = [sys.executable, "-m", "tritonforge", "serve", str(tmp_path / "repo"), "--docker", image, "--print",
-            "--http-port", "9000", "--grpc-port", "9001", "--metrics-port", "9002"]
+    base = [
+        sys.executable,
+        "-m",
+        "tritonforge",
+        "serve",
+        str(tmp_path / "repo"),
+        "--docker",
+        image,
+        "--print",
+        "--http-port",
+        "9000",
+        "--grpc-port",
+        "9001",
+        "--metrics-port",
+        "9002",
+    ]
     default = subprocess.run(base, capture_output=True, text=True, timeout=60)
     assert default.returncode == 0, default.stderr
     for port, inside in ((9000, 8000), (9001, 8001), (9002, 8002)):

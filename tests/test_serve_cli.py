@@ -8,22 +8,25 @@ from pathlib import Path
 
 from tests.conftest import EXAMPLES
 from tritonforge.builder import versions
-from tritonforge.builder.render import emit_files, write_repository
 from tritonforge.builder.spec import load_spec
+from tritonforge.ensembles.render import emit_files, write_repository
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tritonforge", *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "tritonforge", *args], capture_output=True, text=True, timeout=60
+    )
 
 
 def test_docker_print(tmp_path: Path) -> None:
-    from tests.test_gpu_paths_conformance import _fake_build
+    from tests.helpers.builds import fake_build
 
     example = "llama3.1-8b-fp8-h100.yaml"
-    files, _ = emit_files(load_spec(EXAMPLES / example), EXAMPLES, _fake_build(example, tmp_path))
+    files, _ = emit_files(load_spec(EXAMPLES / example), EXAMPLES, fake_build(example, tmp_path))
     write_repository(files, tmp_path / "repo")
-    proc = _cli("serve", str(tmp_path / "repo"), "--docker", versions.TRITON_IMAGE,
-                "--print", "--http-port", "9000")
+    proc = _cli(
+        "serve", str(tmp_path / "repo"), "--docker", versions.TRITON_IMAGE, "--print", "--http-port", "9000"
+    )
     assert proc.returncode == 0, proc.stderr
     build, cmd = proc.stdout.strip().splitlines()
     tag = build.split()[5]

@@ -14,7 +14,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from tritonforge.builder.server import TritonServer, free_ports, locate_triton
+from tritonforge.ensembles.server import TritonServer, free_ports, locate_triton
 
 CONFIG = """name: "handwritten"
 backend: "python"
@@ -26,7 +26,7 @@ instance_group [ { kind: KIND_CPU, count: 1 } ]
 parameters { key: "tokenizer_dir" value: { string_value: "%s" } }
 """
 
-MODEL = '''import json
+MODEL = """import json
 import sys
 
 import numpy as np
@@ -50,13 +50,15 @@ class TritonPythonModel:
             out.append(pb_utils.InferenceResponse([pb_utils.Tensor("IDS", ids), pb_utils.Tensor(
                 "WHERE", np.array([self.where.encode()], dtype=np.object_))]))
         return out
-'''
+"""
 
 
-def test_handwritten_model_importing_transformers_is_ready_and_answers(tmp_path: Path, tf_cache: Path) -> None:
+def test_handwritten_model_importing_transformers_is_ready_and_answers(
+    tmp_path: Path, tf_cache: Path
+) -> None:
     from transformers import AutoTokenizer
 
-    from tritonforge.runtime.demo_model import materialize
+    from tritonforge.builder.demo_model import materialize
 
     tok_dir = str(materialize("demo"))
     repo = tmp_path / "repo"
@@ -67,9 +69,14 @@ def test_handwritten_model_importing_transformers_is_ready_and_answers(tmp_path:
     assert "TRITONFORGE_PYTHONPATH" not in MODEL  # the model does nothing to find packages
     with TritonServer(repo, free_ports(), install=install, log_path=tmp_path / "triton.log") as server:
         server.wait_ready(180)
-        body = {"inputs": [{"name": "TEXT", "shape": [1], "datatype": "BYTES", "data": ["def fibonacci(n):"]}]}
-        req = urllib.request.Request(f"{server.http_url}/v2/models/handwritten/infer", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
+        body = {
+            "inputs": [{"name": "TEXT", "shape": [1], "datatype": "BYTES", "data": ["def fibonacci(n):"]}]
+        }
+        req = urllib.request.Request(
+            f"{server.http_url}/v2/models/handwritten/infer",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310
             outputs = {o["name"]: o["data"] for o in json.loads(r.read())["outputs"]}
     assert outputs["IDS"] == AutoTokenizer.from_pretrained(tok_dir).encode("def fibonacci(n):")

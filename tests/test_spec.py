@@ -38,10 +38,20 @@ BROKEN = [
     (with_tier(model="builtin:gpt5"), "unknown builtin model"),
     (with_tier(quantisation={"format": "fp8"}), "tiers.0.quantisation: unknown field"),
     ({"name": "t", "tiers": [{"name": "A-b", "model": "builtin:tiny"}]}, "tiers.0.name"),
-    ({"name": "t", "tiers": [{"name": "a", "model": "builtin:tiny"}, {"name": "a", "model": "builtin:tiny"}]},
-     "unique"),
-    ({"name": "t", "tiers": [{"name": "a", "model": "builtin:tiny"}, {"name": "b", "model": "builtin:tiny"}]},
-     "router.enabled"),
+    (
+        {
+            "name": "t",
+            "tiers": [{"name": "a", "model": "builtin:tiny"}, {"name": "a", "model": "builtin:tiny"}],
+        },
+        "unique",
+    ),
+    (
+        {
+            "name": "t",
+            "tiers": [{"name": "a", "model": "builtin:tiny"}, {"name": "b", "model": "builtin:tiny"}],
+        },
+        "router.enabled",
+    ),
     ({**BASE, "router": {"enabled": True, "small_tier": "nope"}}, "router.small_tier"),
     ({**BASE, "cache": {"backend": "memcached"}}, "cache.backend"),
     (with_tier(draft={"model": "builtin:tiny-draft", "num_draft_tokens": 99}), "num_draft_tokens"),
@@ -62,7 +72,9 @@ def test_broken_spec_one_line(data: object, expected: str) -> None:
 def test_cli_broken_spec_exit_2_no_traceback(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(with_tier(limits={"max_batch_size": -3})))
-    proc = subprocess.run([sys.executable, "-m", "tritonforge", "spec", "check", str(bad)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tritonforge", "spec", "check", str(bad)], capture_output=True, text=True
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
@@ -73,11 +85,15 @@ def test_cli_bad_yaml_and_missing_file(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\ntiers: [\n  - {name: a\n")
     for args, expected in (([str(bad)], "line"), ([str(tmp_path / "nope.yaml")], "not found")):
-        proc = subprocess.run([sys.executable, "-m", "tritonforge", "spec", "check", *args], capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "tritonforge", "spec", "check", *args], capture_output=True, text=True
+        )
         assert proc.returncode == 2, proc.stderr
         assert expected in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_schema_lists_fields() -> None:
-    proc = subprocess.run([sys.executable, "-m", "tritonforge", "spec", "schema"], capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tritonforge", "spec", "schema"], capture_output=True, text=True, check=True
+    )
     assert '"tiers"' in proc.stdout and '"KvCache"' in proc.stdout

@@ -22,22 +22,26 @@ BODY = {"text_input": PROMPT, "max_tokens": 12, "min_tokens": 12, "top_k": 1}
 
 
 def _infer_body(prompt: str, max_tokens: int) -> dict:
-    return {"inputs": [
-        {"name": "text_input", "shape": [1, 1], "datatype": "BYTES", "data": [prompt]},
-        {"name": "max_tokens", "shape": [1, 1], "datatype": "INT32", "data": [max_tokens]},
-        {"name": "min_tokens", "shape": [1, 1], "datatype": "INT32", "data": [max_tokens]},
-        {"name": "top_k", "shape": [1, 1], "datatype": "INT32", "data": [1]},
-    ]}
+    return {
+        "inputs": [
+            {"name": "text_input", "shape": [1, 1], "datatype": "BYTES", "data": [prompt]},
+            {"name": "max_tokens", "shape": [1, 1], "datatype": "INT32", "data": [max_tokens]},
+            {"name": "min_tokens", "shape": [1, 1], "datatype": "INT32", "data": [max_tokens]},
+            {"name": "top_k", "shape": [1, 1], "datatype": "INT32", "data": [1]},
+        ]
+    }
 
 
 @pytest.fixture(scope="module")
 def plain_server(tmp_path_factory, tf_cache):
-    from tritonforge.builder.render import emit_files, write_repository
-    from tritonforge.builder.server import TritonServer, free_ports
     from tritonforge.builder.spec import load_spec
+    from tritonforge.ensembles.render import emit_files, write_repository
+    from tritonforge.ensembles.server import TritonServer, free_ports
 
     d = tmp_path_factory.mktemp("non-streaming")
-    spec_path = tiny_variant("cpu-demo.yaml", d, serving={"streaming": False, "exclude_input_in_output": True})
+    spec_path = tiny_variant(
+        "cpu-demo.yaml", d, serving={"streaming": False, "exclude_input_in_output": True}
+    )
     files, _ = emit_files(load_spec(spec_path), spec_path.parent)
     write_repository(files, d / "repo")
     with TritonServer(d / "repo", free_ports(), log_path=d / "triton.log") as srv:
@@ -71,17 +75,21 @@ def test_non_streaming_grpc_model_infer(plain_server) -> None:
 
     client = grpcclient.InferenceServerClient(plain_server.grpc_url)
     inputs = []
-    for name, value, dtype in (("text_input", np.array([[PROMPT.encode()]], dtype=object), "BYTES"),
-                               ("max_tokens", np.array([[12]], dtype=np.int32), "INT32"),
-                               ("min_tokens", np.array([[12]], dtype=np.int32), "INT32"),
-                               ("top_k", np.array([[1]], dtype=np.int32), "INT32")):
+    for name, value, dtype in (
+        ("text_input", np.array([[PROMPT.encode()]], dtype=object), "BYTES"),
+        ("max_tokens", np.array([[12]], dtype=np.int32), "INT32"),
+        ("min_tokens", np.array([[12]], dtype=np.int32), "INT32"),
+        ("top_k", np.array([[1]], dtype=np.int32), "INT32"),
+    ):
         t = grpcclient.InferInput(name, list(value.shape), dtype)
         t.set_data_from_numpy(value)
         inputs.append(t)
     result = client.infer("ensemble", inputs)
     client.close()
     text = result.as_numpy("text_output").reshape(-1)[0].decode()
-    want = requests.post(f"{plain_server.http_url}/v2/models/ensemble/generate", json=BODY, timeout=120).json()
+    want = requests.post(
+        f"{plain_server.http_url}/v2/models/ensemble/generate", json=BODY, timeout=120
+    ).json()
     assert text == want["text_output"]
 
 
@@ -96,8 +104,9 @@ def test_non_streaming_refuses_stream_true_clearly(plain_server) -> None:
 
 def test_streaming_answers_generate_stream_and_refuses_infer(tiny_demo_server) -> None:
     url = tiny_demo_server.http_url
-    r = requests.post(f"{url}/v2/models/ensemble/generate_stream", json={**BODY, "stream": True}, stream=True,
-                      timeout=120)
+    r = requests.post(
+        f"{url}/v2/models/ensemble/generate_stream", json={**BODY, "stream": True}, stream=True, timeout=120
+    )
     assert r.status_code == 200, r.text
     events = [json.loads(line[5:]) for line in r.iter_lines() if line.startswith(b"data:")]
     assert len(events) > 1 and all("error" not in e for e in events)

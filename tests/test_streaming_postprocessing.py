@@ -70,13 +70,23 @@ def test_concurrent_streams_equal_non_streamed_text(tiny_demo_server) -> None:
     url, grpc_url = tiny_demo_server.http_url, tiny_demo_server.grpc_url
     expected = {}
     for p in PROMPTS:
-        r = requests.post(f"{url}/v2/models/ensemble/generate",
-                          json={"text_input": p, "max_tokens": 24, "min_tokens": 24, "top_k": 1}, timeout=120)
+        r = requests.post(
+            f"{url}/v2/models/ensemble/generate",
+            json={"text_input": p, "max_tokens": 24, "min_tokens": 24, "top_k": 1},
+            timeout=120,
+        )
         assert r.status_code == 200, r.text
         expected[p] = r.json()["text_output"]
-    with ThreadPoolExecutor(len(PROMPTS)) as pool:  # 8 live streams: their chunks share postprocessing batches
-        got = dict(zip(PROMPTS, pool.map(lambda ip: _stream_text(grpc_url, ip[1], f"s{ip[0]}", 24),
-                                         enumerate(PROMPTS)), strict=True))
+    with ThreadPoolExecutor(
+        len(PROMPTS)
+    ) as pool:  # 8 live streams: their chunks share postprocessing batches
+        got = dict(
+            zip(
+                PROMPTS,
+                pool.map(lambda ip: _stream_text(grpc_url, ip[1], f"s{ip[0]}", 24), enumerate(PROMPTS)),
+                strict=True,
+            )
+        )
     for p in PROMPTS:
         text, pieces = got[p]
         assert pieces > 1
@@ -89,8 +99,8 @@ def test_interleaved_streams_keep_split_characters(tiny_demo_server, tiny_demo_r
     """Postprocessing called directly, one token per request, streams interleaved in the same batches."""
     import tritonclient.grpc as grpcclient
 
-    from tritonforge.runtime.detok import ByteTable
-    from tritonforge.runtime.light_tokenizer import load_tokenizer
+    from tritonforge.model_repo_templates.tf_runtime.detok import ByteTable
+    from tritonforge.model_repo_templates.tf_runtime.light_tokenizer import load_tokenizer
 
     params = (tiny_demo_repo / "postprocessing" / "config.pbtxt").read_text()
     tokenizer_dir = params.split('key: "tokenizer_dir"')[1].split('string_value: "')[1].split('"')[0]
@@ -124,8 +134,12 @@ def test_interleaved_streams_keep_split_characters(tiny_demo_server, tiny_demo_r
                 _grpc_input(grpcclient, "TOKENS_BATCH", np.array([[[tid]]], dtype=np.int32), "INT32"),
                 _grpc_input(grpcclient, "SEQUENCE_LENGTH", np.array([[1]], dtype=np.int32), "INT32"),
             ]
-            client.async_infer("postprocessing", inputs, request_id=key,
-                               callback=lambda result, error, key=key: callback(key, result, error))
+            client.async_infer(
+                "postprocessing",
+                inputs,
+                request_id=key,
+                callback=lambda result, error, key=key: callback(key, result, error),
+            )
         for _ in live:
             assert done.acquire(timeout=60)
         for key, _ in live:
@@ -138,16 +152,22 @@ def test_interleaved_streams_keep_split_characters(tiny_demo_server, tiny_demo_r
         assert "\ufffd" not in "".join(pieces)
 
 
-
 def test_engine_stream_interval_first_token_alone_then_groups(tf_cache) -> None:
     """In-process CPU engine: with stream_interval 4 the first chunk holds 1 token, later ones 4 (the rest at
     the end), and the tokens are exactly those of stream_interval 1."""
-    from tritonforge.runtime.demo_model import model_dir
-    from tritonforge.runtime.engine import CpuEngine, GenerationRequest
+    from tritonforge.builder.demo_model import model_dir
+    from tritonforge.model_repo_templates.tf_runtime.engine import CpuEngine, GenerationRequest
 
     def run(interval: int) -> list[list[int]]:
-        engine = CpuEngine(model_dir("tiny"), max_batch_size=4, max_num_tokens=1024, max_input_len=128,
-                           max_seq_len=256, num_threads=1, stream_interval=interval)
+        engine = CpuEngine(
+            model_dir("tiny"),
+            max_batch_size=4,
+            max_num_tokens=1024,
+            max_input_len=128,
+            max_seq_len=256,
+            num_threads=1,
+            stream_interval=interval,
+        )
         chunks: list[list[int]] = []
         done = threading.Event()
 
@@ -158,8 +178,12 @@ def test_engine_stream_interval_first_token_alone_then_groups(tf_cache) -> None:
                 done.set()
 
         try:
-            engine.submit(GenerationRequest(input_ids=[1, 5, 9, 13, 17], max_new_tokens=19, min_tokens=19, top_k=1,
-                                            streaming=True), on_chunk)
+            engine.submit(
+                GenerationRequest(
+                    input_ids=[1, 5, 9, 13, 17], max_new_tokens=19, min_tokens=19, top_k=1, streaming=True
+                ),
+                on_chunk,
+            )
             assert done.wait(120)
         finally:
             engine.shutdown()
@@ -174,13 +198,14 @@ def test_engine_stream_interval_first_token_alone_then_groups(tf_cache) -> None:
 @pytest.fixture(scope="module")
 def interval_server(tmp_path_factory, tf_cache):
     from tests.conftest import tiny_variant
-    from tritonforge.builder.render import emit_files, write_repository
-    from tritonforge.builder.server import TritonServer, free_ports
     from tritonforge.builder.spec import load_spec
+    from tritonforge.ensembles.render import emit_files, write_repository
+    from tritonforge.ensembles.server import TritonServer, free_ports
 
     d = tmp_path_factory.mktemp("stream-interval")
-    spec_path = tiny_variant("cpu-demo.yaml", d, serving={"streaming": True, "exclude_input_in_output": True,
-                                                          "stream_interval": 4})
+    spec_path = tiny_variant(
+        "cpu-demo.yaml", d, serving={"streaming": True, "exclude_input_in_output": True, "stream_interval": 4}
+    )
     files, _ = emit_files(load_spec(spec_path), spec_path.parent)
     write_repository(files, d / "repo")
     with TritonServer(d / "repo", free_ports(), log_path=d / "triton.log") as srv:
@@ -191,8 +216,11 @@ def interval_server(tmp_path_factory, tf_cache):
 def test_stream_interval_same_text_fewer_responses(interval_server) -> None:
     url, grpc_url = interval_server.http_url, interval_server.grpc_url
     for i, p in enumerate(PROMPTS[:4]):
-        r = requests.post(f"{url}/v2/models/ensemble/generate",
-                          json={"text_input": p, "max_tokens": 21, "min_tokens": 21, "top_k": 1}, timeout=120)
+        r = requests.post(
+            f"{url}/v2/models/ensemble/generate",
+            json={"text_input": p, "max_tokens": 21, "min_tokens": 21, "top_k": 1},
+            timeout=120,
+        )
         assert r.status_code == 200, r.text
         want = r.json()["text_output"]
         text, pieces = _stream_text(grpc_url, p, f"iv{i}", 21)

@@ -1,0 +1,142 @@
+"""preprocessing: text -> token ids, stop/bad word lists, embedding bias, end/pad ids (tensorrtllm_backend contract)."""
+
+import os
+import sys
+
+# Outside an NGC container tritonforge serves with the CPU Triton of nvidia-pytriton, whose Python stub
+# ignores PYTHONPATH; `tritonforge serve` passes the interpreter's paths here instead. Unset: no effect.
+sys.path[0:0] = [
+    p for p in os.environ.get("TRITONFORGE_PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path
+]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+from tf_runtime.light_tokenizer import load_tokenizer
+
+
+def _optional(request, name):
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return None if tensor is None else tensor.as_numpy()
+
+
+def _strings(array):
+    if array is None:
+        return []
+    return [
+        w.decode("utf-8") if isinstance(w, bytes) else str(w) for w in array.reshape(-1) if w not in (b"", "")
+    ]
+
+
+def _invalid(message):
+    """An INVALID_ARG error (HTTP 400): the request, not the server, is at fault."""
+    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
+    return pb_utils.TritonError(message, code) if code is not None else pb_utils.TritonError(message)
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        params = {k: v["string_value"] for k, v in json.loads(args["model_config"])["parameters"].items()}
+        self.tokenizer = load_tokenizer(params["tokenizer_dir"])
+        self.add_special_tokens = params.get("add_special_tokens", "true") == "true"
+        self.max_input_len = int(params["max_input_len"])
+        self.max_output_len = int(params["max_output_len"])
+        # Longer text cannot fit max_input_len tokens: refused before the tokenizer sees it.
+        self.max_input_bytes = int(params.get("max_input_bytes") or 0)
+        self.vocab_size = len(self.tokenizer)
+        self.end_id = self.tokenizer.eos_token_id
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.end_id
+
+    def _word_list(self, words):
+        """[2, N]: row 0 flat token ids, row 1 cumulative end offsets padded with -1 (the backend's preprocessing layout)."""
+        ids, offsets = [], []
+        for word in words:
+            tokens = self.tokenizer.encode(word, add_special_tokens=False)
+            if tokens:
+                ids.extend(tokens)
+                offsets.append(len(ids))
+        if not ids:
+            return np.array([[0], [-1]], dtype=np.int32)
+        offsets += [-1] * (len(ids) - len(offsets))
+        return np.array([ids, offsets], dtype=np.int32)
+
+    def _embedding_bias(self, request):
+        """A vocabulary-sized bias: each word's weight added to every token of the word; [0] without words."""
+        words = _optional(request, "EMBEDDING_BIAS_WORDS")
+        weights = _optional(request, "EMBEDDING_BIAS_WEIGHTS")
+        words = (
+            []
+            if words is None
+            else [w.decode("utf-8") if isinstance(w, bytes) else str(w) for w in words.reshape(-1)]
+        )
+        weights = [] if weights is None else [float(x) for x in weights.reshape(-1)]
+        if len(words) != len(weights):
+            raise ValueError(
+                f"embedding_bias_words has {len(words)} entries but embedding_bias_weights has {len(weights)}; "
+                "send one weight per word"
+            )
+        if not words:
+            return np.zeros((0,), dtype=np.float32)
+        bias = np.zeros((self.vocab_size,), dtype=np.float32)
+        for word, weight in zip(words, weights, strict=False):
+            for token in self.tokenizer.encode(word, add_special_tokens=False):
+                if 0 <= token < self.vocab_size:
+                    bias[token] += weight
+        return bias
+
+    def _one(self, request):
+        query = pb_utils.get_input_tensor_by_name(request, "QUERY").as_numpy().reshape(-1)
+        if query.size != 1:
+            raise ValueError("text_input must hold exactly one string")
+        raw = query[0] if isinstance(query[0], bytes) else str(query[0]).encode("utf-8", errors="replace")
+        if self.max_input_bytes and len(raw) > self.max_input_bytes:
+            raise ValueError(
+                f"text_input is {len(raw)} bytes, more than max_input_len {self.max_input_len} tokens can hold "
+                f"(at most {self.max_input_bytes} bytes); shorten it"
+            )
+        text = raw.decode("utf-8", errors="replace")
+        if not text:
+            raise ValueError("text_input is empty; send a non-empty prompt")
+        out_len = int(
+            pb_utils.get_input_tensor_by_name(request, "REQUEST_OUTPUT_LEN").as_numpy().reshape(-1)[0]
+        )
+        if out_len < 1 or out_len > self.max_output_len:
+            wrap = " (a value past 2^31-1 wraps around in the INT32 tensor)" if out_len < 1 else ""
+            raise ValueError(f"max_tokens must be between 1 and {self.max_output_len} (got {out_len}){wrap}")
+        ids = self.tokenizer.encode(text, add_special_tokens=self.add_special_tokens)
+        if len(ids) > self.max_input_len:
+            raise ValueError(
+                f"prompt has {len(ids)} tokens, more than max_input_len {self.max_input_len}; shorten it"
+            )
+        end = _optional(request, "END_ID")
+        pad = _optional(request, "PAD_ID")
+        end_id = int(end.reshape(-1)[0]) if end is not None else self.end_id
+        pad_id = int(pad.reshape(-1)[0]) if pad is not None else self.pad_id
+        outputs = {
+            "INPUT_ID": np.array([ids], dtype=np.int32),
+            "REQUEST_INPUT_LEN": np.array([[len(ids)]], dtype=np.int32),
+            "BAD_WORDS_IDS": self._word_list(_strings(_optional(request, "BAD_WORDS_DICT")))[None],
+            "STOP_WORDS_IDS": self._word_list(_strings(_optional(request, "STOP_WORDS_DICT")))[None],
+            "OUT_END_ID": np.array([[end_id]], dtype=np.int32),
+            "OUT_PAD_ID": np.array([[pad_id]], dtype=np.int32),
+            "OUT_REQUEST_OUTPUT_LEN": np.array([[out_len]], dtype=np.int32),
+            "EMBEDDING_BIAS": self._embedding_bias(request)[None],
+        }
+        extra = _optional(request, "PROMPT_TABLE_EXTRA_ID")
+        if extra is not None and extra.size:
+            # The extra id marks prompt-table tokens (ids past the vocabulary) for KV reuse; other tokens get 0.
+            ids_arr = np.array(ids, dtype=np.int64)
+            marked = np.where(ids_arr >= self.vocab_size, int(extra.reshape(-1)[0]), 0).astype(np.uint64)
+            outputs["OUT_PROMPT_TABLE_EXTRA_IDS"] = marked[None]
+        return pb_utils.InferenceResponse([pb_utils.Tensor(k, v) for k, v in outputs.items()])
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            try:
+                responses.append(self._one(request))
+            except Exception as exc:  # a bad request must never take the model down
+                responses.append(pb_utils.InferenceResponse(error=_invalid(f"preprocessing: {exc}")))
+        return responses
