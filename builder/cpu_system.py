@@ -194,13 +194,11 @@ def predict_cpu(
             "closed loop with fixed lengths: the users' requests start and finish together (lockstep)"
         )
     saturated = False
-    if w.concurrency is None and w.request_rate is None:
-        users = b = bmax
-    elif w.concurrency is not None:
+    if w.concurrency is not None:
         users = float(w.concurrency)
         b = min(bmax, users)
         saturated = users > bmax
-    else:
+    elif w.request_rate is not None:
         if w.request_rate >= bmax / c.latency(bmax):
             b, saturated = bmax, True
         else:
@@ -213,6 +211,8 @@ def predict_cpu(
                     hi = mid
             b = hi
         users = b
+    else:  # neither: the largest batch
+        users = b = bmax
     bb = max(b, 1.0)
     itl, ttft, latency = c.itl(bb), c.ttft(bb), c.latency(bb)
     served = bb * w.osl / latency  # requests complete at bb / latency per second

@@ -421,7 +421,7 @@ def spec_checks(spec: Any, found: list[Gpu]) -> list[Check]:
                     f"{name} memory",
                     WARN,
                     "other processes hold "
-                    + ", ".join(f"{g.memory_used_mib / 1024:.1f} GiB on GPU {g.index}" for g in busy)
+                    + ", ".join(f"{(g.memory_used_mib or 0) / 1024:.1f} GiB on GPU {g.index}" for g in busy)
                     + "; the KV pool is a fraction of what is free when the engine loads",
                     "stop them before serving for the planned capacity",
                     blocker=False,

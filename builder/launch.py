@@ -112,9 +112,12 @@ def parse_gpu_device_ids(value: str) -> tuple[tuple[int, ...], ...]:
 
 
 def _int(value: object, default: int = 1) -> int:
+    """A JSON value as an int; `default` when it is not a number or numeric text."""
+    if not isinstance(value, (str, int, float)):
+        return default
     try:
-        return int(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+        return int(value)
+    except ValueError:
         return default
 
 

@@ -367,14 +367,11 @@ def predict_model(g: Geometry, w: Workload, f: Factors) -> Prediction:
             f"or free GPU memory"
         )
     saturated = False
-    if w.concurrency is None and w.request_rate is None:
-        b = float(bmax)
-        users = b * g.replicas
-    elif w.concurrency is not None:
+    if w.concurrency is not None:
         users = float(w.concurrency)
         b = min(float(bmax), users / g.replicas)
         saturated = users / g.replicas > bmax
-    else:
+    elif w.request_rate is not None:
         rate = w.request_rate / g.replicas
 
         def lat(bb: float) -> float:
@@ -392,6 +389,9 @@ def predict_model(g: Geometry, w: Workload, f: Factors) -> Prediction:
                 else:
                     hi = mid
             b = hi
+        users = b * g.replicas
+    else:  # neither: every replica runs its largest batch
+        b = float(bmax)
         users = b * g.replicas
     bb = max(b, 1.0)
     itl = itl_s(g, w, bb, f)

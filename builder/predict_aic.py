@@ -225,7 +225,7 @@ def _evaluate(rows_path: str, out_path: str) -> None:  # pragma: no cover - runs
     """In-process `cli_estimate` (loads each database once) for every published row."""
     import time
 
-    from aiconfigurator.cli.api import cli_estimate  # type: ignore[import-not-found]
+    from aiconfigurator.cli.api import cli_estimate
 
     rows = json.loads(Path(rows_path).read_text())
     fixtures = Path(__file__).parent / "fixtures"

@@ -213,7 +213,7 @@ def speculate(t, w, pred, calib: dict) -> Speculation:
         usd,
         notes,
         by_k,
-        max(by_k, key=by_k.get),
+        max(by_k, key=by_k.__getitem__),
     )
 
 
@@ -398,7 +398,7 @@ def fleet_capacity(
         if s > 0 and (cap is None or cap <= 0):
             unknown = True
             err = err or "no capacity figure"
-        elif s > 0:
+        elif s > 0 and cap is not None:
             limits.append(replicas * cap / ((1 - hit_rate) * s))
             if demand is not None:
                 need = max(1, math.ceil(demand / cap - 1e-9))

@@ -491,6 +491,8 @@ def run_quantize(
             method += "+nvfp4-cpu-emulation"
             note = f"NVFP4 fake-quant emulated in torch on CPU for {n} quantizers (ModelOpt NVFP4QTensor numerics)"
         progress("quality: quantized model on the held-out windows")
+        # a gate asks resolve_text_sources for an eval set, which it always returns
+        assert eval_windows is not None and ref is not None
         try:
             figures = quality.compare(model, eval_windows, ref, heldout.name, method)
         finally:

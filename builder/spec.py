@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 from tritonforge.builder import versions
 from tritonforge.builder.names import tier_model_names
@@ -552,7 +552,7 @@ _TYPE_HINTS = {
 }
 
 
-def _describe(err: dict[str, Any]) -> str:
+def _describe(err: ErrorDetails) -> str:
     loc = ".".join(str(p) for p in err.get("loc", ()) if p != "__root__")
     msg = err.get("msg", "invalid")
     msg = re.sub(r"^(Value error|Assertion failed), ", "", msg)

@@ -305,7 +305,7 @@ class TritonLLMUser(User):
             self.grpc.close()
             self.grpc = None
 
-    def wait_time(self) -> float:  # type: ignore[override]
+    def wait_time(self) -> float:
         """Closed loop: none. Open loop: until the next Poisson arrival."""
         if self.rate <= 0 or not self.next_due:
             return 0.0

@@ -127,10 +127,10 @@ def level_metrics(records: Sequence[RequestRecord], slo: dict[str, float] | None
     )
     if slo:
         out["slo"] = dict(slo)
-    sched = [r for r in measured if r.scheduled is not None]
+    sched = [(r.start, r.scheduled) for r in measured if r.scheduled is not None]
     if sched:
-        lag = [max(0.0, r.start - r.scheduled) for r in sched]  # type: ignore[operator]
-        span = max(r.scheduled for r in sched) - min(r.scheduled for r in sched)  # type: ignore[type-var]
+        lag = [max(0.0, start - due) for start, due in sched]
+        span = max(due for _, due in sched) - min(due for _, due in sched)
         out["send_lag_ms"] = stats(lag, 1000.0)
         out["sent_per_s"] = round((len(sched) - 1) / span, 4) if span > 0 else None
     return out

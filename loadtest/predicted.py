@@ -236,7 +236,7 @@ def table(report: Report | dict[str, Any]) -> str | None:
                 ]
             )
     if not rows:
-        notes = {(lv.get("prediction") or {}).get("note") for lv in levels} - {None}
+        notes = {n for lv in levels if (n := (lv.get("prediction") or {}).get("note")) is not None}
         return f"predicted vs measured: {'; '.join(sorted(notes))}" if notes else None
     head = ["level", "metric", "predicted", "measured", "meas/pred", "of prediction"]
     widths = [max(len(h), *(len(x[i]) for x in rows)) for i, h in enumerate(head)]

@@ -75,7 +75,7 @@ def diff(before: tuple[dict, dict] | None, after: tuple[dict, dict] | None, mode
 
     success = delta("nv_inference_request_success", model=model)
     out: dict[str, Any] = {"available": True, "model": model}
-    per_model = {
+    per_model: dict[str, float | None] = {
         "request_success": success,
         "request_failure": delta("nv_inference_request_failure", model=model),
         "inference_count": delta("nv_inference_count", model=model),

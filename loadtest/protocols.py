@@ -233,7 +233,7 @@ class StdlibHttp:
                 self.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
             try:
                 self.conn.request("POST", path, body, {"Content-Type": "application/json"})
-                return self.conn.getresponse()  # type: ignore[return-value]
+                return self.conn.getresponse()
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
                 self.close()
                 if attempt:
@@ -381,7 +381,8 @@ class GrpcMux:
                     done.set()
             message = "the server ended the stream"
         except Exception as exc:  # noqa: BLE001 - grpc.RpcError and friends
-            details = exc.details() if callable(getattr(exc, "details", None)) else exc
+            details_fn = getattr(exc, "details", None)
+            details = details_fn() if callable(details_fn) else exc
             message = f"{type(exc).__name__}: {details}"
         if q is self.queue:  # this stream is gone: fail what waits on it, reopen on the next call
             self._drop()

@@ -245,13 +245,13 @@ def _prediction_html(report: dict[str, Any]) -> list[str]:
         )
         out.append(f"<p>Check: {verdict}</p>")
         out += [f"<div class='note'>{escape(f)}</div>" for f in gate.get("failures", [])]
-    src = {p.get("source") for _, p in preds if p.get("source")}
+    src = {p["source"] for _, p in preds if p.get("source")}
     if src:
         out.append(
             f"<p>Prediction: {escape('; '.join(sorted(src)))}. Means compared; <i>of prediction</i> is "
             "measured/predicted for throughput and predicted/measured for latencies.</p>"
         )
-    for note in sorted({p.get("note") for _, p in preds if p.get("note")}):
+    for note in sorted({p["note"] for _, p in preds if p.get("note")}):
         out.append(f"<div class='note'>{escape(note)}</div>")
     rows = [
         [

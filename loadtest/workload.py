@@ -108,8 +108,8 @@ class TokenizerAdapter:
 
     def __init__(self, path: Path, name: str) -> None:
         self.path, self.name = path, name
-        self._fast = None
-        self._hf = None
+        self._fast: Any = None  # tokenizers.Tokenizer
+        self._hf: Any = None  # transformers tokenizer, when there is no tokenizer.json
         file = path / "tokenizer.json" if path.is_dir() else path
         if file.is_file() and file.suffix == ".json":
             from tokenizers import Tokenizer
@@ -368,8 +368,9 @@ def read_trace(path: str, spec: WorkloadSpec, tok: TokenizerAdapter | None) -> l
                 continue
             try:
                 obj = json.loads(line)
-            except ValueError as exc:
-                raise UserError(f"malformed trace {p}: line {lineno} is not JSON ({exc.msg})") from None
+            except ValueError as exc:  # JSONDecodeError, or e.g. an integer past Python's digit limit
+                why = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+                raise UserError(f"malformed trace {p}: line {lineno} is not JSON ({why})") from None
             if not isinstance(obj, dict):
                 raise UserError(f"malformed trace {p}: line {lineno} is not a JSON object")
             prompt = next((obj[k] for k in ("prompt", "text_input", "text") if k in obj), None)

@@ -26,7 +26,7 @@ class TokenCounter:
         if tokenizer_dir:
             path = os.path.join(tokenizer_dir, "tokenizer.json")
             try:
-                from tokenizers import Tokenizer  # type: ignore[import-not-found]
+                from tokenizers import Tokenizer
 
                 self._tok = Tokenizer.from_file(path)
             except Exception as exc:  # noqa: BLE001 - missing package or file: estimate instead

@@ -37,6 +37,7 @@ import traceback
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 
@@ -56,6 +57,7 @@ from .sampling import (
 __all__ = ["Chunk", "CpuEngine", "EngineError", "FINISH_REASONS", "GenerationRequest", "default_num_threads"]
 
 FINISH_REASONS = ("eos", "stop", "length", "cancelled", "error")
+_R = TypeVar("_R")
 
 
 def default_num_threads() -> int:
@@ -532,10 +534,10 @@ class CpuEngine:
         touched: list[_Seq] = []
         errors: dict[int, str] = {}  # handle -> why sampling that sequence failed
 
-        def sample(seq: _Seq, pick: Callable[[], str | None]) -> str | None:
+        def sample(seq: _Seq, pick: Callable[[_Seq, torch.Tensor], _R], lg: torch.Tensor) -> _R | str:
             # A failure choosing one sequence's token ends that sequence only, never the batch.
             try:
-                return pick()
+                return pick(seq, lg)
             except Exception as e:  # noqa: BLE001
                 traceback.print_exc(file=sys.stderr)
                 errors[seq.handle] = f"{type(e).__name__}: {e}"
@@ -546,7 +548,7 @@ class CpuEngine:
             logits = self.runner.forward(rows)
             for seq, lg in zip(decode, logits, strict=True):
                 seq.kv_valid += 1
-                reason = sample(seq, lambda seq=seq, lg=lg: self._sample_append(seq, lg[0]))
+                reason = sample(seq, lambda s, rows: self._sample_append(s, rows[0]), lg)
                 touched.append(seq)
                 if reason:
                     finished.append((seq, reason))
@@ -572,9 +574,9 @@ class CpuEngine:
                 self._store_blocks(seq)
                 touched.append(seq)
                 if seq.draft:
-                    finished.append((seq, sample(seq, lambda seq=seq, lg=lg: self._verify(seq, lg))))
+                    finished.append((seq, sample(seq, self._verify, lg)))
                 else:
-                    reason = sample(seq, lambda seq=seq, lg=lg: self._sample_append(seq, lg[0]))
+                    reason = sample(seq, lambda s, rows: self._sample_append(s, rows[0]), lg)
                     seq.state = "decode"
                     if reason:
                         finished.append((seq, reason))
