@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 
 from tests.helpers import fake_pb_utils as pb
-from tritonforge.model_repo_templates.tf_runtime.detok import ByteTable
 
 A = 67  # token id of "a" in the tiny model's tokenizer; "a".."z" are 67..92
 END = 2  # its end id
@@ -165,11 +164,6 @@ def model(module: ModuleType, tiny_dir: Path) -> Any:
     return m
 
 
-@pytest.fixture(scope="module")
-def table(tiny_dir: Path) -> ByteTable:
-    return ByteTable.from_pretrained(str(tiny_dir))
-
-
 @pytest.fixture(autouse=True)
 def fresh(module: ModuleType) -> None:
     pb.reset()
@@ -293,7 +287,7 @@ def test_a_stop_word_ends_the_output_after_it(model: Any) -> None:
     assert text_of(only_response(sender)) == letters(full[: first + 2])
 
 
-def test_streaming_sends_each_round_as_it_is_accepted(model: Any, table: ByteTable) -> None:
+def test_streaming_sends_each_round_as_it_is_accepted(model: Any) -> None:
     engines = Engines()
     engines.install()
     (sender,) = run(model, request(max_tokens=15, stream=True))
