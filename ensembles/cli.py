@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import click
 
 from tritonforge.errors import UserError
+from tritonforge.model_repo_templates.tf_policy.config import (
+    CacheConfig,
+    ConfigError,
+    EntryConfig,
+    RouterConfig,
+    TierConfig,
+)
 
 
 @click.group("router")
@@ -78,48 +86,46 @@ def train_command(labelled: str, output: str, embedding_model: str, c: float) ->
     )
 
 
-def _entry_config(spec_path: str | None, classifier: str | None) -> tuple[Any, str]:
+def _entry_config(spec_path: str | None, classifier: str | None) -> tuple[EntryConfig, str]:
     """An EntryConfig from a spec (tiers, router, cache) or the defaults (tiers small, large)."""
-    from tritonforge.model_repo_templates.tf_policy.config import ConfigError, parse_entry_config
-
     base = "."
-    if spec_path:
-        from tritonforge.builder.spec import load_spec
-
-        spec = load_spec(spec_path)
-        base = str(Path(spec_path).resolve().parent)
-        tiers: list[dict[str, Any]] = [
-            {
-                "name": t.name,
-                "model": t.name,
-                "max_input_len": t.limits.max_input_len,
-                "max_output_len": t.limits.max_output_len,
-            }
-            for t in spec.tiers
-        ]
-        tiers += [
-            {"name": r.name, "model": r.model, "kind": "remote", "protocol": r.kind, "url": r.url}
-            for r in spec.router.remote
-        ]
-        router = spec.router.model_dump(mode="json")
-        router.pop("remote", None)
-        if not spec.router.enabled:
-            router["enabled"] = len(tiers) > 1
-        data = {"tiers": tiers, "router": router, "cache": spec.cache.model_dump(mode="json")}
-    else:
-        data = {
-            "tiers": [{"name": "small", "model": "small"}, {"name": "large", "model": "large"}],
-            "router": {"enabled": True, "policy": "classifier" if classifier else "heuristic"},
-        }
-    if classifier:
-        data["router"]["policy"] = "classifier"
-        data["classifier_file"] = str(Path(classifier).resolve())
-    elif data["router"].get("classifier_path"):
-        data["classifier_file"] = data["router"]["classifier_path"]
     try:
-        return parse_entry_config(data), base
+        if spec_path:
+            from tritonforge.builder.spec import load_spec
+
+            spec = load_spec(spec_path)
+            base = str(Path(spec_path).resolve().parent)
+            tiers = [
+                TierConfig(
+                    name=t.name,
+                    model=t.name,
+                    max_input_len=t.limits.max_input_len,
+                    max_output_len=t.limits.max_output_len,
+                )
+                for t in spec.tiers
+            ]
+            tiers += [
+                TierConfig(name=r.name, model=r.model, kind="remote", protocol=r.kind, url=r.url)
+                for r in spec.router.remote
+            ]
+            router = RouterConfig.from_dict(spec.router.model_dump(mode="json", exclude={"remote"}))
+            if not spec.router.enabled:
+                router = replace(router, enabled=len(tiers) > 1)
+            cache = CacheConfig.from_dict(spec.cache.model_dump(mode="json"))
+            cfg = EntryConfig(tiers=tuple(tiers), router=router, cache=cache)
+        else:
+            cfg = EntryConfig(
+                tiers=(TierConfig(name="small", model="small"), TierConfig(name="large", model="large")),
+                router=RouterConfig(enabled=True),
+            )
+        if classifier:
+            router = replace(cfg.router, policy="classifier")
+            cfg = replace(cfg, router=router, classifier_file=str(Path(classifier).resolve()))
+        elif cfg.router.classifier_path:
+            cfg = replace(cfg, classifier_file=cfg.router.classifier_path)
     except ConfigError as exc:
         raise UserError(str(exc)) from None
+    return cfg, base
 
 
 @router_group.command("explain")

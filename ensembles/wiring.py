@@ -15,6 +15,12 @@ from tritonforge.builder.names import tier_model_names
 from tritonforge.builder.spec import DeploymentSpec, KvCacheDtype, Runtime, Tier
 from tritonforge.ensembles import contract as c
 from tritonforge.model_repo_templates.tf_policy.params import max_input_bytes
+from tritonforge.model_repo_templates.tf_policy.config import (
+    CacheConfig,
+    EntryConfig,
+    RouterConfig,
+    TierConfig,
+)
 
 
 @dataclass(frozen=True)
@@ -426,52 +432,51 @@ def _named(tensors: tuple[c.Tensor, ...], *names: str) -> tuple[c.Tensor, ...]:
 
 def entry_config(
     spec: DeploymentSpec, tiers: tuple[TierModels, ...], paths: dict[str, TierPaths]
-) -> dict[str, Any]:
-    """The JSON the `llm` entry model reads: tiers in spec order (cheapest first), router, cache."""
+) -> EntryConfig:
+    """What the `llm` entry model reads: tiers in spec order (cheapest first), router, cache."""
     local = []
     for tm in tiers:
         tier = spec.tier(tm.tier)
         identity = json.dumps([tier.model_dump(mode="json"), paths[tm.tier].model_dir], sort_keys=True)
         local.append(
-            {
-                "name": tm.tier,
-                "kind": "local",
-                "model": tm.entry,
+            TierConfig(
+                name=tm.tier,
+                kind="local",
+                model=tm.entry,
                 # The speculative BLS entry has no batch dimension; ensembles have one.
-                "batched": tm.entry == tm.ensemble,
+                batched=tm.entry == tm.ensemble,
                 # Part of every cache key: a rebuilt or re-pointed tier never serves old answers.
-                "version": hashlib.sha256(identity.encode()).hexdigest()[:16],
-                "streaming": tm.streaming,
-                # the tier's engine model: the entry sends it `stop` when the client goes away
-                "engine": tm.engine,
-                "max_input_len": tier.limits.max_input_len,
-                "max_output_len": tier.limits.max_output_len,
-                "tokenizer_dir": paths[tm.tier].tokenizer_dir,
-            }
+                version=hashlib.sha256(identity.encode()).hexdigest()[:16],
+                streaming=tm.streaming,
+                engine=tm.engine,
+                max_input_len=tier.limits.max_input_len,
+                max_output_len=tier.limits.max_output_len,
+                tokenizer_dir=paths[tm.tier].tokenizer_dir,
+            )
         )
     remote = [
-        {
-            "name": r.name,
-            "kind": "remote",
-            "protocol": r.kind,
-            "url": r.url,
-            "model": r.model,
-            "api_key_env": r.api_key_env,
-            "timeout_s": r.timeout_s,
-        }
+        TierConfig(
+            name=r.name,
+            kind="remote",
+            protocol=r.kind,
+            url=r.url,
+            model=r.model,
+            api_key_env=r.api_key_env,
+            timeout_s=r.timeout_s,
+        )
         for r in spec.router.remote
     ]
-    router = spec.router.model_dump(mode="json")
-    router.pop("remote", None)
-    return {
-        "tiers": local + remote,
-        "router": router,
-        "cache": spec.cache.model_dump(mode="json"),
-        "classifier_file": "router_classifier.json" if spec.router.classifier_path else None,
-        "embedding_model_dir": None,
+    # The router and cache sections are the spec's own, field for field: parsing their dumps makes a spec
+    # field the entry model does not know fail here, at emit, naming the field.
+    return EntryConfig(
+        tiers=tuple(local + remote),
+        router=RouterConfig.from_dict(spec.router.model_dump(mode="json", exclude={"remote"})),
+        cache=CacheConfig.from_dict(spec.cache.model_dump(mode="json")),
+        classifier_file="router_classifier.json" if spec.router.classifier_path else None,
+        embedding_model_dir=None,
         # Deployments sharing one Redis keep their entries apart.
-        "cache_prefix": f"tf:{spec.name}:",
-    }
+        cache_prefix=f"tf:{spec.name}:",
+    )
 
 
 def plan_repository(spec: DeploymentSpec, paths: dict[str, TierPaths], version: str) -> RepositoryPlan:
@@ -509,7 +514,7 @@ def plan_repository(spec: DeploymentSpec, paths: dict[str, TierPaths], version: 
                     "outputs": _unbatched(c.ENSEMBLE_OUTPUTS + c.LLM_EXTRA_OUTPUTS),
                     "instance_count": 1,
                     "instance_kind": "KIND_CPU",
-                    "parameters": _params({"entry_config": json.dumps(cfg, sort_keys=True)}),
+                    "parameters": _params({"entry_config": cfg.to_json()}),
                 },
                 model_py_template="models/llm.py",
                 vendor=("tf_policy",),

@@ -172,10 +172,9 @@ def test_entry_config_errors_name_the_field() -> None:
         parse_entry_config({"tiers": [{"name": "r", "model": "m", "kind": "remote"}]})
     with pytest.raises(ConfigError, match="not valid JSON"):
         parse_entry_config("{nope")
-    c = parse_entry_config(
-        {
-            "tiers": TIERS,
-            "router": {"remote": [{"name": "big", "kind": "openai", "url": "http://x/v1", "model": "m"}]},
-        }
-    )
+    # The spec's router.remote entries are tiers in the entry_config; under `router` they are an unknown key.
+    remote = {"name": "big", "kind": "remote", "protocol": "openai", "url": "http://x/v1", "model": "m"}
+    with pytest.raises(ConfigError, match=r"router\.remote: unknown key"):
+        parse_entry_config({"tiers": TIERS, "router": {"remote": [remote]}})
+    c = parse_entry_config({"tiers": [*TIERS, remote]})
     assert c.tier("big").is_remote and c.tier("big").protocol == "openai" and c.large_tier == "big"

@@ -163,9 +163,7 @@ class TritonPythonModel:
         # tier -> its engine model, told to `stop` a request whose client went away (ensemble tiers only:
         # Triton 2.51 cannot cancel a BLS request, and an ensemble hands its request id to its steps)
         self.engines = {
-            t["name"]: t["engine"]
-            for t in json.loads(raw).get("tiers", [])
-            if t.get("engine") and t.get("batched", True) and t.get("kind", "local") == "local"
+            t.name: t.engine for t in self.cfg.tiers if t.engine and t.batched and not t.is_remote
         }
         self.metrics = TritonMetrics()
         threads = int(os.environ.get("TRITONFORGE_EMBED_THREADS", "1"))

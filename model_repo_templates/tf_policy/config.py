@@ -1,82 +1,223 @@
-"""The `entry_config` JSON of the `llm` model, parsed into dataclasses.
+"""The `entry_config` of the `llm` model: one typed schema for the JSON that emit writes and the model reads.
 
-Schema (every key optional unless marked required):
+The dataclasses below ARE the schema: a field is a key, its annotation the type, its default what a missing
+(or null) key means; a field without a default is required, and a key that is not a field is refused.
+`tritonforge emit` builds an `EntryConfig` and writes `EntryConfig.to_json()` into the `entry_config`
+parameter of the model's config.pbtxt; the model reads it back with `parse_entry_config`
+(= `EntryConfig.from_json`). Every problem is a `ConfigError` that names the key, e.g. `tiers[1].url`.
 
-    {"tiers": [                                    # required, spec order, first = cheapest
-        {"name": "small", "model": "small_ensemble",   # required: tier name, model to call by BLS
-         "kind": "local",                              # local (default) | remote
-         "streaming": true,              # local: the model is decoupled (exec(decoupled=True))
-         "batched": true,                # local: the model has a batch dim (max_batch_size > 0)
-         "max_input_len": 1024, "max_output_len": 256, # the router moves requests past these up
-         "tokenizer_dir": "/abs/path",   # prompt token counts for the router (else an estimate)
-         "version": "",                  # part of every cache key: change it when the engine changes
-         "timeout_s": null},             # per-tier timeout (default router.tier_timeout_s)
-        {"name": "big", "kind": "remote", "protocol": "triton" | "openai", "url": "http://host:8000"
-         | "https://api.example/v1", "model": "...", "api_key_env": "ENV_NAME", "timeout_s": 30}],
-     "router": {...spec Router (model_dump)...},   # `remote` entries not in tiers are appended
-     "cache": {...spec Cache (model_dump)...,
-               "redis_timeout_s": 0.25,            # extra, optional: Redis socket timeout
-               "sync_interval_s": 0.5,             # extra, optional: Redis -> local index poll period
-               "semantic_max_tokens": 256,         # extra, optional: longer prompts match exactly only
-               "hmac_key_env": "ENV_NAME" | null}, # Redis entries signed with the key in this variable
-     "classifier_file": "router_classifier.json" | null,   # relative to the model's 1/ dir
-     "embedding_model_dir": "/abs/path" | null,             # else cache.embedding_model is resolved
-     "cache_prefix": "tf:"}                                 # Redis key prefix (one per deployment)
+Remote tiers read their API key from the environment variable `api_key_env` at call time, so the key is
+never stored; `api_key_env` and `cache.hmac_key_env` must be variable names (a value that looks like a key
+is refused, and never echoed).
 
-The remote tier's API key is read from `api_key_env` at call time and never stored; `api_key_env` and
-`hmac_key_env` must be environment variable names (a value that looks like a key is refused).
+Stdlib only: this file is copied beside model.py and runs inside Triton.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
+import types
+import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, get_type_hints
 from urllib.parse import urlsplit
 
 POLICIES = ("static", "heuristic", "classifier")
 CACHE_MODES = ("use", "bypass", "refresh")
 DEFAULT_MARKERS = ("```", "def ", "class ", "prove", "derive", "step by step", "explain why", "=", "∫")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+# Field metadata: the tier kinds for which `to_dict` always writes the field; for anything else it is
+# written only when it differs from its default. Keeps each tier's JSON to the keys of its own kind.
+WRITTEN_FOR = "written_for"
 
 
 class ConfigError(ValueError):
-    """The entry_config JSON is malformed; the message names the field."""
+    """The entry_config is malformed; the message starts with the path of the key, e.g. `tiers[1].url`."""
+
+    def __init__(self, problem: str, path: str = "") -> None:
+        super().__init__(f"{path}: {problem}" if path else problem)
+        self.path, self.problem = path, problem
+
+    def under(self, prefix: str) -> ConfigError:
+        """The same problem, its path taken from the enclosing object's key `prefix`."""
+        if not self.path:
+            return ConfigError(self.problem, prefix)
+        sep = "" if self.path.startswith("[") else "."
+        return ConfigError(self.problem, f"{prefix}{sep}{self.path}")
+
+
+def _only_for(kind: str, default: Any) -> Any:
+    """A field written for tiers of `kind` (for other tiers only when set)."""
+    return field(default=default, metadata={WRITTEN_FOR: (kind,)})
+
+
+def _when_set(default: Any) -> Any:
+    """A field written only when it differs from its default (a knob emit leaves at its default)."""
+    return field(default=default, metadata={WRITTEN_FOR: ()})
+
+
+def check_env_name(value: str | None, key: str) -> None:
+    """`value` names an environment variable (it is not echoed: it may be the secret itself)."""
+    if value is not None and not ENV_NAME.fullmatch(value):
+        raise ConfigError(
+            "must be the name of an environment variable, not the secret itself "
+            "(set the NAME of an environment variable that holds it)",
+            key,
+        )
+
+
+_S = TypeVar("_S", bound="_Schema")
+
+
+class _Schema:
+    """Serialization and parsing, both driven by the dataclass fields of the subclass."""
+
+    def check(self) -> None:
+        """Raise ConfigError (path relative to this object) when the values do not make sense."""
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def to_dict(self) -> dict[str, Any]:
+        kind = getattr(self, "kind", None)
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            written_for = f.metadata.get(WRITTEN_FOR)
+            if written_for is not None and kind not in written_for and value == _default(f):
+                continue
+            out[f.name] = _plain(value)
+        return out
+
+    @classmethod
+    def from_dict(cls: type[_S], data: Any) -> _S:
+        if not isinstance(data, dict):
+            raise ConfigError(f"expected an object, got {type(data).__name__}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        for key in data:
+            if key not in fields:
+                raise ConfigError(f"unknown key; the keys are {', '.join(fields)}", str(key))
+        hints = get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for name, f in fields.items():
+            value = data.get(name)
+            if value is None and _is_optional(hints[name]):
+                values[name] = None
+            elif value is None:
+                if _default(f) is dataclasses.MISSING:
+                    raise ConfigError("required key missing", name)
+            else:
+                try:
+                    values[name] = _parse(hints[name], value)
+                except ConfigError as exc:
+                    raise exc.under(name) from None
+        return cls(**values)
+
+
+def _default(f: dataclasses.Field[Any]) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, _Schema):
+        return value.to_dict()
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _is_optional(tp: Any) -> bool:
+    return isinstance(tp, types.UnionType) and type(None) in typing.get_args(tp)
+
+
+def _parse(tp: Any, value: Any) -> Any:
+    """`value` (from JSON) as type `tp`: a scalar, `X | None`, `tuple[X, ...]` or a `_Schema` dataclass."""
+    if _is_optional(tp):
+        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _parse(inner, value)
+    if isinstance(tp, type) and issubclass(tp, _Schema):
+        return tp.from_dict(value)
+    if typing.get_origin(tp) is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(f"expected a list, got {type(value).__name__}")
+        item = typing.get_args(tp)[0]
+        out = []
+        for i, v in enumerate(value):
+            try:
+                out.append(_parse(item, v))
+            except ConfigError as exc:
+                raise exc.under(f"[{i}]") from None
+        return tuple(out)
+    # JSON has one number type: an int is a float (kept as written, so the JSON round-trips byte for byte).
+    ok = (int, float) if tp is float else (tp,)
+    if not isinstance(value, ok) or (tp is not bool and isinstance(value, bool)):
+        raise ConfigError(f"expected {tp.__name__}, got {type(value).__name__}")
+    return value
 
 
 @dataclass(frozen=True)
-class TierConfig:
+class TierConfig(_Schema):
+    """One tier the entry can call: a model of this Triton (local) or another server (remote)."""
+
     name: str
-    model: str
+    model: str  # local: the model to call by BLS; remote: the model name the server knows
     kind: str = "local"  # local | remote
-    protocol: str = "triton"  # remote only: triton | openai
-    url: str = ""
-    api_key_env: str | None = None
-    timeout_s: float | None = None
-    streaming: bool = True
-    max_input_len: int | None = None
-    max_output_len: int | None = None
-    tokenizer_dir: str | None = None
-    version: str = ""
-    batched: bool = True  # local: the tier model has a batch dimension (max_batch_size > 0)
+    protocol: str = _only_for("remote", "triton")  # triton | openai
+    url: str = _only_for("remote", "")  # http(s)://host:port (triton) or the API base, .../v1 (openai)
+    api_key_env: str | None = _only_for("remote", None)  # environment variable holding the API key
+    timeout_s: float | None = _only_for("remote", None)  # default: router.tier_timeout_s
+    streaming: bool = _only_for("local", True)  # the model is decoupled (exec(decoupled=True))
+    batched: bool = _only_for("local", True)  # the model has a batch dimension (max_batch_size > 0)
+    # The tier's engine model: told to `stop` a request whose client went away ("" = none).
+    engine: str = _only_for("local", "")
+    max_input_len: int | None = _only_for("local", None)  # the router moves longer requests up
+    max_output_len: int | None = _only_for("local", None)
+    tokenizer_dir: str | None = _only_for("local", None)  # prompt token counts for the router (else a guess)
+    version: str = _only_for("local", "")  # part of every cache key: changes when the engine does
 
     @property
     def is_remote(self) -> bool:
         return self.kind == "remote"
 
+    def check(self) -> None:
+        for key in ("name", "model"):
+            if not getattr(self, key):
+                raise ConfigError("must not be empty", key)
+        if self.kind not in ("local", "remote"):
+            raise ConfigError(f"must be local or remote, got {self.kind!r}", "kind")
+        if self.protocol not in ("triton", "openai"):
+            raise ConfigError(f"must be triton or openai, got {self.protocol!r}", "protocol")
+        if self.is_remote and not self.url:
+            raise ConfigError("a remote tier needs a url", "url")
+        # Also checked by the spec; here again because urllib would open file:// and other schemes too.
+        if self.is_remote and urlsplit(self.url.strip()).scheme.lower() not in ("http", "https"):
+            raise ConfigError("a remote tier is called over http:// or https:// only", "url")
+        check_env_name(self.api_key_env, "api_key_env")
+
 
 @dataclass(frozen=True)
-class HeuristicConfig:
+class HeuristicConfig(_Schema):
+    """Heuristic routing: a request goes to the large tier when any threshold is exceeded."""
+
     max_prompt_tokens: int = 64
     max_requested_tokens: int = 128
     complex_markers: tuple[str, ...] = DEFAULT_MARKERS
 
 
 @dataclass(frozen=True)
-class RouterConfig:
+class RouterConfig(_Schema):
+    """The spec's `router` section, less `remote` (those are tiers here)."""
+
     enabled: bool = False
-    policy: str = "heuristic"
+    policy: str = "heuristic"  # static | heuristic | classifier
     default_tier: str | None = None
     small_tier: str | None = None
     large_tier: str | None = None
@@ -85,11 +226,17 @@ class RouterConfig:
     fallback: bool = True
     tier_timeout_s: float = 60.0
 
+    def check(self) -> None:
+        if self.policy not in POLICIES:
+            raise ConfigError(f"must be one of {', '.join(POLICIES)}, got {self.policy!r}", "policy")
+
 
 @dataclass(frozen=True)
-class CacheConfig:
+class CacheConfig(_Schema):
+    """The spec's `cache` section, plus runtime knobs emit leaves at their defaults."""
+
     enabled: bool = False
-    backend: str = "memory"
+    backend: str = "memory"  # memory | redis
     redis_url: str = "redis://127.0.0.1:6379/0"
     semantic: bool = True
     similarity_threshold: float = 0.92
@@ -97,20 +244,55 @@ class CacheConfig:
     capacity: int = 10_000
     cache_sampled: bool = False
     embedding_model: str = "builtin:all-minilm-l6-v2"
-    redis_timeout_s: float = 0.25
-    sync_interval_s: float = 0.5
-    semantic_max_tokens: int = 256  # longer prompts: exact match only (the embedder truncates there)
     hmac_key_env: str | None = None  # environment variable holding the Redis entry signing key
+    redis_timeout_s: float = _when_set(0.25)  # Redis socket timeout
+    sync_interval_s: float = _when_set(0.5)  # Redis -> local semantic index poll period
+    semantic_max_tokens: int = _when_set(256)  # longer prompts: exact match only (the embedder truncates)
+
+    def check(self) -> None:
+        if self.backend not in ("memory", "redis"):
+            raise ConfigError(f"must be memory or redis, got {self.backend!r}", "backend")
+        if not 0 < self.similarity_threshold <= 1:
+            raise ConfigError(f"must be in (0, 1], got {self.similarity_threshold}", "similarity_threshold")
+        if self.capacity < 1:
+            raise ConfigError(f"must be >= 1, got {self.capacity}", "capacity")
+        check_env_name(self.hmac_key_env, "hmac_key_env")
 
 
 @dataclass(frozen=True)
-class EntryConfig:
+class EntryConfig(_Schema):
+    """The whole `entry_config`: tiers in spec order (first = cheapest), router, cache."""
+
     tiers: tuple[TierConfig, ...]
     router: RouterConfig = field(default_factory=RouterConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
-    classifier_file: str | None = None
-    embedding_model_dir: str | None = None
-    cache_prefix: str = "tf:"
+    classifier_file: str | None = None  # relative to the model's 1/ dir (else router.classifier_path)
+    embedding_model_dir: str | None = None  # else cache.embedding_model is resolved
+    cache_prefix: str = "tf:"  # Redis key prefix: deployments sharing one Redis keep their entries apart
+
+    def check(self) -> None:
+        if not self.tiers:
+            raise ConfigError("at least one tier is required", "tiers")
+        names = [t.name for t in self.tiers]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ConfigError(f"duplicate tier name(s) {', '.join(dupes)}", "tiers")
+        for key in ("default_tier", "small_tier", "large_tier"):
+            v = getattr(self.router, key)
+            if v is not None and v not in names:
+                raise ConfigError(f"{v!r} is not a tier; tiers are {', '.join(names)}", f"router.{key}")
+
+    def to_json(self) -> str:
+        """The JSON emit writes into config.pbtxt (keys sorted: the same config, the same bytes)."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> EntryConfig:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"not valid JSON: {exc}", "entry_config") from None
+        return cls.from_dict(data)
 
     @property
     def tier_names(self) -> tuple[str, ...]:
@@ -139,158 +321,14 @@ class EntryConfig:
         return float(t.timeout_s) if t.timeout_s else float(self.router.tier_timeout_s)
 
 
-def _get(d: dict[str, Any], key: str, typ: type | tuple[type, ...], default: Any, where: str) -> Any:
-    value = d.get(key, default)
-    if value is None:
-        return default
-    if typ is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, typ) or (typ in (int, float) and isinstance(value, bool)):
-        raise ConfigError(f"{where}.{key}: expected {getattr(typ, '__name__', typ)}, got {value!r}")
-    return value
-
-
-def _tier(d: Any, i: int) -> TierConfig:
-    where = f"tiers[{i}]"
-    if not isinstance(d, dict):
-        raise ConfigError(f"{where}: expected an object")
-    name = _get(d, "name", str, "", where)
-    model = _get(d, "model", str, "", where)
-    if not name or not model:
-        raise ConfigError(f"{where}: `name` and `model` are required")
-    kind = _get(d, "kind", str, "local", where)
-    if kind not in ("local", "remote"):
-        raise ConfigError(f"{where}.kind: must be local or remote, got {kind!r}")
-    protocol = _get(d, "protocol", str, "triton", where)
-    if protocol not in ("triton", "openai"):
-        raise ConfigError(f"{where}.protocol: must be triton or openai, got {protocol!r}")
-    url = _get(d, "url", str, "", where)
-    if kind == "remote" and not url:
-        raise ConfigError(f"{where}: a remote tier needs `url`")
-    # Also checked by the spec; here again because urllib would open file:// and other schemes too.
-    if kind == "remote" and urlsplit(url.strip()).scheme.lower() not in ("http", "https"):
-        raise ConfigError(f"{where}.url: a remote tier is called over http:// or https:// only")
-    key_env = _get(d, "api_key_env", str, None, where)
-    if key_env is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key_env):
-        raise ConfigError(f"{where}.api_key_env: must be the name of an environment variable")
-    return TierConfig(
-        name=name,
-        model=model,
-        kind=kind,
-        protocol=protocol,
-        url=url,
-        api_key_env=key_env,
-        timeout_s=_get(d, "timeout_s", float, None, where),
-        streaming=_get(d, "streaming", bool, True, where),
-        max_input_len=_get(d, "max_input_len", int, None, where),
-        max_output_len=_get(d, "max_output_len", int, None, where),
-        tokenizer_dir=_get(d, "tokenizer_dir", str, None, where),
-        version=str(d.get("version") or ""),
-        batched=_get(d, "batched", bool, True, where),
-    )
-
-
-def _env_name(d: dict[str, Any], key: str, where: str) -> str | None:
-    """An environment variable name; a value that is not one (e.g. the secret itself) is refused unechoed."""
-    value = _get(d, key, str, None, where)
-    if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
-        raise ConfigError(
-            f"{where}.{key}: must be the NAME of an environment variable, not the secret itself"
-        )
-    return value
-
-
-def _router(d: dict[str, Any]) -> RouterConfig:
-    h = d.get("heuristic") or {}
-    markers = h.get("complex_markers")
-    heur = HeuristicConfig(
-        max_prompt_tokens=_get(h, "max_prompt_tokens", int, 64, "router.heuristic"),
-        max_requested_tokens=_get(h, "max_requested_tokens", int, 128, "router.heuristic"),
-        complex_markers=tuple(str(m) for m in markers) if isinstance(markers, list) else DEFAULT_MARKERS,
-    )
-    policy = _get(d, "policy", str, "heuristic", "router")
-    if policy not in POLICIES:
-        raise ConfigError(f"router.policy: must be one of {', '.join(POLICIES)}, got {policy!r}")
-    return RouterConfig(
-        enabled=_get(d, "enabled", bool, False, "router"),
-        policy=policy,
-        default_tier=_get(d, "default_tier", str, None, "router"),
-        small_tier=_get(d, "small_tier", str, None, "router"),
-        large_tier=_get(d, "large_tier", str, None, "router"),
-        heuristic=heur,
-        classifier_path=_get(d, "classifier_path", str, None, "router"),
-        fallback=_get(d, "fallback", bool, True, "router"),
-        tier_timeout_s=_get(d, "tier_timeout_s", float, 60.0, "router"),
-    )
-
-
-def _cache(d: dict[str, Any]) -> CacheConfig:
-    backend = _get(d, "backend", str, "memory", "cache")
-    if backend not in ("memory", "redis"):
-        raise ConfigError(f"cache.backend: must be memory or redis, got {backend!r}")
-    threshold = _get(d, "similarity_threshold", float, 0.92, "cache")
-    if not 0 < threshold <= 1:
-        raise ConfigError(f"cache.similarity_threshold: must be in (0, 1], got {threshold}")
-    capacity = _get(d, "capacity", int, 10_000, "cache")
-    if capacity < 1:
-        raise ConfigError(f"cache.capacity: must be >= 1, got {capacity}")
-    return CacheConfig(
-        enabled=_get(d, "enabled", bool, False, "cache"),
-        backend=backend,
-        redis_url=_get(d, "redis_url", str, "redis://127.0.0.1:6379/0", "cache"),
-        semantic=_get(d, "semantic", bool, True, "cache"),
-        similarity_threshold=threshold,
-        ttl_s=_get(d, "ttl_s", float, 3600.0, "cache"),
-        capacity=capacity,
-        cache_sampled=_get(d, "cache_sampled", bool, False, "cache"),
-        embedding_model=_get(d, "embedding_model", str, "builtin:all-minilm-l6-v2", "cache"),
-        redis_timeout_s=_get(d, "redis_timeout_s", float, 0.25, "cache"),
-        sync_interval_s=_get(d, "sync_interval_s", float, 0.5, "cache"),
-        semantic_max_tokens=_get(d, "semantic_max_tokens", int, 256, "cache"),
-        hmac_key_env=_env_name(d, "hmac_key_env", "cache"),
-    )
-
-
 def parse_entry_config(data: str | dict[str, Any]) -> EntryConfig:
-    """Parse and check the entry_config (a JSON string or a dict)."""
-    if isinstance(data, str):
-        try:
-            data = json.loads(data)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"entry_config is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError("entry_config must be a JSON object")
-    raw_tiers = data.get("tiers")
-    if not isinstance(raw_tiers, list) or not raw_tiers:
-        raise ConfigError("entry_config.tiers: at least one tier is required")
-    tiers = [_tier(t, i) for i, t in enumerate(raw_tiers)]
-    router_d = data.get("router") or {}
-    if not isinstance(router_d, dict):
-        raise ConfigError("entry_config.router must be an object")
-    for j, r in enumerate(router_d.get("remote") or []):
-        if isinstance(r, dict) and r.get("name") not in {t.name for t in tiers}:
-            rr = {**r, "kind": "remote", "protocol": r.get("protocol") or r.get("kind") or "triton"}
-            tiers.append(_tier(rr, len(tiers) + j))
-    names = [t.name for t in tiers]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise ConfigError(f"entry_config.tiers: duplicate tier name(s) {', '.join(dupes)}")
-    router = _router(router_d)
-    for f in ("default_tier", "small_tier", "large_tier"):
-        v = getattr(router, f)
-        if v is not None and v not in names:
-            raise ConfigError(f"router.{f}: {v!r} is not a tier; tiers are {', '.join(names)}")
-    cache_d = data.get("cache") or {}
-    if not isinstance(cache_d, dict):
-        raise ConfigError("entry_config.cache must be an object")
-    return EntryConfig(
-        tiers=tuple(tiers),
-        router=router,
-        cache=_cache(cache_d),
-        classifier_file=_get(data, "classifier_file", str, None, "entry_config"),
-        embedding_model_dir=_get(data, "embedding_model_dir", str, None, "entry_config"),
-        cache_prefix=_get(data, "cache_prefix", str, "tf:", "entry_config"),
-    )
+    """Parse and check the entry_config (a JSON string or a dict); ConfigError names the bad key."""
+    try:
+        return EntryConfig.from_json(data) if isinstance(data, str) else EntryConfig.from_dict(data)
+    except ConfigError as exc:
+        if exc.path:
+            raise
+        raise exc.under("entry_config") from None
 
 
 def resolve_path(path: str | None, base_dir: str) -> str | None:
