@@ -6,6 +6,7 @@ rendered with `StrictUndefined`, and the output is checked for anything left unf
 
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
 import json
@@ -48,21 +49,68 @@ def _environment() -> jinja2.Environment:
     )
 
 
-def _vendor_dir(package: str) -> Path:
-    """A package that runs inside Triton (`tf_runtime`, `tf_policy`): a folder of model_repo_templates."""
-    return TEMPLATES_DIR / package
+# The packages that run inside Triton, vendored beside a model's model.py (folders of model_repo_templates).
+VENDORED_PACKAGES = ("tf_common", "tf_policy", "tf_runtime")
+
+
+def _module_path(module: str) -> str | None:
+    """The file (relative to model_repo_templates) of a dotted module name in a vendored package, else None."""
+    parts = module.split(".")
+    if parts[0] not in VENDORED_PACKAGES:
+        return None
+    for rel in ("/".join(parts) + ".py", "/".join(parts) + "/__init__.py"):
+        if (TEMPLATES_DIR / rel).is_file():
+            return rel
+    return None
+
+
+def _imported_modules(source: bytes, rel: str) -> dict[str, bool]:
+    """Dotted names a file imports -> whether each must be a module: `import a.b` and `from a import ...`
+    need module `a`, while `from a import b` also names `a.b`, a module only when there is such a file.
+    Relative imports are resolved, and the whole tree is walked, so imports made inside functions (run
+    lazily, inside Triton) count too."""
+    package = rel.removesuffix(".py").split("/")[:-1]  # a module's package; an __init__.py is its own
+    found: dict[str, bool] = {}
+    for node in ast.walk(ast.parse(source, filename=rel)):
+        if isinstance(node, ast.Import):
+            found.update((alias.name, True) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level:
+                if node.level > len(package):
+                    raise UserError(f"{rel}: a relative import leaves its package; reinstall tritonforge")
+                base = package[: len(package) - node.level + 1]
+                module = ".".join(base + ([module] if module else []))
+            found[module] = True
+            for alias in node.names:
+                if alias.name != "*":
+                    found.setdefault(f"{module}.{alias.name}", False)
+    return found
 
 
 @functools.cache
-def _vendor_files(package: str) -> tuple[tuple[str, bytes], ...]:
-    """The .py files of a tritonforge subpackage (path relative to it, bytes), read once per process:
-    the same package is vendored into several models of one repository."""
-    root = _vendor_dir(package)
-    return tuple(
-        (path.relative_to(root).as_posix(), path.read_bytes())
-        for path in sorted(root.rglob("*.py"))
-        if "__pycache__" not in path.parts
-    )
+def vendored_files(model_rel: str) -> tuple[tuple[str, bytes], ...]:
+    """The vendored files a model needs: the modules of `VENDORED_PACKAGES` its file imports, then those
+    these import, transitively, with the `__init__.py` of every package on the way (path relative to
+    model_repo_templates, bytes). Read once per process: the same model is emitted for several tiers."""
+    needed: dict[str, bytes] = {}
+    todo = [(model_rel, (TEMPLATES_DIR / model_rel).read_bytes())]
+    while todo:
+        rel, source = todo.pop()
+        for module, required in sorted(_imported_modules(source, rel).items()):
+            parts = module.split(".")
+            if parts[0] not in VENDORED_PACKAGES:
+                continue
+            path = _module_path(module)
+            if path is None:
+                if not required:
+                    continue  # `from pkg.mod import name`: a name pkg.mod defines
+                raise UserError(f"{rel} imports {module}, which is missing; reinstall tritonforge")
+            for file in [f"{'/'.join(parts[:i])}/__init__.py" for i in range(1, len(parts))] + [path]:
+                if file not in needed and (TEMPLATES_DIR / file).is_file():
+                    needed[file] = (TEMPLATES_DIR / file).read_bytes()
+                    todo.append((file, needed[file]))
+    return tuple(sorted(needed.items()))
 
 
 def _render(env: jinja2.Environment, template: str, values: dict, where: str) -> str:
@@ -94,11 +142,10 @@ def render_model(env: jinja2.Environment, model: ModelPlan) -> dict[str, bytes]:
     version_dir = f"{model.name}/1"
     if model.model_py_template:
         files[f"{version_dir}/model.py"] = _model_file(model.model_py_template, model.name)
+        for rel, data in vendored_files(model.model_py_template):
+            files[f"{version_dir}/{rel}"] = data
     else:
         files[f"{version_dir}/.gitkeep"] = b""
-    for package in model.vendor:
-        for rel, data in _vendor_files(package):
-            files[f"{version_dir}/{package}/{rel}"] = data
     for rel, source in sorted(model.extra_files.items()):
         src = Path(source)
         if not src.is_file():

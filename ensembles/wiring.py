@@ -52,7 +52,6 @@ class ModelPlan:
     config_template: str
     values: dict[str, Any]
     model_py_template: str | None = None
-    vendor: tuple[str, ...] = ()  # tritonforge subpackages copied into 1/ (runtime -> tf_runtime, ...)
     requirements: tuple[str, ...] = ()
     extra_files: dict[str, str] = field(default_factory=dict)  # path under 1/ -> source file to copy
 
@@ -233,7 +232,6 @@ def _tier_models(
                 ),
             },
             model_py_template="models/preprocessing.py",
-            vendor=("tf_runtime",),
             requirements=("numpy<2", "transformers", "tokenizers"),
         )
     )
@@ -274,7 +272,6 @@ def _tier_models(
                 "parameters": _params(params),
             },
             model_py_template=template if python_engine else None,
-            vendor=("tf_runtime",) if cpu else (),
             # trtllm-pytorch imports tensorrt_llm, which the serving container provides (not pip-installable here).
             requirements=("numpy<2", "torch", "transformers", "safetensors")
             if cpu
@@ -311,7 +308,6 @@ def _tier_models(
                 "parameters": _params({"tokenizer_dir": paths.tokenizer_dir, "skip_special_tokens": True}),
             },
             model_py_template="models/postprocessing.py",
-            vendor=("tf_runtime",),
             requirements=("numpy<2", "transformers", "tokenizers"),
         )
     )
@@ -382,7 +378,6 @@ def _tier_models(
                     ),
                 },
                 model_py_template="models/speculative_bls.py",
-                vendor=("tf_runtime",),
                 requirements=("numpy<2", "transformers", "tokenizers"),
             )
         )
@@ -517,7 +512,6 @@ def plan_repository(spec: DeploymentSpec, paths: dict[str, TierPaths], version: 
                     "parameters": _params({"entry_config": cfg.to_json()}),
                 },
                 model_py_template="models/llm.py",
-                vendor=("tf_policy",),
                 requirements=requirements,
                 extra_files=extra,
             )

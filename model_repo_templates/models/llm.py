@@ -1,11 +1,3 @@
-import os
-import sys
-
-sys.path[0:0] = [
-    p for p in os.environ.get("TRITONFORGE_PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path
-]
-sys.path.insert(0, os.path.dirname(__file__))
-
 """`llm`: the tritonforge entry model (decoupled Python backend, BLS).
 
 Routes each request to a tier, answers from the response cache when it can, calls the tier's
@@ -14,19 +6,30 @@ logic lives in the vendored `tf_policy` package; this file only adapts Triton te
 Configuration: the `entry_config` parameter (JSON; see tf_policy/config.py).
 """
 
-import json  # noqa: E402
-import logging  # noqa: E402
-import threading  # noqa: E402
-import uuid  # noqa: E402
-from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+import os
+import sys
 
-import numpy as np  # noqa: E402
-import triton_python_backend_utils as pb_utils  # noqa: E402
-from tf_policy.config import parse_entry_config  # noqa: E402
-from tf_policy.factory import build_service  # noqa: E402
-from tf_policy.metrics import METRICS, Metrics  # noqa: E402
-from tf_policy.params import RequestError, parse_request  # noqa: E402
-from tf_policy.remote import TierError  # noqa: E402
+# Outside an NGC container tritonforge serves with the CPU Triton of nvidia-pytriton, whose Python stub
+# ignores PYTHONPATH; `tritonforge serve` passes the interpreter's paths here instead (unset: no effect).
+# The model's own folder comes first: it holds the packages vendored beside this file (tf_runtime, ...).
+sys.path[0:0] = [
+    p for p in os.environ.get("TRITONFORGE_PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path
+]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import json
+import logging
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+from tf_policy.config import parse_entry_config
+from tf_policy.factory import build_service
+from tf_policy.metrics import METRICS, Metrics
+from tf_policy.params import RequestError, parse_request
+from tf_policy.remote import TierError
 
 ENTRY_ONLY = ("tier", "cache")
 # The outputs each flag asks the tier for (the names of the backend's ensemble outputs); the entry passes

@@ -4,7 +4,8 @@ import os
 import sys
 
 # Outside an NGC container tritonforge serves with the CPU Triton of nvidia-pytriton, whose Python stub
-# ignores PYTHONPATH; `tritonforge serve` passes the interpreter's paths here instead. Unset: no effect.
+# ignores PYTHONPATH; `tritonforge serve` passes the interpreter's paths here instead (unset: no effect).
+# The model's own folder comes first: it holds the packages vendored beside this file (tf_runtime, ...).
 sys.path[0:0] = [
     p for p in os.environ.get("TRITONFORGE_PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path
 ]

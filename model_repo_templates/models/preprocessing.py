@@ -4,7 +4,8 @@ import os
 import sys
 
 # Outside an NGC container tritonforge serves with the CPU Triton of nvidia-pytriton, whose Python stub
-# ignores PYTHONPATH; `tritonforge serve` passes the interpreter's paths here instead. Unset: no effect.
+# ignores PYTHONPATH; `tritonforge serve` passes the interpreter's paths here instead (unset: no effect).
+# The model's own folder comes first: it holds the packages vendored beside this file (tf_runtime, ...).
 sys.path[0:0] = [
     p for p in os.environ.get("TRITONFORGE_PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path
 ]
@@ -14,20 +15,11 @@ import json
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+from tf_common.inputs import RequestInputs, strings
+from tf_common.word_list import build_word_list
 from tf_runtime.light_tokenizer import load_tokenizer
 
-
-def _optional(request, name):
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    return None if tensor is None else tensor.as_numpy()
-
-
-def _strings(array):
-    if array is None:
-        return []
-    return [
-        w.decode("utf-8") if isinstance(w, bytes) else str(w) for w in array.reshape(-1) if w not in (b"", "")
-    ]
+_opt = RequestInputs(pb_utils).optional
 
 
 def _invalid(message):
@@ -51,27 +43,18 @@ class TritonPythonModel:
 
     def _word_list(self, words):
         """[2, N]: row 0 flat token ids, row 1 cumulative end offsets padded with -1 (the backend's preprocessing layout)."""
-        ids, offsets = [], []
-        for word in words:
-            tokens = self.tokenizer.encode(word, add_special_tokens=False)
-            if tokens:
-                ids.extend(tokens)
-                offsets.append(len(ids))
-        if not ids:
-            return np.array([[0], [-1]], dtype=np.int32)
-        offsets += [-1] * (len(ids) - len(offsets))
-        return np.array([ids, offsets], dtype=np.int32)
+        return build_word_list([self.tokenizer.encode(word, add_special_tokens=False) for word in words])
 
     def _embedding_bias(self, request):
         """A vocabulary-sized bias: each word's weight added to every token of the word; [0] without words."""
-        words = _optional(request, "EMBEDDING_BIAS_WORDS")
-        weights = _optional(request, "EMBEDDING_BIAS_WEIGHTS")
+        raw_words = _opt(request, "EMBEDDING_BIAS_WORDS")
+        raw_weights = _opt(request, "EMBEDDING_BIAS_WEIGHTS")
         words = (
             []
-            if words is None
-            else [w.decode("utf-8") if isinstance(w, bytes) else str(w) for w in words.reshape(-1)]
+            if raw_words is None
+            else [w.decode("utf-8") if isinstance(w, bytes) else str(w) for w in raw_words.reshape(-1)]
         )
-        weights = [] if weights is None else [float(x) for x in weights.reshape(-1)]
+        weights = [] if raw_weights is None else [float(x) for x in raw_weights.reshape(-1)]
         if len(words) != len(weights):
             raise ValueError(
                 f"embedding_bias_words has {len(words)} entries but embedding_bias_weights has {len(weights)}; "
@@ -110,21 +93,21 @@ class TritonPythonModel:
             raise ValueError(
                 f"prompt has {len(ids)} tokens, more than max_input_len {self.max_input_len}; shorten it"
             )
-        end = _optional(request, "END_ID")
-        pad = _optional(request, "PAD_ID")
+        end = _opt(request, "END_ID")
+        pad = _opt(request, "PAD_ID")
         end_id = int(end.reshape(-1)[0]) if end is not None else self.end_id
         pad_id = int(pad.reshape(-1)[0]) if pad is not None else self.pad_id
         outputs = {
             "INPUT_ID": np.array([ids], dtype=np.int32),
             "REQUEST_INPUT_LEN": np.array([[len(ids)]], dtype=np.int32),
-            "BAD_WORDS_IDS": self._word_list(_strings(_optional(request, "BAD_WORDS_DICT")))[None],
-            "STOP_WORDS_IDS": self._word_list(_strings(_optional(request, "STOP_WORDS_DICT")))[None],
+            "BAD_WORDS_IDS": self._word_list(strings(_opt(request, "BAD_WORDS_DICT")))[None],
+            "STOP_WORDS_IDS": self._word_list(strings(_opt(request, "STOP_WORDS_DICT")))[None],
             "OUT_END_ID": np.array([[end_id]], dtype=np.int32),
             "OUT_PAD_ID": np.array([[pad_id]], dtype=np.int32),
             "OUT_REQUEST_OUTPUT_LEN": np.array([[out_len]], dtype=np.int32),
             "EMBEDDING_BIAS": self._embedding_bias(request)[None],
         }
-        extra = _optional(request, "PROMPT_TABLE_EXTRA_ID")
+        extra = _opt(request, "PROMPT_TABLE_EXTRA_ID")
         if extra is not None and extra.size:
             # The extra id marks prompt-table tokens (ids past the vocabulary) for KV reuse; other tokens get 0.
             ids_arr = np.array(ids, dtype=np.int64)

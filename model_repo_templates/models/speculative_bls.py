@@ -25,20 +25,24 @@ import os
 import sys
 
 # Outside an NGC container tritonforge serves with the CPU Triton of nvidia-pytriton, whose Python stub
-# ignores PYTHONPATH; `tritonforge serve` passes the interpreter's paths here instead. Unset: no effect.
+# ignores PYTHONPATH; `tritonforge serve` passes the interpreter's paths here instead (unset: no effect).
+# The model's own folder comes first: it holds the packages vendored beside this file (tf_runtime, ...).
 sys.path[0:0] = [
     p for p in os.environ.get("TRITONFORGE_PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path
 ]
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import asyncio  # noqa: E402
-import json  # noqa: E402
-import traceback  # noqa: E402
+import asyncio
+import json
+import traceback
 
-import numpy as np  # noqa: E402
-import triton_python_backend_utils as pb_utils  # noqa: E402
-from tf_runtime.detok import ByteTable, IncrementalDetokenizer  # noqa: E402
-from tf_runtime.sampling import check_sampling  # noqa: E402
+import numpy as np
+import triton_python_backend_utils as pb_utils
+from tf_common.inputs import RequestInputs, strings
+from tf_common.word_list import parse_word_list
+from tf_runtime.detok import ByteTable, IncrementalDetokenizer
+from tf_runtime.light_tokenizer import load_tokenizer
+from tf_runtime.sampling import check_sampling
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 MAX_DRAFT_TOKENS = 64
@@ -69,41 +73,8 @@ class Cancelled(Exception):
     """The client cancelled the request."""
 
 
-def _opt(request, name):
-    t = pb_utils.get_input_tensor_by_name(request, name)
-    return None if t is None else t.as_numpy()
-
-
-def _scalar(request, name, kind, default=None):
-    a = _opt(request, name)
-    if a is None or a.size == 0:
-        return default
-    return kind(a.reshape(-1)[0])
-
-
-def _strings(array):
-    if array is None:
-        return []
-    out = []
-    for w in array.reshape(-1):
-        s = w.decode("utf-8") if isinstance(w, bytes) else str(w)
-        if s:
-            out.append(s)
-    return out
-
-
-def _word_list(array):
-    """[.., 2, N] TRT-LLM word list -> list of token-id lists."""
-    if array is None or array.size == 0:
-        return []
-    a = np.asarray(array).reshape(-1, 2, array.shape[-1])[0]
-    ids, words, start = a[0].tolist(), [], 0
-    for end in a[1].tolist():
-        if end < 0 or end <= start or end > len(ids):
-            break
-        words.append([int(x) for x in ids[start:end]])
-        start = end
-    return words
+_inputs = RequestInputs(pb_utils)
+_opt, _scalar = _inputs.optional, _inputs.scalar
 
 
 def _first_stop(tokens, words, since):
@@ -147,9 +118,7 @@ class TritonPythonModel:
         mbs = self._int(params.get("max_batch_size"), 8)
         self.max_concurrency = self._int(params.get("max_concurrency"), 4 * max(mbs, 1))
         self.slots = None  # an asyncio.Semaphore, made on the stub's event loop
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(params["tokenizer_dir"], local_files_only=True)
+        tokenizer = load_tokenizer(params["tokenizer_dir"])
         self.table = ByteTable(tokenizer)
         self.default_end_id = tokenizer.eos_token_id
 
@@ -252,8 +221,8 @@ class TritonPythonModel:
             "min_tokens": _scalar(request, "min_tokens", int, 0),
             "return_log_probs": _scalar(request, "return_log_probs", bool, False),
             "exclude_input": _scalar(request, "exclude_input_in_output", bool, self.exclude_default),
-            "bad_words": _strings(_opt(request, "bad_words")),
-            "stop_words": _strings(_opt(request, "stop_words")),
+            "bad_words": strings(_opt(request, "bad_words")),
+            "stop_words": strings(_opt(request, "stop_words")),
             "num_draft_tokens": k,
             "use_draft_logits": use_logits,
             "penalties": penalties,
@@ -263,6 +232,7 @@ class TritonPythonModel:
         }
 
     async def _serve(self, args, sender):
+        assert self.slots is not None  # made by execute, before the first request is served
         async with self.slots:
             try:
                 await self._generate(args, sender)
@@ -376,7 +346,7 @@ class TritonPythonModel:
             _t("streaming", np.array([[False]], dtype=bool)),
             _t("exclude_input_in_output", np.array([[True]], dtype=bool)),
         ]
-        if pre["bad"] is not None and _word_list(pre["bad"]):
+        if pre["bad"] is not None and parse_word_list(pre["bad"], "BAD_WORDS_IDS", RequestError):
             inputs.append(_t("bad_words_list", pre["bad"].astype(np.int32)))
         if draft:
             inputs.append(_t("draft_input_ids", np.array([draft], dtype=np.int32)))
@@ -391,7 +361,9 @@ class TritonPythonModel:
             + (["output_log_probs"] if log_probs else [])
             + (["generation_logits"] if gen_logits else [])
         )
-        tokens, lps, logits = [], [], []
+        tokens: list[int] = []
+        lps: list[float] = []
+        logits: list[np.ndarray] = []
         for r in await self._call(model, inputs, names):
             if "output_ids" not in r:
                 continue
@@ -417,7 +389,7 @@ class TritonPythonModel:
                 f"max_tokens={max_tokens} is too large: prompt ({len(prompt)} tokens) + output must be "
                 f"<= max_seq_len={self.max_seq_len}"
             )
-        stop_words = _word_list(pre["stop"])
+        stop_words = parse_word_list(pre["stop"], "STOP_WORDS_IDS", RequestError)
         sampling = {}
         if args["top_k"] is not None:
             sampling["runtime_top_k"] = np.array([[args["top_k"]]], dtype=np.int32)
@@ -439,7 +411,8 @@ class TritonPythonModel:
             sampling[name] = value[None] if value.ndim > 1 else value.reshape(1, -1)  # add the batch dim
         stream = args["stream"]
         detok = IncrementalDetokenizer(self.table)
-        out, out_lps = [], []
+        out: list[int] = []
+        out_lps: list[float] = []
         drafted = accepted = 0
         while len(out) < max_tokens:
             if sender.is_cancelled():

@@ -18,18 +18,22 @@ import os
 import sys
 
 # Outside an NGC container tritonforge serves with the CPU Triton of nvidia-pytriton, whose Python stub
-# ignores PYTHONPATH; `tritonforge serve` passes the interpreter's paths here instead. Unset: no effect.
+# ignores PYTHONPATH; `tritonforge serve` passes the interpreter's paths here instead (unset: no effect).
+# The model's own folder comes first: it holds the packages vendored beside this file (tf_runtime, ...).
 sys.path[0:0] = [
     p for p in os.environ.get("TRITONFORGE_PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path
 ]
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import json  # noqa: E402
-import threading  # noqa: E402
+import functools
+import json
+import threading
 
-import numpy as np  # noqa: E402
-import triton_python_backend_utils as pb_utils  # noqa: E402
-from tf_runtime.engine import CpuEngine, EngineError, GenerationRequest  # noqa: E402
+import numpy as np
+import triton_python_backend_utils as pb_utils
+from tf_common.inputs import RequestInputs
+from tf_common.word_list import parse_word_list
+from tf_runtime.engine import CpuEngine, EngineError, GenerationRequest
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 CANCEL_POLL_S = 0.02
@@ -103,16 +107,8 @@ NEUTRAL = {
 }
 
 
-def _opt(request, name):
-    t = pb_utils.get_input_tensor_by_name(request, name)
-    return None if t is None else t.as_numpy()
-
-
-def _scalar(request, name, kind, default=None):
-    a = _opt(request, name)
-    if a is None or a.size == 0:
-        return default
-    return kind(a.reshape(-1)[0])
+_inputs = RequestInputs(pb_utils)
+_opt, _scalar = _inputs.optional, _inputs.scalar
 
 
 def _i32(name, value):
@@ -125,30 +121,6 @@ def _i64(name, value):
 
 def _float_list(array):
     return None if array is None or array.size == 0 else [float(x) for x in array.reshape(-1).tolist()]
-
-
-def _word_list(array, name):
-    """[2, N] (or [1, 2, N]) TRT-LLM word list -> list of token-id lists."""
-    if array is None or array.size == 0:
-        return []
-    a = np.asarray(array)
-    if a.ndim == 3:
-        a = a[0]
-    if a.ndim != 2 or a.shape[0] != 2:
-        raise EngineError(
-            f"{name} must have shape [2, N] (ids; cumulative end offsets), got {list(array.shape)}"
-        )
-    ids, offsets = a[0].tolist(), a[1].tolist()
-    words, start = [], 0
-    for end in offsets:
-        end = int(end)
-        if end < 0:
-            break
-        if end <= start or end > len(ids):
-            raise EngineError(f"{name} has an invalid offset {end} (ids has {len(ids)} entries)")
-        words.append([int(x) for x in ids[start:end]])
-        start = end
-    return words
 
 
 def _check_unsupported(request):
@@ -282,8 +254,12 @@ class TritonPythonModel:
         out_len = _scalar(request, "request_output_len", int, None)
         if out_len is None:
             raise EngineError("request_output_len is required")
-        draft = _opt(request, "draft_input_ids")
-        draft = [int(x) for x in draft.reshape(-1).tolist()] if draft is not None and draft.size else None
+        draft_ids = _opt(request, "draft_input_ids")
+        draft = (
+            [int(x) for x in draft_ids.reshape(-1).tolist()]
+            if draft_ids is not None and draft_ids.size
+            else None
+        )
         streaming = _scalar(request, "streaming", bool, False)
         if (
             streaming and not self.decoupled
@@ -298,8 +274,8 @@ class TritonPythonModel:
             max_new_tokens=out_len,
             end_id=_scalar(request, "end_id", int, None),
             pad_id=_scalar(request, "pad_id", int, None),
-            stop_words=_word_list(_opt(request, "stop_words_list"), "stop_words_list"),
-            bad_words=_word_list(_opt(request, "bad_words_list"), "bad_words_list"),
+            stop_words=parse_word_list(_opt(request, "stop_words_list"), "stop_words_list", EngineError),
+            bad_words=parse_word_list(_opt(request, "bad_words_list"), "bad_words_list", EngineError),
             top_k=_scalar(request, "runtime_top_k", int, 0),
             top_p=_scalar(request, "runtime_top_p", float, 0.0),
             temperature=_scalar(request, "temperature", float, 1.0),
@@ -319,7 +295,7 @@ class TritonPythonModel:
         exclude = _scalar(request, "exclude_input_in_output", bool, self.exclude_input_default)
         live = _Live(sender, prompt, streaming, exclude, request_id)
         with self.lock:  # registered before submit: the first chunk may arrive at once
-            handle = self.engine.submit(req, lambda chunk, live=live: self._on_chunk(live, chunk))
+            handle = self.engine.submit(req, functools.partial(self._on_chunk, live))
             live.handle = handle
             self.live[handle] = live
             if request_id:

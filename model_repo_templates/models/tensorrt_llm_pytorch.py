@@ -20,18 +20,24 @@ https://github.com/NVIDIA/TensorRT-LLM triton_backend/all_models/llmapi/tensorrt
 import os
 import sys
 
+# Outside an NGC container tritonforge serves with the CPU Triton of nvidia-pytriton, whose Python stub
+# ignores PYTHONPATH; `tritonforge serve` passes the interpreter's paths here instead (unset: no effect).
+# The model's own folder comes first: it holds the packages vendored beside this file (tf_runtime, ...).
 sys.path[0:0] = [
     p for p in os.environ.get("TRITONFORGE_PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path
 ]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import asyncio  # noqa: E402
-import json  # noqa: E402
-import re  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
+import asyncio
+import json
+import re
+import threading
+import time
 
-import numpy as np  # noqa: E402
-import triton_python_backend_utils as pb_utils  # noqa: E402
+import numpy as np
+import triton_python_backend_utils as pb_utils
+from tf_common.inputs import RequestInputs
+from tf_common.word_list import parse_word_list
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
@@ -82,40 +88,8 @@ class InvalidRequest(Exception):
     """The request is at fault (answered with INVALID_ARG)."""
 
 
-def _opt(request, name):
-    t = pb_utils.get_input_tensor_by_name(request, name)
-    return None if t is None else t.as_numpy()
-
-
-def _scalar(request, name, kind, default=None):
-    a = _opt(request, name)
-    if a is None or a.size == 0:
-        return default
-    return kind(a.reshape(-1)[0])
-
-
-def word_list(array, name):
-    """[2, N] (or [1, 2, N]) TensorRT-LLM word list (ids; cumulative end offsets) -> token-id lists."""
-    if array is None or array.size == 0:
-        return []
-    a = np.asarray(array)
-    if a.ndim == 3:
-        a = a[0]
-    if a.ndim != 2 or a.shape[0] != 2:
-        raise InvalidRequest(
-            f"{name} must have shape [2, N] (ids; cumulative end offsets), got {list(array.shape)}"
-        )
-    ids, offsets = a[0].tolist(), a[1].tolist()
-    words, start = [], 0
-    for end in offsets:
-        end = int(end)
-        if end < 0:
-            break
-        if end <= start or end > len(ids):
-            raise InvalidRequest(f"{name} has an invalid offset {end} (ids has {len(ids)} entries)")
-        words.append([int(x) for x in ids[start:end]])
-        start = end
-    return words
+_inputs = RequestInputs(pb_utils)
+_opt, _scalar = _inputs.optional, _inputs.scalar
 
 
 def stop_at(tokens, stop_words, start):
@@ -168,7 +142,7 @@ def sampling_kwargs(request, tokenizer=None):
         kw["min_tokens"] = min_tokens
     if _scalar(request, "return_log_probs", bool, False):
         kw["logprobs"] = 1
-    bad = word_list(_opt(request, "bad_words_list"), "bad_words_list")
+    bad = parse_word_list(_opt(request, "bad_words_list"), "bad_words_list", InvalidRequest)
     single = [w[0] for w in bad if len(w) == 1]
     multi = [w for w in bad if len(w) > 1]
     if single:
@@ -179,7 +153,7 @@ def sampling_kwargs(request, tokenizer=None):
                 "multi-token bad words need the model's tokenizer, which this LLM does not have"
             )
         kw["bad"] = [tokenizer.decode(w) for w in multi]
-    return kw, word_list(_opt(request, "stop_words_list"), "stop_words_list")
+    return kw, parse_word_list(_opt(request, "stop_words_list"), "stop_words_list", InvalidRequest)
 
 
 def _logprob(entry, token):
@@ -379,8 +353,9 @@ class TritonPythonModel:
         finally:
             with self.lock:
                 self.live.pop(id(live), None)
-                if live.request_id and self.by_request_id.get(live.request_id) is live:
-                    del self.by_request_id[live.request_id]
+                key = live.request_id
+                if key and self.by_request_id.get(key) is live:
+                    del self.by_request_id[key]
 
     def _take(self, live, ro):
         """Append the step's new tokens; True when the request is finished (stop word, end, abort)."""
