@@ -1,6 +1,6 @@
 """emit of the largest example as a whole process (median of 5), and Triton cold start of the CPU demo.
 
-Prints figures; asserts nothing. Targets (issue 2): emit < 0.5 s; cold start to all-READY < 20 s.
+Prints figures; asserts nothing. Targets: emit < 0.5 s; cold start to all-READY < 20 s.
 """
 
 from __future__ import annotations

@@ -82,7 +82,7 @@ def rule_fp8_needs_sm89(c: Ctx) -> Iterator[Problem]:
 # Source: TensorRT-LLM tensorrt_llm/builder.py `build()`: on 100 <= SM < 120 it raises
 # "INT8/INT4 quantization is not supported on SM>=100" for INT4/INT8 weight-only modes (W4A16-AWQ, and
 # W4A8-AWQ whose QuantMode is INT4 weights without the ACTIVATIONS bit) and INT8 KV caches, and
-# "SmoothQuant is not supported on SM>=100" for INT8-SQ. Facts table: INT4-AWQ "no" on Blackwell.
+# "SmoothQuant is not supported on SM>=100" for INT8-SQ.
 def rule_int_weights_refused_on_blackwell(c: Ctx) -> Iterator[Problem]:
     if not 100 <= c.sm < 120:
         return
@@ -126,8 +126,8 @@ def rule_tp_divides_heads(c: Ctx) -> Iterator[Problem]:
             )
 
 
-# Source: TensorRT-LLM tensorrt_llm/mapping.py (world_size = tp_size * pp_size); tensorrtllm_backend issues 564, 576
-# (world size vs TP x PP): the executor needs exactly TP x PP GPUs per engine.
+# Source: TensorRT-LLM tensorrt_llm/mapping.py (world_size = tp_size * pp_size): the executor needs exactly
+# TP x PP GPUs per engine.
 def rule_world_size_fits_gpus(c: Ctx) -> Iterator[Problem]:
     world, count = c.plan.world_size, c.tier.gpu.count
     if world > count:
@@ -153,8 +153,8 @@ def rule_world_size_fits_gpus(c: Ctx) -> Iterator[Problem]:
 
 # Source: TensorRT-LLM docs/source/advanced/kv-cache-reuse.md (block reuse needs --use_paged_context_fmha
 # enable; an INT8 KV cache turns paged context FMHA off); tensorrt_llm/builder.py also turns it off for an FP8 KV cache
-# when FP8 context FMHA is unavailable (weights not FP8/W4A8-AWQ/NVFP4, or SM < 89). Triton parameter
-# `enable_kv_cache_reuse` "needs engines built with paged context FMHA" (trtllm-triton-contract.md).
+# when FP8 context FMHA is unavailable (weights not FP8/W4A8-AWQ/NVFP4, or SM < 89). The Triton parameter
+# `enable_kv_cache_reuse` (tensorrtllm_backend docs/model_config.md) asks the runtime for that reuse.
 def rule_block_reuse_needs_paged_context_fmha(c: Ctx) -> Iterator[Problem]:
     kvc, e = c.tier.kv_cache, c.plan.engine
     if not kvc.block_reuse:
@@ -201,7 +201,8 @@ def rule_draft_paged_context_fmha(c: Ctx) -> Iterator[Problem]:
 
 
 # Source: https://github.com/NVIDIA/TensorRT-LLM/blob/release/1.2/examples/draft_target_model/README.md
-# (target also --speculative_decoding_mode draft_tokens_external --max_draft_len K); tensorrtllm_backend issue 473 (target not built with draft_tokens_external).
+# (target also --speculative_decoding_mode draft_tokens_external --max_draft_len K): a target built without
+# them cannot take the draft's tokens.
 def rule_draft_target_flags(c: Ctx) -> Iterator[Problem]:
     d = c.plan.draft
     if d is None:
@@ -241,8 +242,9 @@ def rule_draft_no_beam_search(c: Ctx) -> Iterator[Problem]:
             )
 
 
-# Source: draft tokens are token ids fed to the target (`draft_input_ids`), so both models must share
-# the vocabulary (trtllm-triton-contract.md, draft-target speculation); compared on config.json vocab_size.
+# Source: the BLS speculation loop hands the draft's output token ids to the target as `draft_input_ids`
+# (tensorrtllm_backend all_models/inflight_batcher_llm/tensorrt_llm_bls/1/lib/decode.py, `_spec_generate`),
+# so both models must share the vocabulary; compared on config.json vocab_size.
 def rule_draft_same_vocabulary(c: Ctx) -> Iterator[Problem]:
     if c.draft_config is None or c.target_config is None or c.plan.draft is None:
         return
@@ -278,8 +280,8 @@ def rule_draft_precision(c: Ctx) -> Iterator[Problem]:
             )
 
 
-# Source: github.com/triton-inference-server/tensorrtllm_backend issues 303 and 456 (KV-cache OOM: two
-# engines on one GPU need lower memory fractions); the draft-target README uses 0.5 each. Both fractions apply to the same GPU's free memory.
+# Source: `kv_cache_free_gpu_mem_fraction` is a fraction of the GPU memory free after the model loads
+# (default 0.9; https://github.com/triton-inference-server/tensorrtllm_backend/blob/main/docs/model_config.md), so two engines on one GPU need lower fractions; the draft-target README uses 0.5 each.
 def rule_two_engine_fractions(c: Ctx) -> Iterator[Problem]:
     d = c.plan.draft
     if d is None:

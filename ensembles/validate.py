@@ -49,6 +49,9 @@ def load_configs(repo: Path) -> tuple[dict[str, mc.ModelConfig], list[Problem]]:
             )
             continue
         text = cfg_path.read_text(encoding="utf-8", errors="replace")
+        # The backend's tools/fill_template.py fills `${name}` with string.Template.safe_substitute, which
+        # leaves a placeholder it was not given in the file silently (https://github.com/
+        # triton-inference-server/tensorrtllm_backend/blob/main/tools/fill_template.py).
         if "${" in text:
             start = text.index("${")
             placeholder = text[start : text.find("}", start) + 1]
@@ -57,7 +60,7 @@ def load_configs(repo: Path) -> tuple[dict[str, mc.ModelConfig], list[Problem]]:
                     model_dir.name,
                     "config.pbtxt",
                     f"unfilled placeholder {placeholder}",
-                    "fill every template value (tensorrtllm_backend #250); `tritonforge emit` never leaves one",
+                    "fill every template value; `tritonforge emit` never leaves one",
                 )
             )
             continue
@@ -213,7 +216,9 @@ def _check_ensemble(name: str, cfg: mc.ModelConfig, configs: dict[str, mc.ModelC
                     "make the data types equal",
                 )
             )
-    # Streaming needs a decoupled engine (tensorrtllm_backend #626, #70, #268).
+    # Streaming needs a decoupled engine: `decoupled_mode` "must be set to true for requests setting the
+    # stream tensor to true" (https://github.com/triton-inference-server/tensorrtllm_backend/blob/main/docs/
+    # model_config.md, tensorrt_llm model).
     for step in cfg.ensemble_scheduling.step:
         target = configs.get(step.model_name)
         if target is None:
@@ -247,13 +252,13 @@ def _check_engine(repo: Path, name: str, cfg: mc.ModelConfig) -> list[Problem]:
                 name,
                 "parameters.gpt_model_path",
                 "empty",
-                "point it at the engine directory (tensorrtllm_backend #61, #79)",
+                "point it at the engine directory",
             )
         )
         return out
     # KIND_GPU makes Triton create one instance per visible GPU while the backend ignores Triton's device
-    # id, so several executors land on one GPU (tensorrtllm_backend issues 481 and 166): the backend's
-    # docs/model_config.md places engines with gpu_device_ids instead.
+    # id, so several executors land on one GPU: the backend places engines with `gpu_device_ids` ("if not
+    # provided, the model will use all visible GPUs"; tensorrtllm_backend docs/model_config.md, URL above).
     if not is_cpu and any(g.kind == mc.ModelInstanceGroup.KIND_GPU for g in cfg.instance_group):
         out.append(
             Problem(
@@ -432,7 +437,11 @@ def _check_cycles(configs: dict[str, mc.ModelConfig]) -> list[Problem]:
 
 
 def _check_shared_gpu(configs: dict[str, mc.ModelConfig]) -> list[Problem]:
-    """Engines on the same GPU must leave room for each other (tensorrtllm_backend #303, #456)."""
+    """Engines on the same GPU must leave room for each other.
+
+    `kv_cache_free_gpu_mem_fraction` is a fraction of the GPU memory free after the model loads (default 0.9:
+    tensorrtllm_backend docs/model_config.md, https://github.com/triton-inference-server/tensorrtllm_backend/
+    blob/main/docs/model_config.md), so a second engine on the GPU needs the first one to leave room."""
     by_gpu: dict[str, list[tuple[str, float]]] = {}
     for name, cfg in configs.items():
         if cfg.backend not in ENGINE_BACKENDS:

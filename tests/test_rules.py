@@ -48,7 +48,8 @@ def test_a_valid_tier_has_no_problems():
     assert problems() == []
 
 
-# Source: facts "Hardware rules" (NVFP4 only on Blackwell sm100).
+# Source: TensorRT-LLM docs/source/reference/precision.md (https://github.com/NVIDIA/TensorRT-LLM/blob/release/1.2/docs/source/reference/precision.md):
+# NVFP4 only on Blackwell (sm100).
 def test_nvfp4_needs_blackwell():
     e = errors(quantization={"format": "nvfp4", "kv_cache_dtype": "fp8"})
     assert rule_ids(e) == {"nvfp4-needs-blackwell"}
@@ -59,7 +60,7 @@ def test_nvfp4_needs_blackwell():
     }
 
 
-# Source: facts hardware table (FP8: Ada sm89+, not Ampere).
+# Source: TensorRT-LLM docs/source/reference/precision.md hardware table (FP8: Ada sm89+, not Ampere).
 @pytest.mark.parametrize("fmt", ["fp8", "w4a8_awq"])
 def test_fp8_needs_sm89(fmt):
     e = errors(quantization={"format": fmt}, gpu={"type": "A100-80GB"})
@@ -69,7 +70,7 @@ def test_fp8_needs_sm89(fmt):
 
 
 # Source: TensorRT-LLM builder.py: "INT8/INT4 quantization is not supported on SM>=100",
-# "SmoothQuant is not supported on SM>=100"; facts: INT4-AWQ "no" on Blackwell.
+# "SmoothQuant is not supported on SM>=100" (https://github.com/NVIDIA/TensorRT-LLM/blob/release/1.2/tensorrt_llm/builder.py).
 @pytest.mark.parametrize(
     "quant",
     [
@@ -86,7 +87,8 @@ def test_int_weights_and_int8_kv_refused_on_blackwell(quant):
     assert not errors(quantization=quant, gpu={"type": "H100-SXM"}, kv_cache={"block_reuse": False})
 
 
-# Source: facts "TP must divide the attention heads and KV heads".
+# Source: TensorRT-LLM tensorrt_llm/layers/attention.py (https://github.com/NVIDIA/TensorRT-LLM/blob/release/1.2/tensorrt_llm/layers/attention.py): the attention
+# heads and KV heads are split across the TP ranks.
 def test_tp_divides_heads():
     e = errors(parallelism={"tp": 3}, gpu={"count": 3})
     assert rule_ids(e) == {"tp-divides-heads"}
@@ -94,7 +96,7 @@ def test_tp_divides_heads():
     assert "tp-divides-heads" in rule_ids(errors(parallelism={"tp": 16}, gpu={"count": 16}))
 
 
-# Source: facts "world size = TP x PP"; tensorrtllm_backend #564, #576.
+# Source: TensorRT-LLM tensorrt_llm/mapping.py (https://github.com/NVIDIA/TensorRT-LLM/blob/release/1.2/tensorrt_llm/mapping.py): world_size = tp_size * pp_size.
 def test_world_size_must_fit_gpu_count():
     e = errors(parallelism={"tp": 2, "pp": 2}, gpu={"count": 2})
     assert rule_ids(e) == {"world-size"} and "gpu.count: 4" in e[0].message
@@ -102,8 +104,9 @@ def test_world_size_must_fit_gpu_count():
     assert [(p.severity, p.rule) for p in w] == [("warning", "world-size")]
 
 
-# Source: facts "KV-cache block reuse requires --use_paged_context_fmha enable; an INT8 KV cache turns paged
-# context FMHA off"; builder.py turns FP8 paged context FMHA off without FP8 context FMHA.
+# Source: TensorRT-LLM docs/source/advanced/kv-cache-reuse.md (https://github.com/NVIDIA/TensorRT-LLM/blob/release/1.2/docs/source/advanced/kv-cache-reuse.md):
+# block reuse needs --use_paged_context_fmha enable; tensorrt_llm/builder.py turns paged context FMHA off for an
+# INT8 KV cache, and for an FP8 one without FP8 context FMHA.
 def test_block_reuse_impossible_with_int8_kv():
     e = errors(quantization={"format": "fp8", "kv_cache_dtype": "int8"})
     assert rule_ids(e) == {"block-reuse"}
@@ -145,7 +148,8 @@ def test_valid_draft_target_tier():
     assert problems(**draft_tier()) == []
 
 
-# Source: facts "Draft-target speculation: both engines with --use_paged_context_fmha enable".
+# Source: https://github.com/NVIDIA/TensorRT-LLM/blob/release/1.2/examples/draft_target_model/README.md
+# (draft-target speculation: both engines with --use_paged_context_fmha enable).
 def test_draft_needs_paged_context_fmha_on_both_engines():
     t = draft_tier()
     t["draft"]["quantization"] = {"format": "fp8", "kv_cache_dtype": "int8"}
@@ -155,8 +159,8 @@ def test_draft_needs_paged_context_fmha_on_both_engines():
     assert "draft-paged-context-fmha" in rule_ids(e)
 
 
-# Source: facts "target also --speculative_decoding_mode draft_tokens_external --max_draft_len K";
-# tensorrtllm_backend #473. The planner always adds them; the rule checks the command it derived.
+# Source: the draft-target README (URL above): the target also gets --speculative_decoding_mode
+# draft_tokens_external --max_draft_len K. The planner always adds them; the rule checks the command it derived.
 def test_draft_target_flags_checked_on_the_derived_command():
     spec = spec_of(**draft_tier())
     plan = plan_deployment(spec).tiers[0]
@@ -170,7 +174,7 @@ def test_draft_target_flags_checked_on_the_derived_command():
     assert "draft_tokens_external --max_draft_len 4" in e[0].message
 
 
-# Source: facts "no beam search" for draft-target. The spec has no beam width; engines are planned
+# Source: the draft-target README (URL above): no beam search. The spec has no beam width; engines are planned
 # with max_beam_width 1, so the rule is exercised on a plan with a beam engine.
 def test_draft_no_beam_search():
     spec = spec_of(**draft_tier())
@@ -180,7 +184,8 @@ def test_draft_no_beam_search():
     assert [p.rule for p in e] == ["draft-no-beam-search"] and "draft engine" in e[0].message
 
 
-# Source: draft tokens are target token ids (draft_input_ids): same vocabulary (config.json vocab_size).
+# Source: the BLS loop sends the draft's token ids to the target as draft_input_ids (tensorrtllm_backend
+# all_models/inflight_batcher_llm/tensorrt_llm_bls/1/lib/decode.py): same vocabulary (config.json vocab_size).
 def test_draft_same_vocabulary():
     t = draft_tier()
     t["draft"]["model"] = "fixture:mistral-7b-v0.3"
@@ -190,13 +195,14 @@ def test_draft_same_vocabulary():
     assert "32768" in msg and "128256" in msg
 
 
-# Source: facts "runtime needs KV block reuse" for draft-target.
+# Source: the draft-target README's Triton workflow (URL above) serves both models with enable_kv_cache_reuse.
 def test_draft_needs_block_reuse():
     e = errors(**draft_tier(kv_cache={"block_reuse": False}))
     assert rule_ids(e) == {"draft-needs-block-reuse"}
 
 
-# Source: tensorrtllm_backend #303, #456: two engines on one GPU need fractions summing <= 0.95.
+# Source: kv_cache_free_gpu_mem_fraction is a fraction of the memory free after the model loads
+# (https://github.com/triton-inference-server/tensorrtllm_backend/blob/main/docs/model_config.md): two engines on one GPU need fractions summing <= 0.95.
 def test_two_engines_fractions_sum():
     t = draft_tier(kv_cache={"free_gpu_mem_fraction": 0.9})
     t["draft"]["kv_cache_free_gpu_mem_fraction"] = 0.1
@@ -206,7 +212,8 @@ def test_two_engines_fractions_sum():
     assert not errors(**t)
 
 
-# Source: facts memory arithmetic: weights + KV for one max-length sequence must fit.
+# Source: TensorRT-LLM docs/source/reference/memory.md (https://github.com/NVIDIA/TensorRT-LLM/blob/release/1.2/docs/source/reference/memory.md): weights +
+# activations + KV pool; the KV of one max-length sequence must fit.
 def test_tier_must_fit_and_says_by_how_much():
     e = errors(model="fixture:llama-3.1-70b", quantization={"format": "none"})  # 70B BF16 on one H100
     assert rule_ids(e) == {"must-fit"}
@@ -251,7 +258,9 @@ def test_cpu_reference_tier_must_fit_its_gpu_target_too():
     ) == {"must-fit"}
 
 
-# Source: trtllm-build-facts "Which TensorRT-LLM has engines" (1.3 removed the engine flow).
+# Source: https://nvidia.github.io/TensorRT-LLM/legacy/tensorrt-backend-removal.html ("TensorRT Backend Removed":
+# trtllm-build and the engine flow are gone after the 1.2 line) and the release notes
+# (https://nvidia.github.io/TensorRT-LLM/release-notes.html).
 def test_newer_trtllm_has_no_engine_flow():
     spec = parse_spec(
         {

@@ -99,8 +99,8 @@ BROKEN: list[tuple[str, Callable[[Path], None], str, str]] = [
         "max_batch_size 256 != engine max_batch_size 64",
     ),
     ("two engines overcommit", _second_engine, "tensorrt_llm", "sum to at most 0.95"),
-    # KIND_GPU: one executor per visible GPU (tensorrtllm_backend issues 481, 166; docs/model_config.md
-    # places engines with gpu_device_ids).
+    # KIND_GPU: one executor per visible GPU (tensorrtllm_backend docs/model_config.md places engines with
+    # gpu_device_ids: "if not provided, the model will use all visible GPUs").
     (
         "engine on KIND_GPU",
         lambda r: _edit(r, "tensorrt_llm", lambda t: t.replace("kind: KIND_CPU", "kind: KIND_GPU")),
