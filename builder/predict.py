@@ -73,19 +73,29 @@ class Workload:
 _WORKLOAD_KEYS = {"isl": int, "osl": int, "isl_std": float, "osl_std": float}
 
 
+def parse_key_numbers(text: str, flag: str, fix: str, key: str = r"[a-z_]+") -> dict[str, str]:
+    """`a=1,b=0.5` -> {"a": "1", "b": "0.5"} (the numbers as written, keys matching the regex `key`).
+
+    A part that is not key=number, or a key given twice, is a UserError naming `flag` and ending in `fix`.
+    """
+    out: dict[str, str] = {}
+    for part in (p.strip() for p in text.split(",")):
+        m = re.fullmatch(rf"({key})\s*=\s*([0-9]*\.?[0-9]+)", part)
+        if not m:
+            raise UserError(f"{flag}: cannot read {part!r} (expected key=number); {fix}")
+        if m.group(1) in out:
+            raise UserError(f"{flag}: {m.group(1)} is given twice; {fix}")
+        out[m.group(1)] = m.group(2)
+    return out
+
+
 def parse_workload(text: str, concurrency: int | None = None, request_rate: float | None = None) -> Workload:
     """`isl=2048,osl=256[,isl_std=..,osl_std=..]` -> Workload; anything else is a UserError."""
     fix = "use --workload isl=2048,osl=256[,isl_std=N,osl_std=N]"
     vals: dict[str, float] = {}
-    for part in (p.strip() for p in text.split(",")):
-        m = re.fullmatch(r"([a-z_]+)\s*=\s*([0-9]+(?:\.[0-9]+)?)", part)
-        if not m:
-            raise UserError(f"--workload: cannot read {part!r} (expected key=number); {fix}")
-        key, num = m.group(1), m.group(2)
+    for key, num in parse_key_numbers(text, "--workload", fix).items():
         if key not in _WORKLOAD_KEYS:
             raise UserError(f"--workload: unknown key {key!r}; {fix}")
-        if key in vals:
-            raise UserError(f"--workload: {key} is given twice; {fix}")
         if _WORKLOAD_KEYS[key] is int and "." in num:
             raise UserError(f"--workload: {key} must be a whole number of tokens, not {num}; {fix}")
         vals[key] = _WORKLOAD_KEYS[key](num)

@@ -21,7 +21,6 @@ replica's tier i completes at its maximum throughput (or at the given concurrenc
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import asdict, dataclass, field, replace
 
 from tritonforge.errors import UserError
@@ -222,19 +221,16 @@ def speculate(t, w, pred, calib: dict) -> Speculation:
 
 def parse_traffic_share(text: str, names: list[str]) -> dict[str, float]:
     """`small=0.7,large=0.3` -> shares of the requests that miss the cache; they must sum to 1."""
+    from tritonforge.builder.predict import parse_key_numbers
+
     fix = "use --traffic-share TIER=FRACTION,... over the spec's tiers, summing to 1"
     out: dict[str, float] = {}
-    for part in (p.strip() for p in text.split(",")):
-        m = re.fullmatch(r"([A-Za-z0-9_.-]+)\s*=\s*([0-9]*\.?[0-9]+)", part)
-        if not m:
-            raise UserError(f"--traffic-share: cannot read {part!r}; {fix}")
-        name, val = m.group(1), float(m.group(2))
+    for name, num in parse_key_numbers(text, "--traffic-share", fix, key=r"[A-Za-z0-9_.-]+").items():
+        val = float(num)
         if name not in names:
             raise UserError(
                 f"--traffic-share: {name!r} is not a tier of the spec ({', '.join(names)}); {fix}"
             )
-        if name in out:
-            raise UserError(f"--traffic-share: {name} is given twice; {fix}")
         if not 0.0 <= val <= 1.0:
             raise UserError(f"--traffic-share: {name}={val:g} is not a fraction in [0, 1]; {fix}")
         out[name] = val
