@@ -435,10 +435,37 @@ def check_tier(
 
 
 def parse_version(v: str) -> tuple[int, int]:
-    m = re.match(r"^\s*v?(\d+)\.(\d+)", v)
+    """`1.2.1` -> (1, 2): the release line."""
+    major, minor, _ = parse_full_version(v)
+    return major, minor
+
+
+def parse_full_version(v: str) -> tuple[int, int, int]:
+    """`1.2.1` -> (1, 2, 1); `1.2` -> (1, 2, 0)."""
+    m = re.match(r"^\s*v?(\d+)\.(\d+)(?:\.(\d+))?", v)
     if not m:
         raise UserError(f"triton.trtllm_version {v!r} is not a version like 0.16.0 or 1.2.1")
-    return int(m.group(1)), int(m.group(2))
+    return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
+
+
+# Source: Triton's trtllm-python-py3 compatibility matrix
+# (https://github.com/triton-inference-server/server docs/introduction/compatibility.md).
+def _image_ships_target(spec: DeploymentSpec, exact: bool, why: str) -> Iterator[Problem]:
+    """The container must ship the TensorRT-LLM the spec targets: the same x.y.z when `exact`, else the
+    same x.y line. An image the matrix does not list is taken as the user's own build."""
+    target, image = spec.triton.trtllm_version, spec.triton.image
+    shipped = versions.image_trtllm(image)
+    same = parse_full_version if exact else parse_version
+    if shipped is None or same(shipped) == same(target):
+        return
+    fits = versions.images_for(target)
+    fix = f"set triton.image: {fits[0]}" if fits else f"set triton.trtllm_version: {shipped}"
+    yield Problem(
+        "error",
+        "",
+        "trtllm-image",
+        f"triton.image {image} ships TensorRT-LLM {shipped} but triton.trtllm_version is {target}; {why}: {fix}",
+    )
 
 
 # Source: https://nvidia.github.io/TensorRT-LLM/release-notes.html (1.3.0rc20): the 1.3 line removed the engine flow
@@ -459,10 +486,7 @@ def rule_trtllm_version_has_engines(spec: DeploymentSpec, installed: str | None 
             f"with the PyTorch backend instead",
         )
     else:
-        # The container must ship the TensorRT-LLM the engines are built with (Triton's trtllm-python-py3
-        # compatibility matrix: https://github.com/triton-inference-server/server docs/introduction/compatibility.md).
-        for message in versions.version_problems(spec.triton.image, target):
-            yield Problem("error", "", "trtllm-image", message)
+        yield from _image_ships_target(spec, True, "engines only load in the version that built them")
     if installed and parse_version(installed) != parse_version(target):
         yield Problem(
             "warning",
@@ -478,7 +502,7 @@ def rule_trtllm_version_has_engines(spec: DeploymentSpec, installed: str | None 
 # became the default there. The container must ship the release the arguments are written for (the draft
 # path field differs per release: builder/llmapi.py).
 def rule_pytorch_version(spec: DeploymentSpec) -> Iterator[Problem]:
-    from tritonforge.builder.llmapi import MIN_PYTORCH_TRTLLM, release
+    from tritonforge.builder.llmapi import MIN_PYTORCH_TRTLLM
 
     tiers = [t.name for t in spec.tiers if t.runtime == Runtime.trtllm_pytorch]
     if not tiers:
@@ -494,17 +518,7 @@ def rule_pytorch_version(spec: DeploymentSpec) -> Iterator[Problem]:
             f"and triton.image: {versions.TRITON_IMAGE}",
         )
         return
-    shipped = versions.image_trtllm(spec.triton.image)
-    if shipped is not None and release(shipped) != release(target):
-        fits = versions.images_for(target)
-        fix = f"set triton.image: {fits[0]}" if fits else f"set triton.trtllm_version: {shipped}"
-        yield Problem(
-            "error",
-            "",
-            "trtllm-image",
-            f"triton.image {spec.triton.image} ships TensorRT-LLM {shipped} but triton.trtllm_version is "
-            f"{target}, which the LLM API arguments are written for: {fix}",
-        )
+    yield from _image_ships_target(spec, False, "the LLM API arguments are written for the latter")
 
 
 # Source: TensorRT-LLM's quick-start recipe for Llama-3.3-70B ("NVFP4 is only supported on NVIDIA Blackwell")
