@@ -5,10 +5,16 @@ from __future__ import annotations
 import json
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import click
 
 from tritonforge.errors import UserError
+
+if TYPE_CHECKING:
+    from tritonforge.builder.predict import TierPrediction
+    from tritonforge.builder.predict_fleet import Capacity
+    from tritonforge.builder.spec import DeploymentSpec
 
 GIB = 1024**3
 
@@ -269,17 +275,18 @@ def plan_command(
     if replicas is not None and not 1 <= replicas <= 1000:
         raise UserError(f"--replicas must be between 1 and 1000, not {replicas}")
     s = load_spec(spec)
-    fleet = _fleet_inputs(s, traffic_share, cache_hit_rate) if w is not None else None
+    shares, hit = _fleet_inputs(s, traffic_share, cache_hit_rate) if w is not None else (None, 0.0)
     plan = plan_deployment(s, build_dir)
     plan.problems = rules.check_deployment(s, trtllm_installed_version())
-    preds = cascade = cap = None
+    preds: dict[str, TierPrediction] | None = None
+    cascade: dict | None = None
+    cap: Capacity | None = None
     if w is not None:
         from dataclasses import replace
 
         from tritonforge.builder import predict_fleet
         from tritonforge.builder.predict import predict_plan
 
-        shares, hit = fleet
         tier_w = None
         if request_rate is not None and shares is not None:  # each tier: its share of the misses, per replica
             rates = predict_fleet.tier_request_rates(request_rate / (replicas or 1), shares, hit)
@@ -296,7 +303,7 @@ def plan_command(
                     "--replicas with several tiers needs --traffic-share TIER=FRACTION,... "
                     "(the router's split)"
                 )
-            d = s.deploy.replicas
+            rng = s.deploy.replicas
             cap = predict_fleet.capacity_for_plan(
                 plan,
                 cap_preds,
@@ -306,11 +313,11 @@ def plan_command(
                 osl=w.osl,
                 request_rate=request_rate,
                 hit_rate=hit,
-                deploy_range=(d.min, d.max),
+                deploy_range=(rng.min, rng.max),
             )
     if as_json:
         d = plan.to_dict()
-        if preds is not None:
+        if w is not None and preds is not None:
             d["workload"] = w.to_dict()
             for td in d["tiers"]:
                 p = preds[td["name"]].to_dict()
@@ -328,6 +335,7 @@ def plan_command(
         click.echo(format_plan(plan, s.triton.image))
         if preds is not None:
             click.echo(format_predictions(preds))
+        if cascade is not None:
             text = format_cascade(cascade, len(plan.tiers) + len(s.router.remote) > 1)
             if text:
                 click.echo(text)
@@ -336,11 +344,14 @@ def plan_command(
     rules.raise_for_errors(plan)
 
 
-def _fleet_inputs(s, traffic_share: str | None, cache_hit_rate: float | None):
+def _fleet_inputs(
+    s: DeploymentSpec, traffic_share: str | None, cache_hit_rate: float | None
+) -> tuple[dict[str, float] | None, float]:
     """(shares of cache misses per tier or None, cache hit rate) from the CLI, checked against the spec."""
     from tritonforge.builder import predict_fleet
 
     names = [t.name for t in s.tiers] + [r.name for r in s.router.remote]
+    shares: dict[str, float] | None
     if traffic_share is not None:
         shares = predict_fleet.parse_traffic_share(traffic_share, names)
     elif s.router.traffic_share is not None:

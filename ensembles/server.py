@@ -32,6 +32,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from tritonforge.builder import versions
 from tritonforge.builder.launch import Launch
@@ -62,7 +63,7 @@ class TritonInstall:
 
 def _pytriton_root() -> Path | None:
     try:
-        import pytriton  # type: ignore[import-not-found]
+        import pytriton
     except ImportError:
         return None
     root = Path(pytriton.__file__).parent / "tritonserver"
@@ -509,7 +510,7 @@ class TritonServer:
         self.host = host
         self.die_with_parent = die_with_parent
         self.proc: subprocess.Popen[bytes] | None = None
-        self._log_file = None
+        self._log_file: IO[bytes] | None = None
 
     @property
     def http_url(self) -> str:

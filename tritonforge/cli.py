@@ -309,6 +309,7 @@ def serve(
         click.echo(f"  gRPC    {server.grpc_url}")
         click.echo(f"  metrics {server.metrics_url}")
         if ready_file:
+            assert server.proc is not None  # started above, and wait_ready returned: it runs
             Path(ready_file).write_text(
                 json.dumps(
                     {

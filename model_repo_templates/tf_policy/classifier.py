@@ -141,8 +141,8 @@ def train(
     markers: Sequence[str] = DEFAULT_MARKERS,
 ) -> LinearClassifier:
     """Fit logistic regression; reports train accuracy and (when there is enough data) 5-fold CV accuracy."""
-    from sklearn.linear_model import LogisticRegression  # type: ignore[import-not-found]
-    from sklearn.model_selection import cross_val_score  # type: ignore[import-not-found]
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_score
 
     labels = sorted({r["tier"] for r in rows})
     if len(labels) < 2:

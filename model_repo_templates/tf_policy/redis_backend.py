@@ -116,9 +116,9 @@ class RedisBackend:
         self._warned_unsigned = False
 
     def _connect(self) -> Any:
-        import redis  # type: ignore[import-not-found]
-        from redis.backoff import NoBackoff  # type: ignore[import-not-found]
-        from redis.retry import Retry  # type: ignore[import-not-found]
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
         # One immediate retry on a connection error only: a pooled connection that went stale when
         # Redis restarted fails once and is replaced; timeouts are never retried (slow = pass through).

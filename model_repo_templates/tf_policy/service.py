@@ -60,8 +60,10 @@ class _SemanticWon(Exception):  # noqa: N818 - control flow, not an error
         self.lookup = lookup
 
 
+# A tier's chunk: (text delta, tokens in it), plus extra output tensors by name when a local tier has them.
+TierChunk = tuple[str, int] | tuple[str, int, dict[str, Any]]
 # (tier, request, timeout_s, cancel event) -> chunks; raises TierError
-TierCall = Callable[[TierConfig, GenRequest, float, threading.Event], Iterator[Chunk]]
+TierCall = Callable[[TierConfig, GenRequest, float, threading.Event], Iterator[TierChunk]]
 
 
 @dataclass
@@ -168,21 +170,22 @@ class EntryService:
             )
         tiers = [self.cfg.tier(req.tier)] if req.tier is not None else list(self.cfg.tiers)
         where = f"tier {req.tier!r}" if req.tier is not None else "any tier"
-        outs = [t.max_output_len for t in tiers]
-        if all(o is not None for o in outs) and req.max_tokens > max(outs):  # type: ignore[type-var]
+        # a limit holds only when every tier the request may reach has one
+        outs = [t.max_output_len for t in tiers if t.max_output_len is not None]
+        if len(outs) == len(tiers) and req.max_tokens > max(outs):
             raise RequestError(
                 f"max_tokens={req.max_tokens} is more than {where} can generate "
                 f"(max_output_len {max(outs)}); ask for at most {max(outs)}"
-            )  # type: ignore[type-var]
-        ins = [t.max_input_len for t in tiers]
-        if all(i is not None for i in ins):
-            limit = max_input_bytes(max(ins))  # type: ignore[type-var]
+            )
+        ins = [t.max_input_len for t in tiers if t.max_input_len is not None]
+        if len(ins) == len(tiers):
+            limit = max_input_bytes(max(ins))
             size = len(req.text.encode("utf-8", errors="replace"))
             if size > limit:
                 raise RequestError(
                     f"text_input is {size} bytes, longer than {where} accepts "
                     f"(max_input_len {max(ins)} tokens, at most {limit} bytes); shorten it"
-                )  # type: ignore[type-var]
+                )
 
     def handle(self, req: GenRequest, send: Callable[[Reply], None]) -> Outcome:
         """Serve one request through `send`; raises RequestError (bad input) or TierError (all tiers failed).
@@ -234,12 +237,13 @@ class EntryService:
             self._settle(lookup)
         served = self.cfg.tier(out.tier)
         pending = None
-        if self.cache is not None and lookup.cacheable and self.cache.cacheable(req, _openai(served)):
-            pending = self.cache.prepare(
+        cache = self.cache
+        if cache is not None and lookup.cacheable and cache.cacheable(req, _openai(served)):
+            pending = cache.prepare(
                 lookup, req, out.tier, served.version, out.text, out.num_output_tokens, out.chunks
             )
             if pending is not None:
-                self.cache.hold(*pending)  # an exact repeat from now on hits (microseconds, in memory)
+                cache.hold(*pending)  # an exact repeat from now on hits (microseconds, in memory)
         if req.stream:
             send(Reply(tier=out.tier, cache_status=lookup.status, final=True, data=False))
         else:
@@ -253,14 +257,14 @@ class EntryService:
                     extra=out.extra or None,
                 )
             )
-        if pending is not None:
+        if pending is not None and cache is not None:
             # After the response: the exact entry now (microseconds in memory, one round trip to Redis),
             # the embedding and the index entry on the semantic worker when the race did not compute it.
             key, entry = pending
             if entry.vector is None and race is not None and race.result is not None:
                 entry.vector = race.result.vector
-            out.stored = self.cache.insert(key, entry)  # type: ignore[union-attr]
-            if out.stored and self.worker is not None and self.cache.wants_vector(entry):  # type: ignore[union-attr]
+            out.stored = cache.insert(key, entry)
+            if out.stored and self.worker is not None and cache.wants_vector(entry):
                 self.worker.insert(key, entry, race=race, vector_only=True)
         self._maintain()
         return out
@@ -306,7 +310,7 @@ class EntryService:
             try:
                 for ch in self._with_deadline(tier, req, race):
                     text, n = ch[0], ch[1]
-                    more = ch[2] if len(ch) > 2 else None  # type: ignore[misc]
+                    more = ch[2] if len(ch) > 2 else None
                     chunks.append((text, n))
                     if more:
                         extra.update(more)
@@ -345,7 +349,9 @@ class EntryService:
             self.metrics.count("tf_tier_requests_total", tier=tier, outcome="cancelled")
             raise _SemanticWon(won)
 
-    def _with_deadline(self, tier: TierConfig, req: GenRequest, race: Race | None = None) -> Iterator[Chunk]:
+    def _with_deadline(
+        self, tier: TierConfig, req: GenRequest, race: Race | None = None
+    ) -> Iterator[TierChunk]:
         """The tier's chunks; TierError('timeout') when the whole call takes longer than the tier timeout.
         Raises _SemanticWon as soon as `race` confirms a semantic hit while it is still open."""
         timeout = self.cfg.timeout_for(tier.name)
