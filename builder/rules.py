@@ -184,12 +184,12 @@ def rule_block_reuse_needs_paged_context_fmha(c: Ctx) -> Iterator[Problem]:
 # Source: https://github.com/NVIDIA/TensorRT-LLM/blob/release/1.2/examples/draft_target_model/README.md
 # (both engines with --use_paged_context_fmha enable).
 def rule_draft_paged_context_fmha(c: Ctx) -> Iterator[Problem]:
-    d = c.plan.draft
-    if d is None:
+    d, spec_draft = c.plan.draft, c.tier.draft
+    if d is None or spec_draft is None:
         return
     for who, e, fmt in (
         ("target", c.plan.engine, c.tier.quantization.format),
-        ("draft", d.engine, c.tier.draft.quantization.format),
+        ("draft", d.engine, spec_draft.quantization.format),
     ):
         if not e.paged_context_fmha:
             yield c.error(
@@ -204,8 +204,7 @@ def rule_draft_paged_context_fmha(c: Ctx) -> Iterator[Problem]:
 # (target also --speculative_decoding_mode draft_tokens_external --max_draft_len K): a target built without
 # them cannot take the draft's tokens.
 def rule_draft_target_flags(c: Ctx) -> Iterator[Problem]:
-    d = c.plan.draft
-    if d is None:
+    if c.plan.draft is None or c.tier.draft is None:
         return
     argv = c.plan.engine.argv
     k = c.tier.draft.num_draft_tokens
@@ -246,7 +245,7 @@ def rule_draft_no_beam_search(c: Ctx) -> Iterator[Problem]:
 # (tensorrtllm_backend all_models/inflight_batcher_llm/tensorrt_llm_bls/1/lib/decode.py, `_spec_generate`),
 # so both models must share the vocabulary; compared on config.json vocab_size.
 def rule_draft_same_vocabulary(c: Ctx) -> Iterator[Problem]:
-    if c.draft_config is None or c.target_config is None or c.plan.draft is None:
+    if c.draft_config is None or c.target_config is None or c.plan.draft is None or c.tier.draft is None:
         return
     tv, dv = c.plan.shape.vocab_size, c.plan.draft.shape.vocab_size
     if tv != dv:
@@ -269,7 +268,7 @@ def rule_draft_needs_block_reuse(c: Ctx) -> Iterator[Problem]:
 
 # Source: https://github.com/NVIDIA/TensorRT-LLM/blob/release/1.2/examples/draft_target_model/README.md ("Support Matrix": FP16/BF16/FP8).
 def rule_draft_precision(c: Ctx) -> Iterator[Problem]:
-    if c.plan.draft is None:
+    if c.plan.draft is None or c.tier.draft is None:
         return
     listed = (QuantFormat.none, QuantFormat.fp8)
     for who, fmt in (("target", c.tier.quantization.format), ("draft", c.tier.draft.quantization.format)):

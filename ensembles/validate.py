@@ -9,12 +9,20 @@ memory fractions of engines sharing a GPU, BLS/router targets, models that call 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf import text_format
 
 from tritonforge.ensembles.triton_schema import model_config_pb2 as mc
+
+if TYPE_CHECKING:
+    # The generated module makes its classes at import time (protobuf's builder), where mypy cannot see them.
+    ModelConfig = Any
+else:
+    ModelConfig = mc.ModelConfig
 
 ENGINE_BACKENDS = {"tensorrtllm"}
 TARGET_PARAM_SUFFIX = "_model"
@@ -35,9 +43,9 @@ def _dtype_name(value: int) -> str:
     return mc.DataType.Name(value)
 
 
-def load_configs(repo: Path) -> tuple[dict[str, mc.ModelConfig], list[Problem]]:
+def load_configs(repo: Path) -> tuple[dict[str, ModelConfig], list[Problem]]:
     """Parse every model's config.pbtxt; problems for those that do not parse."""
-    configs: dict[str, mc.ModelConfig] = {}
+    configs: dict[str, ModelConfig] = {}
     problems: list[Problem] = []
     for model_dir in sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith(".")):
         cfg_path = model_dir / "config.pbtxt"
@@ -90,15 +98,15 @@ def load_configs(repo: Path) -> tuple[dict[str, mc.ModelConfig], list[Problem]]:
     return configs, problems
 
 
-def _params(cfg: mc.ModelConfig) -> dict[str, str]:
+def _params(cfg: ModelConfig) -> dict[str, str]:
     return {k: v.string_value for k, v in cfg.parameters.items()}
 
 
-def _tensor_types(tensors) -> dict[str, int]:  # type: ignore[no-untyped-def]
+def _tensor_types(tensors: Iterable[Any]) -> dict[str, int]:
     return {t.name: t.data_type for t in tensors}
 
 
-def _check_files(repo: Path, name: str, cfg: mc.ModelConfig) -> list[Problem]:
+def _check_files(repo: Path, name: str, cfg: ModelConfig) -> list[Problem]:
     out = []
     versions = [p for p in (repo / name).iterdir() if p.is_dir() and p.name.isdigit()]
     if not versions:
@@ -116,7 +124,7 @@ def _check_files(repo: Path, name: str, cfg: mc.ModelConfig) -> list[Problem]:
     return out
 
 
-def _check_ensemble(name: str, cfg: mc.ModelConfig, configs: dict[str, mc.ModelConfig]) -> list[Problem]:
+def _check_ensemble(name: str, cfg: ModelConfig, configs: dict[str, ModelConfig]) -> list[Problem]:
     out: list[Problem] = []
     available = _tensor_types(cfg.input)  # ensemble tensor -> dtype known so far
     producers: dict[str, int] = {}
@@ -239,7 +247,7 @@ def _check_ensemble(name: str, cfg: mc.ModelConfig, configs: dict[str, mc.ModelC
     return out
 
 
-def _check_engine(repo: Path, name: str, cfg: mc.ModelConfig) -> list[Problem]:
+def _check_engine(repo: Path, name: str, cfg: ModelConfig) -> list[Problem]:
     out: list[Problem] = []
     p = _params(cfg)
     engine_dir = p.get("gpt_model_path", "")
@@ -340,7 +348,7 @@ def _check_engine(repo: Path, name: str, cfg: mc.ModelConfig) -> list[Problem]:
     return out
 
 
-def _check_targets(name: str, cfg: mc.ModelConfig, configs: dict[str, mc.ModelConfig]) -> list[Problem]:
+def _check_targets(name: str, cfg: ModelConfig, configs: dict[str, ModelConfig]) -> list[Problem]:
     out: list[Problem] = []
     p = _params(cfg)
     for key, value in p.items():
@@ -378,7 +386,7 @@ def _check_targets(name: str, cfg: mc.ModelConfig, configs: dict[str, mc.ModelCo
     return out
 
 
-def _targets(cfg: mc.ModelConfig) -> list[tuple[str, str]]:
+def _targets(cfg: ModelConfig) -> list[tuple[str, str]]:
     """(field, model) for every model this one calls: ensemble steps, BLS `*_model` parameters and the
     `llm` entry's local tiers."""
     out = [
@@ -398,7 +406,7 @@ def _targets(cfg: mc.ModelConfig) -> list[tuple[str, str]]:
     return out
 
 
-def _check_cycles(configs: dict[str, mc.ModelConfig]) -> list[Problem]:
+def _check_cycles(configs: dict[str, ModelConfig]) -> list[Problem]:
     """A model that calls itself, directly or through others, recurses until the server runs out of
     instances or memory; Triton's own checks catch this only for ensembles, and only when loading."""
     graph = {name: _targets(cfg) for name, cfg in configs.items()}
@@ -436,7 +444,7 @@ def _check_cycles(configs: dict[str, mc.ModelConfig]) -> list[Problem]:
     return out
 
 
-def _check_shared_gpu(configs: dict[str, mc.ModelConfig]) -> list[Problem]:
+def _check_shared_gpu(configs: dict[str, ModelConfig]) -> list[Problem]:
     """Engines on the same GPU must leave room for each other.
 
     `kv_cache_free_gpu_mem_fraction` is a fraction of the GPU memory free after the model loads (default 0.9:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from tritonforge.builder import versions
+from tritonforge.builder.manifest import MANIFEST, read_manifest
 from tritonforge.errors import UserError
 
 SCHEMA = "tritonforge.smoke_report/1"
@@ -201,7 +202,7 @@ def engine_steps(cfg: SmokeConfig, precision: str) -> list[Step]:
             "command",
             precision,
             _tf(cfg, "build", str(spec), "-o", str(build), "--docker", cfg.image, "--json"),
-            params={"log": str(d / "build.log"), "manifest": str(build / "build_manifest.json")},
+            params={"log": str(d / "build.log"), "manifest": str(build / MANIFEST)},
             timeout_s=cfg.build_timeout_s,
         ),
         Step(
@@ -386,7 +387,7 @@ def token_agreement(
     """
     if len(reference) != len(got) or not reference:
         raise ValueError("token_agreement needs one output per prompt on both sides")
-    per = []
+    per: list[dict[str, Any]] = []
     for ref, out in zip(reference, got, strict=True):
         a, b = _strip_end(ref, end_id), _strip_end(out, end_id)
         longest = max(len(a), len(b))
@@ -448,7 +449,9 @@ def reference_tokens(
         num_threads=None,
     ) as eng:
         for ids in input_ids:
-            done, tokens, errors = threading.Event(), [], []
+            done = threading.Event()
+            tokens: list[int] = []
+            errors: list[str] = []
 
             def on_chunk(c, tokens=tokens, errors=errors, done=done) -> None:
                 tokens.extend(c.token_ids)
@@ -613,7 +616,7 @@ def build_report(
 def report_problems(report: dict[str, Any]) -> list[str]:
     """What is wrong with a report's shape (empty when it is a valid smoke report)."""
     problems = []
-    need = {
+    need: dict[str, type | tuple[type, ...]] = {
         "schema": str,
         "tritonforge_version": str,
         "created": str,
@@ -805,9 +808,11 @@ class Executor:
         details: dict[str, Any] = {"log": step.params["log"]}
         manifest_path = step.params.get("manifest")
         if manifest_path:
-            m = json.loads(Path(manifest_path).read_text(encoding="utf-8"))
+            m = read_manifest(Path(manifest_path).parent)  # schema-checked; a bad one is a UserError
+            if m is None:
+                raise StepFailed(f"the build wrote no manifest ({manifest_path})")
             tier = (m.get("tiers") or {}).get("main") or {}
-            engine = next((s for s in tier.get("steps", []) if s.get("name") == "engine"), {})
+            engine: dict[str, Any] = next((s for s in tier.get("steps", []) if s.get("name") == "engine"), {})
             if not tier.get("engine_dir"):
                 raise StepFailed(
                     f"no engine was built (engine step {engine.get('status')}: {engine.get('reason')})"

@@ -124,7 +124,7 @@ class _GatedEmbedder:
 
 def _has_redis() -> bool:
     try:
-        import redis  # type: ignore[import-not-found]  # noqa: F401
+        import redis  # noqa: F401
     except ImportError:
         return False
     return True
