@@ -17,6 +17,10 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from _ctypes import CFuncPtr  # what ctypes calls _CFuncPtr (typeshed does not re-export that name)
 
 AT_FDCWD = -100
 RENAME_EXCHANGE = 2  # include/uapi/linux/fs.h
@@ -39,7 +43,7 @@ def temp_prefix(out: Path) -> str:
     return f".{out.name}{TEMP_MARK}"
 
 
-def _renameat2() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+def _renameat2() -> CFuncPtr | None:
     if not sys.platform.startswith("linux"):
         return None
     try:

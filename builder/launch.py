@@ -27,6 +27,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from tritonforge.builder import versions
 from tritonforge.builder.spec import DeploymentSpec, Runtime
@@ -37,6 +38,28 @@ TRITONSERVER = "/opt/tritonserver/bin/tritonserver"  # the script's --tritonserv
 CONTAINER_REPO = "/models"
 # The container side of `docker run -p`: the script's --grpc_port/--http_port/--metrics_port defaults.
 CONTAINER_PORTS = {"grpc": 8001, "http": 8000, "metrics": 8002}
+
+
+class _Parameter(Protocol):
+    @property
+    def string_value(self) -> str: ...
+
+
+class _InstanceGroup(Protocol):
+    @property
+    def count(self) -> int: ...
+
+
+class ModelConfigView(Protocol):
+    """The fields read here of Triton's ModelConfig message: protobuf/model_config.proto in
+    https://github.com/triton-inference-server/common."""
+
+    @property
+    def backend(self) -> str: ...
+    @property
+    def parameters(self) -> Mapping[str, _Parameter]: ...
+    @property
+    def instance_group(self) -> Sequence[_InstanceGroup]: ...
 
 
 @dataclass(frozen=True)
@@ -135,7 +158,7 @@ def engine_world_size(engine_dir: str) -> int | None:
     return None
 
 
-def engine_models(configs: Mapping[str, object]) -> list[EngineModel]:
+def engine_models(configs: Mapping[str, ModelConfigView]) -> list[EngineModel]:
     """The TensorRT-LLM models of a repository from its parsed configs (name -> ModelConfig protobuf).
 
     World size: the engine's config.json when it is readable here, else the size of one
@@ -146,7 +169,7 @@ def engine_models(configs: Mapping[str, object]) -> list[EngineModel]:
         cfg = configs[name]
         if getattr(cfg, "backend", "") != ENGINE_BACKEND:
             continue
-        params = {k: v.string_value for k, v in cfg.parameters.items()}  # type: ignore[attr-defined]
+        params = {k: v.string_value for k, v in cfg.parameters.items()}
         ids = parse_gpu_device_ids(params["gpu_device_ids"]) if params.get("gpu_device_ids") else ()
         world = engine_world_size(params.get("gpt_model_path", "")) or (len(ids[0]) if ids else 1)
         if ids and any(len(inst) != world for inst in ids):
@@ -158,13 +181,13 @@ def engine_models(configs: Mapping[str, object]) -> list[EngineModel]:
     return out
 
 
-def _default_ids(cfg: object, world: int) -> tuple[tuple[int, ...], ...]:
+def _default_ids(cfg: ModelConfigView, world: int) -> tuple[tuple[int, ...], ...]:
     """Consecutive GPU blocks of `world` GPUs, one per instance, for a model without gpu_device_ids."""
-    count = sum(g.count for g in cfg.instance_group) or 1  # type: ignore[attr-defined]
+    count = sum(g.count for g in cfg.instance_group) or 1
     return tuple(tuple(range(i * world, (i + 1) * world)) for i in range(count))
 
 
-def llmapi_models(configs: Mapping[str, object]) -> list[EngineModel]:
+def llmapi_models(configs: Mapping[str, ModelConfigView]) -> list[EngineModel]:
     """The PyTorch-backend (LLM API) `tensorrt_llm` models of a repository: Python models carrying the
     `llmapi_kwargs` parameter; world size = tensor_parallel_size x pipeline_parallel_size of those kwargs."""
     out = []
@@ -172,7 +195,7 @@ def llmapi_models(configs: Mapping[str, object]) -> list[EngineModel]:
         cfg = configs[name]
         if getattr(cfg, "backend", "") != "python":
             continue
-        params = {k: v.string_value for k, v in cfg.parameters.items()}  # type: ignore[attr-defined]
+        params = {k: v.string_value for k, v in cfg.parameters.items()}
         if "llmapi_kwargs" not in params:
             continue
         try:

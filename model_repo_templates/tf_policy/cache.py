@@ -245,11 +245,12 @@ class ResponseCache:
             if self.semantic and estimate_tokens(t) <= self.cfg.semantic_max_tokens
         ]
         out: list[np.ndarray | None] = [None] * len(texts)
-        if not ok:
+        embed = self.embed
+        if not ok or embed is None:  # (semantic implies an embedder)
             return out
         try:
             norm = [normalize_prompt(texts[i]) for i in ok]
-            vecs = self.embed_batch(norm) if self.embed_batch is not None else [self.embed(t) for t in norm]  # type: ignore[misc]
+            vecs = self.embed_batch(norm) if self.embed_batch is not None else [embed(t) for t in norm]
         except Exception as exc:  # noqa: BLE001 - exact matching only
             self._warn("embedding", f"embedding failed ({exc}); exact matching only")
             return out
@@ -258,10 +259,10 @@ class ResponseCache:
         return out
 
     def _vector(self, text: str) -> np.ndarray | None:
-        if not self.semantic or estimate_tokens(text) > self.cfg.semantic_max_tokens:
+        if not self.semantic or self.embed is None or estimate_tokens(text) > self.cfg.semantic_max_tokens:
             return None  # a long prompt's tail would be truncated away: only exact matches are safe
         try:
-            return self.embed(normalize_prompt(text))  # type: ignore[misc]
+            return self.embed(normalize_prompt(text))
         except Exception as exc:  # noqa: BLE001 - exact matching only
             self._warn("embedding", f"embedding failed ({exc}); exact matching only")
             return None
@@ -347,16 +348,17 @@ class ResponseCache:
 
     def _semantic(self, req: GenRequest, res: Lookup, vec: np.ndarray | None = None) -> Lookup:
         vec = vec if vec is not None else self._vector(req.text)
-        if vec is None:
+        index = self.index
+        if vec is None or index is None:  # (semantic implies an index)
             return res
         miss = Lookup("miss", None, True, res.key, res.ns, vec, seconds=res.seconds, note=res.note)
         try:
-            for cand, sim in self.index.search(res.ns, vec, k=3):  # type: ignore[union-attr]
+            for cand, sim in index.search(res.ns, vec, k=3):
                 if sim < self.cfg.similarity_threshold:
                     break
                 entry = self._get(cand)
                 if entry is None:  # evicted or expired elsewhere
-                    self.index.remove(cand)  # type: ignore[union-attr]
+                    index.remove(cand)
                     continue
                 if entry.ns != res.ns:
                     continue
