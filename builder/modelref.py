@@ -84,6 +84,8 @@ def read_config(path: str | Path) -> dict:
         raise UserError(
             f"{p}: not valid JSON ({exc.msg} at line {exc.lineno}); fix or replace the file"
         ) from None
+    except ValueError as exc:  # json.loads refuses integers over Python's digit limit with a plain ValueError
+        raise UserError(f"{p}: not valid JSON ({exc}); fix or replace the file") from None
     if not isinstance(data, dict):
         raise UserError(f"{p}: expected a JSON object")
     return data

@@ -18,3 +18,19 @@ def test_trace_line_with_an_oversized_integer_is_one_clear_error(tmp_path: Path)
     with pytest.raises(UserError) as e:
         workload.generate(workload.parse_workload(f"trace={p}"), None, 0)
     assert "line 1 is not JSON" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_model_config_with_an_oversized_integer_is_one_clear_error(tmp_path: Path) -> None:
+    from tritonforge.builder.modelref import read_config
+
+    (tmp_path / "config.json").write_text('{"hidden_size": ' + "9" * 5000 + "}")
+    with pytest.raises(UserError) as e:
+        read_config(tmp_path)
+    assert "not valid JSON" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_labelled_routing_data_with_an_oversized_integer_is_a_value_error() -> None:
+    from tritonforge.model_repo_templates.tf_policy.classifier import read_labelled
+
+    with pytest.raises(ValueError, match="line 1: not JSON"):
+        read_labelled(['{"prompt": "x", "tier": "small", "max_tokens": ' + "9" * 5000 + "}"])

@@ -124,6 +124,8 @@ def read_labelled(lines: Sequence[str]) -> list[dict[str, Any]]:
             d = json.loads(line)
         except json.JSONDecodeError as exc:
             raise ValueError(f"line {n}: not JSON ({exc.msg})") from None
+        except ValueError as exc:  # an integer over Python's digit limit
+            raise ValueError(f"line {n}: not JSON ({exc})") from None
         text = d.get("prompt", d.get("text")) if isinstance(d, dict) else None
         label = d.get("tier", d.get("label")) if isinstance(d, dict) else None
         if not isinstance(text, str) or not isinstance(label, str) or not label:
