@@ -1,11 +1,13 @@
 """The `llm` entry says so, loudly and as a metric, when its environment lacks what its config asks for.
 
 A semantic cache whose embedding model cannot load keeps serving (exact matching only); before, the only
-trace was a warning. Now: an ERROR line in the Triton log and tf_entry_degraded{component="embedder"} = 1.
+trace was a warning. Now: an ERROR line in the Triton log and tf_cache_degraded{reason="embedding"} = 1,
+labelled with the entry model (0 for a model that lacks nothing).
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from tests.helpers.entry_repo import (
@@ -29,12 +31,15 @@ def test_missing_embedder_is_logged_and_exported(tmp_path: Path, tf_cache: Path)
         server.wait_ready(240)
         status, body = generate(server.http_url, {"text_input": "hello there", "max_tokens": 4})
         assert status == 200, body  # degraded, not down
-        for _ in range(40):  # custom metrics appear once the models set them
+        for _ in range(120):  # custom metrics appear once both models have flushed them (every 0.5 s)
             text = metrics_text(server.metrics_url)
-            if "tf_entry_degraded" in text:
+            series = [line for line in text.splitlines() if line.startswith("tf_cache_degraded{")]
+            if all(any(f'model="{m}"' in line for line in series) for m in ("llm", "llm_ok")):
                 break
+            time.sleep(0.25)
         log = server.log_text()
-    assert metric_value(text, "tf_entry_degraded", model="llm", component="embedder") == 1.0
-    assert metric_value(text, "tf_entry_degraded", model="llm", component="cache_backend") == 0.0
-    assert metric_value(text, "tf_entry_degraded", model="llm_ok", component="embedder") == 0.0
-    assert "llm: DEGRADED (embedder)" in log and "DEGRADED (cache_backend)" not in log
+    assert metric_value(text, "tf_cache_degraded", model="llm", reason="embedding") == 1.0
+    assert metric_value(text, "tf_cache_degraded", model="llm", reason="redis") == 0.0
+    assert metric_value(text, "tf_cache_degraded", model="llm_ok", reason="embedding") == 0.0
+    assert "cache degraded (embedding)" in log and "cache degraded (redis)" not in log
+    assert "tf_entry_degraded" not in text  # one degradation gauge, not two

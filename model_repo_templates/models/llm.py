@@ -81,7 +81,8 @@ class TritonMetrics(Metrics):
     the Python backend is an IPC round trip to the server, which must stay off the request path.
     """
 
-    def __init__(self, flush_s=0.5):
+    def __init__(self, model="", flush_s=0.5):
+        self._model = model  # a label on every series: entry models sharing a server stay apart
         self._lock = threading.Lock()
         self._families = {}
         for name, (kind, desc) in METRICS.items():
@@ -107,7 +108,7 @@ class TritonMetrics(Metrics):
     def _metric(self, key):
         m = self._series.get(key)
         if m is None:
-            m = self._families[key[0]].Metric(labels={k: str(v) for k, v in key[1]})
+            m = self._families[key[0]].Metric(labels={"model": self._model, **{k: str(v) for k, v in key[1]}})
             self._series[key] = m
         return m
 
@@ -168,7 +169,7 @@ class TritonPythonModel:
         self.engines = {
             t.name: t.engine for t in self.cfg.tiers if t.engine and t.batched and not t.is_remote
         }
-        self.metrics = TritonMetrics()
+        self.metrics = TritonMetrics(model=args["model_name"])
         threads = int(os.environ.get("TRITONFORGE_EMBED_THREADS", "1"))
         device = os.environ.get("TRITONFORGE_EMBED_DEVICE", "cpu")
         self.service = build_service(
@@ -187,33 +188,8 @@ class TritonPythonModel:
             f"cache {'off' if self.service.cache is None else self.cfg.cache.backend}"
             f"{' + semantic' if self.service.cache is not None and self.service.cache.semantic else ''}"
         )
-        self._report_degraded(args["model_name"])
-
-    def _report_degraded(self, model):
-        """What the config asks for but this environment lacks: an ERROR log line each, and the gauge
-        tf_entry_degraded{component} = 1 (0 when fine), so a silently lost cache shows on dashboards."""
-        cache, c = self.service.cache, self.cfg.cache
-        degraded = {}
-        if c.enabled and c.backend == "redis" and cache is not None and cache.backend.name != "redis":
-            degraded["cache_backend"] = "no redis package: a per-instance memory cache, not the shared one"
-        if c.enabled and c.semantic and cache is not None and cache.embed is None:
-            degraded["embedder"] = "the embedding model cannot load: exact matching only, no semantic cache"
-        # Kept on self: a family that is garbage-collected leaves Triton's metrics registry.
-        self._degraded_family = family = pb_utils.MetricFamily(
-            name="tf_entry_degraded",
-            kind=pb_utils.MetricFamily.GAUGE,
-            description="1 while the llm entry runs without a component its config asks for",
-        )
-        self._degraded = {
-            k: family.Metric(labels={"model": model, "component": k}) for k in ("cache_backend", "embedder")
-        }
-        for k, metric in self._degraded.items():
-            metric.set(1.0 if k in degraded else 0.0)
-        for k, why in degraded.items():
-            pb_utils.Logger.log_error(
-                f"llm: DEGRADED ({k}): {why}; install it in the serving image "
-                "(the repository's Dockerfile adds it: `tritonforge serve --docker`)"
-            )
+        # What the config asks for but this environment lacks (no redis package, no embedding model, no
+        # hnswlib) was logged as an ERROR and set tf_cache_degraded{model,reason} = 1 by tf_policy.factory.
 
     # --- one local tier by BLS ----------------------------------------------------------------
     def _call_local(self, tier, req, timeout, cancel):

@@ -39,15 +39,26 @@ def load_classifier(cfg: EntryConfig, base_dir: str) -> LinearClassifier | None:
         return None
 
 
+# The one degradation signal of the entry: `tf_cache_degraded{reason}`, set here where the factory decides
+# to run without a layer (the `llm` model labels every tf_* series with its model name).
+DEGRADED_REASONS = ("redis", "embedding", "hnswlib")
+
+
 def degraded(metrics: Metrics, reason: str, msg: str) -> None:
     """A cache layer is off or weaker than configured: an ERROR line and `tf_cache_degraded{reason}` = 1."""
-    log.error("cache degraded (%s): %s", reason, msg)
+    log.error(
+        "cache degraded (%s): %s (the repository's Dockerfile installs it: `tritonforge serve --docker`)",
+        reason,
+        msg,
+    )
     metrics.gauge("tf_cache_degraded", 1.0, reason=reason)
 
 
 def make_cache(cfg: EntryConfig, embedder: Embedder | None, metrics: Metrics) -> ResponseCache | None:
     if not cfg.cache.enabled:
         return None
+    for reason in DEGRADED_REASONS:  # 0 when fine: a dashboard tells "fine" from "not reporting"
+        metrics.gauge("tf_cache_degraded", 0.0, reason=reason)
     c = cfg.cache
     index = SemanticIndex(embedder.dim) if (embedder is not None and c.semantic) else None
     if c.semantic and embedder is None:

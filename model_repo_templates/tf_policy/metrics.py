@@ -34,7 +34,8 @@ METRICS: dict[str, tuple[str, str]] = {
     "tf_cache_entries": ("gauge", "Entries in this instance's semantic index"),
     "tf_cache_degraded": (
         "gauge",
-        "1 while a cache layer is off or weaker than configured, by reason (redis, embedding, hnswlib)",
+        "1 while a cache layer is off or weaker than configured (0 when fine), by reason (redis, embedding, "
+        "hnswlib)",
     ),
     "tf_cache_semantic_race_total": (
         "counter",
