@@ -428,7 +428,8 @@ def _named(tensors: tuple[c.Tensor, ...], *names: str) -> tuple[c.Tensor, ...]:
 def entry_config(
     spec: DeploymentSpec, tiers: tuple[TierModels, ...], paths: dict[str, TierPaths]
 ) -> EntryConfig:
-    """What the `llm` entry model reads: tiers in spec order (cheapest first), router, cache."""
+    """What the `llm` entry model reads (schema: `tf_policy.config.EntryConfig`): tiers in spec order
+    (cheapest first), router, cache."""
     local = []
     for tm in tiers:
         tier = spec.tier(tm.tier)

@@ -3,7 +3,7 @@
 Routes each request to a tier, answers from the response cache when it can, calls the tier's
 ensemble by BLS (or a remote endpoint) with timeout and fallback, and streams the answer. All
 logic lives in the vendored `tf_policy` package; this file only adapts Triton tensors to it.
-Configuration: the `entry_config` parameter (JSON; see tf_policy/config.py).
+Configuration: the `entry_config` parameter (JSON; its schema is `EntryConfig` in tf_policy/config.py).
 """
 
 import os
