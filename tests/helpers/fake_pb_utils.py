@@ -130,25 +130,44 @@ def using_decoupled_model_transaction_policy(model_config: dict[str, Any]) -> bo
 
 # --------------------------------------------------------------------------- the response sender
 class SenderClosed(Exception):
-    """Raised by `send` after the final flag, as the real sender refuses to send on a closed stream."""
+    """What the real sender raises for a send it refuses (python_backend src/response_sender.cc)."""
 
 
 class ResponseSender:
-    """The decoupled InferenceResponseSender, recording what the model sends (thread-safe)."""
+    """The InferenceResponseSender of one request, recording what the model sends (thread-safe).
 
-    def __init__(self) -> None:
+    It refuses what the real one refuses (https://github.com/triton-inference-server/python_backend,
+    src/response_sender.cc): anything after the final flag, and for a non-decoupled model a second response
+    or a final flag without a response (both seen raising with the CPU Triton 2.51 used here). A refused
+    send raises and is recorded in `refused`."""
+
+    def __init__(self, decoupled: bool = True) -> None:
+        self.decoupled = decoupled
         self.sent: list[tuple[InferenceResponse | None, int]] = []
+        self.refused: list[str] = []
         self.cancelled = False  # set by a test: the client went away
         self._final = threading.Event()
+        self._settled = threading.Event()  # final, or a send refused: nothing more to wait for
         self._lock = threading.Lock()
+
+    def _refuse(self, why: str) -> None:
+        self.refused.append(why)
+        self._settled.set()
+        raise SenderClosed(f"Unable to send response. {why}")
 
     def send(self, response: InferenceResponse | None = None, flags: int = 0) -> None:
         with self._lock:
             if self._final.is_set():
-                raise SenderClosed("Unable to send response. Response sender has been closed.")
+                self._refuse("Response sender has been closed.")
+            if not self.decoupled:
+                if any(r is not None for r, _ in self.sent):
+                    self._refuse("Non-decoupled model cannot send more than one response.")
+                if response is None and flags & TRITONSERVER_RESPONSE_COMPLETE_FINAL:
+                    self._refuse("Non-decoupled model cannot send complete final before sending a response.")
             self.sent.append((response, flags))
             if flags & TRITONSERVER_RESPONSE_COMPLETE_FINAL:
                 self._final.set()
+                self._settled.set()
 
     def is_cancelled(self) -> bool:
         return self.cancelled
@@ -159,8 +178,10 @@ class ResponseSender:
         return self._final.is_set()
 
     def wait_final(self, timeout: float = 60.0) -> bool:
-        """Whether the final flag arrived within `timeout` (a guard against a hang, not a measurement)."""
-        return self._final.wait(timeout)
+        """Wait for the final flag (or a refused send); whether the final flag came. A guard against a hang,
+        not a measurement."""
+        self._settled.wait(timeout)
+        return self._final.is_set() and not self.refused
 
     @property
     def responses(self) -> list[InferenceResponse]:
@@ -214,6 +235,7 @@ class InferenceRequest:
         self._requested = list(requested_output_names or [])
         self._request_id = request_id
         self.timeout = timeout
+        self.decoupled = True  # the receiving model's transaction policy (for its response sender)
         self._sender: ResponseSender | None = None
 
     def inputs(self) -> list[Tensor]:
@@ -227,7 +249,7 @@ class InferenceRequest:
 
     def get_response_sender(self) -> ResponseSender:
         if self._sender is None:
-            self._sender = ResponseSender()
+            self._sender = ResponseSender(self.decoupled)
         return self._sender
 
     def is_cancelled(self) -> bool:
@@ -267,10 +289,12 @@ class InferenceRequest:
         return None if t is None else t.as_numpy()
 
 
-def make_request(request_id: str = "", **inputs: Any) -> InferenceRequest:
-    """A request as Triton hands it to `execute`: each keyword is one input (arrays kept as given)."""
+def make_request(request_id: str = "", decoupled: bool = True, **inputs: Any) -> InferenceRequest:
+    """A request as Triton hands it to `execute` of a (non-)decoupled model: each keyword is one input."""
     tensors = [Tensor(k, v if isinstance(v, np.ndarray) else np.array(v)) for k, v in inputs.items()]
-    return InferenceRequest(inputs=tensors, request_id=request_id)
+    request = InferenceRequest(inputs=tensors, request_id=request_id)
+    request.decoupled = decoupled
+    return request
 
 
 # --------------------------------------------------------------------------- logging and metrics
