@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 
 from tests.helpers import fake_pb_utils as pb
+from tritonforge.model_repo_templates.tf_runtime.detok import ByteTable
+from tritonforge.model_repo_templates.tf_runtime.light_tokenizer import load_tokenizer
 
 A = 67  # token id of "a" in the tiny model's tokenizer; "a".."z" are 67..92
 END = 2  # its end id
@@ -175,9 +177,9 @@ def request(text: bytes = b"hello", max_tokens: int = 12, **extra: Any) -> pb.In
         "max_tokens": np.array([[max_tokens]], dtype=np.int32),
         "exclude_input_in_output": np.array([[True]]),
     }
-    for k, v in extra.items():
-        inputs[k] = v if isinstance(v, np.ndarray) else np.array([[v]])
-    return pb.make_request(**inputs)
+    for k, v in extra.items():  # None: leave the input out
+        inputs[k] = v if v is None or isinstance(v, np.ndarray) else np.array([[v]])
+    return pb.make_request(**{k: v for k, v in inputs.items() if v is not None})
 
 
 def run(model: Any, *requests: pb.InferenceRequest) -> list[pb.ResponseSender]:
@@ -337,8 +339,7 @@ def test_inputs_the_loop_cannot_honour_are_refused_by_name(
 
 def test_missing_max_tokens_and_two_prompts_are_refused(model: Any) -> None:
     no_max = pb.make_request(text_input=np.array([[b"hello"]], dtype=np.object_))
-    two = request()
-    two._inputs[0] = pb.Tensor("text_input", np.array([[b"a", b"b"]], dtype=np.object_))
+    two = request(text_input=np.array([[b"hello", b"other"]], dtype=np.object_))
     s1, s2 = run(model, no_max, two)
     assert "max_tokens" in only_response(s1).error().message()  # type: ignore[union-attr]
     assert "text_input" in only_response(s2).error().message()  # type: ignore[union-attr]
@@ -381,3 +382,52 @@ def test_initialize_refuses_a_non_decoupled_config_and_missing_parameters(
         module.TritonPythonModel().initialize(pb.model_args("bls", config(tiny_dir, decoupled=False)))
     with pytest.raises(pb.TritonModelException, match="draft_model"):
         module.TritonPythonModel().initialize(pb.model_args("bls", config(tiny_dir, draft_model=None)))
+
+
+def test_penalties_reach_both_engines_and_lora_only_the_target(model: Any) -> None:
+    Engines().install()
+    lora = np.array([[7]], dtype=np.int64)
+    (sender,) = run(
+        model,
+        request(max_tokens=8, repetition_penalty=np.array([[1.3]], dtype=np.float32), lora_task_id=lora),
+    )
+    assert not only_response(sender).has_error()
+    drafts, targets = calls_to("draft"), calls_to("target")
+    assert drafts and targets
+    for call in drafts + targets:
+        penalty = call.input("repetition_penalty")
+        assert penalty is not None and float(penalty.reshape(-1)[0]) == pytest.approx(1.3)
+    assert all(c.input("lora_task_id") is None for c in drafts)
+    assert all(ids_of(c, "lora_task_id") == [7] for c in targets)
+
+
+def test_the_prompt_leads_the_text_unless_excluded(model: Any, tiny_dir: Path) -> None:
+    engines = Engines()
+    engines.install()
+    r = request(max_tokens=5, exclude_input_in_output=None)  # the model's default: the prompt included
+    (sender,) = run(model, r)
+    prompt_text = ByteTable(load_tokenizer(tiny_dir)).decode(PROMPTS[b"hello"])
+    assert prompt_text  # the prompt does show
+    assert text_of(only_response(sender)) == prompt_text + letters(engines.target_alone(b"hello", 5))
+
+
+def test_a_request_past_max_seq_len_is_refused_by_name(module: ModuleType, tiny_dir: Path) -> None:
+    m = module.TritonPythonModel()
+    m.initialize(pb.model_args("bls", config(tiny_dir, max_seq_len=10)))
+    Engines().install()
+    too_long, fits = run(m, request(max_tokens=8), request(max_tokens=7))  # prompt: 3 tokens
+    error = only_response(too_long).error()
+    assert error is not None and "max_seq_len=10" in error.message() and "max_tokens=8" in error.message()
+    assert int(only_response(fits).outputs()["num_output_tokens"].reshape(-1)[0]) == 7
+
+
+def test_many_concurrent_requests_each_get_their_own_answer(module: ModuleType, tiny_dir: Path) -> None:
+    m = module.TritonPythonModel()
+    m.initialize(pb.model_args("bls", config(tiny_dir, max_concurrency=2)))
+    engines = Engines()
+    engines.install()
+    texts = [b"hello", b"other"] * 4
+    lengths = [3 + i for i in range(len(texts))]
+    senders = run(m, *(request(t, max_tokens=n) for t, n in zip(texts, lengths, strict=True)))
+    for sender, t, n in zip(senders, texts, lengths, strict=True):
+        assert text_of(only_response(sender)) == letters(engines.target_alone(t, n))
