@@ -150,6 +150,7 @@ def env(monkeypatch):
     pb = _fake_pb_utils()
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", pb)
     monkeypatch.syspath_prepend(str(STANDIN))
+    monkeypatch.syspath_prepend(str(ROOT / "model_repo_templates"))  # tf_common, vendored beside model.py
     for name in [m for m in sys.modules if m == "tensorrt_llm" or m.startswith("tensorrt_llm.")]:
         monkeypatch.delitem(sys.modules, name)
     import tensorrt_llm._standin as standin
