@@ -231,3 +231,11 @@ def test_initialize_refuses_a_missing_or_bad_entry_config(module: Any) -> None:
     cfg["parameters"]["entry_config"] = {"string_value": json.dumps({"tiers": []})}
     with pytest.raises(pb.TritonModelException, match="bad entry_config"):
         module.TritonPythonModel().initialize(pb.model_args("llm", cfg))
+
+
+def test_a_client_gone_before_the_answer_gets_its_stream_closed_and_nothing_else(llm: Any) -> None:
+    tiers()
+    r = req(max_tokens=4, stream=np.array([True]))
+    r.get_response_sender().cancelled = True
+    (sender,) = serve(llm, r)
+    assert sender.sent == [(None, pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)]

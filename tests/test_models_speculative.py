@@ -45,9 +45,11 @@ def draft_next(ctx: list[int]) -> int:
 class Engines:
     """Scripted preprocessing/draft/target models; `end_at`: output position where the target emits END."""
 
-    def __init__(self, end_at: int | None = None, include_end: bool = True) -> None:
+    def __init__(self, end_at: int | None = None, include_end: bool = True, fail_round: int = 0) -> None:
         self.end_at = end_at
         self.include_end = include_end
+        self.fail_round = fail_round  # > 0: the target fails on that call
+        self.target_calls = 0
 
     def ref_next(self, ctx: list[int], prompt_len: int) -> int:
         return END if self.end_at is not None and len(ctx) - prompt_len == self.end_at else target_next(ctx)
@@ -108,7 +110,8 @@ class Engines:
     def target(self, request: pb.InferenceRequest) -> list[pb.InferenceResponse]:
         ids = request.input("input_ids")
         assert ids is not None
-        if ids.reshape(-1)[1] == 5:
+        self.target_calls += 1
+        if ids.reshape(-1)[1] == 5 or self.target_calls == self.fail_round:
             raise RuntimeError("target engine exploded")
         return self._engine(request, self.ref_next)
 
@@ -431,3 +434,13 @@ def test_many_concurrent_requests_each_get_their_own_answer(module: ModuleType, 
     senders = run(m, *(request(t, max_tokens=n) for t, n in zip(texts, lengths, strict=True)))
     for sender, t, n in zip(senders, texts, lengths, strict=True):
         assert text_of(only_response(sender)) == letters(engines.target_alone(t, n))
+
+
+def test_a_target_failing_mid_stream_ends_the_stream_with_one_error(model: Any) -> None:
+    Engines(fail_round=3).install()
+    (sender,) = run(model, request(max_tokens=30, stream=True))
+    *chunks, (last, flags) = sender.sent
+    assert len(chunks) == 2 and all(r is not None and not r.has_error() and f == 0 for r, f in chunks)
+    assert last is not None and flags == pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+    error = last.error()
+    assert error is not None and "target engine exploded" in error.message()
