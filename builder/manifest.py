@@ -1,7 +1,7 @@
 """`build_manifest.json`: what a build made, from what, with which tools and commands.
 
 Written by `tritonforge build` (atomically), read by `emit` through `read_manifest` and
-`tier_artifacts`. Layout (schema `tritonforge.build_manifest/1`):
+`builder.engine_facts`. Layout (schema `tritonforge.build_manifest/1`):
 
     {"schema", "tritonforge_version", "created", "spec": {"name", "path", "hash"},
      "target": {"trtllm_version", "executor", "docker_image"}, "tools": {...},
@@ -29,7 +29,6 @@ import platform
 import shutil
 import subprocess
 import time
-from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -117,94 +116,6 @@ def read_manifest(build_dir: str | Path) -> dict | None:
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         raise UserError(f"{path}: not a tritonforge build manifest ({SCHEMA}); rerun `tritonforge build`")
     return data
-
-
-@dataclass(frozen=True)
-class TierArtifacts:
-    """What the emitted repository of one tier must point at and be sized for."""
-
-    tier: str
-    runtime: str
-    engine_dir: str | None  # None until an engine was built
-    checkpoint_dir: str | None
-    tokenizer_dir: str | None
-    max_batch_size: int  # engine max batch = Triton max_batch_size
-    max_input_len: int
-    max_seq_len: int  # the engine's (a speculative target's includes max_draft_len)
-    max_num_tokens: int
-    max_beam_width: int
-    kv_cache_free_gpu_mem_fraction: float
-    enable_kv_cache_reuse: bool
-    max_tokens_in_paged_kv_cache: int | None
-    gpu_device_ids: str  # "0" or "0,1": the engine's ranks (a draft shares them)
-    draft_engine_dir: str | None = None
-    draft_checkpoint_dir: str | None = None
-    draft_kv_cache_free_gpu_mem_fraction: float | None = None
-    num_draft_tokens: int | None = None
-    built: bool = False  # engine really built (from a manifest), not just planned
-    # Planned KV pools (tokens) of the target and its draft, and the target's --max_draft_len.
-    kv_pool_tokens: int | None = None
-    draft_kv_pool_tokens: int | None = None
-    max_draft_len: int | None = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def tier_artifacts(tier_plan, manifest: dict | None = None) -> TierArtifacts:
-    """Artifacts of one tier: from the manifest when it has the tier, else from the plan alone.
-
-    `tier_plan` is a `planner.TierPlan` (e.g. `plan_deployment(spec).tier(name)`).
-    """
-    p = tier_plan
-    m = ((manifest or {}).get("tiers") or {}).get(p.name) or {}
-    lim = m.get("engine_limits") or {}
-    e = p.engine
-    draft = p.draft
-    return TierArtifacts(
-        tier=p.name,
-        runtime=p.runtime,
-        engine_dir=m.get("engine_dir"),
-        checkpoint_dir=m.get("checkpoint_dir"),
-        tokenizer_dir=m.get("tokenizer_dir"),
-        max_batch_size=int(lim.get("max_batch_size", e.max_batch_size)),
-        max_input_len=int(lim.get("max_input_len", e.max_input_len)),
-        max_seq_len=int(lim.get("max_seq_len", e.engine_max_seq_len)),
-        max_num_tokens=int(lim.get("max_num_tokens", e.max_num_tokens)),
-        max_beam_width=int(lim.get("max_beam_width", e.max_beam_width)),
-        kv_cache_free_gpu_mem_fraction=float(m.get("kv_cache_free_gpu_mem_fraction", p.memory.kv_fraction)),
-        enable_kv_cache_reuse=bool(
-            m.get("enable_kv_cache_reuse", (p.block_reuse or draft is not None) and e.paged_context_fmha)
-        ),
-        max_tokens_in_paged_kv_cache=m.get(
-            "max_tokens_in_paged_kv_cache",
-            p.memory.kv_pool_tokens if p.memory.kv_pool_capped_by_max_tokens else None,
-        ),
-        gpu_device_ids=",".join(str(i) for i in range(p.world_size)),
-        draft_engine_dir=m.get("draft_engine_dir"),
-        draft_checkpoint_dir=m.get("draft_checkpoint_dir"),
-        draft_kv_cache_free_gpu_mem_fraction=(
-            float(m.get("draft_kv_cache_free_gpu_mem_fraction", draft.memory.kv_fraction)) if draft else None
-        ),
-        num_draft_tokens=draft.num_draft_tokens if draft else None,
-        built=bool(m.get("engine_dir")),
-        kv_pool_tokens=p.memory.kv_pool_tokens,
-        draft_kv_pool_tokens=draft.memory.kv_pool_tokens if draft else None,
-        max_draft_len=int(lim.get("max_draft_len", e.max_draft_len)) if draft else None,
-    )
-
-
-def deployment_artifacts(spec, build_dir: str | Path | None = None) -> dict[str, TierArtifacts]:
-    """Per tier: engine dir / tokenizer dir / limits for `emit` (manifest in build_dir when present,
-    else `build/<spec name>`; the plan's figures when there is no manifest or it is for another spec)."""
-    from tritonforge.builder.planner import plan_deployment
-
-    bdir = Path(build_dir) if build_dir else Path("build") / spec.name
-    manifest = read_manifest(bdir)
-    if manifest and (manifest.get("spec") or {}).get("name") != spec.name:
-        manifest = None
-    plan = plan_deployment(spec, str(bdir))
-    return {t.name: tier_artifacts(t, manifest) for t in plan.tiers}
 
 
 def manifest_skeleton(

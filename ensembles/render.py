@@ -29,7 +29,7 @@ from tritonforge.builder.atomic import (
     target_lock,
     temp_prefix,
 )
-from tritonforge.builder.manifest import TierArtifacts
+from tritonforge.builder.engine_facts import EngineFacts
 from tritonforge.builder.spec import DeploymentSpec, Runtime, Tier
 from tritonforge.ensembles.wiring import ModelPlan, RepositoryPlan, TierPaths, plan_repository
 from tritonforge.errors import UserError
@@ -277,11 +277,11 @@ def resolve_tier_paths_sourced(
     (not built: the path exists nowhere; `serve` refuses such a repository and names the build command)."""
     out: dict[str, TierPaths] = {}
     sources: dict[str, dict] = {}
-    artifacts = None
+    facts: dict[str, EngineFacts] = {}
     if any(t.runtime in (Runtime.trtllm_engine, Runtime.trtllm_pytorch) for t in spec.tiers):
-        from tritonforge.builder.manifest import deployment_artifacts
+        from tritonforge.builder.engine_facts import deployment_engine_facts
 
-        artifacts = deployment_artifacts(spec, build_dir)
+        facts = deployment_engine_facts(spec, build_dir)
     for tier in spec.tiers:
         if tier.runtime == Runtime.cpu_reference:
             model_dir = _local_dir(tier.model, spec_dir, "model", tier)
@@ -289,8 +289,7 @@ def resolve_tier_paths_sourced(
             draft = _local_dir(tier.draft.model, spec_dir, "draft.model", tier) if tier.draft else None
             out[tier.name] = TierPaths(model_dir, tok, draft)
             continue
-        assert artifacts is not None
-        a = artifacts[tier.name]
+        a = facts[tier.name]
         if tier.runtime == Runtime.trtllm_pytorch:  # an HF checkpoint for the LLM API, no engine
             out[tier.name], sources[tier.name] = pytorch_tier_paths(tier, a, spec_dir)
             continue
@@ -315,23 +314,7 @@ def resolve_tier_paths_sourced(
             "tokenizer_dir": {"path": tokenizer, "source": tok_src},
             **({"draft_engine_dir": {"path": draft, "source": draft_src}} if tier.draft else {}),
         }
-        out[tier.name] = TierPaths(
-            engine,
-            tokenizer,
-            draft,
-            engine_limits={
-                "max_batch_size": a.max_batch_size,
-                "max_input_len": a.max_input_len,
-                "max_seq_len": a.max_seq_len,
-                "max_num_tokens": a.max_num_tokens,
-            },
-            kv_fraction=a.kv_cache_free_gpu_mem_fraction,
-            draft_kv_fraction=a.draft_kv_cache_free_gpu_mem_fraction,
-            enable_kv_cache_reuse=a.enable_kv_cache_reuse,
-            kv_pool_tokens=a.kv_pool_tokens,
-            draft_kv_pool_tokens=a.draft_kv_pool_tokens,
-            max_draft_len=a.max_draft_len,
-        )
+        out[tier.name] = TierPaths(engine, tokenizer, draft, engine=a)
     return out, sources
 
 
@@ -580,7 +563,7 @@ def _checkpoint_ref(ref: str, spec_dir: Path) -> str:
     return str(p if p.is_absolute() else (spec_dir / p).resolve())
 
 
-def pytorch_tier_paths(tier: Tier, a: TierArtifacts, spec_dir: Path) -> tuple[TierPaths, dict[str, Any]]:
+def pytorch_tier_paths(tier: Tier, a: EngineFacts, spec_dir: Path) -> tuple[TierPaths, dict[str, Any]]:
     """(TierPaths, sources) of a trtllm-pytorch tier: the HF checkpoint the LLM API loads.
 
     The build's unified HF checkpoint when there is one; else, for an unquantized tier, the spec's own
@@ -620,17 +603,4 @@ def pytorch_tier_paths(tier: Tier, a: TierArtifacts, spec_dir: Path) -> tuple[Ti
         "tokenizer_dir": {"path": tok, "source": tok_src},
         **({"draft_checkpoint_dir": {"path": draft, "source": draft_src}} if tier.draft else {}),
     }
-    paths = TierPaths(
-        model,
-        tok,
-        draft,
-        engine_limits={
-            "max_batch_size": a.max_batch_size,
-            "max_input_len": a.max_input_len,
-            # the LLM API sizes draft tokens itself: the tier's own length
-            "max_seq_len": tier.limits.max_seq_len,
-            "max_num_tokens": a.max_num_tokens,
-        },
-        kv_fraction=a.kv_cache_free_gpu_mem_fraction,
-    )
-    return paths, sources
+    return TierPaths(model, tok, draft, engine=a), sources

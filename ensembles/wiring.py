@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from tritonforge.builder.engine_facts import EngineFacts, unplanned_engine_facts
 from tritonforge.builder.names import tier_model_names
 from tritonforge.builder.spec import DeploymentSpec, KvCacheDtype, Runtime, Tier
 from tritonforge.ensembles import contract as c
@@ -25,22 +26,15 @@ from tritonforge.model_repo_templates.tf_policy.config import (
 
 @dataclass(frozen=True)
 class TierPaths:
-    """Local facts about a tier that need I/O to find (done before planning)."""
+    """A tier's resolved directories (found with I/O before wiring), and its engine facts as they are."""
 
-    model_dir: str  # HF checkpoint (cpu-reference) or engine dir (trtllm-engine)
+    model_dir: str  # HF checkpoint (cpu-reference, trtllm-pytorch) or engine dir (trtllm-engine)
     tokenizer_dir: str
     draft_model_dir: str | None = None
-    # Limits from the build manifest or plan override the spec's (engine max batch = Triton max batch).
-    engine_limits: dict[str, int] | None = None
-    # KV-cache memory fractions the planner gave the engine and its draft (GPU tiers).
-    kv_fraction: float | None = None
-    draft_kv_fraction: float | None = None
-    enable_kv_cache_reuse: bool | None = None
-    # KV pool sizes (tokens) the planner gave the target and its draft: two engines on one GPU are sized by
-    # these, not by two memory fractions (each fraction applies to what is free when its model loads).
-    kv_pool_tokens: int | None = None
-    draft_kv_pool_tokens: int | None = None
-    max_draft_len: int | None = None  # the target engine's --max_draft_len (build manifest or plan)
+    # GPU tiers: the plan joined with the build manifest (`builder.engine_facts`), the only source of the
+    # engine's limits and KV figures here. None on a cpu-reference tier; a GPU tier without facts (a render
+    # with no plan: `deploy k8s`'s launch line, tests) gets `unplanned_engine_facts`, the spec's own figures.
+    engine: EngineFacts | None = None
 
 
 @dataclass(frozen=True)
@@ -93,16 +87,28 @@ def model_names(spec: DeploymentSpec, tier: Tier) -> dict[str, str]:
     return tier_model_names(tier.name, spec.single_tier)
 
 
-def _engine_limits(tier: Tier, paths: TierPaths) -> dict[str, int]:
-    lim = {
+def _limits(tier: Tier, facts: EngineFacts | None) -> dict[str, int]:
+    """The engine's limits (a GPU tier's facts), else the spec's (cpu-reference: no engine is built)."""
+    if facts is not None:
+        return {
+            "max_batch_size": facts.max_batch_size,
+            "max_input_len": facts.max_input_len,
+            "max_seq_len": facts.max_seq_len,
+            "max_num_tokens": facts.max_num_tokens,
+        }
+    return {
         "max_batch_size": tier.limits.max_batch_size,
         "max_input_len": tier.limits.max_input_len,
         "max_seq_len": tier.limits.max_seq_len,
         "max_num_tokens": tier.limits.resolved_max_num_tokens,
     }
-    if paths.engine_limits:
-        lim.update({k: int(v) for k, v in paths.engine_limits.items() if k in lim})
-    return lim
+
+
+def tier_engine_facts(tier: Tier, paths: TierPaths) -> EngineFacts | None:
+    """A GPU tier's facts (`TierPaths.engine`, else `unplanned_engine_facts`); None on a cpu-reference tier."""
+    if tier.runtime == Runtime.cpu_reference:
+        return None
+    return paths.engine if paths.engine is not None else unplanned_engine_facts(tier)
 
 
 def gpu_assignment(spec: DeploymentSpec) -> dict[str, str]:
@@ -116,72 +122,69 @@ def gpu_assignment(spec: DeploymentSpec) -> dict[str, str]:
     return place_tiers(spec)
 
 
-def engine_parameters(
-    tier: Tier,
-    model_dir: str,
-    limits: dict[str, int],
-    *,
-    draft: bool = False,
-    gpu_device_ids: str | None = None,
-    paths: TierPaths | None = None,
-) -> dict[str, Any]:
-    """`tensorrt_llm` parameters: only keys the C++ backend knows (GPU), or the CPU reference's own."""
+def cpu_engine_parameters(tier: Tier, model_dir: str) -> dict[str, Any]:
+    """The CPU reference engine's parameters (its own keys; limits are the spec's)."""
     kv = tier.kv_cache
-    reuse = kv.block_reuse and kv.paged and tier.quantization.kv_cache_dtype != KvCacheDtype.int8
-    if tier.draft is not None:
-        reuse = True  # draft-target speculation needs KV block reuse at run time
-    params: dict[str, Any] = {
+    # Draft-target speculation needs KV block reuse at run time.
+    reuse = tier.draft is not None or (
+        kv.block_reuse and kv.paged and tier.quantization.kv_cache_dtype != KvCacheDtype.int8
+    )
+    limits = _limits(tier, None)
+    return {
         "gpt_model_path": model_dir,
         "enable_kv_cache_reuse": reuse,
         "exclude_input_in_output": tier.serving.exclude_input_in_output,
+        "cpu_max_batch_size": limits["max_batch_size"],
+        "cpu_max_num_tokens": limits["max_num_tokens"],
+        "cpu_max_input_len": limits["max_input_len"],
+        "cpu_max_seq_len": limits["max_seq_len"],
+        "cpu_tokens_per_block": kv.tokens_per_block,
+        "cpu_num_threads": tier.serving.cpu_threads or 0,
+        "cpu_dtype": tier.dtype if tier.dtype == "float32" else "bfloat16",
+        "cpu_stream_interval": tier.serving.stream_interval,
     }
-    if tier.runtime == Runtime.cpu_reference:
-        params.update(
-            {
-                "cpu_max_batch_size": limits["max_batch_size"],
-                "cpu_max_num_tokens": limits["max_num_tokens"],
-                "cpu_max_input_len": limits["max_input_len"],
-                "cpu_max_seq_len": limits["max_seq_len"],
-                "cpu_tokens_per_block": kv.tokens_per_block,
-                "cpu_num_threads": tier.serving.cpu_threads or 0,
-                "cpu_dtype": tier.dtype if tier.dtype == "float32" else "bfloat16",
-                "cpu_stream_interval": tier.serving.stream_interval,
-            }
-        )
-        return params
-    if paths is not None and paths.enable_kv_cache_reuse is not None:
-        params["enable_kv_cache_reuse"] = paths.enable_kv_cache_reuse
-    fraction = kv.free_gpu_mem_fraction
-    if paths is not None and paths.kv_fraction is not None:
-        # The planner's split: two engines on one GPU stay <= 0.95 together (tensorrtllm_backend issues 303 and 456).
-        fraction = (
-            paths.draft_kv_fraction if draft and paths.draft_kv_fraction is not None else paths.kv_fraction
-        )
-    elif tier.draft is not None:
-        d = tier.draft.kv_cache_free_gpu_mem_fraction or 0.1
-        fraction = min(fraction, round(0.95 - d, 4)) if not draft else d
-    params.update(
-        {
-            "gpt_model_type": "inflight_fused_batching",
-            "batch_scheduler_policy": tier.serving.batch_scheduler_policy,
-            "max_beam_width": 1,
-            "kv_cache_free_gpu_mem_fraction": fraction,
-            "enable_chunked_context": tier.serving.enable_chunked_context,
-            "cancellation_check_period_ms": 100,
-            "stats_check_period_ms": 100,
-            "normalize_log_probs": True,
-        }
-    )
-    if kv.max_tokens is not None:
-        params["max_tokens_in_paged_kv_cache"] = kv.max_tokens
-    if tier.draft is not None and paths is not None and paths.kv_pool_tokens and paths.draft_kv_pool_tokens:
+
+
+def engine_parameters(
+    tier: Tier,
+    model_dir: str,
+    facts: EngineFacts,
+    *,
+    draft: bool = False,
+    gpu_device_ids: str | None = None,
+) -> dict[str, Any]:
+    """`tensorrt_llm` parameters of a trtllm-engine tier (only keys the C++ backend knows): the engine's
+    figures from `facts` as they are, the serving options from the spec."""
+    if draft:
+        assert facts.draft_kv_cache_free_gpu_mem_fraction is not None, facts
+        fraction = facts.draft_kv_cache_free_gpu_mem_fraction
+    else:
+        fraction = facts.kv_cache_free_gpu_mem_fraction
+    max_tokens = facts.max_tokens_in_paged_kv_cache
+    if tier.draft is not None and facts.kv_pool_tokens and facts.draft_kv_pool_tokens:
         # Target and draft share their GPUs (place_tiers): each pool is pinned to the planned size with
         # max_tokens_in_paged_kv_cache (the smaller of it and the fraction wins, per tensorrtllm_backend
         # docs/model_config.md), and both get the planner's combined fraction, so whichever loads first
         # cannot take the other's share. See TensorRT-LLM examples/draft_target_model/README.md.
-        both = (paths.kv_fraction or 0.0) + (paths.draft_kv_fraction or 0.0)
-        params["kv_cache_free_gpu_mem_fraction"] = round(min(0.95, both), 4) if both else fraction
-        params["max_tokens_in_paged_kv_cache"] = paths.draft_kv_pool_tokens if draft else paths.kv_pool_tokens
+        assert facts.draft_kv_cache_free_gpu_mem_fraction is not None, facts
+        both = facts.kv_cache_free_gpu_mem_fraction + facts.draft_kv_cache_free_gpu_mem_fraction
+        fraction = round(min(0.95, both), 4)
+        max_tokens = facts.draft_kv_pool_tokens if draft else facts.kv_pool_tokens
+    params: dict[str, Any] = {
+        "gpt_model_path": model_dir,
+        "enable_kv_cache_reuse": facts.enable_kv_cache_reuse,
+        "exclude_input_in_output": tier.serving.exclude_input_in_output,
+        "gpt_model_type": "inflight_fused_batching",
+        "batch_scheduler_policy": tier.serving.batch_scheduler_policy,
+        "max_beam_width": 1,
+        "kv_cache_free_gpu_mem_fraction": fraction,
+        "enable_chunked_context": tier.serving.enable_chunked_context,
+        "cancellation_check_period_ms": 100,
+        "stats_check_period_ms": 100,
+        "normalize_log_probs": True,
+    }
+    if max_tokens is not None:
+        params["max_tokens_in_paged_kv_cache"] = max_tokens
     if gpu_device_ids:
         params["gpu_device_ids"] = gpu_device_ids
     return params
@@ -195,7 +198,8 @@ def _tier_models(
     spec: DeploymentSpec, tier: Tier, paths: TierPaths, version: str, gpus: dict[str, str]
 ) -> tuple[list[ModelPlan], TierModels]:
     n = model_names(spec, tier)
-    limits = _engine_limits(tier, paths)
+    facts = tier_engine_facts(tier, paths)
+    limits = _limits(tier, facts)
     mbs = limits["max_batch_size"]
     cpu = tier.runtime == Runtime.cpu_reference
     # trtllm-pytorch: a Python model over the LLM API; its draft runs inside the LLM (speculative_config),
@@ -237,11 +241,15 @@ def _tier_models(
     )
 
     def engine_model(name: str, role: str, model_dir: str, draft: bool) -> ModelPlan:
-        if pytorch:
-            params = pytorch_engine_parameters(spec, tier, model_dir, limits, gpus.get(tier.name), paths)
+        if facts is None:
+            params = cpu_engine_parameters(tier, model_dir)
+        elif pytorch:
+            params = pytorch_engine_parameters(
+                spec, tier, model_dir, facts, gpus.get(tier.name), paths.draft_model_dir
+            )
         else:
             params = engine_parameters(
-                tier, model_dir, limits, draft=draft, gpu_device_ids=gpus.get(tier.name), paths=paths
+                tier, model_dir, facts, draft=draft, gpu_device_ids=gpus.get(tier.name)
             )
         outputs = c.ENGINE_OUTPUTS if python_engine else c.TRTLLM_ENGINE_OUTPUTS
         template = "models/tensorrt_llm_pytorch.py" if pytorch else "models/tensorrt_llm_cpu.py"
@@ -332,15 +340,17 @@ def _tier_models(
     entry = n["ensemble"]
 
     if tier.draft is not None and not pytorch:
-        if paths.max_draft_len is not None and tier.draft.num_draft_tokens > paths.max_draft_len:
+        # A GPU engine tier's facts always carry max_draft_len with a draft; the CPU reference has no limit.
+        max_draft_len = facts.max_draft_len if facts is not None else None
+        if max_draft_len is not None and tier.draft.num_draft_tokens > max_draft_len:
             from tritonforge.errors import UserError
 
             # The target verifies at most --max_draft_len drafted tokens per step (speculative_decoding_mode
             # draft_tokens_external; TensorRT-LLM examples/draft_target_model/README.md).
             raise UserError(
                 f"tier {tier.name}: draft.num_draft_tokens {tier.draft.num_draft_tokens} exceeds the target engine's "
-                f"max_draft_len {paths.max_draft_len} (trtllm-build --max_draft_len); lower num_draft_tokens to at "
-                f"most {paths.max_draft_len} or rebuild the target engine"
+                f"max_draft_len {max_draft_len} (trtllm-build --max_draft_len); lower num_draft_tokens to at "
+                f"most {max_draft_len} or rebuild the target engine"
             )
         models.append(
             ModelPlan(
@@ -365,7 +375,7 @@ def _tier_models(
                             # the backend's tensorrt_llm_bls parameter names for the same two models
                             "tensorrt_llm_model_name": n["engine"],
                             "tensorrt_llm_draft_model_name": n["draft_engine"],
-                            "max_draft_len": paths.max_draft_len or tier.draft.num_draft_tokens,
+                            "max_draft_len": max_draft_len or tier.draft.num_draft_tokens,
                             "use_draft_logits_enabled": False,
                             "postprocessing_model": n["postprocessing"],
                             "tokenizer_dir": paths.tokenizer_dir,
@@ -391,9 +401,9 @@ def pytorch_engine_parameters(
     spec: DeploymentSpec,
     tier: Tier,
     model_dir: str,
-    limits: dict[str, int],
+    facts: EngineFacts,
     gpu_device_ids: str | None,
-    paths: TierPaths,
+    draft_dir: str | None,
 ) -> dict[str, Any]:
     """`tensorrt_llm` parameters of a trtllm-pytorch tier: the LLM API's constructor arguments as JSON."""
     from tritonforge.builder.llmapi import llm_kwargs
@@ -402,9 +412,11 @@ def pytorch_engine_parameters(
         tier,
         model_dir,
         trtllm_version=spec.triton.trtllm_version,
-        limits=limits,
-        kv_fraction=paths.kv_fraction if tier.draft is None else None,
-        draft_dir=paths.draft_model_dir,
+        limits=_limits(tier, facts),
+        # With a draft, one LLM holds both models in one pool: the tier's own fraction, not the planner's
+        # target share (llm_kwargs falls back to the spec's free_gpu_mem_fraction).
+        kv_fraction=facts.kv_cache_free_gpu_mem_fraction if tier.draft is None else None,
+        draft_dir=draft_dir,
     )
     params: dict[str, Any] = {
         "llmapi_kwargs": json.dumps(kwargs, sort_keys=True),

@@ -18,7 +18,8 @@ import pytest
 import yaml
 
 from tritonforge.builder.build import build
-from tritonforge.builder.manifest import read_manifest, tier_artifacts
+from tritonforge.builder.engine_facts import engine_facts
+from tritonforge.builder.manifest import read_manifest
 from tritonforge.builder.spec import load_spec
 from tritonforge.builder.steps import sha256_file
 from tritonforge.errors import UserError
@@ -153,7 +154,7 @@ def test_fp8_build_export_manifest_resume_and_engine_command(tiny_llama, tmp_pat
     assert 0 < q["kl_divergence"] < 0.05 and q["top1_agreement"] > 0.9 and abs(q["ppl_increase"]) < 0.1
     assert any("calibrating" in line for line in lines)  # progress reported
     assert (out / "main" / "tokenizer" / "tokenizer.json").is_file()
-    art = tier_artifacts(report.plan.tiers[0], m)
+    art = engine_facts(spec.tiers[0], report.plan.tiers[0], m)
     assert art.tokenizer_dir == str(out / "main" / "tokenizer") and art.engine_dir is None
     assert art.max_batch_size == 4 and not art.built
 

@@ -10,7 +10,8 @@ from click.testing import CliRunner
 
 from tritonforge.builder.build import Executor, build, engine_command
 from tritonforge.builder.build_cli import build_command
-from tritonforge.builder.manifest import SCHEMA, deployment_artifacts, read_manifest, write_manifest
+from tritonforge.builder.engine_facts import deployment_engine_facts
+from tritonforge.builder.manifest import SCHEMA, read_manifest, write_manifest
 from tritonforge.builder.planner import plan_deployment
 from tritonforge.builder.spec import load_spec, parse_spec
 from tritonforge.builder.steps import STAMP, HashCache, cached_result, run_step, step_key
@@ -171,11 +172,11 @@ def test_read_manifest_and_artifacts_without_a_build(tmp_path):
     with pytest.raises(UserError, match="not a tritonforge build manifest"):
         read_manifest(tmp_path)
     spec = load_spec(SPECS / "llama31-70b-fp8-draft-h100.yaml")
-    art = deployment_artifacts(spec, tmp_path / "none")["main"]
+    art = deployment_engine_facts(spec, tmp_path / "none")["main"]
     assert (art.max_batch_size, art.max_seq_len, art.max_num_tokens) == (256, 1284, 1280)
-    assert art.engine_dir is None and not art.built and art.gpu_device_ids == "0,1"
+    assert art.engine_dir is None and not art.built
     assert (art.kv_cache_free_gpu_mem_fraction, art.draft_kv_cache_free_gpu_mem_fraction) == (0.818, 0.082)
-    assert art.enable_kv_cache_reuse and art.num_draft_tokens == 4
+    assert art.enable_kv_cache_reuse and art.max_draft_len == 4
     write_manifest(
         tmp_path / "m",
         {
@@ -196,5 +197,5 @@ def test_read_manifest_and_artifacts_without_a_build(tmp_path):
             },
         },
     )
-    art = deployment_artifacts(spec, tmp_path / "m")["main"]
+    art = deployment_engine_facts(spec, tmp_path / "m")["main"]
     assert (art.engine_dir, art.tokenizer_dir, art.draft_engine_dir, art.built) == ("/e", "/t", "/d", True)

@@ -110,13 +110,18 @@ def test_target_engine_is_built_for_external_drafts_of_k(plan, spec) -> None:
     assert "--speculative_decoding_mode" not in trtllm_build_argv(plan.draft.engine)
 
 
-def test_num_draft_tokens_over_the_built_max_draft_len_is_refused(spec) -> None:
+def test_num_draft_tokens_over_the_built_max_draft_len_is_refused(spec, plan) -> None:
+    from dataclasses import replace
+
+    from tritonforge.builder.engine_facts import engine_facts
     from tritonforge.ensembles.wiring import TierPaths, plan_repository
     from tritonforge.errors import UserError
 
+    # An engine built with --max_draft_len 2.
+    built = replace(engine_facts(spec.tiers[0], plan), max_draft_len=2)
     paths = {
         "main": TierPaths(
-            "/engines/main/engine", "/engines/main/tokenizer", "/engines/main/draft_engine", max_draft_len=2
+            "/engines/main/engine", "/engines/main/tokenizer", "/engines/main/draft_engine", engine=built
         )
     }
     with pytest.raises(UserError, match=r"num_draft_tokens 4 exceeds the target engine's max_draft_len 2"):
