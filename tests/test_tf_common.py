@@ -82,7 +82,8 @@ def test_request_inputs_read_optional_tensors_and_scalars() -> None:
     inputs = RequestInputs(_pb_utils())
     request = _request(max_tokens=np.array([[7]], dtype=np.int32), empty=np.zeros((1, 0), dtype=np.int32))
     assert inputs.optional(request, "missing") is None
-    assert inputs.optional(request, "max_tokens").tolist() == [[7]]  # type: ignore[union-attr]
+    array = inputs.optional(request, "max_tokens")
+    assert array is not None and array.tolist() == [[7]]
     assert inputs.scalar(request, "max_tokens", int) == 7
     assert inputs.scalar(request, "missing", int, 3) == 3
     assert inputs.scalar(request, "empty", int, 4) == 4
