@@ -10,7 +10,8 @@ on a shared volume under the spec's hash. Layout of DIR:
     base/             server Deployment (or LeaderWorkerSet), Service, build Job, model store PVC, Redis,
                       ServiceMonitor, HPA, PDB, NetworkPolicies, the in-cluster spec
     overlays/<kind>/  cpu-demo (CPU/memory requests and limits) or gpu (nvidia.com/gpu, node placement)
-    loadtest/         a Locust Job (`tritonforge loadtest`, master + N workers) and its report volume
+    loadtest/         Locust: a master Job + N worker pods behind a headless Service (or one
+                      `tritonforge loadtest` pod when deploy.loadtest_workers is 0), report volume
     image/            Dockerfile + requirements.txt of the serving and tools images
     prometheus-adapter-rules.yaml   the custom-metric rule the HPA reads (merge into prometheus-adapter)
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +47,6 @@ PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 # An image reference's registry host[:port] and path components (https://github.com/distribution/reference).
 REGISTRY = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?(/[a-z0-9]+([._-][a-z0-9]+)*)*$")
 K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-LWS_GROUP_INDEX = "leaderworkerset.sigs.k8s.io/group-index"  # pod label set by LeaderWorkerSet
 LWS_NAME_LABEL = "leaderworkerset.sigs.k8s.io/name"
 
 # Startup probe budgets (the server is restarted when it is not READY by then; a restart loop is worse than
@@ -96,8 +97,9 @@ class K8sPlan:
     workload: str  # "Deployment" | "LeaderWorkerSet"
     lws_size: int
     gpus_per_pod: int
-    argv: list[str]
+    argv: list[str]  # the leader's (every pod's of a Deployment) command
     worker_argv: list[str]
+    mpi: dict[str, Any] | None  # LeaderWorkerSet: the leader's service account and the pods it may exec into
     env: list[dict[str, Any]]
     shm: str
     probes: dict[str, Any]
@@ -157,6 +159,7 @@ class K8sPlan:
             "servicemonitor.yaml",
             "pdb.yaml",
         ]
+        names += ["rbac.yaml"] if self.mpi else []
         return names + (["hpa.yaml"] if self.hpa else []) + (["redis.yaml"] if self.redis else [])
 
 
@@ -334,12 +337,221 @@ def in_cluster_spec(spec: DeploymentSpec, app: str) -> DeploymentSpec:
     return DeploymentSpec.model_validate(data)
 
 
-def _lws_hosts(app: str, size: int, slots: int) -> str:
-    """Open MPI's --host list of one LeaderWorkerSet group: leader `<lws>-<g>`, workers `<lws>-<g>-<i>`, on the
-    LWS headless service `<lws>` (https://github.com/kubernetes-sigs/lws docs: pod naming and LWS_* env)."""
-    group = "$(TF_LWS_GROUP)"  # expanded by the kubelet from the env below
-    hosts = [f"{app}-{group}.{app}:{slots}"] + [f"{app}-{group}-{i}.{app}:{slots}" for i in range(1, size)]
-    return ",".join(hosts)
+# ------------------------------------------------------------------------------------ multi-node replicas
+#
+# A replica spanning nodes is one LeaderWorkerSet group of `size` pods (one per node). TensorRT-LLM's C++
+# backend in leader mode runs one tritonserver per rank under one `mpirun` (the rank layout of
+# `launch.launch_command`); across pods, the leader's mpirun starts the workers' ranks with `kubectl exec`
+# as Open MPI's remote-shell agent, while the workers only wait. That is the LeaderWorkerSet TensorRT-LLM
+# example's design (https://github.com/kubernetes-sigs/lws docs/examples/tensorrt-llm/build/server.py:
+# `mpirun -mca plm_rsh_agent kubessh --host <pod>:<gpus per node>,...`, workers pause until SIGTERM;
+# docs/examples/tensorrt-llm/rbac.yaml: the leader's service account may create pods/exec), itself adapted
+# from https://github.com/triton-inference-server/tutorials
+# Deployment/Kubernetes/EKS_Multinode_Triton_TRTLLM/multinode_helm_chart/containers/server.py.
+# Unlike that example, the hosts come from the LWS environment, not from listing pods (no `list` right).
+
+KUBECTL_VERSION = "v1.31.4"  # the client of the cluster version the manifests target (k8s_validate)
+RSH_AGENT = "/tmp/tritonforge-kubexec"  # no "ssh" in its name: Open MPI adds ssh-only flags to such agents
+HOSTFILE = "/tmp/tritonforge-hostfile"
+WORKER_CONTAINER = "worker"
+
+
+def lws_pod_names(app: str, groups: int, size: int) -> list[str]:
+    """Worker pods of groups 0..groups-1: `<lws>-<group>-<index>` (the leader is `<lws>-<group>`), as the
+    LWS TensorRT-LLM example's README lists them (https://github.com/kubernetes-sigs/lws
+    docs/examples/tensorrt-llm/README.md: tensorrt-0, tensorrt-0-1)."""
+    return [f"{app}-{g}-{i}" for g in range(groups) for i in range(1, size)]
+
+
+def check_multi_node(launch: Any, gpus: int, per_node: int) -> None:
+    """Only leader mode spans nodes: one TensorRT-LLM engine whose TP x PP ranks are the replica's GPUs.
+
+    Orchestrator mode (several engines, e.g. a draft model, or several instances) spawns each model's workers
+    on its own machine (https://github.com/triton-inference-server/tensorrtllm_backend
+    docs/llama_multi_instance.md: instances "on the same machine"), and an LLM API model spawns its own MPI
+    workers, so neither can be spread over pods by the leader's mpirun.
+    """
+    if launch.mode != "leader" or launch.world_size != gpus:
+        raise UserError(
+            f"deploy: a replica of {gpus} GPUs spans {gpus // per_node} nodes, which needs one TensorRT-LLM "
+            f"engine model with tp x pp = {gpus} (leader mode), but this repository launches in "
+            f"{launch.mode} mode with world size {launch.world_size}; drop the draft model or extra "
+            f"instances, or fit the replica on one node (deploy.gpus_per_node)"
+        )
+
+
+def leader_script(argv: list[str], size: int, slots: int) -> str:
+    """The leader's shell command: hostfile from the LWS environment, wait for every worker, then the launch's
+    mpirun over all the group's ranks (rank r on host r // slots)."""
+    assert argv[:2] == ["mpirun", "--allow-run-as-root"], argv
+    mpirun = argv[:2] + [
+        "--hostfile",
+        HOSTFILE,
+        # Fill each host's slots in hostfile order: ranks 0..slots-1 on the leader, the next on worker 1, ...
+        # (https://www.open-mpi.org/doc/v4.1/man1/mpirun.1.php, --hostfile "slots=N" and --map-by slot).
+        "--map-by",
+        "slot",
+        "-mca",
+        "plm_rsh_agent",
+        RSH_AGENT,
+        # The leader starts every worker's daemon itself; by default the daemons would start each other
+        # (tree spawn), which needs kubectl rights in the workers too (ompi_info: plm_rsh_no_tree_spawn).
+        "-mca",
+        "plm_rsh_no_tree_spawn",
+        "1",
+    ]
+    return "\n".join(
+        [
+            "set -eu",
+            # LWS_LEADER_ADDRESS = <lws>-<group>.<lws>.<namespace>, LWS_GROUP_SIZE = pods in the group
+            # (https://github.com/kubernetes-sigs/lws
+            # site/content/en/docs/reference/labels-annotations-and-environment-variables.md).
+            f'if [ "$LWS_GROUP_SIZE" != "{size}" ]; then',
+            f'  echo "LWS_GROUP_SIZE is $LWS_GROUP_SIZE, the launch has {size} hosts; re-render" >&2; exit 1',
+            "fi",
+            'LEADER="${LWS_LEADER_ADDRESS%%.*}"',
+            'DOMAIN="${LWS_LEADER_ADDRESS#*.}"',
+            # Open MPI calls the agent as `<agent> <host> <command>` (what ssh gets); the host is a worker pod.
+            f"cat > {RSH_AGENT} <<'EOF'",
+            "#!/bin/sh",
+            'pod="${1%%.*}"',
+            "shift",
+            f'exec kubectl exec -n "$TF_NAMESPACE" -c {WORKER_CONTAINER} "$pod" -- /bin/sh -c "$*"',
+            "EOF",
+            f"chmod 755 {RSH_AGENT}",
+            f'echo "$LWS_LEADER_ADDRESS slots={slots}" > {HOSTFILE}',
+            "i=1",
+            'while [ "$i" -lt "$LWS_GROUP_SIZE" ]; do',
+            '  W="$LEADER-$i"',
+            f'  until kubectl exec -n "$TF_NAMESPACE" -c {WORKER_CONTAINER} "$W" -- true >/dev/null 2>&1; do',
+            '    echo "waiting for worker pod $W"',
+            "    sleep 5",
+            "  done",
+            f'  echo "$W.$DOMAIN slots={slots}" >> {HOSTFILE}',
+            "  i=$((i + 1))",
+            "done",
+            f"cat {HOSTFILE}",
+            "exec " + shlex.join(mpirun + argv[2:]),
+        ]
+    )
+
+
+# A worker runs no command of its own: its ranks are started in it by the leader's mpirun. It waits until the
+# group is torn down (SIGTERM), like server.py's `worker` mode in the LWS example.
+WORKER_SCRIPT = (
+    'trap "exit 0" TERM INT; echo "worker: ranks are started here by the leader\'s mpirun"; '
+    "while :; do sleep 3600 & wait $!; done"
+)
+
+
+def kubectl_dockerfile(dockerfile: str) -> str:
+    """The Dockerfile with kubectl in the serving stage (the leader's MPI agent; the LWS example's image
+    installs it too: https://github.com/kubernetes-sigs/lws docs/examples/tensorrt-llm/build/Dockerfile)."""
+    marker = "\n# The build and load-test Jobs also run tritonforge itself"
+    if marker not in dockerfile:
+        raise UserError(
+            "the generated Dockerfile has no tools stage; this is a tritonforge bug, please report it"
+        )
+    head, tail = dockerfile.split(marker, 1)
+    lines = [
+        "",
+        "# Multi-node replicas: the leader starts the workers' MPI ranks with `kubectl exec`. kubectl",
+        f"# {KUBECTL_VERSION}, checked against its published SHA-256 "
+        "(https://kubernetes.io/docs/tasks/tools/install-kubectl-linux/).",
+        "ARG TARGETARCH",
+        'RUN python3 -c "import hashlib, sys, urllib.request as r; '
+        f"u = 'https://dl.k8s.io/release/{KUBECTL_VERSION}/bin/linux/${{TARGETARCH:-amd64}}/kubectl'; "
+        "b = r.urlopen(u).read(); "
+        "ok = hashlib.sha256(b).hexdigest() == r.urlopen(u + '.sha256').read().decode().split()[0]; "
+        "ok or sys.exit('kubectl: SHA-256 mismatch'); "
+        "open('/usr/local/bin/kubectl', 'wb').write(b)\" \\",
+        " && chmod 755 /usr/local/bin/kubectl && kubectl version --client",
+    ]
+    return head + "\n".join(lines) + "\n" + marker + tail
+
+
+# ----------------------------------------------------------------------------------------- load test
+#
+# Locust's distributed mode (https://docs.locust.io/en/stable/running-distributed.html, "Distributed load
+# generation"): one master (`--master`, runs no users, aggregates the statistics, writes --csv/--html) and
+# N workers (`--worker --master-host HOST`, each one process on one core) that connect to the master's port
+# 5557 (--master-bind-port's default); `--expect-workers N` makes a headless master wait for N workers
+# before it starts. The master reaches its workers through a headless Service. Custom locustfile options
+# (model, protocol, workload) are given to the master only: Locust forwards them to the workers when the
+# test starts (https://docs.locust.io/en/stable/extending-locust.html, "Custom arguments").
+
+LOCUST_MASTER_PORT = 5557
+LOADTEST_DURATION = "60s"
+
+
+def plan_loadtest(
+    app: str, service: str, entry: str, users: int, workers: int, tokenizer: str
+) -> dict[str, Any]:
+    """The load-test pods' commands: `tritonforge loadtest` in one pod (workers 0: the full report.json), or
+    a Locust master Job + `workers` worker pods (Locust's own CSV/HTML report, written by the master)."""
+    url, grpc = f"http://{service}:{PORTS['http']}", f"{service}:{PORTS['grpc']}"
+    out = 'OUT="/reports/run-$(date -u +%Y%m%dT%H%M%SZ)"'
+    if workers == 0:
+        run = [
+            "tritonforge loadtest",
+            f"--url {url}",
+            f"--model {entry}",
+            f"--grpc-url {grpc}",
+            f"--metrics-url http://{service}:{PORTS['metrics']}/metrics",
+            f"--users {users}",
+            f"--duration {LOADTEST_DURATION}",
+            f"--tokenizer {tokenizer}",
+            "--spec /spec/spec.yaml",
+            '-o "$OUT"',
+        ]
+        script = ["set -eu", out, " ".join(run), 'echo "report: $OUT/report.json"']
+        return {
+            "workers": 0,
+            "script": "\n".join(script),
+            "resources": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "4Gi"}},
+        }
+    master_service = f"{app}-locust-master"
+    master = [
+        "tritonforge loadtest locust",
+        "--master",
+        f"--master-bind-port {LOCUST_MASTER_PORT}",
+        f"--expect-workers {workers}",
+        "--expect-workers-max-wait 600",  # worker pods may wait for a node; then the master gives up
+        "--headless",
+        f"--host {url}",
+        f"-u {users}",
+        f"-r {users}",
+        f"-t {LOADTEST_DURATION}",
+        "--stop-timeout 300",
+        "--only-summary",
+        f"--model {entry}",
+        f"--grpc-url {grpc}",
+        f"--tokenizer {tokenizer}",
+        '--csv "$OUT/locust"',
+        '--html "$OUT/locust.html"',
+    ]
+    return {
+        "workers": workers,
+        "master_service": master_service,
+        "port": LOCUST_MASTER_PORT,
+        "script": "\n".join(
+            ["set -eu", out, 'mkdir -p "$OUT"', " ".join(master), 'echo "report: $OUT/locust.html"']
+        ),
+        "worker_script": "\n".join(
+            [
+                "set -eu",
+                " ".join(
+                    [
+                        "tritonforge loadtest locust --worker",
+                        f"--master-host {master_service}",
+                        f"--master-port {LOCUST_MASTER_PORT}",
+                    ]
+                ),
+            ]
+        ),
+        "resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "2Gi"}},
+        "worker_resources": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "4Gi"}},
+    }
 
 
 def plan_k8s(spec: DeploymentSpec, opts: K8sOptions) -> K8sPlan:
@@ -374,19 +586,16 @@ def plan_k8s(spec: DeploymentSpec, opts: K8sOptions) -> K8sPlan:
     gpus_per_pod = d.gpus_per_node if lws else gpus
     argv = list(launch.argv)
     worker_argv: list[str] = []
+    mpi = None
     if lws:
-        assert argv[:2] == ["mpirun", "--allow-run-as-root"], argv
-        argv = argv[:2] + ["--host", _lws_hosts(app, size, d.gpus_per_node)] + argv[2:]
-        worker_argv = ["sleep", "infinity"]  # ranks are started here by the leader's mpirun (see the report)
+        check_multi_node(launch, gpus, d.gpus_per_node)
+        argv = ["sh", "-c", leader_script(argv, size, d.gpus_per_node)]
+        worker_argv = ["sh", "-c", WORKER_SCRIPT]
+        mpi = {"service_account": f"{app}-mpi", "exec_pods": lws_pod_names(app, d.replicas.max, size)}
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(launch.env.items())]
     env += [{"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "TRANSFORMERS_OFFLINE", "value": "1"}]
-    if lws:
-        env.append(
-            {
-                "name": "TF_LWS_GROUP",
-                "valueFrom": {"fieldRef": {"fieldPath": f"metadata.labels['{LWS_GROUP_INDEX}']"}},
-            }
-        )
+    if lws:  # the leader's kubectl exec names the namespace the group runs in (downward API)
+        env.append({"name": "TF_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}})
     env += _secret_env(spec, app)
     shm = _quantity_gi(spec.triton.shm_size)
     budget, period = STARTUP_BUDGET_S[kind], PROBE_PERIOD_S[kind]
@@ -469,35 +678,7 @@ def plan_k8s(spec: DeploymentSpec, opts: K8sOptions) -> K8sPlan:
     )
     users = max(1, min(64, _capacity(spec)))
     service = f"{app}-{k8s_name(entry, 20)}"
-    loadtest = {
-        "workers": d.loadtest_workers,
-        "script": "\n".join(
-            [
-                "set -eu",
-                'OUT="/reports/run-$(date -u +%Y%m%dT%H%M%SZ)"',
-                " ".join(
-                    [
-                        "tritonforge loadtest",
-                        f"--url http://{service}:{PORTS['http']}",
-                        f"--model {entry}",
-                        f"--grpc-url {service}:{PORTS['grpc']}",
-                        f"--metrics-url http://{service}:{PORTS['metrics']}/metrics",
-                        f"--users {users}",
-                        "--duration 60s",
-                        f"--workers {d.loadtest_workers}",
-                        f"--tokenizer {_tokenizer_arg(spec, spec_hash)}",
-                        "--spec /spec/spec.yaml",
-                        '-o "$OUT"',
-                    ]
-                ),
-                'echo "report: $OUT/report.json"',
-            ]
-        ),
-        "resources": {
-            "requests": {"cpu": str(d.loadtest_workers + 1), "memory": "2Gi"},
-            "limits": {"memory": "4Gi"},
-        },
-    }
+    loadtest = plan_loadtest(app, service, entry, users, d.loadtest_workers, _tokenizer_arg(spec, spec_hash))
     requirements = requirements_of(spec, rplan)
     data = spec.model_dump(mode="json")
     plan = K8sPlan(
@@ -517,6 +698,7 @@ def plan_k8s(spec: DeploymentSpec, opts: K8sOptions) -> K8sPlan:
         gpus_per_pod=gpus_per_pod,
         argv=argv,
         worker_argv=worker_argv,
+        mpi=mpi,
         env=env,
         shm=shm,
         probes=probes,
@@ -549,7 +731,7 @@ def plan_k8s(spec: DeploymentSpec, opts: K8sOptions) -> K8sPlan:
 def server_pod(plan: K8sPlan, worker: bool) -> dict[str, Any]:
     """The server pod: waits for the build, then runs the launch over the repository on the store volume."""
     container: dict[str, Any] = {
-        "name": "triton" if not worker else "worker",
+        "name": "triton" if not worker else WORKER_CONTAINER,
         "image": plan.image,
         "command": plan.worker_argv if worker else plan.argv,
         "env": plan.env,
@@ -565,7 +747,12 @@ def server_pod(plan: K8sPlan, worker: bool) -> dict[str, Any]:
         {"name": "store", "mountPath": "/models", "subPath": f"{plan.spec_hash}/repo", "readOnly": True},
         {"name": "dshm", "mountPath": "/dev/shm"},
     ]
-    return {
+    pod: dict[str, Any] = {}
+    if plan.mpi and not worker:
+        pod["serviceAccountName"] = plan.mpi["service_account"]  # may exec into its group's workers only
+    elif plan.mpi:
+        pod["automountServiceAccountToken"] = False  # workers call no API
+    return pod | {
         "initContainers": [
             {
                 "name": "wait-for-build",
@@ -586,7 +773,7 @@ def server_pod(plan: K8sPlan, worker: bool) -> dict[str, Any]:
 
 
 def _placement_ops(pod_path: str, plan: K8sPlan) -> list[dict[str, Any]]:
-    ops = []
+    ops: list[dict[str, Any]] = []
     if plan.node_selector:
         ops.append({"op": "add", "path": f"{pod_path}/nodeSelector", "value": plan.node_selector})
     if plan.tolerations:
@@ -725,7 +912,8 @@ def render_k8s(plan: K8sPlan) -> dict[str, bytes]:
     files["loadtest/loadtest-job.yaml"] = r("loadtest-job.yaml.j2")
     files["loadtest/spec.yaml"] = plan.spec_yaml.encode()
     files["image/requirements.txt"] = plan.requirements_txt.encode()
-    files["image/Dockerfile"] = render_dockerfile(plan.requirements_txt, DEFAULT_BASE_IMAGE).encode()
+    dockerfile = render_dockerfile(plan.requirements_txt, DEFAULT_BASE_IMAGE)
+    files["image/Dockerfile"] = (kubectl_dockerfile(dockerfile) if plan.mpi else dockerfile).encode()
     files["prometheus-adapter-rules.yaml"] = (
         "# prometheus-adapter rule for the HPA's custom metric: merge into the adapter's config (rules:).\n"
         + yaml.safe_dump(plan.adapter_rules, sort_keys=False, width=1000)

@@ -251,6 +251,24 @@ def run_command(**kw: Any) -> None:
         sys.exit(1)
 
 
+@loadtest_group.command("locust", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("locust_args", nargs=-1, type=click.UNPROCESSED)
+def locust_command(locust_args: tuple[str, ...]) -> None:
+    """Run Locust itself with tritonforge's locustfile: a distributed master or worker process.
+
+    \b
+    tritonforge loadtest locust --master --expect-workers 4 --headless --host http://svc:8000 -u 64 -t 60s ...
+    tritonforge loadtest locust --worker --master-host MASTER
+    (https://docs.locust.io/en/stable/running-distributed.html; Locust's report only, no report.json)
+    """
+    import os
+
+    from tritonforge.loadtest.runner import LOCUSTFILE
+
+    argv = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), *locust_args]
+    os.execv(sys.executable, argv)
+
+
 def _gate_text(gate: dict[str, Any]) -> str:
     if not gate["checked"]:
         return "prediction check: no level has a prediction and a measurement to check"

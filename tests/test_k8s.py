@@ -94,10 +94,11 @@ def test_validation_catches_a_broken_object() -> None:
 @needs_validate
 def test_multi_node_replica_is_a_leaderworkerset(tmp_path: Path) -> None:
     """TP8 x PP2 = 16 GPUs on 8-GPU nodes: a LeaderWorkerSet group of 2 pods with 8 GPUs each."""
-    text = (EXAMPLES / "llama3.1-70b-fp8-tp2-draft-h100.yaml").read_text()
-    text = text.replace("count: 2}", "count: 16}").replace("tp: 2, pp: 1", "tp: 8, pp: 2")
+    data = yaml.safe_load((EXAMPLES / "llama3.1-8b-fp8-h100.yaml").read_text())
+    data["tiers"][0]["gpu"]["count"] = 16
+    data["tiers"][0]["parallelism"] = {"tp": 8, "pp": 2}
     spec = tmp_path / "lws.yaml"
-    spec.write_text(text)
+    spec.write_text(yaml.safe_dump(data))
     files = _render(spec)
     objs = objects(files)
     lws = _one(objs, "LeaderWorkerSet")
@@ -295,13 +296,15 @@ def test_network_policy_admits_only_clients_and_prometheus() -> None:
     assert clients["from"] == [{"podSelector": {"matchLabels": {"tritonforge.io/client-of": "cpu-demo"}}}]
     assert {p["port"] for p in clients["ports"]} == {"http", "grpc"}
     assert {p["port"] for p in rules[1]["ports"]} == {"metrics"}
-    load = objects(_render(EXAMPLES / "cpu-demo.yaml"), "loadtest")
-    job = next(o for _, o in load if o["kind"] == "Job")
-    assert job["spec"]["template"]["metadata"]["labels"]["tritonforge.io/client-of"] == "cpu-demo"
-    script = job["spec"]["template"]["spec"]["containers"][0]["args"][0]
-    assert "tritonforge loadtest --url http://cpu-demo-ensemble:8000 --model ensemble" in script
-    assert "--workers 2" in script and '-o "$OUT"' in script
-    assert {m["mountPath"] for m in job["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]} >= {
+    # The Locust workers send the requests: they carry the client label; the master sends none.
+    load = {o["metadata"]["name"]: o for _, o in objects(_render(EXAMPLES / "cpu-demo.yaml"), "loadtest")}
+    workers, master = load["cpu-demo-loadtest-workers"], load["cpu-demo-loadtest"]
+    assert workers["spec"]["template"]["metadata"]["labels"]["tritonforge.io/client-of"] == "cpu-demo"
+    assert "tritonforge.io/client-of" not in master["spec"]["template"]["metadata"]["labels"]
+    script = master["spec"]["template"]["spec"]["containers"][0]["args"][0]
+    assert "--host http://cpu-demo-ensemble:8000" in script and "--model ensemble" in script
+    assert "--expect-workers 2" in script and '--html "$OUT/locust.html"' in script
+    assert {m["mountPath"] for m in master["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]} >= {
         "/reports"
     }
 
@@ -501,13 +504,25 @@ def test_job_commands_parse_with_the_real_cli(example: str) -> None:
     from tritonforge.cli import cli
 
     plan = plan_k8s(load_spec(EXAMPLES / example), K8sOptions())
-    commands = _invocations(plan.build_script) + _invocations(plan.loadtest["script"])
-    assert [c[0] for c in commands] == ["build", "emit", "loadtest"]
+    commands = (
+        _invocations(plan.build_script)
+        + _invocations(plan.loadtest["script"])
+        + _invocations(plan.loadtest["worker_script"])
+    )
+    assert [c[:2] for c in commands] == [
+        ["build", "/spec/spec.yaml"],
+        ["emit", "/spec/spec.yaml"],
+        ["loadtest", "locust"],
+        ["loadtest", "locust"],
+    ]
     for argv in commands:
         ctx = cli.make_context("tritonforge", list(argv), resilient_parsing=False)
         with ctx:
             sub = cli.get_command(ctx, argv[0])
             assert sub is not None
             if isinstance(sub, click.Group):  # loadtest: a group whose default command is `run`
-                sub = sub.get_command(ctx, "run")
+                name = argv[1] if argv[1] in sub.commands else "run"
+                sub = sub.get_command(ctx, name)
+                argv = argv[1:] if name != "run" else argv
+            assert sub is not None
             sub.make_context(argv[0], list(argv[1:]), parent=ctx)
