@@ -1,7 +1,6 @@
 """tritonforge.model_repo_templates.tf_runtime: the CPU reference runtime (copied into Triton model dirs as ``tf_runtime``).
 
 - ``detok``: incremental detokenization (id -> bytes table; complete UTF-8 characters only).
-- ``demo_model``: embedded default models (``demo``, ``demo-draft``, ``tiny``, ``tiny-draft``), built offline.
 - ``engine``: ``CpuEngine``, the in-flight batching stand-in for a TensorRT-LLM engine
   (``model_runner``: batched forward over a slot KV cache; ``kv``: slots and prefix blocks;
   ``sampling``: TensorRT-LLM sampling semantics).
