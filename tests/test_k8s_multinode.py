@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -230,3 +231,42 @@ def test_leader_command_is_one_shell_line_per_step(tmp_path: Path) -> None:
     assert shlex.split(last)[-len(replica_launch(spec, plan.image).argv) + 2 :] == list(
         replica_launch(spec, plan.image).argv[2:]
     )
+
+
+def key(d: dict) -> tuple[str, str]:
+    return (d["kind"], d["metadata"]["name"])
+
+
+@needs_validate
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed (kustomize not checked)")
+def test_kustomize_renders_the_group_as_python_does(tmp_path: Path) -> None:
+    """kubectl kustomize of the gpu overlay: valid objects, the namespace on the RoleBinding's subject, and the
+    same objects the structure check renders where kubectl is absent."""
+    plan = plan_k8s(load_spec(_spanning_spec(tmp_path)), K8sOptions(namespace="llm"))
+    files = render_k8s(plan)
+    for rel, data in files.items():
+        (tmp_path / "out" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "out" / rel).write_bytes(data)
+    for folder in ("overlays/gpu", "loadtest"):
+        out = subprocess.run(
+            ["kubectl", "kustomize", str(tmp_path / "out" / folder)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert out.returncode == 0, out.stderr
+        docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+        assert k8s_validate.validate_objects([("kustomize", d) for d in docs]) == []
+        ours, problems = k8s_validate.render_kustomization(files, folder)
+        assert problems == []
+        generated = {d["metadata"]["name"] for d in docs if d["kind"] == "ConfigMap"}
+        assert [key(d) for d in sorted(ours, key=key) if d["kind"] != "ConfigMap"] == [
+            key(d) for d in sorted(docs, key=key) if d["metadata"]["name"] not in generated
+        ]
+        if folder == "overlays/gpu":
+            lws = next(d for d in docs if d["kind"] == "LeaderWorkerSet")
+            for role in ("leaderTemplate", "workerTemplate"):
+                res = lws["spec"]["leaderWorkerTemplate"][role]["spec"]["containers"][0]["resources"]
+                assert res["limits"]["nvidia.com/gpu"] == "8"
+            binding = next(d for d in docs if d["kind"] == "RoleBinding")
+            assert binding["subjects"][0]["namespace"] == "llm" == binding["metadata"]["namespace"]
