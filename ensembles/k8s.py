@@ -357,9 +357,9 @@ WORKER_CONTAINER = "worker"
 
 
 def lws_pod_names(app: str, groups: int, size: int) -> list[str]:
-    """Worker pods of groups 0..groups-1: `<lws>-<group>-<index>` (the leader is `<lws>-<group>`), as the
-    LWS TensorRT-LLM example's README lists them (https://github.com/kubernetes-sigs/lws
-    docs/examples/tensorrt-llm/README.md: tensorrt-0, tensorrt-0-1)."""
+    """Worker pods of groups 0..groups-1: "leaderWorkerSetName-leaderIndex-workerIndex", workers 1..size-1
+    (https://github.com/kubernetes-sigs/lws api/leaderworkerset/v1/leaderworkerset_types.go,
+    LeaderWorkerSetSpec; the default Ordinal group identity)."""
     return [f"{app}-{g}-{i}" for g in range(groups) for i in range(1, size)]
 
 

@@ -171,6 +171,8 @@ def test_group_pods_rbac_and_image(tmp_path: Path) -> None:
     files = render_k8s(plan)
     objs = objects(files)
     assert k8s_validate.validate_objects(objs) == []
+    assert _lws(files)["spec"]["startupPolicy"] == "LeaderCreated"  # workers must not wait for a READY leader
+    assert _lws(files)["spec"]["leaderWorkerTemplate"]["restartPolicy"] == "RecreateGroupOnPodRestart"
     tmpl = _lws(files)["spec"]["leaderWorkerTemplate"]
     leader, worker = tmpl["leaderTemplate"]["spec"], tmpl["workerTemplate"]["spec"]
     # Triton's endpoints and probes on the leader; /dev/shm (memory) and the repository on every pod.
