@@ -224,16 +224,23 @@ def test_several_sequences_come_back_one_stream_each(decoupled: Any) -> None:
     assert [flags for _, flags in sender.sent] == [0, pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: the non-streaming (non-decoupled) configuration sends one response per sequence; "
-    "Triton's response sender refuses all but the first, so the client silently gets one sequence",
+@pytest.mark.parametrize(
+    ("extra", "named"), [({"num_return_sequences": 2}, "num_return_sequences"), ({"stop": True}, "stop")]
 )
-def test_several_sequences_in_the_non_streaming_configuration_still_end_the_request(plain: Any) -> None:
-    r = req(out_len=3, min_tokens=3, num_return_sequences=2)
+def test_what_needs_several_responses_is_refused_by_name_in_the_non_streaming_configuration(
+    plain: Any, extra: dict[str, Any], named: str
+) -> None:
+    # Default (non-decoupled) mode allows one response per request: several sequences, or a `stop` answered with
+    # a bare final flag, were refused by Triton's sender after the first (the client silently got one sequence).
+    r = req(out_len=3, min_tokens=3, **extra)
     r.decoupled = False
-    assert plain.execute([r]) is None
+    good = req(out_len=3)
+    good.decoupled = False
+    assert plain.execute([r, good]) is None
     sender = r.get_response_sender()
     sender.wait_final(WAIT_S)
     assert sender.refused == []
-    assert sender.final
+    assert len(sender.errors) == 1 and named in sender.errors[0] and "decoupled" in sender.errors[0]
+    ok = good.get_response_sender()
+    ok.wait_final(WAIT_S)
+    assert ok.refused == [] and ok.errors == [] and len(ok.responses) == 1

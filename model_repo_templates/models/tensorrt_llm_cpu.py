@@ -235,6 +235,18 @@ class TritonPythonModel:
 
     def _start(self, request, sender):
         request_id = request.request_id() or ""
+        if not self.decoupled:
+            # One response per request in default mode: a `stop` request (which answers with a bare final flag)
+            # and several sequences (a response each) cannot be answered there; refused by name, not dropped.
+            if _scalar(request, "stop", bool, False):
+                raise EngineError(
+                    "stop needs the streaming configuration (decoupled mode); cancel the request instead"
+                )
+            if _scalar(request, "num_return_sequences", int, 1) > 1:
+                raise EngineError(
+                    "num_return_sequences > 1 needs the streaming configuration (decoupled mode): send 1, or emit "
+                    "the deployment with serving.streaming: true"
+                )
         if _scalar(request, "stop", bool, False):
             with self.lock:
                 handle = self.by_request_id.get(request_id) if request_id else None
