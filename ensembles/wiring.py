@@ -15,13 +15,13 @@ from tritonforge.builder.engine_facts import EngineFacts, unplanned_engine_facts
 from tritonforge.builder.names import tier_model_names
 from tritonforge.builder.spec import DeploymentSpec, KvCacheDtype, Runtime, Tier
 from tritonforge.ensembles import contract as c
-from tritonforge.model_repo_templates.tf_policy.params import max_input_bytes
 from tritonforge.model_repo_templates.tf_policy.config import (
     CacheConfig,
     EntryConfig,
     RouterConfig,
     TierConfig,
 )
+from tritonforge.model_repo_templates.tf_policy.params import max_input_bytes
 
 
 @dataclass(frozen=True)
