@@ -217,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         tokenizer = load_tokenizer(tokenizer_dir)
         corpus = (ROOT / "model_repo_templates" / "tf_runtime" / "engine.py").read_text()
-        prompts = [corpus[i * 97 : i * 97 + 240] for i in range(args.n)]
+        span = max(1, len(corpus) - 240)  # wrap around: every prompt is a full 240-character slice
+        prompts = [corpus[(i * 97) % span :][:240] for i in range(args.n)]
         pre = [
             {
                 "QUERY": np.array([[p.encode()]], dtype=object),

@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import json
 import logging
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -56,6 +57,7 @@ FLAG_OUTPUTS = {
 }
 MULTI_OUTPUTS = ("batch_index", "sequence_index")  # with several sequences or beams
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+CANCEL_CHECK_NS = 10_000_000  # how often a stream asks whether its client is still there
 
 
 class _TritonLogHandler(logging.Handler):
@@ -153,6 +155,7 @@ class TritonPythonModel:
         pol.propagate = False
         config = json.loads(args["model_config"])
         self.input_names = tuple(t["name"] for t in config.get("input", []))
+        self.input_set = frozenset(self.input_names)
         self.output_names = frozenset(t["name"] for t in config.get("output", []))
         params = config.get("parameters") or {}
         raw = (params.get("entry_config") or {}).get("string_value")
@@ -305,11 +308,19 @@ class TritonPythonModel:
     def _serve(self, request):
         sender = request.get_response_sender()
         done = False
+        checked = [-CANCEL_CHECK_NS]  # when the client was last asked about (monotonic ns)
 
         def send(reply):
             nonlocal done
-            if sender.is_cancelled():
-                raise _Cancelled()
+            # is_cancelled() is a round trip to the server: asked before a stream's first chunk and then at
+            # most every CANCEL_CHECK_NS, never before the final response (which ends the request whether or
+            # not the client is still there).
+            if not reply.final:
+                now = time.monotonic_ns()
+                if now - checked[0] >= CANCEL_CHECK_NS:
+                    checked[0] = now
+                    if sender.is_cancelled():
+                        raise _Cancelled()
             if not reply.data:
                 try:
                     sender.send(flags=FINAL)
@@ -336,11 +347,9 @@ class TritonPythonModel:
             done = reply.final
 
         try:
-            inputs = {}
-            for name in self.input_names:
-                t = pb_utils.get_input_tensor_by_name(request, name)
-                if t is not None:
-                    inputs[name] = t.as_numpy()
+            # one pass over what the client sent (get_input_tensor_by_name scans them all for every name)
+            names = self.input_set
+            inputs = {t.name(): t.as_numpy() for t in request.inputs() if t.name() in names}
             req = parse_request(inputs)
             self.service.handle(req, send)
         except _Cancelled:

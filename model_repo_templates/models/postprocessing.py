@@ -57,8 +57,13 @@ class TritonPythonModel:
         return text
 
     def _one(self, request):
-        tokens = pb_utils.get_input_tensor_by_name(request, "TOKENS_BATCH").as_numpy()
-        lengths = pb_utils.get_input_tensor_by_name(request, "SEQUENCE_LENGTH").as_numpy()
+        # one pass over the inputs (get_input_tensor_by_name fetches the whole list for every name)
+        arrays = {t.name(): t for t in request.inputs()}
+        missing = [n for n in ("TOKENS_BATCH", "SEQUENCE_LENGTH") if n not in arrays]
+        if missing:
+            raise ValueError(f"missing input {missing[0]}")
+        tokens = arrays["TOKENS_BATCH"].as_numpy()
+        lengths = arrays["SEQUENCE_LENGTH"].as_numpy()
         # Ensemble steps see the client's request id: with one, a character split across streamed
         # chunks is carried over to the next chunk; without one, it is decoded with replacement.
         key = request.request_id() or None
