@@ -8,7 +8,10 @@ assumed engine limits of the file), and the model in `builder.predict` is run at
 
 Parameters fitted: per calibration group (GPU architecture / weight format), the fraction of peak
 FLOP/s (`compute`), of peak HBM bandwidth streaming weights (`bandwidth`) and reading the paged KV
-cache (`kv_bandwidth`); one NVLink efficiency for TP all-reduces (`nvlink`) shared by every group. Objective: least squares of log(predicted / published). `--write` stores
+cache (`kv_bandwidth`); per GPU architecture, the NVLink efficiency of TP all-reduces (`nvlink`:
+NVLink 4 on Hopper and NVLink 5 on Blackwell are different links, and the Blackwell rows come from
+another TensorRT-LLM release and its all-reduce kernels). Objective: least squares of
+log(predicted / published). `--write` stores
 them in `builder/fixtures/predict_calibration.json`; the report gives in-sample and
 leave-one-out errors (each row predicted by factors fitted without it).
 """
@@ -81,10 +84,11 @@ def row_cases(doc: dict | None = None) -> list[tuple[dict, predict.Geometry, pre
     return out
 
 
-def _predict(g, w, groups: dict, nvlink: float, default_group: str) -> float:
+def _predict(g, w, groups: dict, nvlink: dict[str, float], default_group: str) -> float:
     grp = predict.calibration_group(g.gpu, g.fmt)
     c, b, kvb = groups.get(grp, groups[default_group])
-    f = predict.Factors(c, b, kvb, nvlink, grp, grp in groups)
+    ar = predict.nvlink_efficiency({"nvlink": nvlink, "default_group": default_group}, g.gpu.arch)
+    f = predict.Factors(c, b, kvb, ar, grp, grp in groups)
     return predict.predict_model(g, w, f).output_tokens_per_s
 
 
@@ -94,12 +98,13 @@ def fit(cases, start: dict | None = None) -> dict:
     from scipy.optimize import least_squares
 
     names = sorted({predict.calibration_group(g.gpu, g.fmt) for _, g, _ in cases})
-    x0 = [0.5, 0.7, 0.7] * len(names)
-    x0.append(0.5)
+    arches = sorted({g.gpu.arch for _, g, _ in cases})
+    n = 3 * len(names) + len(arches)
+    x0 = [0.5, 0.7, 0.7] * len(names) + [0.5] * len(arches)
 
     def unpack(x):
         groups = {n: (x[3 * i], x[3 * i + 1], x[3 * i + 2]) for i, n in enumerate(names)}
-        return groups, x[-1]
+        return groups, dict(zip(arches, x[3 * len(names) :], strict=True))
 
     def resid(x):
         groups, ar = unpack(x)
@@ -110,9 +115,9 @@ def fit(cases, start: dict | None = None) -> dict:
             ]
         )
 
-    lo = [0.05] * (3 * len(names)) + [0.02]
-    hi = [1.0] * (3 * len(names) + 1)
-    r = least_squares(resid, x0, bounds=(lo, hi), x_scale=[0.1] * (3 * len(names) + 1))
+    lo = [0.05] * (3 * len(names)) + [0.02] * len(arches)
+    hi = [1.0] * n
+    r = least_squares(resid, x0, bounds=(lo, hi), x_scale=[0.1] * n)
     groups, ar = unpack(r.x)
     return {
         "groups": {
@@ -123,7 +128,7 @@ def fit(cases, start: dict | None = None) -> dict:
             }
             for n, (c, b, k) in groups.items()
         },
-        "nvlink": round(float(ar), 4),
+        "nvlink": {a: round(float(v), 4) for a, v in ar.items()},
     }
 
 

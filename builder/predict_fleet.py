@@ -142,7 +142,8 @@ def verify_step_s(g, w, b: float, k: int, f) -> float:
     peak = g.world * g.peak * f.compute
     kv_bw = g.world * g.gpu.bandwidth_bytes_s * f.kv_bandwidth
     return (
-        max(g.weights / bw, n * g.matmul_flops / peak)
+        g.weights / bw  # weights and GEMM math added, as in predict.decode_step_s
+        + n * g.matmul_flops / peak
         + b * ctx * g.kv_per_token / kv_bw
         + n * attn(g, ctx) / peak
         + comm_s(g, n, f)

@@ -334,3 +334,63 @@ def test_bound_follows_the_offered_load():
     for w in (predict.Workload(512, 128, concurrency=8), predict.Workload(512, 128, request_rate=2.0)):
         p = predict.predict_tier(t, w, use_aiconfigurator=False).prediction
         assert predict.bound(g, w).output_tokens_per_s >= p.output_tokens_per_s * (1 - 1e-9)
+
+
+# ------------------------------------------------------------------ regimes the model carries
+
+
+def _toy(tp: int = 1):
+    """A hand-sized geometry: 1 GB of weights, 1 TB/s, 1 PFLOP/s, 2 layers of hidden 1000."""
+    from dataclasses import replace
+
+    g = predict.geometry(tier("llama31-8b-fp8-h100.yaml"))
+    return replace(
+        g,
+        gpu=replace(g.gpu, hbm_tb_s=1.0),
+        world=tp,
+        tp=tp,
+        weights=10**9,
+        kv_per_token=10**5,
+        matmul_flops=2e9,
+        attn_flops_per_ctx=1e3,
+        layers=2,
+        hidden=1000,
+        peak=1e15 / tp,  # the replica's total stays 1 PFLOP/s
+    )
+
+
+def test_decode_step_adds_weight_streaming_and_gemm_math():
+    """Near the ridge point neither the loads nor the math run alone at their peak: the two add."""
+    g = _toy()
+    f = predict.Factors(0.5, 1.0, 1.0, 1.0, "test", True)
+    w = predict.Workload(isl=100, osl=200)  # mean context 200
+    # b=250: weights 1e9 / 1e12 = 1 ms; math 250 x 2e9 / 5e14 = 1 ms (a max() would say 1 ms, not 2);
+    # KV 250 x 200 x 1e5 / 1e12 = 5 ms; attention 250 x 1e3 x 200 / 5e14 = 0.1 us
+    assert predict.decode_step_s(g, w, 250, f) == pytest.approx(1e-3 + 1e-3 + 5e-3 + 1e-7, rel=1e-12)
+
+
+def test_nvlink_efficiency_per_architecture():
+    calib = {"nvlink": {"Hopper": 0.5, "Blackwell": 0.25}, "default_group": "Hopper/fp8"}
+    assert predict.nvlink_efficiency(calib, "Blackwell") == 0.25
+    assert predict.nvlink_efficiency(calib, "Ampere") == 0.5  # no published TP rows: the default group's
+    assert predict.nvlink_efficiency({"nvlink": 0.4, "default_group": "Hopper/fp8"}, "Blackwell") == 0.4
+
+
+def test_tp_all_reduce_uses_the_architectures_link_efficiency():
+    from dataclasses import replace
+
+    g = _toy(tp=2)  # Hopper: 450 GB/s each way
+    stored = predict.load_calibration()
+    assert set(stored["nvlink"]) == {"Hopper", "Blackwell"}
+    f = predict.factors_for(g.gpu, "fp8", stored)
+    assert f.nvlink == stored["nvlink"]["Hopper"]
+    # b=100: 2 all-reduces x 2 layers of 100 x 1000 x 2 B, ring 2 (2-1)/2 = 1 of it: 8e5 B over 450e9 x eff,
+    # plus 4 x 8 us of latency
+    want = 4 * predict.ALLREDUCE_LATENCY_S + 8e5 / (450e9 * f.nvlink)
+    assert predict.comm_s(g, 100, f) == pytest.approx(want, rel=1e-12)
+    b200 = replace(g, gpu=replace(g.gpu, arch="Blackwell"))
+    fb = predict.factors_for(b200.gpu, "nvfp4", stored)
+    assert fb.nvlink == stored["nvlink"]["Blackwell"] != f.nvlink
+    assert predict.comm_s(b200, 100, fb) == pytest.approx(
+        4 * predict.ALLREDUCE_LATENCY_S + 8e5 / (900e9 * fb.nvlink), rel=1e-12
+    )

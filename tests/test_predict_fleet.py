@@ -82,12 +82,14 @@ def test_verify_step_by_hand():
     )
     f = predict.Factors(1.0, 1.0, 1.0, 1.0, "test", True)
     w = predict.Workload(isl=100, osl=200)
-    # b=4, K=3: 16 positions; GEMMs max(1e9 B / 1e12 B/s, 16 x 2e9 / 1e15) = 1 ms; KV 4 x 200 x 1e5 B / 1e12 = 80 us;
-    # attention 16 x 1e3 x 200 / 1e15 = 3.2 ns
-    assert predict_fleet.verify_step_s(g, w, 4, 3, f) == pytest.approx(1e-3 + 8e-5 + 3.2e-9, rel=1e-12)
-    # compute-bound: 4000 positions x 2e9 / 1e15 = 8 ms of GEMMs
+    # b=4, K=3: 16 positions; weights 1e9 B / 1e12 B/s = 1 ms plus GEMM math 16 x 2e9 / 1e15 = 32 us;
+    # KV 4 x 200 x 1e5 B / 1e12 = 80 us; attention 16 x 1e3 x 200 / 1e15 = 3.2 ns
+    assert predict_fleet.verify_step_s(g, w, 4, 3, f) == pytest.approx(
+        1e-3 + 3.2e-5 + 8e-5 + 3.2e-9, rel=1e-12
+    )
+    # 4000 positions x 2e9 / 1e15 = 8 ms of GEMM math, on top of the 1 ms of weights
     assert predict_fleet.verify_step_s(g, w, 1000, 3, f) == pytest.approx(
-        8e-3 + 1000 * 200 * 1e5 / 1e12 + 4000 * 2e5 / 1e15
+        1e-3 + 8e-3 + 1000 * 200 * 1e5 / 1e12 + 4000 * 2e5 / 1e15
     )
 
 
