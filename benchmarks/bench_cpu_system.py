@@ -1,6 +1,7 @@
 """Measure the CPU reference runtime as a performance "system" and fit the constants the predictor reads.
 
     python benchmarks/bench_cpu_system.py [--quick] [--threads N] [--out builder/fixtures/cpu_system.json]
+    python benchmarks/bench_cpu_system.py --serving-report out/load/report.json [...] [--out FILE]
 
 Runs the embedded `demo` model's CPU engine in-process (as `bench_runtime.py` does) and measures:
 - decode: b requests admitted together (prompt length L, N new tokens each, no end id), the time per
@@ -15,6 +16,13 @@ The fitted constants, the raw points, the date, the machine (CPU model, cores, t
 average before and after) and the model measured (parameters, matmul FLOPs per token) are written to
 the JSON that `tritonforge.builder.cpu_system` reads. Figures depend on the machine and its load:
 re-run it on the machine that serves.
+
+`--serving-report` adds the serving stack's time per request on the first token's path (the `serving`
+section; the engine's constants are kept): from load-test reports of the served repository
+(`tritonforge loadtest --concurrency 1 --metrics-url ...`), Triton's own mean request durations of the
+preprocessing model, the LLM model's execute (it enqueues the request) and one postprocessing call, at
+c=1. Each is scaled from the share of a core the engine thread got in that run to the share in this file
+(the whole host is shared alike), and the median over the reports is kept.
 """
 
 from __future__ import annotations
@@ -161,6 +169,55 @@ def fit_prefill(points: list[dict]) -> dict:
     }
 
 
+STACK_MODELS = ("preprocessing", "tensorrt_llm", "postprocessing")
+
+
+def serving_overhead(report: dict, reference_share: float | None) -> dict | None:
+    """The serving stack's seconds per request (first token's path) of a report's c=1 level, scaled to
+    `reference_share`; None when the report has no c=1 level with Triton's per-model metrics."""
+    from tritonforge.loadtest.predicted import busy_share
+
+    for lv in report.get("levels", []):
+        if lv.get("mode") != "concurrency" or lv.get("value") != 1:
+            continue
+        models = ((lv.get("server_metrics") or {}).get("models")) or {}
+        us = [((models.get(m) or {}).get("avg_request_us")) for m in STACK_MODELS]
+        if any(not isinstance(u, (int, float)) for u in us):
+            return None
+        seconds = sum(us) / 1e6  # type: ignore[arg-type]
+        share = busy_share((lv.get("prediction") or {}).get("cpu_share"), lv.get("metrics") or {})
+        scale = share / reference_share if share and reference_share else 1.0
+        return {
+            "measured_s": round(seconds, 6),
+            "engine_share": round(share, 3) if share else None,
+            "at_reference_s": round(seconds * scale, 6),
+        }
+    return None
+
+
+def add_serving(paths: list[str], out: Path) -> int:
+    system = json.loads(out.read_text())
+    ref = (system.get("machine") or {}).get("cpu_share")
+    points = []
+    for p in paths:
+        got = serving_overhead(json.loads(Path(p).read_text()), ref)
+        if got is None:
+            print(f"{p}: no c=1 level with Triton per-model metrics (run with --concurrency 1 --metrics-url)")
+            return 2
+        points.append({"report": f"{Path(p).parent.name}/{Path(p).name}", **got})
+    system["serving"] = {
+        "request_overhead_s": round(statistics.median(x["at_reference_s"] for x in points), 6),
+        "how": "bench_cpu_system.py --serving-report: Triton's mean request durations of "
+        + ", ".join(STACK_MODELS)
+        + " at c=1, scaled to machine.cpu_share; median over the reports",
+        "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "points": points,
+    }
+    out.write_text(json.dumps(system, indent=1) + "\n")
+    print(json.dumps(system["serving"], indent=1))
+    return 0
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -176,7 +233,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: the engine's default)")
     ap.add_argument("--quick", action="store_true", help="fewer rounds and shorter decodes")
     ap.add_argument("--out", default=str(DEFAULT_OUT), help="where to write the fitted system JSON")
+    ap.add_argument(
+        "--serving-report",
+        nargs="+",
+        default=None,
+        metavar="REPORT",
+        help="load-test report.json files with a c=1 level: add the serving stack's time per request to --out",
+    )
     args = ap.parse_args(argv)
+    if args.serving_report:
+        return add_serving(args.serving_report, Path(args.out))
     from tritonforge.builder import planner
 
     demo = materialize("demo")

@@ -7,16 +7,22 @@ machine and fits
 - a decode step with b running sequences at mean context ctx:  t_dec(b) = a + b (s + k ctx);
 - a prefill of b prompts of n tokens in one step (with admission and callback):  t_pf(b, n) = q + b (p n + r n^2);
 written to `builder/fixtures/cpu_system.json` with the date and the machine it was measured on.
+A served request also crosses the serving stack before its first token: Triton's preprocessing model
+(tokenizer), the LLM model's execute (which enqueues it) and the postprocessing of its first chunk, each a
+Python backend process of its own. Their time per request (`request_overhead_s`, the `serving` section,
+measured by Triton itself: `bench_cpu_system.py --serving-report` reads the per-model request durations of
+a load test's c=1 level) is on the first token's path only: TTFT = o + the engine's part below. At c=1 it
+is ~12 % of TTFT on this 2-core host; at c=4 and c=8 the batched prefill dwarfs it.
 
 The engine's step (tritonforge.model_repo_templates.tf_runtime.engine) runs the decode batch, then the prompts admitted that
 step. In steady state with b users in a closed loop, each request's decode steps also carry the
 prefills of the other b - 1 users' next requests, one per OSL steps each, so
     ITL  = t_dec(b) + (b - 1) / OSL * t_pf(ISL)
-    TTFT = t_pf(ISL) + [b > 1] (t_dec(b - 1) + ITL / 2)     (wait for the running step, then one step)
+    TTFT = o + t_pf(ISL) + [b > 1] (t_dec(b - 1) + ITL / 2)     (wait for the running step, then one step)
     latency = TTFT + (OSL - 1) ITL,   output tokens/s = users x OSL / latency.
 A closed loop whose requests all have the same ISL and OSL runs in lockstep instead: the users start
 together, so their requests finish in the same step and the next ones are prefilled together:
-    ITL = t_dec(b),   TTFT = t_pf(b, ISL).
+    ITL = t_dec(b),   TTFT = o + t_pf(b, ISL).
 Beyond max_batch_size, users queue (Little's law gives the time in the system); with a request rate R
 the concurrency solves L = R x latency(L), as for GPU tiers. Another model than the one measured is
 predicted by scaling the per-token terms by its matmul / attention FLOPs per token (fixed costs kept).
@@ -53,6 +59,7 @@ class CpuSystem:
     machine: str  # CPU model, cores, threads, load average while measured
     model: str
     cpu_share: float | None = None  # share of one core the engine got while measured (None: not recorded)
+    request_overhead_s: float = 0.0  # serving stack's time on the first token's path, at `cpu_share`
 
     @classmethod
     def from_dict(cls, d: dict) -> CpuSystem:
@@ -72,6 +79,7 @@ class CpuSystem:
             + (f", load average {load[0]:.1f} while measured" if load else ""),
             str(m.get("name", "?")),
             mach.get("cpu_share"),
+            float(d.get("serving", {}).get("request_overhead_s", 0.0)),
         )
 
 
@@ -147,12 +155,13 @@ class _Costs:
         return self.decode(b) + max(0.0, b - 1) / self.w.osl * self.prefill()
 
     def ttft(self, b: float) -> float:
+        stack = self.slowdown * self.sysm.request_overhead_s  # pre/postprocessing, enqueue (module doc)
         if self.lockstep:
-            return self.prefill(b)
+            return stack + self.prefill(b)
         if b <= 1:
-            return self.prefill()
+            return stack + self.prefill()
         # a fraction of a second user (request-rate levels) shares steps that often
-        return self.prefill() + min(1.0, b - 1) * (self.decode(b - 1) + self.itl(b) / 2)
+        return stack + self.prefill() + min(1.0, b - 1) * (self.decode(b - 1) + self.itl(b) / 2)
 
     def latency(self, b: float) -> float:
         return self.ttft(b) + (self.w.osl - 1) * self.itl(b)

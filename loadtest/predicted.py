@@ -154,6 +154,23 @@ def make_predictor(
     return gpu_predict, f"{g.name} x{t.gpu.count}"
 
 
+def busy_share(cpu_share: float | None, metrics: LevelMetrics | dict[str, Any]) -> float | None:
+    """The share of a core the engine thread got while the level's requests ran.
+
+    The share meter's window is the whole run (`wall_s`): it also holds the load generator's start and
+    stop, when the engine idles, so its reading is diluted by `duration_s` (first request sent to last
+    answer) / `wall_s`. On a 2-core host an 8 s run had a 12 s window: the raw share (0.48) made every
+    predicted time 1.5-2x the measured one. Runs without both figures keep the raw share.
+    """
+    if cpu_share is None:
+        return None
+    m = as_dict(metrics)
+    wall, busy = _measured(m, "wall_s"), _measured(m, "duration_s")
+    if wall is None or busy is None or busy <= 0 or wall <= busy:
+        return cpu_share
+    return min(1.0, cpu_share * wall / busy)
+
+
 def level_prediction(
     predictor: Predictor | None,
     why: str,
@@ -166,7 +183,7 @@ def level_prediction(
     if predictor is None:
         return LevelPrediction(note=why)
     try:
-        pred, system = predictor(workload, in_lockstep, cpu_share)
+        pred, system = predictor(workload, in_lockstep, busy_share(cpu_share, metrics))
     except UserError as exc:
         return LevelPrediction(workload=workload.to_dict(), note=f"no prediction: {exc}")
     if pred is None:

@@ -318,3 +318,44 @@ def test_run_options_checked_before_any_request(tmp_path: Path) -> None:
         and len(missing.stderr.strip().splitlines()) == 1
     )
     assert not (tmp_path / "o").exists()
+
+
+def test_busy_share_undoes_the_load_generators_start_and_stop() -> None:
+    """The meter's window is the run's wall time; the engine only works while requests run."""
+    m = LevelMetrics.from_dict(
+        {"requests": 3, "completed": 3, "failed": 0, "duration_s": 8.0, "wall_s": 12.0}
+    )
+    assert predicted.busy_share(0.4, m) == pytest.approx(0.6)  # 0.4 x 12 / 8
+    assert predicted.busy_share(0.9, m) == 1.0  # never more than a core
+    assert predicted.busy_share(None, m) is None
+    no_wall = LevelMetrics.from_dict({"requests": 3, "completed": 3, "failed": 0, "duration_s": 8.0})
+    assert predicted.busy_share(0.4, no_wall) == 0.4
+    # the prediction of the level uses it: a system measured at share 0.3 runs 2x faster at 0.6
+    shared = cpu_system.CpuSystem(**{**SYSTEM.__dict__, "cpu_share": 0.3})
+
+    def pred(w, lock, share):
+        return cpu_system.predict_cpu(shared, w, 8, None, lock, share), "test"
+
+    lp = predicted.level_prediction(pred, "", Workload(100, 11, concurrency=1), m, False, 0.4)
+    assert lp.predicted is not None and lp.predicted["itl_ms"] == pytest.approx(6.0)  # 12 ms x 0.3 / 0.6
+
+
+def test_serving_stack_overhead_is_on_the_first_tokens_path_only() -> None:
+    stack = cpu_system.CpuSystem(**{**SYSTEM.__dict__, "request_overhead_s": 0.004, "cpu_share": 0.5})
+    one = cpu_system.predict_cpu(stack, Workload(100, 11, concurrency=1), 8)
+    # prefill 5 ms + 100 x 0.1 ms = 15 ms, plus 4 ms of pre/postprocessing; ITL untouched: 10 + 2 ms
+    assert one.ttft_ms == pytest.approx(19.0) and one.itl_ms == pytest.approx(12.0)
+    assert one.request_latency_ms == pytest.approx(19.0 + 10 * 12.0)
+    # lockstep, 4 users: 4 prompts in one step (5 + 4 x 10 ms) after the stack's 4 ms
+    four = cpu_system.predict_cpu(stack, Workload(100, 11, concurrency=4), 8, lockstep=True)
+    assert four.ttft_ms == pytest.approx(49.0)
+    # the stack shares the host: half the share, twice the time
+    slow = cpu_system.predict_cpu(stack, Workload(100, 11, concurrency=1), 8, cpu_share=0.25)
+    assert slow.ttft_ms == pytest.approx(38.0)
+
+
+def test_system_file_reads_the_serving_section(tmp_path: Path) -> None:
+    d = json.loads(cpu_system.SYSTEM_FILE.read_text())
+    assert cpu_system.CpuSystem.from_dict(d).request_overhead_s == d["serving"]["request_overhead_s"] > 0
+    d.pop("serving")
+    assert cpu_system.CpuSystem.from_dict(d).request_overhead_s == 0.0  # a file measured before: none
