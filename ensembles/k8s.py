@@ -485,7 +485,7 @@ LOADTEST_DURATION = "60s"
 
 
 def plan_loadtest(
-    app: str, service: str, entry: str, users: int, workers: int, tokenizer: str
+    app: str, service: str, entry: str, users: int, workers: int, tokenizer: str, shared: str
 ) -> dict[str, Any]:
     """The load-test pods' commands: `tritonforge loadtest` in one pod (workers 0: the full report.json), or
     a Locust master Job + `workers` worker pods (Locust's own CSV/HTML report, written by the master)."""
@@ -526,16 +526,30 @@ def plan_loadtest(
         "--only-summary",
         f"--model {entry}",
         f"--grpc-url {grpc}",
-        f"--tokenizer {tokenizer}",
+        '--workload-file "$W"',
         '--csv "$OUT/locust"',
         '--html "$OUT/locust.html"',
     ]
+    # The requests are made once, on the volume every pod mounts: a worker that built them itself would block
+    # Locust's event loop at test start longer than the master waits for heartbeats (3 s, locust/runners.py
+    # HEARTBEAT_LIVENESS x HEARTBEAT_INTERVAL in https://github.com/locustio/locust) and be dropped.
+    make = f'tritonforge loadtest workload --tokenizer {tokenizer} -o "$W"'
+    workload_file = f'W="{shared}/$(basename "$OUT")/workload.jsonl"'
     return {
         "workers": workers,
+        "users": users,
         "master_service": master_service,
         "port": LOCUST_MASTER_PORT,
         "script": "\n".join(
-            ["set -eu", out, 'mkdir -p "$OUT"', " ".join(master), 'echo "report: $OUT/locust.html"']
+            [
+                "set -eu",
+                out,
+                workload_file,
+                'mkdir -p "$OUT"',
+                make,
+                " ".join(master),
+                'echo "report: $OUT/locust.html"',
+            ]
         ),
         "worker_script": "\n".join(
             [
@@ -678,7 +692,9 @@ def plan_k8s(spec: DeploymentSpec, opts: K8sOptions) -> K8sPlan:
     )
     users = max(1, min(64, _capacity(spec)))
     service = f"{app}-{k8s_name(entry, 20)}"
-    loadtest = plan_loadtest(app, service, entry, users, d.loadtest_workers, _tokenizer_arg(spec, spec_hash))
+    loadtest = plan_loadtest(
+        app, service, entry, users, d.loadtest_workers, _tokenizer_arg(spec, spec_hash), f"{d_store}/loadtest"
+    )
     requirements = requirements_of(spec, rplan)
     data = spec.model_dump(mode="json")
     plan = K8sPlan(

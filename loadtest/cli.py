@@ -269,6 +269,26 @@ def locust_command(locust_args: tuple[str, ...]) -> None:
     os.execv(sys.executable, argv)
 
 
+@loadtest_group.command("workload")
+@click.option("--workload", default=None, help="key=value,... as for `run` (or a JSONL trace path).")
+@click.option("--tokenizer", default="demo", show_default=True, help="Tokenizer dir (or demo, tiny).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Workload seed.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="JSONL file to write.")
+def workload_command(**kw: Any) -> None:
+    """Write a load test's requests (JSONL) once, for `loadtest locust --workload-file` on several machines:
+    Locust workers then read prompts instead of each building them."""
+    from tritonforge.loadtest import workload
+
+    spec = workload.parse_workload(kw["workload"])
+    if spec.trace:
+        items = workload.read_trace(spec.trace, spec, None)
+        workload.count_input_tokens(items, workload.load_tokenizer(kw["tokenizer"]))
+    else:
+        items = workload.generate(spec, workload.load_tokenizer(kw["tokenizer"]), kw["seed"])
+    workload.save(items, Path(kw["output"]))
+    click.echo(f"{len(items)} requests: {kw['output']}")
+
+
 def _gate_text(gate: dict[str, Any]) -> str:
     if not gate["checked"]:
         return "prediction check: no level has a prediction and a measurement to check"

@@ -512,6 +512,7 @@ def test_job_commands_parse_with_the_real_cli(example: str) -> None:
     assert [c[:2] for c in commands] == [
         ["build", "/spec/spec.yaml"],
         ["emit", "/spec/spec.yaml"],
+        ["loadtest", "workload"],
         ["loadtest", "locust"],
         ["loadtest", "locust"],
     ]

@@ -88,8 +88,11 @@ def test_rendered_master_and_workers_run_a_distributed_test(tmp_path: Path, tiny
             f"--master-bind-port {LOCUST_MASTER_PORT}": f"--master-bind-port {port} --master-bind-host 127.0.0.1",
             f"--host http://{service}:8000": f"--host {tiny_demo_server.http_url}",
             f"--grpc-url {service}:8001": f"--grpc-url 127.0.0.1:{tiny_demo_server.ports.grpc}",
-            "-t 60s": "-t 20s",  # the workers load the prompt tokenizer first
+            # Fewer users (two cores here); the rendered 60 s, as workers first load the prompt tokenizer.
+            f"-u {plan.loadtest['users']} -r {plan.loadtest['users']}": "-u 2 -r 2",
             "/reports/": f"{tmp_path}/reports/",
+            f"/store/{plan.spec_hash}/loadtest/": f"{tmp_path}/store/",
+            "--stop-timeout 300": "--stop-timeout 60",  # the tiny model answers in seconds
         },
     )
     worker_script = _local(
@@ -99,27 +102,23 @@ def test_rendered_master_and_workers_run_a_distributed_test(tmp_path: Path, tiny
         },
     )
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    master = subprocess.Popen(
-        ["sh", "-c", master_script], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    workers = [
-        subprocess.Popen(
-            ["sh", "-c", worker_script], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        for _ in range(lt["workers"])
-    ]
+    logs = [tmp_path / "master.log", *(tmp_path / f"worker{i}.log" for i in range(lt["workers"]))]
+    procs: list[subprocess.Popen[bytes]] = []
     try:
-        out, _ = master.communicate(timeout=240)
-        worker_rcs = [w.wait(timeout=60) for w in workers]
+        for log, script in zip(logs, [master_script] + [worker_script] * lt["workers"], strict=True):
+            with log.open("w") as f:
+                procs.append(
+                    subprocess.Popen(["sh", "-c", script], env=env, stdout=f, stderr=subprocess.STDOUT)
+                )
+        # A safety limit, not a measurement: 60 s of load, the stop timeout, and the processes' start-up.
+        rcs = [p.wait(timeout=600) for p in procs]
     finally:
-        for p in (master, *workers):
+        for p in procs:
             if p.poll() is None:
                 p.kill()
-    (tmp_path / "master.log").write_text(out)
-    for i, w in enumerate(workers):
-        (tmp_path / f"worker{i}.log").write_text(w.stdout.read() if w.stdout else "")
-    assert master.returncode == 0, out[-2000:]
-    assert worker_rcs == [0] * lt["workers"]  # each worker ends when the master ends the test
+    out = logs[0].read_text()
+    assert rcs[0] == 0, out[-2000:]
+    assert rcs[1:] == [0] * lt["workers"]  # each worker ends when the master ends the test
     (run,) = (tmp_path / "reports").iterdir()
     assert (run / "locust.html").is_file()
     with (run / "locust_stats.csv").open() as f:
@@ -127,3 +126,5 @@ def test_rendered_master_and_workers_run_a_distributed_test(tmp_path: Path, tiny
     # The master runs no users: every request counted was sent by a worker.
     assert int(total["Request Count"]) > 0 and int(total["Failure Count"]) == 0
     assert f"report: {run}/locust.html" in out
+    # The requests were made once, by the master's pod, and read by the workers.
+    assert (tmp_path / "store" / run.name / "workload.jsonl").is_file()
