@@ -22,7 +22,11 @@ section; the engine's constants are kept): from load-test reports of the served 
 (`tritonforge loadtest --concurrency 1 --metrics-url ...`), Triton's own mean request durations of the
 preprocessing model, the LLM model's execute (it enqueues the request) and one postprocessing call, at
 c=1. Each is scaled from the share of a core the engine thread got in that run to the share in this file
-(the whole host is shared alike), and the median over the reports is kept.
+(the whole host is shared alike), and the median over the reports is kept. It also adds the served
+engine's time per running sequence per decode step beyond the in-process fit (`per_sequence_step_s`:
+streaming, the engine thread hands every sequence's token to Triton's response sender each step; the
+in-process callback costs nothing): from the reports' closed-loop levels with 2+ users, the measured ITL
+at the reference share minus t_decode(b), over b; median over levels and reports, floored at 0.
 """
 
 from __future__ import annotations
@@ -195,21 +199,52 @@ def serving_overhead(report: dict, reference_share: float | None) -> dict | None
     return None
 
 
+def per_sequence_excess(report: dict, system: dict) -> list[float]:
+    """Per closed-loop level with b >= 2 users (at most the engine's max batch): (measured ITL scaled to the
+    system's share - the fitted t_decode(b)) / b, in seconds at the system's share."""
+    from tritonforge.loadtest.predicted import busy_share
+
+    ref = (system.get("machine") or {}).get("cpu_share")
+    dec, mbs = system["decode"], system["limits"]["max_batch_size"]
+    out = []
+    for lv in report.get("levels", []):
+        b = lv.get("value")
+        if lv.get("mode") != "concurrency" or not isinstance(b, (int, float)) or not 2 <= b <= mbs:
+            continue
+        pred, m = lv.get("prediction") or {}, lv.get("metrics") or {}
+        share = busy_share(pred.get("cpu_share"), m)
+        itl = (m.get("itl_ms") or {}).get("avg")
+        w = pred.get("workload") or {}
+        if not (share and ref and itl and w.get("isl") and w.get("osl")):
+            continue
+        ctx = w["isl"] + w["osl"] / 2
+        t_dec = dec["step_overhead_s"] + b * (
+            dec["per_sequence_s"] + dec["per_sequence_per_ctx_token_s"] * ctx
+        )
+        out.append((itl / 1e3 * share / ref - t_dec) / b)
+    return out
+
+
 def add_serving(paths: list[str], out: Path) -> int:
     system = json.loads(out.read_text())
     ref = (system.get("machine") or {}).get("cpu_share")
-    points = []
+    points, excess = [], []
     for p in paths:
-        got = serving_overhead(json.loads(Path(p).read_text()), ref)
+        report = json.loads(Path(p).read_text())
+        got = serving_overhead(report, ref)
         if got is None:
             print(f"{p}: no c=1 level with Triton per-model metrics (run with --concurrency 1 --metrics-url)")
             return 2
         points.append({"report": f"{Path(p).parent.name}/{Path(p).name}", **got})
+        excess.extend(per_sequence_excess(report, system))
     system["serving"] = {
         "request_overhead_s": round(statistics.median(x["at_reference_s"] for x in points), 6),
+        "per_sequence_step_s": round(max(0.0, statistics.median(excess)), 6) if excess else 0.0,
+        "per_sequence_step_points_s": [round(x, 6) for x in excess],
         "how": "bench_cpu_system.py --serving-report: Triton's mean request durations of "
         + ", ".join(STACK_MODELS)
-        + " at c=1, scaled to machine.cpu_share; median over the reports",
+        + " at c=1, scaled to machine.cpu_share; the served ITL beyond t_decode(b) per sequence at 2+ users; "
+        "medians over the reports",
         "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "points": points,
     }

@@ -12,7 +12,10 @@ A served request also crosses the serving stack before its first token: Triton's
 Python backend process of its own. Their time per request (`request_overhead_s`, the `serving` section,
 measured by Triton itself: `bench_cpu_system.py --serving-report` reads the per-model request durations of
 a load test's c=1 level) is on the first token's path only: TTFT = o + the engine's part below. At c=1 it
-is ~12 % of TTFT on this 2-core host; at c=4 and c=8 the batched prefill dwarfs it.
+is ~12 % of TTFT on this 2-core host; at c=4 and c=8 the batched prefill dwarfs it. Served with streaming,
+the engine thread also hands each running sequence's token to Triton's response sender every step, which the
+in-process measurement does not pay: t_dec(b) gains b e (`per_sequence_step_s`, same section, the served
+ITL at 2+ users beyond the in-process fit).
 
 The engine's step (tritonforge.model_repo_templates.tf_runtime.engine) runs the decode batch, then the prompts admitted that
 step. In steady state with b users in a closed loop, each request's decode steps also carry the
@@ -60,6 +63,7 @@ class CpuSystem:
     model: str
     cpu_share: float | None = None  # share of one core the engine got while measured (None: not recorded)
     request_overhead_s: float = 0.0  # serving stack's time on the first token's path, at `cpu_share`
+    per_sequence_step_s: float = 0.0  # served engine's extra time per running sequence per decode step
 
     @classmethod
     def from_dict(cls, d: dict) -> CpuSystem:
@@ -80,6 +84,7 @@ class CpuSystem:
             str(m.get("name", "?")),
             mach.get("cpu_share"),
             float(d.get("serving", {}).get("request_overhead_s", 0.0)),
+            float(d.get("serving", {}).get("per_sequence_step_s", 0.0)),
         )
 
 
@@ -139,6 +144,7 @@ class _Costs:
         return self.slowdown * (
             s.step_overhead_s
             + b * (s.per_sequence_s * self.lin + s.per_sequence_per_ctx_token_s * self.ctx * self.att)
+            + b * s.per_sequence_step_s  # the served engine's send per sequence (module doc)
         )
 
     def prefill(self, rows: float = 1.0) -> float:

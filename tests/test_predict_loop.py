@@ -359,3 +359,12 @@ def test_system_file_reads_the_serving_section(tmp_path: Path) -> None:
     assert cpu_system.CpuSystem.from_dict(d).request_overhead_s == d["serving"]["request_overhead_s"] > 0
     d.pop("serving")
     assert cpu_system.CpuSystem.from_dict(d).request_overhead_s == 0.0  # a file measured before: none
+
+
+def test_served_engine_pays_per_sequence_per_step() -> None:
+    served = cpu_system.CpuSystem(**{**SYSTEM.__dict__, "per_sequence_step_s": 0.001})
+    # lockstep, 4 users: decode 10 ms + 4 x 2 ms + 4 x 1 ms of sends = 22 ms; TTFT (one prefill of 4) unchanged
+    four = cpu_system.predict_cpu(served, Workload(100, 11, concurrency=4), 8, lockstep=True)
+    assert four.itl_ms == pytest.approx(22.0) and four.ttft_ms == pytest.approx(45.0)
+    d = json.loads(cpu_system.SYSTEM_FILE.read_text())
+    assert cpu_system.CpuSystem.from_dict(d).per_sequence_step_s == d["serving"]["per_sequence_step_s"]
