@@ -358,14 +358,21 @@ class EntryService:
         call = self.call_remote_tier if tier.is_remote else self.call_local
         q: queue.Queue[tuple[str, Any]] = queue.Queue()
         cancel = Cancel()
+        # Without streaming nothing reaches the client before the end: the chunks come over as one message,
+        # so this thread wakes once per answer instead of once per chunk plus once for the end.
+        whole = not req.stream
 
         def pump() -> None:
             try:
+                got: list[TierChunk] = []
                 for ch in call(tier, req, timeout, cancel):
                     if cancel.is_set():
                         return
-                    q.put(("chunk", ch))
-                q.put(("done", None))
+                    if whole:
+                        got.append(ch)
+                    else:
+                        q.put(("chunk", ch))
+                q.put(("all", got) if whole else ("done", None))
             except TierError as exc:
                 q.put(("error", exc))
             except Exception as exc:  # noqa: BLE001 - any failure of a tier is a tier error
@@ -385,6 +392,9 @@ class EntryService:
                     ) from None
                 if kind == "chunk":
                     yield val
+                elif kind == "all":
+                    yield from val
+                    return
                 elif kind == "done":
                     return
                 elif kind == "semantic":
