@@ -153,14 +153,11 @@ def test_redis_down_passes_through_fast_and_recovers() -> None:
     try:
         store(a, req("What is the capital of France?"), "Paris")
         proc.stop()
-        t0 = time.monotonic()
         statuses = [a.lookup(req("What is the capital of France?"), "small").status for _ in range(20)]
-        elapsed = time.monotonic() - t0
-        assert set(statuses) == {"bypass"} and elapsed < 2.0, (
-            statuses,
-            elapsed,
-        )  # not 20 x the 0.2 s timeout
-        assert m.get("tf_cache_errors_total", kind="backend") >= 1
+        assert set(statuses) == {"bypass"}, statuses
+        # The circuit opens on the first failure: the other lookups pass through without trying Redis (not 20
+        # connection attempts of the socket timeout each).
+        assert 1 <= m.get("tf_cache_errors_total", kind="backend") <= 2
         look = a.lookup(req("new prompt"), "small")
         assert not a.store(look, req("new prompt"), "small", "", "x", 1)  # never raises
         proc = RedisProc(proc.port).start()  # back, empty (no persistence)
