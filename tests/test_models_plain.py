@@ -15,7 +15,8 @@ MODELS = sorted((TEMPLATES / "models").glob("*.py"))
 VENDORED = ("tf_common", "tf_policy", "tf_runtime")
 MARKERS = ("{{", "{%", "{#")
 
-PROLOGUE = """import os
+PROLOGUE = """import faulthandler
+import os
 import sys
 
 # Outside an NGC container tritonforge serves with the CPU Triton of nvidia-pytriton, whose Python stub
@@ -25,6 +26,8 @@ sys.path[0:0] = [
     p for p in os.environ.get("TRITONFORGE_PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path
 ]
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# A crash of this model's process (the Python backend stub) prints every thread's Python stack to Triton's log.
+faulthandler.enable()
 """
 
 

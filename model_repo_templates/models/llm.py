@@ -6,6 +6,7 @@ logic lives in the vendored `tf_policy` package; this file only adapts Triton te
 Configuration: the `entry_config` parameter (JSON; its schema is `EntryConfig` in tf_policy/config.py).
 """
 
+import faulthandler
 import os
 import sys
 
@@ -16,6 +17,8 @@ sys.path[0:0] = [
     p for p in os.environ.get("TRITONFORGE_PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path
 ]
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# A crash of this model's process (the Python backend stub) prints every thread's Python stack to Triton's log.
+faulthandler.enable()
 
 import json
 import logging

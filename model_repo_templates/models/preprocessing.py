@@ -1,5 +1,6 @@
 """preprocessing: text -> token ids, stop/bad word lists, embedding bias, end/pad ids (tensorrtllm_backend contract)."""
 
+import faulthandler
 import os
 import sys
 
@@ -10,6 +11,8 @@ sys.path[0:0] = [
     p for p in os.environ.get("TRITONFORGE_PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path
 ]
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# A crash of this model's process (the Python backend stub) prints every thread's Python stack to Triton's log.
+faulthandler.enable()
 
 import json
 

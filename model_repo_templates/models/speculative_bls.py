@@ -21,6 +21,7 @@ every kept token; an engine that cannot do them answers with its own error); inp
 (several sequences or beams, logits outputs, prompt tables) are refused with an error naming them.
 """
 
+import faulthandler
 import os
 import sys
 
@@ -31,6 +32,8 @@ sys.path[0:0] = [
     p for p in os.environ.get("TRITONFORGE_PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path
 ]
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# A crash of this model's process (the Python backend stub) prints every thread's Python stack to Triton's log.
+faulthandler.enable()
 
 import asyncio
 import json

@@ -14,6 +14,7 @@ naming the input: beam search (`beam_width` > 1), LoRA, guided decoding, prompt 
 lookahead decoding and draft logits; the KV retention hints are accepted and have no effect here.
 """
 
+import faulthandler
 import os
 import sys
 
@@ -24,6 +25,8 @@ sys.path[0:0] = [
     p for p in os.environ.get("TRITONFORGE_PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path
 ]
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# A crash of this model's process (the Python backend stub) prints every thread's Python stack to Triton's log.
+faulthandler.enable()
 
 import functools
 import json

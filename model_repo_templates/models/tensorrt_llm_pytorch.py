@@ -17,6 +17,7 @@ id calls `RequestOutput.abort()`. Facts from TensorRT-LLM's own Triton model for
 https://github.com/NVIDIA/TensorRT-LLM triton_backend/all_models/llmapi/tensorrt_llm/1/model.py.
 """
 
+import faulthandler
 import os
 import sys
 
@@ -27,6 +28,8 @@ sys.path[0:0] = [
     p for p in os.environ.get("TRITONFORGE_PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path
 ]
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# A crash of this model's process (the Python backend stub) prints every thread's Python stack to Triton's log.
+faulthandler.enable()
 
 import asyncio
 import json
