@@ -70,6 +70,7 @@ class Tier:
         self.hold = threading.Event()
         self.hold.set()
         self.first = 0
+        self.before: threading.Event | None = None  # set: the first chunk waits for it
         self.waiting = threading.Event()
         self.cancelled = threading.Event()
         self.stopped_by_callback = threading.Event()
@@ -80,6 +81,8 @@ class Tier:
             cancel.on_set(self.stopped_by_callback.set)
         words = [tier.name, f"call{self.calls}"] + [f"w{i}" for i in range(r.max_tokens - 2)]
         for i, w in enumerate(words):
+            if i == 0 and self.before is not None:
+                assert self.before.wait(WAIT), "the event the first chunk waits for never came"
             if i == self.first and not self.hold.is_set():
                 self.waiting.set()
                 while not self.hold.wait(0.005):
@@ -182,6 +185,10 @@ def test_a_hit_confirmed_after_the_first_token_is_too_late() -> None:
     try:
         seed(svc, "How many legs does a spider have?")
         emb.gate.clear()
+        emb.started.clear()
+        # The lookup must be under way (blocked in the embedder) before the first token: a lookup the worker
+        # only picks up after the first token is skipped, not late (the worker runs at a lower priority).
+        tier.before = emb.started
         tier.hold.clear()
         tier.first = 1  # first token out, then the engine waits
         replies = []
