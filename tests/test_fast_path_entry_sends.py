@@ -1,6 +1,6 @@
 """The `llm` entry model's request path without a server (fake pb_utils): inputs are read in one pass, and
-the client is asked whether it went away before a stream's chunks but never before a final answer (each
-question is a round trip to the server)."""
+the client is asked whether it went away before a stream's chunks (throttled) and once before a stream's final
+response, but never before a one-response answer (each question is a round trip to the server)."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def test_a_stream_asks_before_its_first_chunk_and_stops_for_a_client_that_left(l
         if "text_output" in r.outputs()
     ]
     assert "".join(texts) == " small w0 w1"
-    assert 1 <= asked[0] <= len(texts)
+    assert 2 <= asked[0] <= len(texts) + 1  # the first chunk and the stream's end, at least
     assert [r for r in gone_sender.responses if "text_output" in r.outputs()] == []  # nothing streamed
 
 
@@ -76,3 +76,22 @@ def test_inputs_are_taken_by_name_and_undeclared_ones_are_dropped(llm: Any) -> N
     names = {t.name() for t in call.inputs()}
     assert {"text_input", "max_tokens", "temperature", "stream"} <= names
     assert "bogus" not in names
+
+
+def test_a_stream_whose_client_left_before_its_end_is_counted_as_cancelled(llm: Any) -> None:
+    tiers()
+    r = req("hello there", max_tokens=3, stream=np.array([True]))
+    sender = r.get_response_sender()
+    real_send = sender.send
+
+    def send(response: Any = None, flags: int = 0) -> None:
+        real_send(response, flags)
+        sender.cancelled = True  # the client goes away once the first chunk is out
+
+    sender.send = send  # type: ignore[method-assign]
+    serve(llm, r)
+    llm.metrics.flush()  # updates are buffered off the request path
+    family = pb.metric_families["tf_entry_errors_total"]
+    counted = sum(m.value() for m in family.metrics if m.labels.get("kind") == "cancelled")
+    assert counted == 1
+    assert sender.final  # the request still ended

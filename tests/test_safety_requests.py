@@ -371,4 +371,9 @@ def test_dropped_streams_stop_generating(cascade) -> None:
     cancelled = _engine_metric(m, "tf_cpu_engine_cancelled_requests", engine) - cancelled0
     assert cancelled == n, (cancelled, generated)
     assert generated < n * max_tokens, generated
+    # the entry's counters are flushed to Triton every 0.5 s (off the request path)
+    for _ in range(50):
+        if metric_value(metrics_text(m), "tf_entry_errors_total", kind="cancelled", model="llm") >= 1:
+            break
+        threading.Event().wait(0.1)
     assert metric_value(metrics_text(m), "tf_entry_errors_total", kind="cancelled", model="llm") >= 1

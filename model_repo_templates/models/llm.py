@@ -312,18 +312,22 @@ class TritonPythonModel:
         sender = request.get_response_sender()
         done = False
         checked = [-CANCEL_CHECK_NS]  # when the client was last asked about (monotonic ns)
+        streamed = [False]  # a chunk went out before the final response
 
         def send(reply):
             nonlocal done
-            # is_cancelled() is a round trip to the server: asked before a stream's first chunk and then at
-            # most every CANCEL_CHECK_NS, never before the final response (which ends the request whether or
-            # not the client is still there).
+            # is_cancelled() is a round trip to the server: asked before a stream's first chunk, then at most
+            # every CANCEL_CHECK_NS, and once before a stream's final response (a client that left mid-stream is
+            # counted even when its tier's stream was ended by someone else); never before a one-response answer.
             if not reply.final:
                 now = time.monotonic_ns()
                 if now - checked[0] >= CANCEL_CHECK_NS:
                     checked[0] = now
                     if sender.is_cancelled():
                         raise _Cancelled()
+                streamed[0] = True
+            elif streamed[0] and sender.is_cancelled():
+                raise _Cancelled()
             if not reply.data:
                 try:
                     sender.send(flags=FINAL)
