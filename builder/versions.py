@@ -105,28 +105,3 @@ def images_for(trtllm_version: str) -> list[str]:
         (t for t, v in CONTAINER_TRTLLM.items() if _release_of(v) == want), key=release_tuple, reverse=True
     )
     return [f"nvcr.io/nvidia/tritonserver:{t}-trtllm-python-py3" for t in tags]
-
-
-def version_problems(image: str, trtllm_version: str) -> list[str]:
-    """One-line problems of an image / TensorRT-LLM pair for engine tiers (empty when they agree).
-
-    An engine loads only in the TensorRT-LLM that built it, so the container must ship the targeted
-    version; versions after 1.2 have no engine flow at all.
-    """
-    target = _release_of(trtllm_version)
-    if target is None:
-        return [f"triton.trtllm_version {trtllm_version!r} is not a version like {TRTLLM_VERSION}; fix it"]
-    if target[:2] > MAX_ENGINE_TRTLLM:
-        return [
-            f"triton.trtllm_version {trtllm_version}: TensorRT-LLM after "
-            f"{MAX_ENGINE_TRTLLM[0]}.{MAX_ENGINE_TRTLLM[1]} has no TensorRT-engine flow; target {TRTLLM_VERSION}"
-        ]
-    shipped = image_trtllm(image)
-    if shipped is None or _release_of(shipped) == target:
-        return []
-    fits = images_for(trtllm_version)
-    fix = f"set triton.image: {fits[0]}" if fits else f"set triton.trtllm_version: {shipped}"
-    return [
-        f"triton.image {image} ships TensorRT-LLM {shipped} but triton.trtllm_version is {trtllm_version}; "
-        f"engines only load in the version that built them: {fix}"
-    ]

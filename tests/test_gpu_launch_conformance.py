@@ -313,7 +313,14 @@ def test_image_that_ships_another_trtllm_is_refused() -> None:
     )
     assert not [p for p in plan_deployment(ok).errors if p.rule == "trtllm-image"]
     # An image the matrix does not list (a custom build) is the user's call.
-    assert versions.version_problems("registry.example/triton:custom", versions.TRTLLM_VERSION) == []
+    custom = parse_spec(
+        {
+            "name": "v",
+            "triton": {"image": "registry.example/triton:custom", "trtllm_version": versions.TRTLLM_VERSION},
+            "tiers": [{"name": "main", "model": "fixture:llama-3.1-8b", "runtime": "trtllm-engine"}],
+        }
+    )
+    assert not [p for p in plan_deployment(custom).errors if p.rule == "trtllm-image"]
 
 
 def test_docker_passes_every_device_up_to_the_highest_id() -> None:
