@@ -239,7 +239,7 @@ class CacheConfig(_Schema):
     backend: str = "memory"  # memory | redis
     redis_url: str = "redis://127.0.0.1:6379/0"
     semantic: bool = True
-    similarity_threshold: float = 0.92
+    similarity_threshold: float = 0.95  # the spec default (builder/spec.py Cache); a test keeps them equal
     ttl_s: float = 3600.0
     capacity: int = 10_000
     cache_sampled: bool = False
