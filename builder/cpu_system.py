@@ -23,9 +23,14 @@ prefills of the other b - 1 users' next requests, one per OSL steps each, so
     ITL  = t_dec(b) + (b - 1) / OSL * t_pf(ISL)
     TTFT = o + t_pf(ISL) + [b > 1] (t_dec(b - 1) + ITL / 2)     (wait for the running step, then one step)
     latency = TTFT + (OSL - 1) ITL,   output tokens/s = users x OSL / latency.
-A closed loop whose requests all have the same ISL and OSL runs in lockstep instead: the users start
-together, so their requests finish in the same step and the next ones are prefilled together:
-    ITL = t_dec(b),   TTFT = o + t_pf(b, ISL).
+A closed loop whose requests all have the same ISL and OSL moves in cohorts instead: requests that finish
+in the same step are re-sent together, but the serving stack hands them to the engine one at a time (its
+processes share what the engine thread leaves of the host, so each request takes o of it: the i-th of a
+cohort arrives (i + 1) o after the step that finished it). A step starts with what has arrived, so an idle
+engine prefills the first arrival alone and the rest join the next step, beside the first one's decode:
+the users split into cohorts one step apart, and each cohort's prefill step also holds the others' decodes.
+This is simulated step by step (`_Costs.closed_loop`: step = t_dec(decoding rows) + t_pf(rows admitted);
+TTFT = step end - arrival + o). With o = 0 it is plain lockstep: ITL = t_dec(b), TTFT = t_pf(b, ISL).
 Beyond max_batch_size, users queue (Little's law gives the time in the system); with a request rate R
 the concurrency solves L = R x latency(L), as for GPU tiers. Another model than the one measured is
 predicted by scaling the per-token terms by its matmul / attention FLOPs per token (fixed costs kept).
@@ -35,8 +40,11 @@ was measured over the share it gets while serving (`cpu_share`, measured by the 
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import json
 import math
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,12 +138,11 @@ class _Costs:
         sysm: CpuSystem,
         cost: ModelCost | None,
         w: Workload,
-        lockstep: bool = False,
         slowdown: float = 1.0,
     ) -> None:
         lin = cost.matmul_flops_per_token / sysm.matmul_flops_per_token if cost else 1.0
         att = cost.attn_flops_per_ctx_token / sysm.attn_flops_per_ctx_token if cost else 1.0
-        self.sysm, self.lin, self.att, self.w, self.lockstep = sysm, lin, att, w, lockstep
+        self.sysm, self.lin, self.att, self.w = sysm, lin, att, w
         self.slowdown = slowdown
         self.ctx = w.isl + w.osl / 2
 
@@ -156,14 +163,10 @@ class _Costs:
         )
 
     def itl(self, b: float) -> float:
-        if self.lockstep:
-            return self.decode(b)
         return self.decode(b) + max(0.0, b - 1) / self.w.osl * self.prefill()
 
     def ttft(self, b: float) -> float:
         stack = self.slowdown * self.sysm.request_overhead_s  # pre/postprocessing, enqueue (module doc)
-        if self.lockstep:
-            return stack + self.prefill(b)
         if b <= 1:
             return stack + self.prefill()
         # a fraction of a second user (request-rate levels) shares steps that often
@@ -171,6 +174,74 @@ class _Costs:
 
     def latency(self, b: float) -> float:
         return self.ttft(b) + (self.w.osl - 1) * self.itl(b)
+
+    def closed_loop(self, users: int, max_batch: int, requests_per_user: int = 8) -> LoopResult:
+        """Step-by-step run of `users` closed-loop users sending fixed-length requests (module doc): mean
+        TTFT, ITL, request latency over every request, and output tokens/s over the whole run."""
+        osl = self.w.osl
+        o = self.slowdown * self.sysm.request_overhead_s
+        arrivals: list[tuple[float, int, int]] = []  # (arrival at the engine, order, user)
+        stack_free = 0.0  # when the serving stack has handed over the requests released so far
+        order = itertools.count()
+
+        def release(user: int, at: float) -> None:
+            nonlocal stack_free
+            stack_free = max(at, stack_free) + o
+            heapq.heappush(arrivals, (stack_free, next(order), user))
+
+        for u in range(users):  # the users start together
+            release(u, 0.0)
+        sent = [0] * users
+        waiting: deque[_Req] = deque()
+        running: list[_Req] = []
+        ttft, itl, latency = [], [], []
+        t = end = 0.0
+        while arrivals or waiting or running:
+            if not (waiting or running):
+                t = max(t, arrivals[0][0])  # idle until the next arrival
+            while arrivals and arrivals[0][0] <= t:
+                at, _, u = heapq.heappop(arrivals)
+                waiting.append(_Req(u, at))
+            admitted = [waiting.popleft() for _ in range(min(len(waiting), max_batch - len(running)))]
+            decoding = list(running)
+            t += (self.decode(len(decoding)) if decoding else 0.0) + (
+                self.prefill(len(admitted)) if admitted else 0.0
+            )
+            for r in admitted:
+                r.first = t
+                running.append(r)
+            for r in decoding + admitted:
+                r.tokens += 1
+                if r.tokens < osl:
+                    continue
+                running.remove(r)
+                ttft.append(r.first - r.arrival + o)
+                latency.append(t - r.arrival + o)
+                itl.append((t - r.first) / (osl - 1) if osl > 1 else self.decode(1))
+                sent[r.user] += 1
+                end = t
+                if sent[r.user] < requests_per_user:
+                    release(r.user, t)
+        n = len(ttft)
+        return LoopResult(sum(ttft) / n, sum(itl) / n, sum(latency) / n, n * osl / end)
+
+
+@dataclass
+class _Req:
+    user: int
+    arrival: float
+    first: float = 0.0
+    tokens: int = 0
+
+
+@dataclass(frozen=True)
+class LoopResult:
+    """Means over a simulated closed loop (seconds) and its output tokens/s."""
+
+    ttft_s: float
+    itl_s: float
+    latency_s: float
+    output_tokens_per_s: float
 
 
 def predict_cpu(
@@ -192,7 +263,7 @@ def predict_cpu(
     slowdown = 1.0
     if cpu_share and sysm.cpu_share:
         slowdown = sysm.cpu_share / cpu_share
-    c = _Costs(sysm, cost, w, lockstep, slowdown)
+    c = _Costs(sysm, cost, w, slowdown)
     bmax = float(max_batch_size)
     notes: list[str] = []
     if cost is not None and abs(c.lin - 1) > 0.01:
@@ -206,7 +277,8 @@ def predict_cpu(
         )
     if lockstep:
         notes.append(
-            "closed loop with fixed lengths: the users' requests start and finish together (lockstep)"
+            "closed loop with fixed lengths (lockstep): requests finishing together are handed to the engine "
+            "one at a time and prefilled in the steps they reach; simulated step by step"
         )
     saturated = False
     if w.concurrency is not None:
@@ -235,7 +307,12 @@ def predict_cpu(
         tps = w.request_rate * w.osl
     else:
         tps = served if saturated or w.concurrency is None else users * w.osl / latency
-    if saturated and w.concurrency is not None:
+    if lockstep and w.concurrency is not None:
+        loop = c.closed_loop(w.concurrency, max_batch_size)  # queues beyond the batch by itself
+        itl, ttft, latency, tps = loop.itl_s, loop.ttft_s, loop.latency_s, loop.output_tokens_per_s
+        if saturated:
+            notes.append(f"{w.concurrency} users exceed max_batch_size {max_batch_size}; the rest queue")
+    elif saturated and w.concurrency is not None:
         latency = users * w.osl / tps  # Little's law: the users beyond the batch queue
         ttft = latency - (w.osl - 1) * itl
         notes.append(f"{w.concurrency} users exceed max_batch_size {max_batch_size}; the rest queue")

@@ -1,0 +1,95 @@
+"""The CPU system's closed loop with fixed lengths, simulated step by step: values computed by hand."""
+
+from __future__ import annotations
+
+import pytest
+
+from tritonforge.builder import cpu_system
+from tritonforge.builder.predict import Workload
+
+# t_dec(b) = 10 + 2 b ms; t_pf(b) = 5 + b x 100 x 0.1 = 5 + 10 b ms (ISL 100); the stack's o = 4 ms
+SYSTEM = cpu_system.CpuSystem(
+    step_overhead_s=0.010,
+    per_sequence_s=0.002,
+    per_sequence_per_ctx_token_s=0.0,
+    prefill_fixed_s=0.005,
+    prefill_per_token_s=0.0001,
+    prefill_per_token_squared_s=0.0,
+    matmul_flops_per_token=1e6,
+    attn_flops_per_ctx_token=1e3,
+    measured="2026-01-01",
+    machine="test",
+    model="demo",
+    request_overhead_s=0.004,
+)
+NO_STACK = cpu_system.CpuSystem(**{**SYSTEM.__dict__, "request_overhead_s": 0.0})
+
+
+def loop(sysm: cpu_system.CpuSystem, users: int, osl: int, max_batch: int = 8, n: int = 1):
+    costs = cpu_system._Costs(sysm, None, Workload(100, osl, concurrency=users))
+    return costs.closed_loop(users, max_batch, requests_per_user=n)
+
+
+def test_two_users_handed_over_one_at_a_time() -> None:
+    r = loop(SYSTEM, 2, 3)
+    # arrivals at 4 and 8 ms. 4: prefill u0 alone (15) -> 19. 19: decode u0 (12) + prefill u1 (15) -> 46.
+    # 46: decode both (14) -> 60, u0 done. 60: decode u1 (12) -> 72, u1 done.
+    # u0: TTFT 19 - 4 + 4 = 19, latency 60, ITL (60 - 19) / 2; u1: TTFT 46 - 8 + 4 = 42, latency 68, ITL 13
+    assert r.ttft_s == pytest.approx((0.019 + 0.042) / 2)
+    assert r.itl_s == pytest.approx((0.0205 + 0.013) / 2)
+    assert r.latency_s == pytest.approx((0.060 + 0.068) / 2)
+    assert r.output_tokens_per_s == pytest.approx(2 * 3 / 0.072)
+
+
+def test_first_arrival_alone_the_rest_join_the_next_step() -> None:
+    r = loop(SYSTEM, 4, 11)
+    # arrivals 4, 8, 12, 16. 4: prefill u0 -> 19. 19: decode u0 + prefill 3 (12 + 35) -> 66. Then 9 steps of
+    # 4 (18 ms) -> 228: u0 has 11 tokens; one step of 3 (16) -> 244: u1..u3 done.
+    ttft = [19, 66 - 8 + 4, 66 - 12 + 4, 66 - 16 + 4]
+    latency = [228, 244 - 8 + 4, 244 - 12 + 4, 244 - 16 + 4]
+    itl = [(228 - 19) / 10] + 3 * [(244 - 66) / 10]
+    assert r.ttft_s * 1e3 == pytest.approx(sum(ttft) / 4)
+    assert r.latency_s * 1e3 == pytest.approx(sum(latency) / 4)
+    assert r.itl_s * 1e3 == pytest.approx(sum(itl) / 4)
+    assert r.output_tokens_per_s == pytest.approx(4 * 11 / 0.244)
+
+
+def test_without_stack_time_it_is_plain_lockstep() -> None:
+    r = loop(NO_STACK, 3, 11, n=3)
+    # all arrive together: one prefill of 3 (35 ms), 10 decode steps of 3 (16 ms); the next ones the same
+    assert r.ttft_s == pytest.approx(0.035)
+    assert r.itl_s == pytest.approx(0.016)
+    assert r.latency_s == pytest.approx(0.035 + 10 * 0.016)
+    assert r.output_tokens_per_s == pytest.approx(3 * 3 * 11 / (3 * 0.195))
+
+
+def test_users_beyond_the_batch_wait_for_a_slot() -> None:
+    r = loop(NO_STACK, 3, 2, max_batch=2)
+    # 0: prefill u0, u1 (25) -> 25; decode 2 (14) -> 39, both done; prefill u2 (15) -> 54; decode 1 (12) -> 66
+    assert r.ttft_s * 1e3 == pytest.approx((25 + 25 + 54) / 3)
+    assert r.latency_s * 1e3 == pytest.approx((39 + 39 + 66) / 3)
+    assert r.itl_s * 1e3 == pytest.approx((14 + 14 + 12) / 3)
+    assert r.output_tokens_per_s == pytest.approx(3 * 2 / 0.066)
+
+
+def test_single_user_matches_the_closed_form() -> None:
+    p = cpu_system.predict_cpu(SYSTEM, Workload(100, 11, concurrency=1), 8)
+    s = cpu_system.predict_cpu(SYSTEM, Workload(100, 11, concurrency=1), 8, lockstep=True)
+    # o + t_pf(1) = 19 ms, t_dec(1) = 12 ms, 19 + 10 x 12 ms; one request per 139 ms
+    assert s.ttft_ms == pytest.approx(p.ttft_ms) == pytest.approx(19.0)
+    assert s.itl_ms == pytest.approx(p.itl_ms) == pytest.approx(12.0)
+    assert s.request_latency_ms == pytest.approx(p.request_latency_ms)
+    assert s.output_tokens_per_s == pytest.approx(11 / 0.139)
+
+
+def test_prediction_uses_the_simulation_and_scales_with_the_share() -> None:
+    base = cpu_system.CpuSystem(**{**SYSTEM.__dict__, "cpu_share": 0.5})
+    p = cpu_system.predict_cpu(base, Workload(100, 11, concurrency=4), 8, lockstep=True)
+    slow = cpu_system.predict_cpu(base, Workload(100, 11, concurrency=4), 8, lockstep=True, cpu_share=0.25)
+    want = loop(SYSTEM, 4, 11, n=8)
+    assert p.ttft_ms == pytest.approx(want.ttft_s * 1e3) and p.itl_ms == pytest.approx(want.itl_s * 1e3)
+    assert p.output_tokens_per_s == pytest.approx(want.output_tokens_per_s)
+    # every time (engine and stack) twice as long at half the share
+    assert slow.ttft_ms == pytest.approx(2 * p.ttft_ms) and slow.itl_ms == pytest.approx(2 * p.itl_ms)
+    assert slow.output_tokens_per_s == pytest.approx(p.output_tokens_per_s / 2)
+    assert any("one at a time" in n for n in p.notes)
