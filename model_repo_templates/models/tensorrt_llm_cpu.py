@@ -34,6 +34,7 @@ import threading
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+from tf_common.inflight import InFlight, Replies
 from tf_common.inputs import RequestInputs
 from tf_common.word_list import parse_word_list
 from tf_runtime.engine import CpuEngine, EngineError, GenerationRequest
@@ -112,6 +113,7 @@ NEUTRAL = {
 
 _inputs = RequestInputs(pb_utils)
 _opt, _scalar = _inputs.optional, _inputs.scalar
+_replies = Replies(pb_utils, "tensorrt_llm")
 
 
 def _i32(name, value):
@@ -215,25 +217,14 @@ class TritonPythonModel:
             dtype=params.get("cpu_dtype", "") or "float32",
             stream_interval=num("cpu_stream_interval", 1),
         )
-        self.lock = threading.Lock()
-        self.live = {}  # engine handle -> _Live
-        self.by_request_id = {}  # Triton request id -> engine handle (for `stop`)
-        self.stopping = threading.Event()
+        self.live = InFlight()  # engine handle -> _Live
         self.metrics = self._make_metrics()
-        self.watcher = threading.Thread(target=self._watch_cancellation, name="tf-cancel-watch", daemon=True)
-        self.watcher.start()
+        self.watcher = self.live.watch(lambda: CANCEL_POLL_S, self._check_cancelled, self._update_metrics)
 
     # ------------------------------------------------------------------ requests
 
     def execute(self, requests):
-        for request in requests:
-            sender = request.get_response_sender()
-            try:
-                self._start(request, sender)
-            except EngineError as exc:
-                self._send_error(sender, str(exc), invalid=True)
-            except Exception as exc:  # a malformed request must not take the model down
-                self._send_error(sender, f"{type(exc).__name__}: {exc}")
+        _replies.start_each(requests, self._start, EngineError)
         return None
 
     def _start(self, request, sender):
@@ -251,10 +242,9 @@ class TritonPythonModel:
                     "the deployment with serving.streaming: true"
                 )
         if _scalar(request, "stop", bool, False):
-            with self.lock:
-                handle = self.by_request_id.get(request_id) if request_id else None
-            if handle is not None:
-                self.engine.cancel(handle)
+            live = self.live.find(request_id)
+            if live is not None:
+                self.engine.cancel(live.handle)
             sender.send(flags=FINAL)
             return
         _check_unsupported(request)
@@ -309,21 +299,15 @@ class TritonPythonModel:
         )
         exclude = _scalar(request, "exclude_input_in_output", bool, self.exclude_input_default)
         live = _Live(sender, prompt, streaming, exclude, request_id)
-        with self.lock:  # registered before submit: the first chunk may arrive at once
-            handle = self.engine.submit(req, functools.partial(self._on_chunk, live))
-            live.handle = handle
-            self.live[handle] = live
-            if request_id:
-                self.by_request_id[request_id] = handle
+        with self.live.lock:  # registered before submit returns: the first chunk may arrive at once
+            live.handle = self.engine.submit(req, functools.partial(self._on_chunk, live))
+            self.live.add(live.handle, live, request_id)
 
     # ------------------------------------------------------------------ responses (engine thread)
 
     def _on_chunk(self, live, chunk):
         if chunk.request_finished:
-            with self.lock:
-                self.live.pop(live.handle, None)
-                if live.request_id and self.by_request_id.get(live.request_id) == live.handle:
-                    del self.by_request_id[live.request_id]
+            self.live.discard(live.handle, live.request_id)
         with live.lock:
             if live.closed:
                 return
@@ -417,17 +401,6 @@ class TritonPythonModel:
             out.append(pb_utils.Tensor("generation_logits", gen[None, None]))
         return pb_utils.InferenceResponse(output_tensors=out)
 
-    @staticmethod
-    def _send_error(sender, message, invalid=False):
-        """invalid: the request is at fault (INVALID_ARG, HTTP 400), so a router does not retry it elsewhere."""
-        code = getattr(pb_utils.TritonError, "INVALID_ARG", None) if invalid else None
-        text = f"tensorrt_llm: invalid request: {message}" if invalid else f"tensorrt_llm: {message}"
-        err = pb_utils.TritonError(text, code) if code is not None else pb_utils.TritonError(text)
-        try:
-            sender.send(pb_utils.InferenceResponse(error=err), flags=FINAL)
-        except Exception:
-            pass
-
     # ------------------------------------------------------------------ cancellation
 
     def _make_metrics(self):
@@ -467,18 +440,10 @@ class TritonPythonModel:
         for key, metric in self.metrics.items():
             metric.set(float(st.get(key, 0)))
 
-    def _watch_cancellation(self):
-        while not self.stopping.wait(CANCEL_POLL_S):
-            try:
-                self._update_metrics()
-            except Exception:
-                pass
-            with self.lock:
-                items = list(self.live.items())
-            for handle, live in items:
-                if live.is_cancelled():
-                    self.engine.cancel(handle)
+    def _check_cancelled(self, handle, live):
+        if live.is_cancelled():
+            self.engine.cancel(handle)
 
     def finalize(self):
-        self.stopping.set()
+        self.live.stop()
         self.engine.shutdown()

@@ -39,6 +39,7 @@ import time
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+from tf_common.inflight import InFlight, Replies
 from tf_common.inputs import RequestInputs
 from tf_common.word_list import parse_word_list
 
@@ -93,6 +94,7 @@ class InvalidRequest(Exception):
 
 _inputs = RequestInputs(pb_utils)
 _opt, _scalar = _inputs.optional, _inputs.scalar
+_replies = Replies(pb_utils, "tensorrt_llm")
 
 
 def stop_at(tokens, stop_words, start):
@@ -269,34 +271,22 @@ class TritonPythonModel:
         self.llm = tensorrt_llm.LLM(model, **kwargs)
         self.tokenizer = getattr(self.llm, "tokenizer", None)
 
-        self.lock = threading.Lock()
-        self.live = {}  # id(_Live) -> _Live
-        self.by_request_id = {}  # Triton request id -> _Live (for `stop`)
+        self.live = InFlight()  # id(_Live) -> _Live
         self.loop = asyncio.new_event_loop()
         self.loop_thread = threading.Thread(target=self.loop.run_forever, name="tf-llmapi-loop", daemon=True)
         self.loop_thread.start()
-        self.stopping = threading.Event()
-        self.watcher = threading.Thread(target=self._watch_cancellation, name="tf-cancel-watch", daemon=True)
-        self.watcher.start()
+        self.watcher = self.live.watch(lambda: self.cancel_period_s, self._check_cancelled)
 
     # ------------------------------------------------------------------ requests
 
     def execute(self, requests):
-        for request in requests:
-            sender = request.get_response_sender()
-            try:
-                self._start(request, sender)
-            except InvalidRequest as exc:
-                self._send_error(sender, str(exc), invalid=True)
-            except Exception as exc:  # a malformed request must not take the model down
-                self._send_error(sender, f"{type(exc).__name__}: {exc}")
+        _replies.start_each(requests, self._start, InvalidRequest)
         return None
 
     def _start(self, request, sender):
         request_id = request.request_id() or ""
         if _scalar(request, "stop", bool, False):
-            with self.lock:
-                live = self.by_request_id.get(request_id) if request_id else None
+            live = self.live.find(request_id)
             if live is not None:
                 live.stopped = True
                 live.abort()
@@ -327,10 +317,7 @@ class TritonPythonModel:
             request_id,
             stop_words,
         )
-        with self.lock:
-            self.live[id(live)] = live
-            if request_id:
-                self.by_request_id[request_id] = live
+        self.live.add(id(live), live, request_id)
         asyncio.run_coroutine_threadsafe(self._serve(live, params), self.loop)
 
     async def _serve(self, live, params):
@@ -352,13 +339,9 @@ class TritonPythonModel:
             with live.lock:
                 if not live.closed:
                     live.closed = True
-                    self._send_error(live.sender, f"generation failed: {type(exc).__name__}: {exc}")
+                    _replies.error(live.sender, f"generation failed: {type(exc).__name__}: {exc}")
         finally:
-            with self.lock:
-                self.live.pop(id(live), None)
-                key = live.request_id
-                if key and self.by_request_id.get(key) is live:
-                    del self.by_request_id[key]
+            self.live.discard(id(live), live.request_id)
 
     def _take(self, live, ro):
         """Append the step's new tokens; True when the request is finished (stop word, end, abort)."""
@@ -435,40 +418,24 @@ class TritonPythonModel:
         ]
         return pb_utils.InferenceResponse(output_tensors=out)
 
-    @staticmethod
-    def _send_error(sender, message, invalid=False, cancelled=False):
-        """invalid: the request is at fault (INVALID_ARG, HTTP 400), so a router does not retry it elsewhere."""
-        name = "INVALID_ARG" if invalid else "CANCELLED" if cancelled else None
-        code = getattr(pb_utils.TritonError, name, None) if name else None
-        text = f"tensorrt_llm: invalid request: {message}" if invalid else f"tensorrt_llm: {message}"
-        err = pb_utils.TritonError(text, code) if code is not None else pb_utils.TritonError(text)
-        try:
-            sender.send(pb_utils.InferenceResponse(error=err), flags=FINAL)
-        except Exception:
-            pass
-
     # ------------------------------------------------------------------ cancellation
 
-    def _watch_cancellation(self):
-        while not self.stopping.wait(self.cancel_period_s):
-            with self.lock:
-                items = list(self.live.values())
-            for live in items:
-                with live.lock:
-                    if live.closed:
-                        continue
-                    try:
-                        cancelled = live.sender.is_cancelled()
-                    except Exception:
-                        cancelled = True
-                    if not cancelled:
-                        continue
-                    live.closed = True
-                    self._send_error(live.sender, "request cancelled", cancelled=True)
-                live.abort()
+    def _check_cancelled(self, _key, live):
+        with live.lock:
+            if live.closed:
+                return
+            try:
+                cancelled = live.sender.is_cancelled()
+            except Exception:
+                cancelled = True
+            if not cancelled:
+                return
+            live.closed = True
+            _replies.error(live.sender, "request cancelled", cancelled=True)
+        live.abort()
 
     def finalize(self):
-        self.stopping.set()
+        self.live.stop()
         try:
             self.llm.shutdown()
         finally:
