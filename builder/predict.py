@@ -9,15 +9,21 @@ Two figures per tier:
   decode may overlap, TP communication is free: it is an upper bound, not an estimate.
 - a *prediction*: the same arithmetic with the rooflines derated by efficiency factors fitted to
   NVIDIA's published TensorRT-LLM measurements (`builder/fixtures/predict_calibration.json`, fitted by
-  `builder/predict_fit.py`), decode GEMMs and attention costed separately, a per-all-reduce latency
-  plus TP all-reduce time at the NVLink efficiency of the GPU's architecture, and the batch the
-  engine's KV pool really allows at ISL+OSL per sequence.
+  `builder/predict_fit.py`), decode GEMMs and attention costed separately, TP all-reduces as a ring
+  (a fitted latency per ring step, 2 (TP-1) steps, plus the volume at the NVLink efficiency of the
+  GPU's architecture), and the batch the engine's KV pool really allows at ISL+OSL per sequence.
 
 The model of one replica (TP x PP GPUs) in steady state, continuous (in-flight) batching, batch B:
 - decode step t_step(B) = W / BW_w + B F / P_e + B c kv / BW_kv + B A(c) / P_e + t_comm(B),
   W all weights, F matmul FLOPs per token, kv KV bytes per token, c = ISL + OSL/2 the mean context,
   A(c) attention FLOPs per token at context c, BW_w/BW_kv/P_e the derated bandwidths (streaming
-  weights / reading paged KV) and peak of the replica. Streaming the weights and the GEMMs' math are
+  weights / reading paged KV) and peak of the replica, t_comm(B) = 2 layers x (2 (TP-1) alpha +
+  2 (TP-1)/TP x B x hidden x 2 bytes / NVLink_e): the ring all-reduce cost model (2 (p-1) steps, each
+  paying a latency alpha; Thakur, Rabenseifner & Gropp, "Optimization of collective communication
+  operations in MPICH", IJHPCA 2005). alpha is fitted: the published rows at TP 2/4/8 want a per-step
+  cost that does not grow with the batch (a fit of alpha x B^g finds g = 0.07) and grows with TP, the
+  mark of a latency; a fixed 8 us per all-reduce left 70B at TP4/8 and 128/4096 15-30 % too fast and
+  the prefill-heavy rows at TP8 17-26 % too slow. Streaming the weights and the GEMMs' math are
   added, not overlapped (a roofline's max): at the batches served (tens to hundreds of rows) a decode
   GEMM sits near the ridge point, where neither the loads nor the tensor cores run at their own peak
   alone. With max() the rows where both are comparable (70B FP8 on one H200, 128/2048: 17 ms of
@@ -54,7 +60,9 @@ CALIBRATION_FILE = FIXTURES / "predict_calibration.json"
 # 900 GB/s total = 450 each way; B200 NVLink 5 1.8 TB/s total = 900 each way (NVIDIA data sheets).
 NVLINK_BYTES_S = {"Hopper": 450e9, "Blackwell": 900e9, "Ampere": 300e9, "Ada": 32e9}
 ACT_BYTES = 2  # all-reduce payload is the 16-bit hidden state
-ALLREDUCE_LATENCY_S = 8e-6  # fixed cost of one small all-reduce over NVLink (assumed, not fitted)
+# Latency of one ring step of a TP all-reduce, for a calibration that does not carry a fitted one:
+# 4 us a step = 8 us for one all-reduce at TP2 (the assumption before it was fitted).
+ALLREDUCE_STEP_LATENCY_DEFAULT_S = 4e-6
 
 
 # ------------------------------------------------------------------------------------- workload
@@ -212,7 +220,8 @@ def geometry(t: TierPlan) -> Geometry:
 class Factors:
     """Fitted efficiencies: fractions of peak FLOP/s, of peak HBM bandwidth when streaming weights
     (`bandwidth`) and when reading the paged KV cache in attention (`kv_bandwidth`), and of NVLink
-    bandwidth in TP all-reduces (`nvlink`)."""
+    bandwidth in TP all-reduces (`nvlink`), and the latency of one ring step of a TP all-reduce
+    (`allreduce_step_s`, one value for every GPU)."""
 
     compute: float
     bandwidth: float
@@ -220,6 +229,7 @@ class Factors:
     nvlink: float  # of the GPU architecture's NVLink (NVLink 4 Hopper, NVLink 5 Blackwell)
     group: str
     fitted: bool  # False: borrowed from another group (no published data for this GPU/format)
+    allreduce_step_s: float = ALLREDUCE_STEP_LATENCY_DEFAULT_S  # latency of one ring step (fitted)
 
 
 def calibration_group(gpu: GpuSpec, fmt: str) -> str:
@@ -240,17 +250,28 @@ def nvlink_efficiency(calib: dict, arch: str) -> float:
     return float(nv[arch] if arch in nv else nv[default_arch])
 
 
+def allreduce_step_latency(calib: dict) -> float:
+    """The fitted latency of one ring step (a calibration written before it was fitted: the default)."""
+    return float(calib.get("allreduce_step_latency_s", ALLREDUCE_STEP_LATENCY_DEFAULT_S))
+
+
 def factors_for(gpu: GpuSpec, fmt: str, calib: dict | None = None) -> Factors:
     calib = calib if calib is not None else load_calibration()
     group = calibration_group(gpu, fmt)
     groups = calib["groups"]
     ar = nvlink_efficiency(calib, gpu.arch)
-    if group in groups:
-        g = groups[group]
-        return Factors(g["compute"], g["bandwidth"], g["kv_bandwidth"], ar, group, True)
-    fallback = calib["default_group"]
-    g = groups[fallback]
-    return Factors(g["compute"], g["bandwidth"], g["kv_bandwidth"], ar, fallback, False)
+    step = allreduce_step_latency(calib)
+    fitted = group in groups
+    g = groups[group if fitted else calib["default_group"]]
+    return Factors(
+        g["compute"],
+        g["bandwidth"],
+        g["kv_bandwidth"],
+        ar,
+        group if fitted else calib["default_group"],
+        fitted,
+        step,
+    )
 
 
 def attn(g: Geometry, ctx: float) -> float:
@@ -273,12 +294,18 @@ def allreduce_volume_s(g: Geometry, tokens: float, f: Factors) -> float:
     return 2 * g.layers * tokens * g.hidden * ACT_BYTES * 2 * (g.tp - 1) / g.tp / (link * f.nvlink)
 
 
+def allreduce_latency_s(g: Geometry, f: Factors) -> float:
+    """Latency of one ring all-reduce: 2 (tp-1) steps (reduce-scatter, then all-gather), each paying
+    the fitted step latency."""
+    return 2 * (g.tp - 1) * f.allreduce_step_s if g.tp > 1 else 0.0
+
+
 def comm_s(g: Geometry, b: float, f: Factors) -> float:
-    """Two all-reduces per layer of B hidden states (ring: 2 (tp-1)/tp of the payload over NVLink at
-    the fitted efficiency) plus a fixed latency each."""
+    """Two ring all-reduces per layer of B hidden states: each its latency (2 (tp-1) steps) plus
+    2 (tp-1)/tp of the payload over NVLink at the fitted efficiency."""
     if g.tp <= 1:
         return 0.0
-    return 2 * g.layers * ALLREDUCE_LATENCY_S + allreduce_volume_s(g, b, f)
+    return 2 * g.layers * allreduce_latency_s(g, f) + allreduce_volume_s(g, b, f)
 
 
 def decode_step_s(g: Geometry, w: Workload, b: float, f: Factors) -> float:
@@ -297,11 +324,13 @@ def itl_s(g: Geometry, w: Workload, b: float, f: Factors) -> float:
 
 def ttft_s(g: Geometry, w: Workload, b: float, f: Factors) -> float:
     """Prefill of ISL tokens in chunks of max_num_tokens, each chunk sharing its step with the decode
-    batch (queueing excluded). A chunk is at least one read of the weights."""
+    batch (queueing excluded). A chunk is at least one read of the weights; each step pays the TP
+    all-reduces' latency once (inside the decode step when other sequences run)."""
     bw = g.world * g.gpu.bandwidth_bytes_s * f.bandwidth
     chunks = math.ceil(w.isl / max(1, g.max_num_tokens))
     per_chunk = max(g.weights / bw, min(w.isl, g.max_num_tokens) * prefill_token_s(g, w, f))
-    running = decode_step_s(g, w, max(0.0, b - 1), f) if b > 1 else 0.0
+    step_latency = 2 * g.layers * allreduce_latency_s(g, f)
+    running = decode_step_s(g, w, max(0.0, b - 1), f) if b > 1 else step_latency
     return chunks * (per_chunk + running)
 
 

@@ -10,8 +10,9 @@ Parameters fitted: per calibration group (GPU architecture / weight format), the
 FLOP/s (`compute`), of peak HBM bandwidth streaming weights (`bandwidth`) and reading the paged KV
 cache (`kv_bandwidth`); per GPU architecture, the NVLink efficiency of TP all-reduces (`nvlink`:
 NVLink 4 on Hopper and NVLink 5 on Blackwell are different links, and the Blackwell rows come from
-another TensorRT-LLM release and its all-reduce kernels). Objective: least squares of
-log(predicted / published). `--write` stores
+another TensorRT-LLM release and its all-reduce kernels); one latency per ring step of a TP
+all-reduce (`allreduce_step_latency_s`, for every GPU: a TP all-reduce costs 2 (TP-1) of them).
+Objective: least squares of log(predicted / published). `--write` stores
 them in `builder/fixtures/predict_calibration.json`; the report gives in-sample and
 leave-one-out errors (each row predicted by factors fitted without it).
 """
@@ -84,12 +85,15 @@ def row_cases(doc: dict | None = None) -> list[tuple[dict, predict.Geometry, pre
     return out
 
 
-def _predict(g, w, groups: dict, nvlink: dict[str, float], default_group: str) -> float:
+def _predict(g, w, groups: dict, nvlink: dict[str, float], default_group: str, step_s: float) -> float:
     grp = predict.calibration_group(g.gpu, g.fmt)
     c, b, kvb = groups.get(grp, groups[default_group])
     ar = predict.nvlink_efficiency({"nvlink": nvlink, "default_group": default_group}, g.gpu.arch)
-    f = predict.Factors(c, b, kvb, ar, grp, grp in groups)
+    f = predict.Factors(c, b, kvb, ar, grp, grp in groups, step_s)
     return predict.predict_model(g, w, f).output_tokens_per_s
+
+
+US = 1e-6  # the step latency is fitted in microseconds (the solver's variables are then all of order 1)
 
 
 def fit(cases, start: dict | None = None) -> dict:
@@ -99,26 +103,26 @@ def fit(cases, start: dict | None = None) -> dict:
 
     names = sorted({predict.calibration_group(g.gpu, g.fmt) for _, g, _ in cases})
     arches = sorted({g.gpu.arch for _, g, _ in cases})
-    n = 3 * len(names) + len(arches)
-    x0 = [0.5, 0.7, 0.7] * len(names) + [0.5] * len(arches)
+    n = 3 * len(names) + len(arches) + 1
+    x0 = [0.5, 0.7, 0.7] * len(names) + [0.5] * len(arches) + [5.0]
 
     def unpack(x):
         groups = {n: (x[3 * i], x[3 * i + 1], x[3 * i + 2]) for i, n in enumerate(names)}
-        return groups, dict(zip(arches, x[3 * len(names) :], strict=True))
+        return groups, dict(zip(arches, x[3 * len(names) : -1], strict=True)), x[-1] * US
 
     def resid(x):
-        groups, ar = unpack(x)
+        groups, ar, step = unpack(x)
         return np.array(
             [
-                math.log(_predict(g, w, groups, ar, names[0]) / row["output_tokens_per_s"])
+                math.log(_predict(g, w, groups, ar, names[0], step) / row["output_tokens_per_s"])
                 for row, g, w in cases
             ]
         )
 
-    lo = [0.05] * (3 * len(names)) + [0.02] * len(arches)
-    hi = [1.0] * n
-    r = least_squares(resid, x0, bounds=(lo, hi), x_scale=[0.1] * n)
-    groups, ar = unpack(r.x)
+    lo = [0.05] * (3 * len(names)) + [0.02] * len(arches) + [0.0]
+    hi = [1.0] * (n - 1) + [200.0]
+    r = least_squares(resid, x0, bounds=(lo, hi), x_scale=[0.1] * (n - 1) + [1.0])
+    groups, ar, step = unpack(r.x)
     return {
         "groups": {
             n: {
@@ -129,6 +133,7 @@ def fit(cases, start: dict | None = None) -> dict:
             for n, (c, b, k) in groups.items()
         },
         "nvlink": {a: round(float(v), 4) for a, v in ar.items()},
+        "allreduce_step_latency_s": round(float(step), 9),
     }
 
 
@@ -136,7 +141,9 @@ def evaluate(cases, calib: dict) -> list[dict]:
     groups = {n: (v["compute"], v["bandwidth"], v["kv_bandwidth"]) for n, v in calib["groups"].items()}
     out = []
     for row, g, w in cases:
-        pred = _predict(g, w, groups, calib["nvlink"], calib["default_group"])
+        pred = _predict(
+            g, w, groups, calib["nvlink"], calib["default_group"], predict.allreduce_step_latency(calib)
+        )
         bnd = predict.bound(g, w).output_tokens_per_s
         out.append({**row, "predicted": pred, "bound": bnd, "ratio": pred / row["output_tokens_per_s"]})
     return out
@@ -161,7 +168,8 @@ def leave_one_out(cases, default_group: str) -> list[float]:
         c["default_group"] = default_group
         row, g, w = cases[i]
         groups = {n: (v["compute"], v["bandwidth"], v["kv_bandwidth"]) for n, v in c["groups"].items()}
-        ratios.append(_predict(g, w, groups, c["nvlink"], default_group) / row["output_tokens_per_s"])
+        step = c["allreduce_step_latency_s"]
+        ratios.append(_predict(g, w, groups, c["nvlink"], default_group, step) / row["output_tokens_per_s"])
     return ratios
 
 

@@ -240,6 +240,7 @@ def test_checked_in_calibration_is_the_fit_of_the_published_rows(published):
         assert stored["groups"][grp]["compute"] == pytest.approx(v["compute"], abs=2e-3)
         assert stored["groups"][grp]["bandwidth"] == pytest.approx(v["bandwidth"], abs=2e-3)
     assert stored["nvlink"] == pytest.approx(fitted["nvlink"], abs=2e-3)
+    assert stored["allreduce_step_latency_s"] == pytest.approx(fitted["allreduce_step_latency_s"], rel=1e-2)
 
 
 def test_uncalibrated_group_says_so():
@@ -384,13 +385,34 @@ def test_tp_all_reduce_uses_the_architectures_link_efficiency():
     assert set(stored["nvlink"]) == {"Hopper", "Blackwell"}
     f = predict.factors_for(g.gpu, "fp8", stored)
     assert f.nvlink == stored["nvlink"]["Hopper"]
+    step = stored["allreduce_step_latency_s"]
+    assert f.allreduce_step_s == step
     # b=100: 2 all-reduces x 2 layers of 100 x 1000 x 2 B, ring 2 (2-1)/2 = 1 of it: 8e5 B over 450e9 x eff,
-    # plus 4 x 8 us of latency
-    want = 4 * predict.ALLREDUCE_LATENCY_S + 8e5 / (450e9 * f.nvlink)
+    # plus 4 all-reduces x 2 (2-1) = 2 ring steps of latency
+    want = 4 * 2 * step + 8e5 / (450e9 * f.nvlink)
     assert predict.comm_s(g, 100, f) == pytest.approx(want, rel=1e-12)
     b200 = replace(g, gpu=replace(g.gpu, arch="Blackwell"))
     fb = predict.factors_for(b200.gpu, "nvfp4", stored)
     assert fb.nvlink == stored["nvlink"]["Blackwell"] != f.nvlink
-    assert predict.comm_s(b200, 100, fb) == pytest.approx(
-        4 * predict.ALLREDUCE_LATENCY_S + 8e5 / (900e9 * fb.nvlink), rel=1e-12
-    )
+    assert predict.comm_s(b200, 100, fb) == pytest.approx(4 * 2 * step + 8e5 / (900e9 * fb.nvlink), rel=1e-12)
+
+
+def test_all_reduce_latency_is_a_ring_of_2_tp_minus_1_steps():
+    """Hand-computed: the latency part of a step does not depend on the batch and grows as 2 (TP-1)."""
+    f = predict.Factors(1.0, 1.0, 1.0, 1.0, "test", True, 10e-6)
+    for tp, steps in ((1, 0), (2, 2), (4, 6), (8, 14)):
+        g = _toy(tp=tp)  # 2 layers: 4 all-reduces a step
+        assert predict.allreduce_latency_s(g, f) == pytest.approx(steps * 10e-6, rel=1e-12)
+        latency = 4 * steps * 10e-6
+        assert predict.comm_s(g, 0, f) == pytest.approx(latency, rel=1e-12, abs=1e-15)
+        # b=100 adds only the volume: 2 (tp-1)/tp x 4 x 100 x 1000 x 2 B over 450 GB/s
+        volume = 2 * (tp - 1) / tp * 8e5 / 450e9
+        assert predict.comm_s(g, 100, f) == pytest.approx(latency + volume, rel=1e-12, abs=1e-15)
+
+
+def test_calibration_without_a_fitted_step_latency_uses_the_default():
+    calib = {**predict.load_calibration()}
+    del calib["allreduce_step_latency_s"]
+    g = _toy(tp=2)
+    f = predict.factors_for(g.gpu, "fp8", calib)
+    assert f.allreduce_step_s == predict.ALLREDUCE_STEP_LATENCY_DEFAULT_S == 4e-6
