@@ -26,11 +26,13 @@ prefills of the other b - 1 users' next requests, one per OSL steps each, so
 A closed loop whose requests all have the same ISL and OSL moves in cohorts instead: requests that finish
 in the same step are re-sent together, but the serving stack hands them to the engine one at a time (its
 processes share what the engine thread leaves of the host, so each request takes o of it: the i-th of a
-cohort arrives (i + 1) o after the step that finished it). A step starts with what has arrived, so an idle
-engine prefills the first arrival alone and the rest join the next step, beside the first one's decode:
-the users split into cohorts one step apart, and each cohort's prefill step also holds the others' decodes.
-This is simulated step by step (`_Costs.closed_loop`: step = t_dec(decoding rows) + t_pf(rows admitted);
-TTFT = step end - arrival + o). With o = 0 it is plain lockstep: ITL = t_dec(b), TTFT = t_pf(b, ISL).
+cohort arrives about (i + 1) o after the step that finished it). A step starts with what has arrived, so an
+idle engine prefills the first arrival alone and the rest join the next step, beside the first one's decode:
+the users split into cohorts a step or more apart, and a cohort's prefill step also holds the others'
+decodes. This is simulated step by step (`_Costs.closed_loop`: step = t_dec(decoding rows) + t_pf(rows
+admitted); TTFT = step end - arrival + o). The stack's time per request varies (its processes share the
+host), which decides how the users split: it is drawn exponential with mean o, and the prediction is the
+mean of `LOOP_RUNS` seeded runs. With a fixed o of 0 it is plain lockstep: ITL = t_dec(b), TTFT = t_pf(b).
 Beyond max_batch_size, users queue (Little's law gives the time in the system); with a request rate R
 the concurrency solves L = R x latency(L), as for GPU tiers. Another model than the one measured is
 predicted by scaling the per-token terms by its matmul / attention FLOPs per token (fixed costs kept).
@@ -44,14 +46,18 @@ import heapq
 import itertools
 import json
 import math
+import random
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Protocol
 
 from tritonforge.builder.predict import Prediction, Workload, littles_law_concurrency
 from tritonforge.errors import UserError
 
 SYSTEM_FILE = Path(__file__).parent / "fixtures" / "cpu_system.json"
+# closed loops with fixed lengths: seeded runs averaged, requests per user in each (the mean moves < 3 %)
+LOOP_RUNS, LOOP_REQUESTS = 16, 16
 
 
 @dataclass(frozen=True)
@@ -175,9 +181,12 @@ class _Costs:
     def latency(self, b: float) -> float:
         return self.ttft(b) + (self.w.osl - 1) * self.itl(b)
 
-    def closed_loop(self, users: int, max_batch: int, requests_per_user: int = 8) -> LoopResult:
+    def closed_loop(
+        self, users: int, max_batch: int, requests_per_user: int = 8, rng: Exponential | None = None
+    ) -> LoopResult:
         """Step-by-step run of `users` closed-loop users sending fixed-length requests (module doc): mean
-        TTFT, ITL, request latency over every request, and output tokens/s over the whole run."""
+        TTFT, ITL, request latency over every request, and output tokens/s over the whole run. The stack
+        takes o per request, or an exponential time of mean o drawn from `rng`."""
         osl = self.w.osl
         o = self.slowdown * self.sysm.request_overhead_s
         arrivals: list[tuple[float, int, int]] = []  # (arrival at the engine, order, user)
@@ -186,7 +195,7 @@ class _Costs:
 
         def release(user: int, at: float) -> None:
             nonlocal stack_free
-            stack_free = max(at, stack_free) + o
+            stack_free = max(at, stack_free) + (rng.expovariate(1 / o) if rng and o > 0 else o)
             heapq.heappush(arrivals, (stack_free, next(order), user))
 
         for u in range(users):  # the users start together
@@ -224,6 +233,20 @@ class _Costs:
                     release(r.user, t)
         n = len(ttft)
         return LoopResult(sum(ttft) / n, sum(itl) / n, sum(latency) / n, n * osl / end)
+
+    def closed_loop_mean(self, users: int, max_batch: int) -> LoopResult:
+        """The mean of LOOP_RUNS seeded closed-loop runs (the stack's time per request drawn, module doc)."""
+        runs = [
+            self.closed_loop(users, max_batch, LOOP_REQUESTS, random.Random(seed))
+            for seed in range(LOOP_RUNS)
+        ]
+        return LoopResult(*(sum(getattr(r, f.name) for r in runs) / len(runs) for f in fields(LoopResult)))
+
+
+class Exponential(Protocol):
+    """What the closed loop draws the stack's time per request from (random.Random is one)."""
+
+    def expovariate(self, lambd: float) -> float: ...
 
 
 @dataclass
@@ -308,7 +331,7 @@ def predict_cpu(
     else:
         tps = served if saturated or w.concurrency is None else users * w.osl / latency
     if lockstep and w.concurrency is not None:
-        loop = c.closed_loop(w.concurrency, max_batch_size)  # queues beyond the batch by itself
+        loop = c.closed_loop_mean(w.concurrency, max_batch_size)  # queues beyond the batch by itself
         itl, ttft, latency, tps = loop.itl_s, loop.ttft_s, loop.latency_s, loop.output_tokens_per_s
         if saturated:
             notes.append(f"{w.concurrency} users exceed max_batch_size {max_batch_size}; the rest queue")

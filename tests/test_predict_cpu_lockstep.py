@@ -75,21 +75,56 @@ def test_users_beyond_the_batch_wait_for_a_slot() -> None:
 def test_single_user_matches_the_closed_form() -> None:
     p = cpu_system.predict_cpu(SYSTEM, Workload(100, 11, concurrency=1), 8)
     s = cpu_system.predict_cpu(SYSTEM, Workload(100, 11, concurrency=1), 8, lockstep=True)
-    # o + t_pf(1) = 19 ms, t_dec(1) = 12 ms, 19 + 10 x 12 ms; one request per 139 ms
+    # o + t_pf(1) = 19 ms, t_dec(1) = 12 ms, 19 + 10 x 12 ms; one request per 139 ms (the drawn stack
+    # times between requests average 4 ms: 256 draws of a 4 ms mean in 139 ms cycles move it < 1 %)
     assert s.ttft_ms == pytest.approx(p.ttft_ms) == pytest.approx(19.0)
     assert s.itl_ms == pytest.approx(p.itl_ms) == pytest.approx(12.0)
     assert s.request_latency_ms == pytest.approx(p.request_latency_ms)
-    assert s.output_tokens_per_s == pytest.approx(11 / 0.139)
+    assert s.output_tokens_per_s == pytest.approx(11 / 0.139, rel=0.01)
+    det = cpu_system._Costs(SYSTEM, None, Workload(100, 11, concurrency=1)).closed_loop(1, 8)
+    assert det.output_tokens_per_s == pytest.approx(11 / 0.139)
 
 
 def test_prediction_uses_the_simulation_and_scales_with_the_share() -> None:
     base = cpu_system.CpuSystem(**{**SYSTEM.__dict__, "cpu_share": 0.5})
     p = cpu_system.predict_cpu(base, Workload(100, 11, concurrency=4), 8, lockstep=True)
     slow = cpu_system.predict_cpu(base, Workload(100, 11, concurrency=4), 8, lockstep=True, cpu_share=0.25)
-    want = loop(SYSTEM, 4, 11, n=8)
+    want = cpu_system._Costs(SYSTEM, None, Workload(100, 11, concurrency=4)).closed_loop_mean(4, 8)
     assert p.ttft_ms == pytest.approx(want.ttft_s * 1e3) and p.itl_ms == pytest.approx(want.itl_s * 1e3)
     assert p.output_tokens_per_s == pytest.approx(want.output_tokens_per_s)
     # every time (engine and stack) twice as long at half the share
     assert slow.ttft_ms == pytest.approx(2 * p.ttft_ms) and slow.itl_ms == pytest.approx(2 * p.itl_ms)
     assert slow.output_tokens_per_s == pytest.approx(p.output_tokens_per_s / 2)
     assert any("one at a time" in n for n in p.notes)
+
+
+class Draws:
+    """The stack's times per request, in order (stands for random.Random in a hand-computed run)."""
+
+    def __init__(self, *seconds: float) -> None:
+        self.left, self.rates = list(seconds), list[float]()
+
+    def expovariate(self, lambd: float) -> float:
+        self.rates.append(lambd)
+        return self.left.pop(0)
+
+
+def test_stack_time_per_request_is_drawn() -> None:
+    draws = Draws(0.002, 0.010)
+    r = cpu_system._Costs(SYSTEM, None, Workload(100, 3, concurrency=2)).closed_loop(2, 8, 1, draws)
+    assert draws.rates == [250.0, 250.0]  # mean o = 4 ms
+    # arrivals at 2 and 12 ms. 2: prefill u0 -> 17. 17: decode u0 + prefill u1 (27) -> 44. 44: decode 2 -> 58,
+    # u0 done; 58: decode u1 -> 70. TTFT 17 - 2 + 4 and 44 - 12 + 4 (the mean o on the client's path)
+    assert r.ttft_s * 1e3 == pytest.approx((19 + 36) / 2)
+    assert r.latency_s * 1e3 == pytest.approx((60 + 62) / 2)
+    assert r.itl_s * 1e3 == pytest.approx((20.5 + 13) / 2)
+    assert r.output_tokens_per_s == pytest.approx(6 / 0.070)
+
+
+def test_seeded_mean_is_reproducible_and_plain_lockstep_without_stack_time() -> None:
+    costs = cpu_system._Costs(SYSTEM, None, Workload(100, 11, concurrency=8))
+    assert costs.closed_loop_mean(8, 8) == costs.closed_loop_mean(8, 8)
+    flat = cpu_system._Costs(NO_STACK, None, Workload(100, 11, concurrency=8)).closed_loop_mean(8, 8)
+    assert flat.ttft_s == pytest.approx(0.085) and flat.itl_s == pytest.approx(
+        0.026
+    )  # 5 + 8 x 10; 10 + 8 x 2
