@@ -357,7 +357,9 @@ class TritonLLMUser(User):
         scheduled: float | None,
         warm: bool,
     ) -> None:
-        rec = RequestRecord(
+        rec = RequestRecord.from_outcome(
+            out,
+            item,
             id=f"{PROCESS}/{next(proc.ids)}",
             level=self.opts.level,
             repeat=self.opts.repeat_index,
@@ -365,23 +367,8 @@ class TritonLLMUser(User):
             user=self.user_id,
             protocol=self.protocol,
             model=self.opts.model,
-            item=item.get("index", -1),
-            kind=item.get("kind", ""),
             warmup=warm,
-            start=out.start,
             scheduled=scheduled,
-            ttft_s=out.ttft_s,
-            e2e_s=out.e2e_s,
-            input_tokens=item.get("input_tokens"),
-            requested_tokens=item.get("max_tokens"),
-            output_tokens_server=out.server_tokens,
-            chunks=out.chunks,
-            ok=out.ok,
-            error_type=out.error_type,
-            error=out.error,
-            tier=out.tier,
-            cache_status=out.cache_status,
-            text=out.text,
         )
         proc.record(rec)
         if out.error_type == "interrupted":

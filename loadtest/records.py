@@ -7,7 +7,10 @@ import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tritonforge.loadtest.protocols import Outcome
 
 
 @dataclass
@@ -58,6 +61,50 @@ class RequestRecord:
         if not self.ok or self.ttft_s is None or self.e2e_s is None or n is None or n < 2:
             return None
         return (self.e2e_s - self.ttft_s) / (n - 1)
+
+    @classmethod
+    def from_outcome(
+        cls,
+        out: Outcome,
+        item: dict[str, Any],
+        *,
+        id: str,
+        level: str,
+        process: str,
+        user: int,
+        protocol: str,
+        model: str,
+        warmup: bool,
+        repeat: int = 0,
+        scheduled: float | None = None,
+    ) -> RequestRecord:
+        """The record of one sent workload `item` and what came back (`out`)."""
+        return cls(
+            id=id,
+            level=level,
+            repeat=repeat,
+            process=process,
+            user=user,
+            protocol=protocol,
+            model=model,
+            item=item.get("index", -1),
+            kind=item.get("kind", ""),
+            warmup=warmup,
+            start=out.start,
+            scheduled=scheduled,
+            ttft_s=out.ttft_s,
+            e2e_s=out.e2e_s,
+            input_tokens=item.get("input_tokens"),
+            requested_tokens=item.get("max_tokens"),
+            output_tokens_server=out.server_tokens,
+            chunks=out.chunks,
+            ok=out.ok,
+            error_type=out.error_type,
+            error=out.error,
+            tier=out.tier,
+            cache_status=out.cache_status,
+            text=out.text,
+        )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RequestRecord:

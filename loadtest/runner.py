@@ -293,29 +293,16 @@ def warm_up(cfg: LoadTestConfig, items: list[dict[str, Any]], concurrency: int) 
                     out = client.request(item, True)
                 else:
                     out = protocols.http_request(client, cfg.model, item, cfg.protocol == "http-stream")
-                rec = RequestRecord(
+                rec = RequestRecord.from_outcome(
+                    out,
+                    item,
                     id=f"warmup/{n}",
                     level="warmup",
                     process="runner",
                     user=wid,
                     protocol=cfg.protocol,
                     model=cfg.model,
-                    item=item.get("index", -1),
-                    kind=item.get("kind", ""),
                     warmup=True,
-                    start=out.start,
-                    ttft_s=out.ttft_s,
-                    e2e_s=out.e2e_s,
-                    input_tokens=item.get("input_tokens"),
-                    requested_tokens=item.get("max_tokens"),
-                    output_tokens_server=out.server_tokens,
-                    chunks=out.chunks,
-                    ok=out.ok,
-                    error_type=out.error_type,
-                    error=out.error,
-                    tier=out.tier,
-                    cache_status=out.cache_status,
-                    text=out.text,
                 )
                 with lock:
                     records.append(rec)
