@@ -37,7 +37,7 @@ from tritonforge.builder.launch import (
     launch_command,
     place_tiers,
 )
-from tritonforge.builder.planner import plan_deployment
+from tritonforge.builder.planner import Problem, plan_deployment
 from tritonforge.builder.spec import load_spec, parse_spec
 from tritonforge.ensembles.render import emit_files, write_repository
 from tritonforge.ensembles.server import Ports, docker_command, repository_launch
@@ -71,23 +71,42 @@ def _container_part(cmd: list[str]) -> list[str]:
     return cmd[cmd.index(IMAGE) + 1 :]
 
 
+# The launcher's command, piece by piece as its get_cmd builds it (see the module docstring).
+def _rank(i: int, loads: tuple[str, ...] = (), pools: list[str] | None = None) -> list[str]:
+    """One rank's block: rank i > 0 loads the named models explicitly; the port flags come twice."""
+    explicit = ["--model-control-mode=explicit", *(f"--load-model={m}" for m in loads)] if i else []
+    return [
+        *("-n", "1", TS, REPO, *PORTS),
+        *explicit,
+        *(pools or []),
+        *PORTS,
+        "--disable-auto-complete-config",
+        f"--backend-config=python,shm-region-prefix-name=prefix{i}_",
+        ":",
+    ]
+
+
+def _pools(gpus: int) -> list[str]:
+    """The multi-model options on a Triton after 24.06, for the GPUs nvidia-smi lists."""
+    return [
+        "--pinned-memory-pool-byte-size=0",
+        "--enable-peer-access=false",
+        *(f"--cuda-memory-pool-byte-size={j}:0" for j in range(gpus)),
+    ]
+
+
+def _mpirun(*ranks: list[str]) -> list[str]:
+    return ["mpirun", "--allow-run-as-root", *(a for rank in ranks for a in rank)]
+
+
+TWO_RANKS = _mpirun(_rank(0), _rank(1, ("tensorrt_llm",)))
+
+
 def test_tp1_is_a_one_rank_mpi_world(tmp_path: Path) -> None:
     repo = _example("llama3.1-8b-fp8-h100.yaml", tmp_path)
     launch = repository_launch(repo, IMAGE)
     assert launch.mode == "leader" and launch.env == {} and launch.gpus == (0,)
-    assert list(launch.argv) == [
-        "mpirun",
-        "--allow-run-as-root",
-        "-n",
-        "1",
-        TS,
-        REPO,
-        *PORTS,
-        *PORTS,
-        "--disable-auto-complete-config",
-        "--backend-config=python,shm-region-prefix-name=prefix0_",
-        ":",
-    ]
+    assert list(launch.argv) == _mpirun(_rank(0))
     cmd = docker_command(IMAGE, repo, Ports(9000, 9001, 9002))
     assert _container_part(cmd) == list(launch.argv)
     assert '--gpus="device=0"' in cmd and "-e" not in cmd
@@ -99,30 +118,7 @@ def test_tp2_leader_mode_has_one_block_per_rank(tmp_path: Path) -> None:
     repo = _emit(load_spec(spec_dir / "llama31-70b-fp8-tp2-h100.yaml"), spec_dir, tmp_path / "repo")
     launch = repository_launch(repo, IMAGE)
     assert launch.mode == "leader" and launch.world_size == 2 and launch.env == {} and launch.gpus == (0, 1)
-    assert list(launch.argv) == [
-        "mpirun",
-        "--allow-run-as-root",
-        "-n",
-        "1",
-        TS,
-        REPO,
-        *PORTS,
-        *PORTS,
-        "--disable-auto-complete-config",
-        "--backend-config=python,shm-region-prefix-name=prefix0_",
-        ":",
-        "-n",
-        "1",
-        TS,
-        REPO,
-        *PORTS,
-        "--model-control-mode=explicit",
-        "--load-model=tensorrt_llm",
-        *PORTS,
-        "--disable-auto-complete-config",
-        "--backend-config=python,shm-region-prefix-name=prefix1_",
-        ":",
-    ]
+    assert list(launch.argv) == TWO_RANKS
     cmd = docker_command(IMAGE, repo, Ports())
     assert _container_part(cmd) == list(launch.argv) and '--gpus="device=0,1"' in cmd
 
@@ -136,53 +132,14 @@ def test_pp2_world_is_tp_times_pp(tmp_path: Path) -> None:
     )
     launch = repository_launch(repo, IMAGE)
     assert launch.mode == "leader" and launch.world_size == 2
-    assert list(launch.argv) == [
-        "mpirun",
-        "--allow-run-as-root",
-        "-n",
-        "1",
-        TS,
-        REPO,
-        *PORTS,
-        *PORTS,
-        "--disable-auto-complete-config",
-        "--backend-config=python,shm-region-prefix-name=prefix0_",
-        ":",
-        "-n",
-        "1",
-        TS,
-        REPO,
-        *PORTS,
-        "--model-control-mode=explicit",
-        "--load-model=tensorrt_llm",
-        *PORTS,
-        "--disable-auto-complete-config",
-        "--backend-config=python,shm-region-prefix-name=prefix1_",
-        ":",
-    ]
+    assert list(launch.argv) == TWO_RANKS
 
 
 def test_tp2_with_draft_is_orchestrator_mode(tmp_path: Path) -> None:
     repo = _example("llama3.1-70b-fp8-tp2-draft-h100.yaml", tmp_path)
     launch = repository_launch(repo, IMAGE)
     assert launch.mode == "orchestrator" and launch.world_size == 1 and launch.env == ORCHESTRATOR_ENV
-    assert list(launch.argv) == [
-        "mpirun",
-        "--allow-run-as-root",
-        "-n",
-        "1",
-        TS,
-        REPO,
-        *PORTS,
-        "--pinned-memory-pool-byte-size=0",
-        "--enable-peer-access=false",
-        "--cuda-memory-pool-byte-size=0:0",
-        "--cuda-memory-pool-byte-size=1:0",
-        *PORTS,
-        "--disable-auto-complete-config",
-        "--backend-config=python,shm-region-prefix-name=prefix0_",
-        ":",
-    ]
+    assert list(launch.argv) == _mpirun(_rank(0, pools=_pools(2)))
     cmd = docker_command(IMAGE, repo, Ports())
     assert _container_part(cmd) == list(launch.argv) and '--gpus="device=0,1"' in cmd
     env_flags = [cmd[i + 1] for i, a in enumerate(cmd[: cmd.index(IMAGE)]) if a == "-e"]
@@ -194,43 +151,14 @@ def test_triton_2406_gets_no_memory_pool_options(tmp_path: Path) -> None:
     repo = _example("llama3.1-70b-fp8-tp2-draft-h100.yaml", tmp_path)
     launch = repository_launch(repo, "nvcr.io/nvidia/tritonserver:24.06-trtllm-python-py3")
     assert launch.env == ORCHESTRATOR_ENV
-    assert list(launch.argv) == [
-        "mpirun",
-        "--allow-run-as-root",
-        "-n",
-        "1",
-        TS,
-        REPO,
-        *PORTS,
-        *PORTS,
-        "--disable-auto-complete-config",
-        "--backend-config=python,shm-region-prefix-name=prefix0_",
-        ":",
-    ]
+    assert list(launch.argv) == _mpirun(_rank(0))
 
 
 def test_two_tier_cascade_is_orchestrator_mode_over_all_its_gpus(tmp_path: Path) -> None:
     repo = _example("cascade-h100.yaml", tmp_path)
     launch = repository_launch(repo, IMAGE)
     assert launch.mode == "orchestrator" and launch.env == ORCHESTRATOR_ENV and launch.gpus == (0, 1, 2)
-    assert list(launch.argv) == [
-        "mpirun",
-        "--allow-run-as-root",
-        "-n",
-        "1",
-        TS,
-        REPO,
-        *PORTS,
-        "--pinned-memory-pool-byte-size=0",
-        "--enable-peer-access=false",
-        "--cuda-memory-pool-byte-size=0:0",
-        "--cuda-memory-pool-byte-size=1:0",
-        "--cuda-memory-pool-byte-size=2:0",
-        *PORTS,
-        "--disable-auto-complete-config",
-        "--backend-config=python,shm-region-prefix-name=prefix0_",
-        ":",
-    ]
+    assert list(launch.argv) == _mpirun(_rank(0, pools=_pools(3)))
     engines = {e.name: e for e in engine_models(load_configs(repo)[0])}
     assert engines["small_tensorrt_llm"].instances == ((0,),)
     assert engines["large_tensorrt_llm"].instances == ((1, 2),)
@@ -290,37 +218,25 @@ def test_targeted_image_ships_the_targeted_trtllm_and_it_has_engines() -> None:
     )
 
 
-def test_image_that_ships_another_trtllm_is_refused() -> None:
+def _image_errors(image: str) -> list[Problem]:
+    """The plan's trtllm-image errors for an engine tier that targets the default TensorRT-LLM in `image`."""
     spec = parse_spec(
         {
             "name": "v",
-            "triton": {
-                "image": "nvcr.io/nvidia/tritonserver:24.12-trtllm-python-py3",
-                "trtllm_version": versions.TRTLLM_VERSION,
-            },
+            "triton": {"image": image, "trtllm_version": versions.TRTLLM_VERSION},
             "tiers": [{"name": "main", "model": "fixture:llama-3.1-8b", "runtime": "trtllm-engine"}],
         }
     )
-    errors = [p for p in plan_deployment(spec).errors if p.rule == "trtllm-image"]
+    return [p for p in plan_deployment(spec).errors if p.rule == "trtllm-image"]
+
+
+def test_image_that_ships_another_trtllm_is_refused() -> None:
+    errors = _image_errors("nvcr.io/nvidia/tritonserver:24.12-trtllm-python-py3")
     assert len(errors) == 1 and "ships TensorRT-LLM 0.16.0" in errors[0].message
     assert f"set triton.image: {versions.TRITON_IMAGE}" in errors[0].message
-    ok = parse_spec(
-        {
-            "name": "v",
-            "triton": {"image": versions.TRITON_IMAGE, "trtllm_version": versions.TRTLLM_VERSION},
-            "tiers": [{"name": "main", "model": "fixture:llama-3.1-8b", "runtime": "trtllm-engine"}],
-        }
-    )
-    assert not [p for p in plan_deployment(ok).errors if p.rule == "trtllm-image"]
+    assert _image_errors(versions.TRITON_IMAGE) == []
     # An image the matrix does not list (a custom build) is the user's call.
-    custom = parse_spec(
-        {
-            "name": "v",
-            "triton": {"image": "registry.example/triton:custom", "trtllm_version": versions.TRTLLM_VERSION},
-            "tiers": [{"name": "main", "model": "fixture:llama-3.1-8b", "runtime": "trtllm-engine"}],
-        }
-    )
-    assert not [p for p in plan_deployment(custom).errors if p.rule == "trtllm-image"]
+    assert _image_errors("registry.example/triton:custom") == []
 
 
 def test_docker_passes_every_device_up_to_the_highest_id() -> None:
