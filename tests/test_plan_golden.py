@@ -51,6 +51,33 @@ def pool(memory, weights, acts, fraction, kv_per_token, tokens_per_block, seq_le
     return free, p, blocks * tokens_per_block, blocks // math.ceil(seq_len / tokens_per_block)
 
 
+def trtllm_build(
+    *,
+    batch: int,
+    input_len: int,
+    seq_len: int,
+    num_tokens: int,
+    block: int,
+    workers: int,
+    gemm: str = "auto",
+    fp8_fmha: bool = True,
+    draft_len: int = 0,
+    prefix: str = "",
+) -> list[str]:
+    """The expected trtllm-build argv, flag by flag in the planner's order (paged KV, paged context FMHA)."""
+    argv = ["trtllm-build", "--checkpoint_dir", f"out/main/{prefix}checkpoint"]
+    argv += ["--output_dir", f"out/main/{prefix}engine", "--max_batch_size", str(batch)]
+    argv += ["--max_input_len", str(input_len), "--max_seq_len", str(seq_len)]
+    argv += ["--max_num_tokens", str(num_tokens), "--gemm_plugin", gemm, "--kv_cache_type", "paged"]
+    argv += ["--use_paged_context_fmha", "enable"]
+    if fp8_fmha:
+        argv += ["--use_fp8_context_fmha", "enable"]
+    argv += ["--tokens_per_block", str(block)]
+    if draft_len:
+        argv += ["--speculative_decoding_mode", "draft_tokens_external", "--max_draft_len", str(draft_len)]
+    return [*argv, "--workers", str(workers)]
+
+
 # Llama-3.1 8B: hidden 4096, 32 layers, 32 heads / 8 KV heads x 128, MLP 14336, untied.
 L8_LINEAR_PER_LAYER = 4096 * 4096 + 2 * 4096 * 1024 + 4096 * 4096 + 3 * 4096 * 14336
 # Llama-3.1/3.3 70B: hidden 8192, 80 layers, 64 heads / 8 KV heads x 128, MLP 28672, untied.
@@ -73,33 +100,10 @@ def test_llama31_8b_fp8_h100():
     p, t = plan("llama31-8b-fp8-h100.yaml")
     assert not p.errors, p.errors
     # argv: FP8 weights + FP8 KV on sm90 -> paged context FMHA stays and FP8 context FMHA is valid.
-    assert t.engine.argv == [
-        "trtllm-build",
-        "--checkpoint_dir",
-        "out/main/checkpoint",
-        "--output_dir",
-        "out/main/engine",
-        "--max_batch_size",
-        "64",
-        "--max_input_len",
-        "2048",
-        "--max_seq_len",
-        "2560",
-        "--max_num_tokens",
-        "8192",  # default: max(2048, min(8192, 64 x 256))
-        "--gemm_plugin",
-        "auto",
-        "--kv_cache_type",
-        "paged",
-        "--use_paged_context_fmha",
-        "enable",
-        "--use_fp8_context_fmha",
-        "enable",
-        "--tokens_per_block",
-        "32",
-        "--workers",
-        "1",
-    ]
+    # --max_num_tokens 8192 is the default: max(2048, min(8192, 64 x 256)).
+    assert t.engine.argv == trtllm_build(
+        batch=64, input_len=2048, seq_len=2560, num_tokens=8192, block=32, workers=1
+    )
     weights = 32 * L8_LINEAR_PER_LAYER * 1 + 32 * 2 * 4096 * 2 + 4096 * 2 + 2 * VOCAB * 4096 * 2
     assert t.memory.weights == weights == 9_081_200_640  # 8.46 GiB
     kv = 2 * 32 * 8 * 128 * 1
@@ -117,33 +121,9 @@ def test_llama31_8b_fp8_h100():
 def test_llama31_70b_fp8_tp2_h100():
     p, t = plan("llama31-70b-fp8-tp2-h100.yaml")
     assert not p.errors, p.errors
-    assert t.engine.argv == [
-        "trtllm-build",
-        "--checkpoint_dir",
-        "out/main/checkpoint",
-        "--output_dir",
-        "out/main/engine",
-        "--max_batch_size",
-        "64",
-        "--max_input_len",
-        "4096",
-        "--max_seq_len",
-        "5120",
-        "--max_num_tokens",
-        "8192",
-        "--gemm_plugin",
-        "auto",
-        "--kv_cache_type",
-        "paged",
-        "--use_paged_context_fmha",
-        "enable",
-        "--use_fp8_context_fmha",
-        "enable",
-        "--tokens_per_block",
-        "64",
-        "--workers",
-        "2",
-    ]
+    assert t.engine.argv == trtllm_build(
+        batch=64, input_len=4096, seq_len=5120, num_tokens=8192, block=64, workers=2
+    )
     # Per GPU: linears / 2, embedding and lm_head / 2 (parallel embedding), norms replicated.
     weights = 80 * L70_LINEAR_PER_LAYER // 2 + 80 * 2 * 8192 * 2 + 8192 * 2 + 2 * (VOCAB * 8192 * 2 // 2)
     assert t.memory.weights == weights
@@ -165,31 +145,10 @@ def test_llama31_70b_int4_awq_one_h100():
     p, t = plan("llama31-70b-int4awq-h100.yaml")
     assert not p.errors, p.errors
     # INT4-AWQ (W4A16) has no FP8 context FMHA; BF16 KV keeps paged context FMHA.
-    assert t.engine.argv == [
-        "trtllm-build",
-        "--checkpoint_dir",
-        "out/main/checkpoint",
-        "--output_dir",
-        "out/main/engine",
-        "--max_batch_size",
-        "16",
-        "--max_input_len",
-        "2048",
-        "--max_seq_len",
-        "2560",
-        "--max_num_tokens",
-        "4096",  # max(2048, min(8192, 16 x 256))
-        "--gemm_plugin",
-        "auto",
-        "--kv_cache_type",
-        "paged",
-        "--use_paged_context_fmha",
-        "enable",
-        "--tokens_per_block",
-        "32",
-        "--workers",
-        "1",
-    ]
+    # --max_num_tokens 4096 = max(2048, min(8192, 16 x 256)).
+    assert t.engine.argv == trtllm_build(
+        batch=16, input_len=2048, seq_len=2560, num_tokens=4096, block=32, workers=1, fp8_fmha=False
+    )
     linear = 80 * L70_LINEAR_PER_LAYER * 33 // 64  # 0.5 byte + 2 bytes per 128-group
     assert linear == 35_295_068_160
     weights = linear + 80 * 2 * 8192 * 2 + 8192 * 2 + 2 * VOCAB * 8192 * 2
@@ -211,33 +170,9 @@ def test_llama31_70b_int4_awq_one_h100():
 def test_llama33_70b_nvfp4_one_b200():
     p, t = plan("llama33-70b-nvfp4-b200.yaml")
     assert not p.errors, p.errors
-    assert t.engine.argv == [
-        "trtllm-build",
-        "--checkpoint_dir",
-        "out/main/checkpoint",
-        "--output_dir",
-        "out/main/engine",
-        "--max_batch_size",
-        "128",
-        "--max_input_len",
-        "4096",
-        "--max_seq_len",
-        "5120",
-        "--max_num_tokens",
-        "8192",
-        "--gemm_plugin",
-        "nvfp4",
-        "--kv_cache_type",
-        "paged",
-        "--use_paged_context_fmha",
-        "enable",
-        "--use_fp8_context_fmha",
-        "enable",
-        "--tokens_per_block",
-        "32",
-        "--workers",
-        "1",
-    ]
+    assert t.engine.argv == trtllm_build(
+        batch=128, input_len=4096, seq_len=5120, num_tokens=8192, block=32, workers=1, gemm="nvfp4"
+    )
     linear = 80 * L70_LINEAR_PER_LAYER * 9 // 16  # 0.5 byte + 1 byte e4m3 scale per 16
     weights = linear + 80 * 2 * 8192 * 2 + 8192 * 2 + 2 * VOCAB * 8192 * 2
     assert t.memory.weights == weights
@@ -260,66 +195,14 @@ def test_llama31_70b_fp8_with_llama32_1b_draft():
     k = 4
     # Target: draft_tokens_external + max_draft_len; max_num_tokens raised to 256 x (4+1) = 1280;
     # --max_seq_len stays 1280 because trtllm-build adds K itself (engine ends with 1284).
-    assert t.engine.argv == [
-        "trtllm-build",
-        "--checkpoint_dir",
-        "out/main/checkpoint",
-        "--output_dir",
-        "out/main/engine",
-        "--max_batch_size",
-        "256",
-        "--max_input_len",
-        "1024",
-        "--max_seq_len",
-        "1280",
-        "--max_num_tokens",
-        "1280",
-        "--gemm_plugin",
-        "auto",
-        "--kv_cache_type",
-        "paged",
-        "--use_paged_context_fmha",
-        "enable",
-        "--use_fp8_context_fmha",
-        "enable",
-        "--tokens_per_block",
-        "32",
-        "--speculative_decoding_mode",
-        "draft_tokens_external",
-        "--max_draft_len",
-        "4",
-        "--workers",
-        "2",
-    ]
+    assert t.engine.argv == trtllm_build(
+        batch=256, input_len=1024, seq_len=1280, num_tokens=1280, block=32, workers=2, draft_len=4
+    )
     assert t.engine.engine_max_seq_len == 1280 + k
     # Draft: paged context FMHA too, holds prompt + output + K proposals, not itself speculative.
-    assert t.draft.engine.argv == [
-        "trtllm-build",
-        "--checkpoint_dir",
-        "out/main/draft_checkpoint",
-        "--output_dir",
-        "out/main/draft_engine",
-        "--max_batch_size",
-        "256",
-        "--max_input_len",
-        "1024",
-        "--max_seq_len",
-        "1284",
-        "--max_num_tokens",
-        "1024",
-        "--gemm_plugin",
-        "auto",
-        "--kv_cache_type",
-        "paged",
-        "--use_paged_context_fmha",
-        "enable",
-        "--use_fp8_context_fmha",
-        "enable",
-        "--tokens_per_block",
-        "32",
-        "--workers",
-        "2",
-    ]
+    assert t.draft.engine.argv == trtllm_build(
+        batch=256, input_len=1024, seq_len=1284, num_tokens=1024, block=32, workers=2, prefix="draft_"
+    )
     tw = 80 * L70_LINEAR_PER_LAYER // 2 + 80 * 2 * 8192 * 2 + 8192 * 2 + 2 * (VOCAB * 8192 * 2 // 2)
     dw = 16 * L1_LINEAR_PER_LAYER // 2 + 16 * 2 * 2048 * 2 + 2048 * 2 + VOCAB * 2048 * 2 // 2  # tied: once
     assert (t.memory.weights, t.draft.memory.weights) == (tw, dw)
