@@ -79,17 +79,25 @@ def refused(tmp_path, monkeypatch, capsys, data, *expected: str, command: str = 
 # ------------------------------------------------------------------------------------ encodings
 
 
-def test_binary_file_one_line_subprocess(tmp_path):
-    path = write(tmp_path, bytes(range(256)) * 4)
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (bytes(range(256)) * 4, "binary"),
+        ("name: t\ntiers: " + "[" * 10_000 + "]" * 10_000 + "\n", "nested more than"),  # a YAML shape
+    ],
+    ids=["binary-file", "nested-ten-thousand-deep"],
+)
+def test_refused_with_one_line_in_a_subprocess(tmp_path, data, expected):
+    """Refused by the real CLI process (exit 2, one line): no traceback, no recursion crash."""
     proc = subprocess.run(
-        [sys.executable, "-m", "tritonforge", "spec", "check", path],
+        [sys.executable, "-m", "tritonforge", "spec", "check", write(tmp_path, data)],
         capture_output=True,
         text=True,
         timeout=120,
         cwd=tmp_path,
     )
     assert proc.returncode == 2
-    assert "binary" in one_error_line(proc.stderr)
+    assert expected in one_error_line(proc.stderr)
 
 
 def test_latin1_names_the_line_and_the_fix(tmp_path, monkeypatch, capsys):
@@ -125,19 +133,6 @@ def test_control_character_refused(tmp_path, monkeypatch, capsys):
 
 
 # ------------------------------------------------------------------------------------ YAML shape
-
-
-def test_nested_ten_thousand_deep_subprocess(tmp_path):
-    path = write(tmp_path, "name: t\ntiers: " + "[" * 10_000 + "]" * 10_000 + "\n")
-    proc = subprocess.run(
-        [sys.executable, "-m", "tritonforge", "spec", "check", path],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 2
-    assert "nested more than" in one_error_line(proc.stderr)
 
 
 def test_deep_mappings_refused(tmp_path, monkeypatch, capsys):
