@@ -196,18 +196,23 @@ def openai_url():
     srv.shutdown()
 
 
-def test_openai_remote_tier_with_key_from_env(openai_url, monkeypatch) -> None:
-    monkeypatch.setenv("TF_TEST_KEY", "sk-test")
-    remote = [
+def _cloud_tier(url: str) -> list[dict[str, str]]:
+    """One OpenAI remote tier, "cloud", whose key is read from TF_TEST_KEY."""
+    return [
         {
             "name": "cloud",
             "kind": "remote",
             "protocol": "openai",
-            "url": openai_url,
+            "url": url,
             "model": "gpt-x",
             "api_key_env": "TF_TEST_KEY",
         }
     ]
+
+
+def test_openai_remote_tier_with_key_from_env(openai_url, monkeypatch) -> None:
+    monkeypatch.setenv("TF_TEST_KEY", "sk-test")
+    remote = _cloud_tier(openai_url)
     svc, _, _ = service(remote=remote)
     out, replies = run(
         svc, req("hi", tier=np.array([b"cloud"], dtype=object), temperature=np.array([0.0], np.float32))
@@ -231,16 +236,7 @@ def test_openai_remote_tier_with_key_from_env(openai_url, monkeypatch) -> None:
 
 def test_remote_tier_without_its_key_falls_back(openai_url, monkeypatch) -> None:
     monkeypatch.delenv("TF_TEST_KEY", raising=False)
-    remote = [
-        {
-            "name": "cloud",
-            "kind": "remote",
-            "protocol": "openai",
-            "url": openai_url,
-            "model": "gpt-x",
-            "api_key_env": "TF_TEST_KEY",
-        }
-    ]
+    remote = _cloud_tier(openai_url)
     svc, _, _ = service(router={"policy": "static", "default_tier": "cloud"}, remote=remote)
     sent = len(OpenAIStandIn.seen)
     out, _ = run(svc, req("hi"))
