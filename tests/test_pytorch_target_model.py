@@ -174,6 +174,14 @@ def start(env_, spec_data=SPEC):
     return model
 
 
+@pytest.fixture()
+def model(env):
+    """The model started on the default spec, finalized after the test."""
+    started = start(env)
+    yield started
+    started.finalize()
+
+
 def run(model, pb, timeout=10.0, **inputs) -> Request:
     req = Request(pb, **inputs)
     model.execute([req])
@@ -206,21 +214,17 @@ def base(**extra):
 # ------------------------------------------------------------------------------------------ tests
 
 
-def test_initialize_builds_the_llm_from_the_emitted_kwargs(env):
+def test_initialize_builds_the_llm_from_the_emitted_kwargs(env, model):
     mod, pb, standin = env
-    model = start(env)
-    try:
-        (llm,) = standin.LLM.instances
-        assert llm.model == "/ckpt/main"
-        kv = llm.kwargs["kv_cache_config"]
-        assert isinstance(kv, standin.KvCacheConfig) and kv.dtype == "fp8" and kv.enable_block_reuse is True
-        spec_cfg = llm.kwargs["speculative_config"]
-        assert isinstance(spec_cfg, standin.DraftTargetDecodingConfig)
-        assert spec_cfg.max_draft_len == 3 and spec_cfg.draft_path == "/ckpt/draft"
-        assert isinstance(llm.kwargs["cuda_graph_config"], standin.CudaGraphConfig)
-        assert llm.kwargs["max_seq_len"] == 512 + 256
-    finally:
-        model.finalize()
+    (llm,) = standin.LLM.instances
+    assert llm.model == "/ckpt/main"
+    kv = llm.kwargs["kv_cache_config"]
+    assert isinstance(kv, standin.KvCacheConfig) and kv.dtype == "fp8" and kv.enable_block_reuse is True
+    spec_cfg = llm.kwargs["speculative_config"]
+    assert isinstance(spec_cfg, standin.DraftTargetDecodingConfig)
+    assert spec_cfg.max_draft_len == 3 and spec_cfg.draft_path == "/ckpt/draft"
+    assert isinstance(llm.kwargs["cuda_graph_config"], standin.CudaGraphConfig)
+    assert llm.kwargs["max_seq_len"] == 512 + 256
 
 
 @pytest.mark.parametrize("version", ["0.21.0", "1.2.1", "1.3.0"])
@@ -237,138 +241,110 @@ def test_draft_path_field_is_pinned_per_version(env, version):
         start(env, {**SPEC, "triton": {"trtllm_version": other}})
 
 
-def test_streaming_sends_each_step_and_a_final(env):
+def test_streaming_sends_each_step_and_a_final(env, model):
     mod, pb, _ = env
-    model = start(env)
-    try:
-        req = run(model, pb, **base(streaming=np.array([[True]])))
-        outs = req.sender.outputs()
-        assert req.sender.tokens() == toy_sequence(13, 6)
-        assert len(outs) == 6 and [f for _, f in req.sender.responses][-1] == 1
-        assert sum(int(r.tensor("num_output_tokens").reshape(-1)[0]) for r in outs) == 6
-        assert req.sender.after_final == 0
-    finally:
-        model.finalize()
+    req = run(model, pb, **base(streaming=np.array([[True]])))
+    outs = req.sender.outputs()
+    assert req.sender.tokens() == toy_sequence(13, 6)
+    assert len(outs) == 6 and [f for _, f in req.sender.responses][-1] == 1
+    assert sum(int(r.tensor("num_output_tokens").reshape(-1)[0]) for r in outs) == 6
+    assert req.sender.after_final == 0
 
 
-def test_non_streaming_one_response_with_prompt_unless_excluded(env):
+def test_non_streaming_one_response_with_prompt_unless_excluded(env, model):
     mod, pb, _ = env
-    model = start(env)
-    try:
-        req = run(model, pb, **base(exclude_input_in_output=np.array([[False]])))
-        assert len(req.sender.outputs()) == 1
-        assert req.sender.tokens() == [11, 12, 13] + toy_sequence(13, 6)
-        req = run(model, pb, **base())  # the emitted default: exclude_input_in_output true
-        assert req.sender.tokens() == toy_sequence(13, 6)
-    finally:
-        model.finalize()
+    req = run(model, pb, **base(exclude_input_in_output=np.array([[False]])))
+    assert len(req.sender.outputs()) == 1
+    assert req.sender.tokens() == [11, 12, 13] + toy_sequence(13, 6)
+    req = run(model, pb, **base())  # the emitted default: exclude_input_in_output true
+    assert req.sender.tokens() == toy_sequence(13, 6)
 
 
-def test_multi_token_stop_word_ends_the_request_and_aborts_generation(env):
+def test_multi_token_stop_word_ends_the_request_and_aborts_generation(env, model):
     mod, pb, standin = env
-    model = start(env)
-    try:
-        seq = toy_sequence(13, 6)
-        word = seq[2:4]
-        stop = np.array([[word, [2, -1]]], dtype=np.int32)
-        req = run(model, pb, **base(stop_words_list=stop, streaming=np.array([[True]])))
-        assert req.sender.tokens() == seq[:4]  # the stop word kept, as the C++ backend does
-        assert standin.LLM.instances[0].requests[-1].aborted
-    finally:
-        model.finalize()
+    seq = toy_sequence(13, 6)
+    word = seq[2:4]
+    stop = np.array([[word, [2, -1]]], dtype=np.int32)
+    req = run(model, pb, **base(stop_words_list=stop, streaming=np.array([[True]])))
+    assert req.sender.tokens() == seq[:4]  # the stop word kept, as the C++ backend does
+    assert standin.LLM.instances[0].requests[-1].aborted
 
 
-def test_sampling_mapping(env):
+def test_sampling_mapping(env, model):
     mod, pb, standin = env
-    model = start(env)
-    try:
-        run(model, pb, **base())
-        greedy = standin.SamplingParams.created[-1]
-        assert (greedy.top_k, greedy.top_p, greedy.temperature, greedy.max_tokens, greedy.end_id) == (
-            1,
-            None,
-            None,
-            6,
-            999,
-        )
-        req = run(
-            model,
-            pb,
-            **base(
-                runtime_top_k=np.array([[5]], np.int32),
-                runtime_top_p=np.array([[0.9]], np.float32),
-                temperature=np.array([[0.7]], np.float32),
-                seed=np.array([[3]], np.uint64),
-                min_tokens=np.array([[2]], np.int32),
-                return_log_probs=np.array([[True]]),
-                bad_words_list=np.array([[[toy_sequence(13, 1)[0]], [1]]], np.int32),
-            ),
-        )
-        sp = standin.SamplingParams.created[-1]
-        assert (
-            sp.top_k == 5
-            and math.isclose(sp.top_p, 0.9, rel_tol=1e-6)
-            and math.isclose(sp.temperature, 0.7, rel_tol=1e-6)
-        )
-        assert (sp.seed, sp.min_tokens, sp.logprobs, sp.bad_token_ids) == (3, 2, 1, [toy_sequence(13, 1)[0]])
-        (out,) = req.sender.outputs()
-        assert toy_sequence(13, 1)[0] not in req.sender.tokens()
-        lp = out.tensor("output_log_probs").reshape(-1)
-        assert len(lp) == 6 and np.allclose(lp, -math.log(2.0))
-        assert math.isclose(
-            float(out.tensor("cum_log_probs").reshape(-1)[0]), -6 * math.log(2.0), rel_tol=1e-5
-        )
-    finally:
-        model.finalize()
+    run(model, pb, **base())
+    greedy = standin.SamplingParams.created[-1]
+    assert (greedy.top_k, greedy.top_p, greedy.temperature, greedy.max_tokens, greedy.end_id) == (
+        1,
+        None,
+        None,
+        6,
+        999,
+    )
+    req = run(
+        model,
+        pb,
+        **base(
+            runtime_top_k=np.array([[5]], np.int32),
+            runtime_top_p=np.array([[0.9]], np.float32),
+            temperature=np.array([[0.7]], np.float32),
+            seed=np.array([[3]], np.uint64),
+            min_tokens=np.array([[2]], np.int32),
+            return_log_probs=np.array([[True]]),
+            bad_words_list=np.array([[[toy_sequence(13, 1)[0]], [1]]], np.int32),
+        ),
+    )
+    sp = standin.SamplingParams.created[-1]
+    assert (
+        sp.top_k == 5
+        and math.isclose(sp.top_p, 0.9, rel_tol=1e-6)
+        and math.isclose(sp.temperature, 0.7, rel_tol=1e-6)
+    )
+    assert (sp.seed, sp.min_tokens, sp.logprobs, sp.bad_token_ids) == (3, 2, 1, [toy_sequence(13, 1)[0]])
+    (out,) = req.sender.outputs()
+    assert toy_sequence(13, 1)[0] not in req.sender.tokens()
+    lp = out.tensor("output_log_probs").reshape(-1)
+    assert len(lp) == 6 and np.allclose(lp, -math.log(2.0))
+    assert math.isclose(float(out.tensor("cum_log_probs").reshape(-1)[0]), -6 * math.log(2.0), rel_tol=1e-5)
 
 
-def test_triton_cancellation_aborts_and_ends_with_cancelled(env, monkeypatch):
+def test_triton_cancellation_aborts_and_ends_with_cancelled(env, model, monkeypatch):
     mod, pb, standin = env
     monkeypatch.setattr(standin, "STEP_S", 0.01)
-    model = start(env)
     model.cancel_period_s = 0.005
-    try:
-        req = Request(
-            pb, **base(request_output_len=np.array([[100000]], np.int32), streaming=np.array([[True]]))
-        )
-        model.execute([req])
-        deadline = time.time() + 10
-        while not req.sender.outputs() and time.time() < deadline:
-            time.sleep(0.005)
-        req.sender.cancelled = True
-        assert req.sender.done.wait(10)
-        last, flags = req.sender.responses[-1]
-        assert flags == 1 and last.error is not None and last.error.code == "CANCELLED"
-        assert standin.LLM.instances[0].requests[-1].aborted
-        time.sleep(0.05)
-        assert req.sender.after_final == 0
-        assert not model.live  # nothing left registered
-    finally:
-        model.finalize()
+    req = Request(pb, **base(request_output_len=np.array([[100000]], np.int32), streaming=np.array([[True]])))
+    model.execute([req])
+    deadline = time.time() + 10
+    while not req.sender.outputs() and time.time() < deadline:
+        time.sleep(0.005)
+    req.sender.cancelled = True
+    assert req.sender.done.wait(10)
+    last, flags = req.sender.responses[-1]
+    assert flags == 1 and last.error is not None and last.error.code == "CANCELLED"
+    assert standin.LLM.instances[0].requests[-1].aborted
+    time.sleep(0.05)
+    assert req.sender.after_final == 0
+    assert not model.live  # nothing left registered
 
 
-def test_stop_request_ends_the_request_with_that_id(env, monkeypatch):
+def test_stop_request_ends_the_request_with_that_id(env, model, monkeypatch):
     mod, pb, standin = env
     monkeypatch.setattr(standin, "STEP_S", 0.01)
-    model = start(env)
-    try:
-        req = Request(
-            pb,
-            request_id="r1",
-            **base(request_output_len=np.array([[100000]], np.int32), streaming=np.array([[True]])),
-        )
-        model.execute([req])
-        while not req.sender.outputs():
-            time.sleep(0.005)
-        stop = run(model, pb, request_id="r1", stop=np.array([[True]]), **base())
-        assert stop.sender.responses == [(None, 1)]
-        assert req.sender.done.wait(10)
-        assert req.sender.responses[-1][1] == 1 and all(
-            r is None or r.error is None for r, _ in req.sender.responses
-        )
-        assert standin.LLM.instances[0].requests[-1].aborted
-    finally:
-        model.finalize()
+    req = Request(
+        pb,
+        request_id="r1",
+        **base(request_output_len=np.array([[100000]], np.int32), streaming=np.array([[True]])),
+    )
+    model.execute([req])
+    while not req.sender.outputs():
+        time.sleep(0.005)
+    stop = run(model, pb, request_id="r1", stop=np.array([[True]]), **base())
+    assert stop.sender.responses == [(None, 1)]
+    assert req.sender.done.wait(10)
+    assert req.sender.responses[-1][1] == 1 and all(
+        r is None or r.error is None for r, _ in req.sender.responses
+    )
+    assert standin.LLM.instances[0].requests[-1].aborted
 
 
 @pytest.mark.parametrize(
@@ -380,13 +356,9 @@ def test_stop_request_ends_the_request_with_that_id(env, monkeypatch):
         ({"stop_words_list": np.array([[[1, 2], [5, -1]]], np.int32)}, "stop_words_list"),
     ],
 )
-def test_bad_requests_are_invalid_arg_and_others_still_served(env, extra, needle):
+def test_bad_requests_are_invalid_arg_and_others_still_served(env, model, extra, needle):
     mod, pb, _ = env
-    model = start(env)
-    try:
-        bad = run(model, pb, **base(**extra))
-        ((resp, flags),) = bad.sender.responses
-        assert flags == 1 and resp.error.code == "INVALID_ARG" and needle in resp.error.message()
-        assert run(model, pb, **base()).sender.tokens() == toy_sequence(13, 6)
-    finally:
-        model.finalize()
+    bad = run(model, pb, **base(**extra))
+    ((resp, flags),) = bad.sender.responses
+    assert flags == 1 and resp.error.code == "INVALID_ARG" and needle in resp.error.message()
+    assert run(model, pb, **base()).sender.tokens() == toy_sequence(13, 6)
