@@ -78,6 +78,12 @@ def trtllm_build(
     return [*argv, "--workers", str(workers)]
 
 
+def pool_figures(tier) -> tuple[int, int, int]:
+    """The planned KV pool: bytes, tokens, concurrent full-length sequences."""
+    m = tier.memory
+    return m.kv_pool_bytes, m.kv_pool_tokens, m.max_concurrent_sequences
+
+
 # Llama-3.1 8B: hidden 4096, 32 layers, 32 heads / 8 KV heads x 128, MLP 14336, untied.
 L8_LINEAR_PER_LAYER = 4096 * 4096 + 2 * 4096 * 1024 + 4096 * 4096 + 3 * 4096 * 14336
 # Llama-3.1/3.3 70B: hidden 8192, 80 layers, 64 heads / 8 KV heads x 128, MLP 28672, untied.
@@ -132,11 +138,7 @@ def test_llama31_70b_fp8_tp2_h100():
     acts = activations(8192, 8192, 1024, 28672, 2, 8192, 64, 1, RESERVE_MULTI)
     assert t.memory.activations == acts
     free, pool_bytes, tokens, seqs = pool(H100, weights, acts, 0.9, kv, 64, 5120)
-    assert (t.memory.kv_pool_bytes, t.memory.kv_pool_tokens, t.memory.max_concurrent_sequences) == (
-        pool_bytes,
-        tokens,
-        seqs,
-    )
+    assert pool_figures(t) == (pool_bytes, tokens, seqs)
     assert seqs == 98
     assert t.quantize.tp == 2 and t.throughput.replicas == 1
 
@@ -157,11 +159,7 @@ def test_llama31_70b_int4_awq_one_h100():
     assert kv == 320 * 1024 and t.memory.kv_bytes_per_token == kv  # 320 KiB BF16
     acts = activations(8192, 8192, 1024, 28672, 1, 4096, 16, 1, RESERVE)
     _, pool_bytes, tokens, seqs = pool(H100, weights, acts, 0.9, kv, 32, 2560)
-    assert (t.memory.kv_pool_bytes, t.memory.kv_pool_tokens, t.memory.max_concurrent_sequences) == (
-        pool_bytes,
-        tokens,
-        seqs,
-    )
+    assert pool_figures(t) == (pool_bytes, tokens, seqs)
     assert seqs == 46
     assert t.quantize.modelopt_config == "INT4_AWQ_CFG" and t.quantize.expected_quant_algo == "W4A16_AWQ"
     assert t.throughput.compute_tflops_per_gpu == 989.0  # W4A16 runs BF16 GEMMs
@@ -179,11 +177,7 @@ def test_llama33_70b_nvfp4_one_b200():
     kv = 2 * 80 * 8 * 128 * 1
     acts = activations(8192, 8192, 1024, 28672, 1, 8192, 128, 1, RESERVE)
     _, pool_bytes, tokens, seqs = pool(B200, weights, acts, 0.9, kv, 32, 5120)
-    assert (t.memory.kv_pool_bytes, t.memory.kv_pool_tokens, t.memory.max_concurrent_sequences) == (
-        pool_bytes,
-        tokens,
-        seqs,
-    )
+    assert pool_figures(t) == (pool_bytes, tokens, seqs)
     assert seqs == 156
     assert t.throughput.compute_tflops_per_gpu == 9000.0  # NVFP4 GEMMs on FP4 tensor cores
     assert t.quantize.modelopt_config == "NVFP4_DEFAULT_CFG" and t.quantize.expected_quant_algo == "NVFP4"
