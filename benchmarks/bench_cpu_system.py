@@ -26,7 +26,8 @@ c=1. Each is scaled from the share of a core the engine thread got in that run t
 engine's time per running sequence per decode step beyond the in-process fit (`per_sequence_step_s`:
 streaming, the engine thread hands every sequence's token to Triton's response sender each step; the
 in-process callback costs nothing): from the reports' closed-loop levels with 2+ users, the measured ITL
-at the reference share minus t_decode(b), over b; median over levels and reports, floored at 0.
+at the reference share minus the ITL predicted without it, over b; median over levels and reports, floored
+at 0.
 """
 
 from __future__ import annotations
@@ -201,11 +202,22 @@ def serving_overhead(report: dict, reference_share: float | None) -> dict | None
 
 def per_sequence_excess(report: dict, system: dict) -> list[float]:
     """Per closed-loop level with b >= 2 users (at most the engine's max batch): (measured ITL scaled to the
-    system's share - the fitted t_decode(b)) / b, in seconds at the system's share."""
-    from tritonforge.loadtest.predicted import busy_share
+    system's share - the predicted ITL without this term) / b, in seconds at the system's share. The
+    prediction is the one the load test makes for that level (a closed loop with fixed lengths simulated
+    step by step, `tritonforge.builder.cpu_system`), so the term holds only what the model leaves out."""
+    from tritonforge.builder.cpu_system import CpuSystem, predict_cpu
+    from tritonforge.builder.predict import Workload
+    from tritonforge.loadtest.predicted import busy_share, lockstep
+    from tritonforge.loadtest.workload import WorkloadSpec
 
     ref = (system.get("machine") or {}).get("cpu_share")
-    dec, mbs = system["decode"], system["limits"]["max_batch_size"]
+    mbs = system["limits"]["max_batch_size"]
+    without = CpuSystem.from_dict(
+        {**system, "serving": {**system.get("serving", {}), "per_sequence_step_s": 0.0}}
+    )
+    config = report.get("config") or {}
+    spec = WorkloadSpec(**config["workload"]) if config.get("workload") else None
+    spawn = {lv.get("label"): lv.get("spawn_rate") for lv in config.get("levels") or []}
     out = []
     for lv in report.get("levels", []):
         b = lv.get("value")
@@ -217,18 +229,18 @@ def per_sequence_excess(report: dict, system: dict) -> list[float]:
         w = pred.get("workload") or {}
         if not (share and ref and itl and w.get("isl") and w.get("osl")):
             continue
-        ctx = w["isl"] + w["osl"] / 2
-        t_dec = dec["step_overhead_s"] + b * (
-            dec["per_sequence_s"] + dec["per_sequence_per_ctx_token_s"] * ctx
+        in_lockstep = spec is not None and lockstep(spec, "concurrency", spawn.get(lv.get("label")))
+        model = predict_cpu(
+            without, Workload(int(w["isl"]), int(w["osl"]), concurrency=int(b)), mbs, None, in_lockstep
         )
-        out.append((itl / 1e3 * share / ref - t_dec) / b)
+        out.append((itl / 1e3 * share / ref - model.itl_ms / 1e3) / b)
     return out
 
 
 def add_serving(paths: list[str], out: Path) -> int:
     system = json.loads(out.read_text())
     ref = (system.get("machine") or {}).get("cpu_share")
-    points, excess = [], []
+    points, reports = [], []
     for p in paths:
         report = json.loads(Path(p).read_text())
         got = serving_overhead(report, ref)
@@ -236,14 +248,18 @@ def add_serving(paths: list[str], out: Path) -> int:
             print(f"{p}: no c=1 level with Triton per-model metrics (run with --concurrency 1 --metrics-url)")
             return 2
         points.append({"report": f"{Path(p).parent.name}/{Path(p).name}", **got})
-        excess.extend(per_sequence_excess(report, system))
+        reports.append(report)
+    overhead = round(statistics.median(x["at_reference_s"] for x in points), 6)
+    # the closed loop's ITL depends on the stack's time per request: predict it with the one just fitted
+    system["serving"] = {**system.get("serving", {}), "request_overhead_s": overhead}
+    excess = [x for report in reports for x in per_sequence_excess(report, system)]
     system["serving"] = {
-        "request_overhead_s": round(statistics.median(x["at_reference_s"] for x in points), 6),
+        "request_overhead_s": overhead,
         "per_sequence_step_s": round(max(0.0, statistics.median(excess)), 6) if excess else 0.0,
         "per_sequence_step_points_s": [round(x, 6) for x in excess],
         "how": "bench_cpu_system.py --serving-report: Triton's mean request durations of "
         + ", ".join(STACK_MODELS)
-        + " at c=1, scaled to machine.cpu_share; the served ITL beyond t_decode(b) per sequence at 2+ users; "
+        + " at c=1, scaled to machine.cpu_share; the served ITL beyond the predicted one per sequence at 2+ users; "
         "medians over the reports",
         "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "points": points,

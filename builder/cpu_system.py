@@ -15,7 +15,7 @@ a load test's c=1 level) is on the first token's path only: TTFT = o + the engin
 is ~12 % of TTFT on this 2-core host; at c=4 and c=8 the batched prefill dwarfs it. Served with streaming,
 the engine thread also hands each running sequence's token to Triton's response sender every step, which the
 in-process measurement does not pay: t_dec(b) gains b e (`per_sequence_step_s`, same section, the served
-ITL at 2+ users beyond the in-process fit).
+ITL at 2+ users beyond what this model predicts without it, per sequence).
 
 The engine's step (tritonforge.model_repo_templates.tf_runtime.engine) runs the decode batch, then the prompts admitted that
 step. In steady state with b users in a closed loop, each request's decode steps also carry the
