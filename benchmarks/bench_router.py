@@ -1,6 +1,6 @@
 """`llm` entry-model overhead through a real Triton (CPU), and in-process hit latency.
 
-    python benchmarks/bench_router.py [-n 200] [--repeats 3]
+    python benchmarks/bench_router.py [-n 200] [--repeats 3] [--base REF]
 
 One Triton serves a mock tier model (ensemble contract, answers at once), `llm` (heuristic router +
 memory cache with semantic matching) and `llm_route` (router only, cache off). Requests go one at a
@@ -16,6 +16,11 @@ and differences between paths are what the entry model adds on the server:
 - llm semantic hit: a paraphrase of a cached prompt while the tier would take 0.3 s: embedding +
   search + verification + replay, the tier call cancelled.
 
+`--base REF` also serves `llm_base`: the same entry model with its request-path files (llm.py,
+tf_policy/service.py, tf_policy/semantic_worker.py) taken from git REF and everything else from the
+working tree, and measures its bypass, miss and exact-hit paths interleaved with the current ones (an
+A/B of a change to the request path in one server, under the same load).
+
 Each repeat runs every path n times, interleaved; overheads vs direct and their ratio are printed
 per repeat and as median (spread min-max) over the repeats.
 
@@ -28,8 +33,10 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import random
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -41,6 +48,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.helpers.entry_repo import build_repo, entry_config, write_llm_model  # noqa: E402
 from tritonforge.ensembles.server import TritonServer, free_ports  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+# the entry model's request path: what `--base REF` takes from REF (everything else from the working tree)
+REQUEST_PATH = {
+    "model.py": "model_repo_templates/models/llm.py",
+    "tf_policy/service.py": "model_repo_templates/tf_policy/service.py",
+    "tf_policy/semantic_worker.py": "model_repo_templates/tf_policy/semantic_worker.py",
+}
+
+
+def write_base_model(repo: Path, cfg: dict, ref: str, name: str = "llm_base") -> None:
+    """`name`: the entry model with its request-path files from git `ref`."""
+    write_llm_model(repo, cfg, name=name)
+    for dest, src in REQUEST_PATH.items():
+        text = subprocess.run(
+            ["git", "show", f"{ref}:{src}"], cwd=ROOT, check=True, capture_output=True, text=True
+        ).stdout
+        (repo / name / "1" / dest).write_text(text)
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -122,12 +147,24 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("-n", type=int, default=200, help="requests per path per repeat")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--base", metavar="REF", help="also serve llm_base: the request path from git REF")
+    ap.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="environment for Triton and its models, e.g. TRITONFORGE_EMBED_RUNTIME=static (repeatable)",
+    )
     a = ap.parse_args()
     d = Path(tempfile.mkdtemp(prefix="tf-bench-router-"))
     try:
-        repo = build_repo(d / "repo", entry_config(router={"tier_timeout_s": 5.0}))
+        cfg = entry_config(router={"tier_timeout_s": 5.0})
+        repo = build_repo(d / "repo", cfg)
+        if a.base:
+            write_base_model(repo, cfg, a.base)
         write_llm_model(repo, entry_config(cache={"enabled": False}), name="llm_route")
-        server = TritonServer(repo, free_ports(), log_path=d / "triton.log")
+        env = dict(kv.split("=", 1) for kv in a.server_env)
+        server = TritonServer(repo, free_ports(), log_path=d / "triton.log", env=env)
         server.start()
         t0 = time.monotonic()
         server.wait_ready(300)
@@ -136,8 +173,10 @@ def main() -> None:
         n = a.n
         body = {"max_tokens": 8}
         pairs = seeds_and_paraphrases()
+        entries = ["llm", "llm_base"] if a.base else ["llm"]  # A/B: both get the same traffic
         for seed in dict.fromkeys(sd for sd, _ in pairs):  # cached prompts for the semantic-hit path
-            c.generate("llm", {**body, "text_input": seed})
+            for m in entries:
+                c.generate(m, {**body, "text_input": seed})
         time.sleep(2.0)  # insertions (embedding + index) happen after each response
         hits = iter([p for _, p in pairs])  # each paraphrase asked once
         paths = {
@@ -153,26 +192,57 @@ def main() -> None:
             ),
             "llm exact hit": lambda r, i: ("llm", {**body, "text_input": "What is the capital of France?"}),
         }
+        if a.base:
+            paths["base bypass"] = lambda r, i: (
+                "llm_base",
+                {**body, "text_input": f"hello number {r}-{i}", "cache": "bypass"},
+            )
+            paths["base miss"] = lambda r, i: (
+                "llm_base",
+                {**body, "text_input": f"a brand new question {r}-{i} about {i * 7}"},
+            )
+            paths["base exact hit"] = lambda r, i: (
+                "llm_base",
+                {**body, "text_input": "What is the capital of France?"},
+            )
+            paths = {
+                k: paths[k]
+                for k in (
+                    "direct",
+                    "llm_route",
+                    "llm bypass",
+                    "base bypass",
+                    "llm miss",
+                    "base miss",
+                    "llm exact hit",
+                    "base exact hit",
+                )
+            }
         for f in paths.values():  # warm up (prompts the measured phase never sends)
             for i in range(10):
                 c.generate(*f("warm", i))
         rows: dict[str, list[tuple[float, float]]] = {k: [] for k in paths}
         over: dict[str, list[tuple[float, float, float]]] = {k: [] for k in paths if k != "direct"}
-        sem: list[float] = []
-        statuses: dict[str, int] = {}
+        sem: dict[str, list[float]] = {m: [] for m in entries}
+        statuses: dict[str, dict[str, int]] = {m: {} for m in entries}
+        rng = random.Random(12)
         for r in range(a.repeats):
             times: dict[str, list[float]] = {k: [] for k in paths}
             for i in range(n):  # interleaved, so load drifts hit every path alike
-                for k, f in paths.items():
-                    dt, out = c.generate(*f(r, i))
+                # in a new order each round: the work a miss leaves behind (its insertion) lands on a
+                # different path each time, not always on the one measured after it
+                order = list(paths)
+                rng.shuffle(order)
+                for k in order:
+                    dt, out = c.generate(*paths[k](r, i))
                     times[k].append(dt)
                 para = next(hits, None) if i % 4 == 0 else None  # a semantic hit every 4th round
-                if para is not None:
-                    dt, out = c.generate("llm", {**body, "text_input": para})
+                for m in rng.sample(entries, len(entries)) if para is not None else []:
+                    dt, out = c.generate(m, {**body, "text_input": para})
                     st = out.get("cache_status", "?")
-                    statuses[st] = statuses.get(st, 0) + 1
+                    statuses[m][st] = statuses[m].get(st, 0) + 1
                     if st == "hit-semantic":
-                        sem.append(dt)
+                        sem[m].append(dt)
             b50, b99 = pct(times["direct"], 50), pct(times["direct"], 99)
             for k, ts in times.items():
                 rows[k].append((pct(ts, 50), pct(ts, 99)))
@@ -199,13 +269,20 @@ def main() -> None:
                     f"p50 ratio {spread([o[2] for o in over[k]], 1, '{:.3f}')}"
                 )
             print(line)
-        if sem:
-            print(
-                f"  llm semantic hit (tier would take 0.3 s): p50 {pct(sem, 50) * 1e3:.2f} ms, "
-                f"p99 {pct(sem, 99) * 1e3:.2f} ms (n={len(sem)}; statuses {statuses})"
-            )
-        else:
-            print(f"  llm semantic hit: none served (statuses {statuses})")
+        for m in entries:
+            ts = sem[m]
+            if ts:
+                print(
+                    f"  {m} semantic hit (tier would take 0.3 s): p50 {pct(ts, 50) * 1e3:.2f} ms, "
+                    f"p99 {pct(ts, 99) * 1e3:.2f} ms (n={len(ts)}; statuses {statuses[m]})"
+                )
+            else:
+                print(f"  {m} semantic hit: none served (statuses {statuses[m]})")
+        if a.base:  # the A/B itself: current minus base, per repeat (negative: the change is faster)
+            for path in ("bypass", "miss", "exact hit"):
+                d50 = [x[0] - y[0] for x, y in zip(rows[f"llm {path}"], rows[f"base {path}"], strict=True)]
+                d99 = [x[1] - y[1] for x, y in zip(rows[f"llm {path}"], rows[f"base {path}"], strict=True)]
+                print(f"  A/B {path:9s} llm - base: p50 {spread(d50)} ms, p99 {spread(d99)} ms")
         server.stop()
         hit = in_process_hit(max(n, 200))
         print(

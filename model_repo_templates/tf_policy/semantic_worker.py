@@ -30,7 +30,8 @@ class Race:
     The worker `offer`s the settled lookup; the request thread `close`s the race just before the
     first token goes to the client. A hit offered before `close` wins (generation is cancelled);
     one offered after is too late. A listener queue `attach`ed by the generation loop receives
-    ("semantic", None) when a result arrives while the race is open, so it wakes at once.
+    ("semantic", None) when a hit arrives while the race is open, so it wakes at once; a miss wakes
+    nobody (it changes nothing for the generation, and a wake-up mid-request costs a thread switch).
     """
 
     def __init__(self) -> None:
@@ -48,15 +49,15 @@ class Race:
         with self._lock:
             self.result = res
             self.done.set()
-            q = self._q if not self._closed else None
+            q = self._q if not self._closed and self._hit_locked() is not None else None
         if q is not None:
             q.put(("semantic", None))
 
     def attach(self, q: queue.Queue[tuple[str, Any]]) -> None:
-        """Wake `q` when the result arrives (at once if it is already there)."""
+        """Wake `q` when a hit arrives (at once if it is already there)."""
         with self._lock:
             self._q = q
-            ready = self.done.is_set() and not self._closed
+            ready = not self._closed and self._hit_locked() is not None
         if ready:
             q.put(("semantic", None))
 
