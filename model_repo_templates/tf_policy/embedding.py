@@ -6,7 +6,13 @@ dynamic-quantized export of the same model, made once on this machine from the p
 transformers + mean pooling; `st` - sentence-transformers. auto = onnx-int8 when onnxruntime and onnx
 are installed, else sentence-transformers, else torch. All give the same pipeline (BERT, mean pooling
 over the attention mask, max 256 tokens, L2 normalization): vectors are float32 and unit length, so
-inner product = cosine similarity. benchmarks/bench_embedder.py compares them.
+inner product = cosine similarity.
+
+`static` is another vector space: one vector per vocabulary token, distilled here once from the same
+weights (`distill_static`), and a text is the normalized sum of its tokens' rows (a bag of words, no
+model at run time, ~0.1 ms). Its similarities run higher than MiniLM's for the same pair, so it
+needs its own threshold; its vectors have STATIC_DIMS dimensions, so a store written by one space is
+never searched with the other. benchmarks/bench_embedder.py compares them all.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 BUILTIN = "builtin:all-minilm-l6-v2"
-RUNTIMES = ("auto", "onnx-int8", "onnx", "torch", "st")
+RUNTIMES = ("auto", "onnx-int8", "onnx", "torch", "st", "static")
 MAX_TOKENS = 256  # the model's max_seq_length (sentence_bert_config.json)
 
 
@@ -58,6 +64,16 @@ def cache_root() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "tritonforge"
 
 
+def _out_dir(model_dir: str, root: Path | None) -> Path:
+    """Where files derived from `model_dir` are kept: keyed by its weight and config files (name, size,
+    mtime), so new weights never meet an old derived file."""
+    weights = [p for p in sorted(Path(model_dir).iterdir()) if p.suffix in (".safetensors", ".bin", ".json")]
+    tag = hashlib.sha256(
+        "|".join(f"{p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)}" for p in weights).encode()
+    ).hexdigest()[:16]
+    return (root or cache_root()) / "embeddings" / f"{Path(model_dir).name}-{tag}"
+
+
 def onnx_export(model_dir: str, quantize: bool = True, root: Path | None = None) -> str:
     """The ONNX file of the BERT encoder in `model_dir` (int8 dynamic-quantized when `quantize`), made
     here once from the local weights and kept under `root`/embeddings; written to a temporary name
@@ -65,11 +81,7 @@ def onnx_export(model_dir: str, quantize: bool = True, root: Path | None = None)
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    weights = [p for p in sorted(Path(model_dir).iterdir()) if p.suffix in (".safetensors", ".bin", ".json")]
-    tag = hashlib.sha256(
-        "|".join(f"{p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)}" for p in weights).encode()
-    ).hexdigest()[:16]
-    out_dir = (root or cache_root()) / "embeddings" / f"{Path(model_dir).name}-{tag}"
+    out_dir = _out_dir(model_dir, root)
     final = out_dir / ("model-int8.onnx" if quantize else "model.onnx")
     if final.exists():
         return str(final)
@@ -116,6 +128,107 @@ def onnx_export(model_dir: str, quantize: bool = True, root: Path | None = None)
     return str(final)
 
 
+# The static runtime follows Model2Vec's recipe (https://github.com/MinishLab/model2vec, README "How it
+# works"; https://huggingface.co/blog/Pringled/model2vec): pass every vocabulary token alone through the
+# sentence transformer and pool its output into one vector per token, reduce them with PCA (which also
+# centres them, removing the component all tokens share), and weight each token by its Zipf rank in the
+# vocabulary (SIF weighting, a / (a + p(rank))), since a static mean cannot learn that "the" or "?"
+# says little; a text is then the mean of its tokens' rows. Written here from that description.
+STATIC_DIMS = 256  # Model2Vec's default PCA size
+STATIC_SIF = 1e-4  # Model2Vec's default SIF coefficient
+STATIC_RECIPE = 1  # bump when the recipe below changes: it names the file
+
+
+def static_path(model_dir: str, root: Path | None = None, vocab_size: int | None = None) -> Path:
+    """Where `distill_static` keeps the token table of `model_dir`."""
+    part = f"-n{vocab_size}" if vocab_size else ""
+    return _out_dir(model_dir, root) / f"static-r{STATIC_RECIPE}-d{STATIC_DIMS}-sif{STATIC_SIF:g}{part}.npy"
+
+
+def _zipf_ranks(tokens: list[str]) -> np.ndarray:
+    """A frequency rank per token from the vocabulary's order alone (no corpus). A WordPiece vocabulary
+    lists its single characters first (all of them are needed, and each is at least as frequent as any
+    word built from it), then merged pieces roughly by frequency: characters rank 1, pieces 2, 3, ...
+    in order."""
+    ranks = np.ones(len(tokens), np.float64)
+    n = 1
+    for i, t in enumerate(tokens):
+        if len(t.removeprefix("##")) > 1:
+            n += 1
+            ranks[i] = n
+    return ranks
+
+
+def _static_table(raw: np.ndarray, keep: np.ndarray, ranks: np.ndarray) -> np.ndarray:
+    """The runtime table from the pooled token vectors `raw` (vocab, hidden): PCA fitted on the rows in
+    `keep` (real tokens, not [PAD]/[unused..]), SIF weights folded into the rows; other rows are zero."""
+    x = raw.astype(np.float64)
+    mean = x[keep].mean(0)
+    _, _, vt = np.linalg.svd(x[keep] - mean, full_matrices=False)
+    comps = vt[: min(STATIC_DIMS, vt.shape[0])]
+    # An SVD's signs are arbitrary: fix them (largest coordinate positive) so the table is reproducible.
+    comps *= np.where(comps[np.arange(len(comps)), np.abs(comps).argmax(1)] < 0, -1.0, 1.0)[:, None]
+    proba = 1.0 / ranks
+    proba /= proba.sum()
+    weights = STATIC_SIF / (STATIC_SIF + proba)
+    table = ((x - mean) @ comps.T) * weights[:, None]
+    table[~keep] = 0.0
+    return table.astype(np.float32)
+
+
+def distill_static(
+    model_dir: str, root: Path | None = None, threads: int = 1, vocab_size: int | None = None
+) -> str:
+    """The static token table of the model in `model_dir` (`vocab_size`: only the first ids, for quick
+    trials), made here once from the local weights and kept under `root`/embeddings; written to a
+    temporary name and renamed, so a concurrent or interrupted run never leaves half a file."""
+    final = static_path(model_dir, root, vocab_size)
+    if final.exists():
+        return str(final)
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import AutoModel
+
+    tok = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
+    size = tok.get_vocab_size(with_added_tokens=True)
+    tokens = [tok.id_to_token(i) or "" for i in range(size)]
+    n = min(size, vocab_size) if vocab_size else size
+    specials = {t for t in tokens if t.startswith("[") and t.endswith("]")}
+    unk = tok.token_to_id("[UNK]")
+    keep = np.array([i < n and (t not in specials or i == unk) for i, t in enumerate(tokens)])
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    if cls_id is None or sep_id is None:
+        raise EmbeddingError(f"{model_dir}: the tokenizer has no [CLS]/[SEP] (not a BERT WordPiece model)")
+    if threads:
+        torch.set_num_threads(threads)
+    model = AutoModel.from_pretrained(model_dir).eval()
+    raw = np.zeros((size, model.config.hidden_size), np.float32)
+    ids = torch.tensor(np.flatnonzero(keep))
+    with torch.inference_mode():
+        for start in range(0, len(ids), 512):
+            part = ids[start : start + 512]
+            # "[CLS] token [SEP]" through the encoder, mean-pooled over all three positions: the sentence
+            # embedding of the token alone, as the sentence pipeline pools (mask all ones).
+            batch = torch.stack([torch.full_like(part, cls_id), part, torch.full_like(part, sep_id)], 1)
+            out = model(
+                input_ids=batch, attention_mask=torch.ones_like(batch), token_type_ids=torch.zeros_like(batch)
+            ).last_hidden_state
+            raw[part.numpy()] = out.mean(1).numpy()
+    table = _static_table(raw, keep, _zipf_ranks(tokens))
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=final.stem + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, table)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; the other derived files are world-readable
+        os.replace(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    log.info("embedding: distilled a static table of %s to %s", model_dir, final)
+    return str(final)
+
+
 def _has_onnx() -> bool:
     try:
         import onnx  # noqa: F401
@@ -147,6 +260,11 @@ class Embedder:
     def _load(self) -> Any:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        if self.runtime == "static":
+            try:
+                return self._load_static()
+            except Exception as exc:  # noqa: BLE001
+                raise EmbeddingError(f"static embedding of {self.model_dir}: {exc}") from exc
         if self.runtime.startswith("onnx"):
             try:
                 return self._load_onnx(self.runtime == "onnx-int8")
@@ -230,6 +348,29 @@ class Embedder:
 
         return ort_encode
 
+    def _load_static(self) -> Any:
+        from tokenizers import Tokenizer
+
+        table = np.load(distill_static(self.model_dir, threads=self.threads))
+        tok = Tokenizer.from_file(os.path.join(self.model_dir, "tokenizer.json"))
+        tok.no_padding()
+        tok.no_truncation()  # a bag has no length limit (the cache bounds what it embeds)
+        # A text with no known token (empty, or only [PAD]-like ids) is the unknown token.
+        fallback = table[tok.token_to_id("[UNK]") or 0]
+
+        def static_encode(texts: list[str]) -> np.ndarray:
+            enc = (
+                [tok.encode(texts[0], add_special_tokens=False)]
+                if len(texts) == 1
+                else tok.encode_batch(texts, add_special_tokens=False)
+            )
+            v = np.stack([table[e.ids].sum(0) if e.ids else fallback for e in enc])
+            norms = np.linalg.norm(v, axis=1, keepdims=True)
+            v = np.where(norms > 1e-12, v, fallback)  # every row zero: the unknown token
+            return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+        return static_encode
+
     def embed(self, text: str) -> np.ndarray:
         """One normalized vector (dim,)."""
         with self._lock:
@@ -276,6 +417,7 @@ def load_embedder(
     name: str, model_dir: str | None = None, threads: int = 1, device: str = "cpu", runtime: str | None = None
 ) -> Embedder:
     """The embedder for `name`; `device` "cuda" puts it on the GPU (TRITONFORGE_EMBED_DEVICE in Triton);
-    `runtime` (else TRITONFORGE_EMBED_RUNTIME, else auto): see the module docstring."""
+    `runtime` (else TRITONFORGE_EMBED_RUNTIME, else auto): see the module docstring ("static" is made
+    here on its first use: minutes of CPU once, then a file under $TRITONFORGE_CACHE)."""
     runtime = runtime or os.environ.get("TRITONFORGE_EMBED_RUNTIME") or "auto"
     return Embedder(resolve_model_dir(name, model_dir), threads=threads, device=device, runtime=runtime)
