@@ -27,41 +27,35 @@ def _engine_output_tokens(metrics_url: str) -> float:
     return _engine_metric(metrics_url, "tf_cpu_engine_output_tokens")
 
 
-def test_report_matches_engine_count(tiny_demo_server, tiny_demo_repo: Path, tmp_path: Path) -> None:
-    before = _engine_output_tokens(tiny_demo_server.metrics_url)
-    out = tmp_path / "load"
+def _loadtest(server, out: Path, duration: str, workload: str, *extra: str) -> subprocess.CompletedProcess:
+    """`tritonforge loadtest` (2 users, no warm-up, tiny tokenizer) against the server's ensemble; exit 0."""
     proc = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "tritonforge",
-            "loadtest",
-            "--url",
-            tiny_demo_server.http_url,
-            "--model",
-            "ensemble",
-            "--users",
-            "2",
-            "--duration",
-            "8s",
-            "--warmup",
-            "0",
-            "--tokenizer",
-            "tiny",
-            "--workload",
-            "isl=32,osl=24",
-            "--metrics-url",
-            tiny_demo_server.metrics_url,
-            "--repo",
-            str(tiny_demo_repo),
-            "--output",
-            str(out),
+            *(
+                sys.executable,
+                "-m",
+                "tritonforge",
+                "loadtest",
+                "--url",
+                server.http_url,
+                "--model",
+                "ensemble",
+            ),
+            *("--users", "2", "--duration", duration, "--warmup", "0", "--tokenizer", "tiny"),
+            *("--workload", workload, "--metrics-url", server.metrics_url, *extra, "--output", str(out)),
         ],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+def test_report_matches_engine_count(tiny_demo_server, tiny_demo_repo: Path, tmp_path: Path) -> None:
+    before = _engine_output_tokens(tiny_demo_server.metrics_url)
+    out = tmp_path / "load"
+    _loadtest(tiny_demo_server, out, "8s", "isl=32,osl=24", "--repo", str(tiny_demo_repo))
     after = _engine_output_tokens(tiny_demo_server.metrics_url)
     report = json.loads((out / "report.json").read_text())
     metrics = report["levels"][0]["metrics"]
@@ -89,36 +83,7 @@ def test_reported_kv_reuse_is_the_engines(tiny_demo_server, tmp_path: Path) -> N
     url = tiny_demo_server.metrics_url
     before = _engine_metric(url, "tf_cpu_engine_reused_blocks")
     out = tmp_path / "repeats"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tritonforge",
-            "loadtest",
-            "--url",
-            tiny_demo_server.http_url,
-            "--model",
-            "ensemble",
-            "--users",
-            "2",
-            "--duration",
-            "6s",
-            "--warmup",
-            "0",
-            "--tokenizer",
-            "tiny",
-            "--workload",
-            "isl=80,osl=4,repeat=0.5,prompts=3000",
-            "--metrics-url",
-            url,
-            "--output",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = _loadtest(tiny_demo_server, out, "6s", "isl=80,osl=4,repeat=0.5,prompts=3000")
     time.sleep(0.5)
     after = _engine_metric(url, "tf_cpu_engine_reused_blocks")
     report = json.loads((out / "report.json").read_text())
