@@ -483,6 +483,44 @@ def _death_signal(sig: int) -> Callable[[], None] | None:
     return preexec
 
 
+# The kernel's 15-character name (comm) of the Python backend's `triton_python_backend_stub` processes.
+STUB_COMM = "triton_python_b"
+
+
+def _stat(pid: int) -> tuple[str, str, int] | None:
+    """(comm, state letter, parent pid) of a process from /proc/<pid>/stat (proc(5)); None if it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    comm = raw[raw.index("(") + 1 : raw.rindex(")")]
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return comm, fields[0], int(fields[1])
+
+
+def stub_processes(server_pid: int) -> dict[int, str]:
+    """pid -> model instance name (e.g. `tensorrt_llm_0_0`) of the live Python stubs `server_pid` started.
+
+    The stub's argv (python_backend src/stub_launcher.cc, https://github.com/triton-inference-server/
+    python_backend): model path, shm region, shm sizes, parent pid, backend dir, IPC handle, then the
+    instance name. Linux only ({} elsewhere)."""
+    out: dict[int, str] = {}
+    try:
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return out
+    for pid in pids:
+        st = _stat(pid)
+        if st is None or st[0] != STUB_COMM or st[2] != server_pid or st[1] == "Z":
+            continue
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        out[pid] = argv[8].decode(errors="replace") if len(argv) > 8 else "?"
+    return out
+
+
 class TritonServer:
     """A tritonserver process over one model repository; a context manager that always cleans up."""
 
@@ -511,6 +549,7 @@ class TritonServer:
         self.die_with_parent = die_with_parent
         self.proc: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
+        self._stubs: dict[int, str] = {}
 
     @property
     def http_url(self) -> str:
@@ -594,6 +633,22 @@ class TritonServer:
         summary = self.failure_summary()
         self.stop()
         raise UserError(f"tritonserver not ready after {timeout:.0f}s: {summary}")
+
+    def watch_stubs(self) -> dict[int, str]:
+        """Remember this server's Python stubs (call once its models are ready); returns pid -> instance."""
+        self._stubs = stub_processes(self.proc.pid) if self.proc is not None else {}
+        return dict(self._stubs)
+
+    def dead_stubs(self) -> list[str]:
+        """Instances whose stub (seen by `watch_stubs`) has exited, e.g. crashed. Triton 2.51 does not restart
+        a dead stub (python_backend src/python_be.cc, r24.10: "TODO: Implement restart on decoupled"), its
+        decoupled requests in flight never end, and /v2/health/ready stays 200 (the stub check behind model
+        readiness, TRITONBACKEND_ModelInstanceReady, came in r25.12), so only this tells. A model unloaded
+        on purpose (explicit model control) shows up here too."""
+        if not self._stubs or self.proc is None:
+            return []
+        alive = stub_processes(self.proc.pid)
+        return sorted(name for pid, name in self._stubs.items() if pid not in alive)
 
     def failure_summary(self) -> str:
         """The most telling error lines of the server log, as one line."""

@@ -1,0 +1,78 @@
+"""A Python model's stub that dies is seen: `TritonServer.dead_stubs()` names its instance (real Triton, real
+crash: the stub gets SIGSEGV), while the other model's stub is left alone and still answers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tritonforge.ensembles.server import TritonServer, free_ports, stub_processes
+
+pytestmark = [
+    pytest.mark.server,
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc"),
+]
+
+CONFIG = """name: "{name}"
+backend: "python"
+max_batch_size: 0
+input [ {{ name: "IN" data_type: TYPE_INT32 dims: [ 1 ] }} ]
+output [ {{ name: "OUT" data_type: TYPE_INT32 dims: [ 1 ] }} ]
+instance_group [ {{ count: 1 kind: KIND_CPU }} ]
+"""
+
+MODEL = """import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [
+            pb_utils.InferenceResponse([pb_utils.Tensor("OUT", pb_utils.get_input_tensor_by_name(r, "IN").as_numpy())])
+            for r in requests
+        ]
+"""
+
+
+def _repo(root: Path) -> Path:
+    for name in ("victim", "bystander"):
+        (root / name / "1").mkdir(parents=True)
+        (root / name / "config.pbtxt").write_text(CONFIG.format(name=name))
+        (root / name / "1" / "model.py").write_text(MODEL)
+    return root
+
+
+def _infer(server: TritonServer, model: str, value: int) -> list[int]:
+    body = json.dumps(
+        {"inputs": [{"name": "IN", "shape": [1], "datatype": "INT32", "data": [value]}]}
+    ).encode()
+    req = urllib.request.Request(f"{server.http_url}/v2/models/{model}/infer", data=body, method="POST")
+    with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310
+        return json.loads(r.read())["outputs"][0]["data"]
+
+
+def test_dead_stub_is_named(tmp_path: Path) -> None:
+    repo = _repo(tmp_path / "repo")
+    with TritonServer(repo, free_ports(), log_path=tmp_path / "triton.log") as server:
+        server.wait_ready(120)
+        assert server.dead_stubs() == []  # nothing watched yet
+        watched = server.watch_stubs()
+        assert sorted(watched.values()) == ["bystander_0_0", "victim_0_0"]
+        assert server.dead_stubs() == []
+        assert _infer(server, "victim", 7) == [7]
+
+        victim = next(pid for pid, name in watched.items() if name == "victim_0_0")
+        os.kill(victim, signal.SIGSEGV)  # what a segfault in the stub does
+        deadline = time.monotonic() + 30
+        while not server.dead_stubs() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert server.dead_stubs() == ["victim_0_0"]
+        assert server.proc is not None
+        assert victim not in stub_processes(server.proc.pid)
+        assert _infer(server, "bystander", 5) == [5]  # the other stub is untouched
