@@ -16,16 +16,23 @@ CPU Triton's Python stub (which ignores PYTHONPATH) finds transformers in this i
 Ours come from `tritonforge emit examples/cpu-demo.yaml` unchanged.
 
 One client calls each model directly over gRPC, one call at a time, ours and theirs alternating call by call
-(the order flips every call), with identical inputs: preprocessing gets distinct prompts of ~60 tokens;
+(the order rotates every call), with identical inputs: preprocessing gets distinct prompts of ~60 tokens;
 postprocessing gets 1 token (a streamed chunk) and 64 tokens (a whole response). Per repeat it prints each
 model's client-side p50 and the ratio ours/theirs, plus Triton's server-side mean compute time per call
-(`/v2/models/<name>/stats`: compute_input + compute_infer + compute_output) and its ratio. Asserts nothing.
+(deltas of `/v2/models/<name>/stats` over the repeat: compute_input + compute_infer + compute_output, each
+shown) and its ratio; at the end both ratios with their spread over the repeats.
+
+A third model, `floor_*`, is served and called in the same rotation: a Python model with our config that
+returns the same outputs as ours, fixed, doing no work at all. Its ratio to theirs is the best any Python
+model with this contract could reach on this Triton: what is left is the Python backend's own cost per call
+(the stub round trip, tensors through shared memory) and the gRPC call. Asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import statistics
@@ -76,6 +83,47 @@ def instances(config: str) -> int:
     return int(re.search(r"count: (\d+)", config).group(1))
 
 
+# The benchmark's floor: a Python model that answers with fixed outputs (written into the temporary
+# repository at run time; the outputs it sends are listed in its `floor_outputs` parameter).
+FLOOR_MODEL = """
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+DTYPES = {"TYPE_STRING": np.object_, "TYPE_INT32": np.int32, "TYPE_FP32": np.float32, "TYPE_UINT64": np.uint64}
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        names = config["parameters"]["floor_outputs"]["string_value"].split(",")
+        self.outputs = []
+        for out in config["output"]:
+            if out["name"] in names:
+                shape = [1] + [d if d > 0 else 1 for d in out["dims"]]
+                dtype = DTYPES[out["data_type"]]
+                value = np.full(shape, b"x", dtype=dtype) if dtype is np.object_ else np.ones(shape, dtype)
+                self.outputs.append((out["name"], value))
+
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor(n, v) for n, v in self.outputs]) for _ in requests]
+"""
+
+
+def add_floor(repo: Path, ours: str, outputs: list[str]) -> None:
+    """`floor_<ours>`: our config (batching, instances, tensors) with the do-nothing model above."""
+    dst = repo / f"floor_{ours}"
+    (dst / "1").mkdir(parents=True)
+    config = (repo / ours / "config.pbtxt").read_text()
+    config = re.sub(r'^name: "[^"]*"', f'name: "floor_{ours}"', config, flags=re.M)
+    config += (
+        f'\nparameters: {{\n  key: "floor_outputs"\n  value: {{ string_value: "{",".join(outputs)}" }}\n}}\n'
+    )
+    (dst / "config.pbtxt").write_text(config)
+    (dst / "1" / "model.py").write_text(FLOOR_MODEL)
+
+
 def copy_theirs(src: Path, dst: Path, name: str, values: dict[str, str], extra: list[str]) -> None:
     shutil.copytree(src, dst)
     config = (dst / "config.pbtxt").read_text()
@@ -116,7 +164,23 @@ def build(tmp: Path, backend_repo: Path, model: str, extra: list[str]) -> tuple[
     copy_theirs(
         theirs / "postprocessing", repo / "backend_postprocessing", "backend_postprocessing", values, extra
     )
+    add_floor(repo, "preprocessing", PRE_OUTPUTS)
+    add_floor(repo, "postprocessing", ["OUTPUT", "NUM_OUTPUT_TOKENS"])
     return repo, tokenizer_dir
+
+
+# What our preprocessing sends for a request without PROMPT_TABLE_EXTRA_ID.
+PRE_OUTPUTS = [
+    "INPUT_ID",
+    "REQUEST_INPUT_LEN",
+    "BAD_WORDS_IDS",
+    "STOP_WORDS_IDS",
+    "OUT_END_ID",
+    "OUT_PAD_ID",
+    "OUT_REQUEST_OUTPUT_LEN",
+    "EMBEDDING_BIAS",
+]
+STAT_KEYS = ("compute_input", "compute_infer", "compute_output")
 
 
 def grpc_inputs(grpcclient, arrays: dict[str, np.ndarray]) -> list:
@@ -129,43 +193,57 @@ def grpc_inputs(grpcclient, arrays: dict[str, np.ndarray]) -> list:
     return out
 
 
-def server_compute_ns(http_url: str, model: str) -> tuple[int, int]:
+def server_stats(http_url: str, model: str) -> dict[str, int]:
+    """Cumulative ns of each compute phase and the count of successful calls."""
     stats = requests.get(f"{http_url}/v2/models/{model}/stats", timeout=10).json()["model_stats"][0]
     s = stats["inference_stats"]
-    ns = sum(int(s[k]["ns"]) for k in ("compute_input", "compute_infer", "compute_output"))
-    return ns, int(s["success"]["count"])
+    out = {k: int(s[k]["ns"]) for k in STAT_KEYS}
+    out["count"] = int(s["success"]["count"])
+    return out
 
 
 def compare(
-    client, grpcclient, http_url: str, ours: str, theirs: str, payloads: list[dict], repeats: int
-) -> list[float]:
-    """Alternate ours/theirs call by call; per repeat: p50s, ratio, server compute ratio."""
-    ratios = []
+    client, grpcclient, http_url: str, models: list[str], payloads: list[dict], repeats: int
+) -> dict[str, list[float]]:
+    """Call `models` (ours, theirs, floor) in a rotating order, call by call; per repeat: client p50s and
+    server compute means with their ratios to theirs. Returns each ratio series."""
+    ours, theirs, floor = models
+    series: dict[str, list[float]] = {"client": [], "server": [], "floor client": [], "floor server": []}
     per_rep = len(payloads) // repeats
     for rep in range(repeats):
-        times: dict[str, list[float]] = {ours: [], theirs: []}
-        before = {m: server_compute_ns(http_url, m) for m in (ours, theirs)}
+        times: dict[str, list[float]] = {m: [] for m in models}
+        before = {m: server_stats(http_url, m) for m in models}
         for i, arrays in enumerate(payloads[rep * per_rep : (rep + 1) * per_rep]):
-            order = (ours, theirs) if i % 2 == 0 else (theirs, ours)
-            for model in order:
+            shift = i % len(models)
+            for model in models[shift:] + models[:shift]:
                 inputs = grpc_inputs(grpcclient, arrays)
                 t0 = time.perf_counter()
                 client.infer(model, inputs)  # every output, as the ensemble takes them
                 times[model].append(time.perf_counter() - t0)
-        after = {m: server_compute_ns(http_url, m) for m in (ours, theirs)}
-        server = {
-            m: (after[m][0] - before[m][0]) / max(1, after[m][1] - before[m][1]) for m in (ours, theirs)
+        after = {m: server_stats(http_url, m) for m in models}
+        server = {}
+        for m in models:
+            calls = max(1, after[m]["count"] - before[m]["count"])
+            server[m] = {k: (after[m][k] - before[m][k]) / calls / 1e3 for k in STAT_KEYS}  # us per call
+        total = {m: sum(server[m].values()) for m in models}
+        p50 = {m: statistics.median(times[m]) for m in models}
+        series["client"].append(p50[ours] / p50[theirs])
+        series["server"].append(total[ours] / total[theirs])
+        series["floor client"].append(p50[floor] / p50[theirs])
+        series["floor server"].append(total[floor] / total[theirs])
+
+        detail = {
+            m: f"{total[m]:.0f} us ({'/'.join(f'{server[m][k]:.0f}' for k in STAT_KEYS)})" for m in models
         }
-        p50 = {m: statistics.median(times[m]) for m in times}
-        ratio = p50[ours] / p50[theirs]
-        ratios.append(ratio)
         print(
-            f"  repeat {rep + 1}: p50 ours {1e3 * p50[ours]:.3f} ms, theirs {1e3 * p50[theirs]:.3f} ms, "
-            f"ratio {ratio:.3f} | server compute mean ours {server[ours] / 1e3:.0f} us, theirs "
-            f"{server[theirs] / 1e3:.0f} us, ratio {server[ours] / server[theirs]:.3f}",
+            f"  repeat {rep + 1}: client p50 ours {1e3 * p50[ours]:.3f} ms, theirs {1e3 * p50[theirs]:.3f} ms, "
+            f"floor {1e3 * p50[floor]:.3f} ms, ratio {series['client'][-1]:.3f} (floor "
+            f"{series['floor client'][-1]:.3f}) | server compute per call (input/infer/output) ours "
+            f"{detail[ours]}, theirs {detail[theirs]}, floor {detail[floor]}, ratio "
+            f"{series['server'][-1]:.3f} (floor {series['floor server'][-1]:.3f}) | load {os.getloadavg()[0]:.1f}",
             flush=True,
         )
-    return ratios
+    return series
 
 
 def decode_work(tokenizer_dir: str, ids: list[int]) -> None:
@@ -191,10 +269,18 @@ def decode_work(tokenizer_dir: str, ids: list[int]) -> None:
             print(f"  decode work, {length} token(s), {label}: {1e6 * (time.perf_counter() - t0) / n:.1f} us")
 
 
-def summary(label: str, ratios: list[float]) -> None:
+def spread(values: list[float]) -> str:
+    return (
+        f"median {statistics.median(values):.3f} (min {min(values):.3f}, max {max(values):.3f}, "
+        f"{len(values)} repeats)"
+    )
+
+
+def summary(label: str, series: dict[str, list[float]]) -> None:
     print(
-        f"{label}: ours/theirs p50 median {statistics.median(ratios):.3f} (min {min(ratios):.3f}, "
-        f"max {max(ratios):.3f}, {len(ratios)} repeats)"
+        f"{label}: ours/theirs client p50 {spread(series['client'])}; server compute "
+        f"{spread(series['server'])}; floor/theirs client {spread(series['floor client'])}, server "
+        f"{spread(series['floor server'])}"
     )
 
 
@@ -211,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     from tritonforge.model_repo_templates.tf_runtime.light_tokenizer import load_tokenizer
 
     backend_models(args.backend_repo)  # fail before any work
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     with tempfile.TemporaryDirectory(prefix="tf-bench-prepost-") as tmp:
         repo, tokenizer_dir = build(
             Path(tmp), args.backend_repo, args.model, [str(Path(p).resolve()) for p in args.extra_path]
@@ -243,34 +330,31 @@ def main(argv: list[str] | None = None) -> int:
         with TritonServer(repo, free_ports(), log_path=Path(tmp) / "triton.log") as srv:
             srv.wait_ready(300)
             client = grpcclient.InferenceServerClient(srv.grpc_url)
+            pre_models = ["preprocessing", "backend_preprocessing", "floor_preprocessing"]
+            post_models = ["postprocessing", "backend_postprocessing", "floor_postprocessing"]
             for arrays in pre[:20]:  # warm-up
-                for m in ("preprocessing", "backend_preprocessing"):
+                for m in pre_models:
                     client.infer(m, grpc_inputs(grpcclient, arrays))
             for arrays in post(8)[:20]:
-                for m in ("postprocessing", "backend_postprocessing"):
+                for m in post_models:
                     client.infer(m, grpc_inputs(grpcclient, arrays))
             results = {}
             print(f"preprocessing (~{len(tokenizer.encode(prompts[0]))}-token prompts):")
             results["preprocessing"] = compare(
-                client, grpcclient, srv.http_url, "preprocessing", "backend_preprocessing", pre, args.repeats
+                client, grpcclient, srv.http_url, pre_models, pre, args.repeats
             )
             for length in (1, 64):
                 print(f"postprocessing ({length} token{'s' if length > 1 else ''} per call):")
                 results[f"postprocessing {length}"] = compare(
-                    client,
-                    grpcclient,
-                    srv.http_url,
-                    "postprocessing",
-                    "backend_postprocessing",
-                    post(length),
-                    args.repeats,
+                    client, grpcclient, srv.http_url, post_models, post(length), args.repeats
                 )
             client.close()
     print("in-process decoding (no Triton):")
     decode_work(tokenizer_dir, ids)
-    for label, ratios in results.items():
-        summary(label, ratios)
-    print(json.dumps({k: [round(r, 4) for r in v] for k, v in results.items()}))
+    for label, series in results.items():
+        summary(label, series)
+    print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(json.dumps({k: {s: [round(r, 4) for r in v] for s, v in d.items()} for k, d in results.items()}))
     return 0
 
 
