@@ -9,21 +9,27 @@ Two figures per tier:
   decode may overlap, TP communication is free: it is an upper bound, not an estimate.
 - a *prediction*: the same arithmetic with the rooflines derated by efficiency factors fitted to
   NVIDIA's published TensorRT-LLM measurements (`builder/fixtures/predict_calibration.json`, fitted by
-  `builder/predict_fit.py`), decode GEMMs and attention costed separately, TP all-reduces as a ring
-  (a fitted latency per ring step, 2 (TP-1) steps, plus the volume at the NVLink efficiency of the
-  GPU's architecture), and the batch the engine's KV pool really allows at ISL+OSL per sequence.
+  `builder/predict_fit.py`), decode GEMMs and attention costed separately, TP all-reduces with a
+  latency (one-shot below 0.5 MB, a ring of 2 (TP-1) steps at a fitted latency each above it) plus
+  the volume at the NVLink efficiency of the GPU's architecture, and the batch the engine's KV pool
+  really allows at ISL+OSL per sequence.
 
 The model of one replica (TP x PP GPUs) in steady state, continuous (in-flight) batching, batch B:
 - decode step t_step(B) = W / BW_w + B F / P_e + B c kv / BW_kv + B A(c) / P_e + t_comm(B),
   W all weights, F matmul FLOPs per token, kv KV bytes per token, c = ISL + OSL/2 the mean context,
   A(c) attention FLOPs per token at context c, BW_w/BW_kv/P_e the derated bandwidths (streaming
-  weights / reading paged KV) and peak of the replica, t_comm(B) = 2 layers x (2 (TP-1) alpha +
-  2 (TP-1)/TP x B x hidden x 2 bytes / NVLink_e): the ring all-reduce cost model (2 (p-1) steps, each
-  paying a latency alpha; Thakur, Rabenseifner & Gropp, "Optimization of collective communication
-  operations in MPICH", IJHPCA 2005). alpha is fitted: the published rows at TP 2/4/8 want a per-step
-  cost that does not grow with the batch (a fit of alpha x B^g finds g = 0.07) and grows with TP, the
-  mark of a latency; a fixed 8 us per all-reduce left 70B at TP4/8 and 128/4096 15-30 % too fast and
-  the prefill-heavy rows at TP8 17-26 % too slow. Streaming the weights and the GEMMs' math are
+  weights / reading paged KV) and peak of the replica, t_comm(B) = 2 layers x (l_1 + 2 (TP-1) alpha
+  x min(1, m / 0.5 MB) + 2 (TP-1)/TP x m / NVLink_e), m = B x hidden x 2 bytes the message: the ring
+  all-reduce cost model (2 (p-1) steps, each paying a latency alpha; Thakur, Rabenseifner & Gropp,
+  "Optimization of collective communication operations in MPICH", IJHPCA 2005) for messages past the
+  one-shot kernel's range, and l_1 for a one-shot all-reduce. alpha is fitted (11 us): the published
+  rows at TP 2/4/8 want a per-step cost that does not grow with the batch (a fit of alpha x B^g finds
+  g = 0.07) and grows with TP, the mark of a latency; a fixed 8 us per all-reduce left 70B at TP4/8
+  and 128/4096 15-30 % too fast and the prefill-heavy rows at TP8 17-26 % too slow. It is larger
+  than the all-reduce kernels alone (AIConfigurator's measured TensorRT-LLM all-reduce at 8 GPUs:
+  ~25 us + bandwidth at decode-sized messages), so it also carries what else a TP step waits for.
+  Every published TP row has m >= 0.5 MB but two (B = 23 and 58 at TP2); below it the latency
+  falls linearly to l_1, so a batch of one is not charged a ring it does not run. Streaming the weights and the GEMMs' math are
   added, not overlapped (a roofline's max): at the batches served (tens to hundreds of rows) a decode
   GEMM sits near the ridge point, where neither the loads nor the tensor cores run at their own peak
   alone. With max() the rows where both are comparable (70B FP8 on one H200, 128/2048: 17 ms of
@@ -60,9 +66,19 @@ CALIBRATION_FILE = FIXTURES / "predict_calibration.json"
 # 900 GB/s total = 450 each way; B200 NVLink 5 1.8 TB/s total = 900 each way (NVIDIA data sheets).
 NVLINK_BYTES_S = {"Hopper": 450e9, "Blackwell": 900e9, "Ampere": 300e9, "Ada": 32e9}
 ACT_BYTES = 2  # all-reduce payload is the 16-bit hidden state
-# Latency of one ring step of a TP all-reduce, for a calibration that does not carry a fitted one:
-# 4 us a step = 8 us for one all-reduce at TP2 (the assumption before it was fitted).
-ALLREDUCE_STEP_LATENCY_DEFAULT_S = 4e-6
+# Latency of a one-shot TP all-reduce (a small message, one kernel): every TP all-reduce pays it.
+# The order of AIConfigurator's measured TensorRT-LLM all-reduce times up to 16K elements: 2.6-3.8 us
+# on H100/H200, 4.6-6.1 us on B200 (PyPI aiconfigurator-core 0.12.0,
+# aiconfigurator_core/systems/data/{h100_sxm,b200_sxm}/comm/trtllm/1.3.0rc20/custom_allreduce_perf.parquet).
+ALLREDUCE_ONESHOT_LATENCY_S = 4e-6
+# Messages from this size on pay the multi-step latency in full: TensorRT-LLM's all-reduce plugin
+# uses the one-shot kernel below 500 KB at TP > 4 (below 1 MB at TP4), two-shot or NCCL's ring above
+# (https://github.com/NVIDIA/TensorRT-LLM, cpp/tensorrt_llm/plugins/ncclPlugin/allreducePlugin.cpp,
+# selectImplementation).
+ALLREDUCE_RING_FROM_BYTES = 500_000
+# Latency of one ring step, for a calibration that does not carry a fitted one: 4 + 2 x 2 = 8 us for
+# one all-reduce at TP2, the assumption before it was fitted.
+ALLREDUCE_STEP_LATENCY_DEFAULT_S = 2e-6
 
 
 # ------------------------------------------------------------------------------------- workload
@@ -294,18 +310,22 @@ def allreduce_volume_s(g: Geometry, tokens: float, f: Factors) -> float:
     return 2 * g.layers * tokens * g.hidden * ACT_BYTES * 2 * (g.tp - 1) / g.tp / (link * f.nvlink)
 
 
-def allreduce_latency_s(g: Geometry, f: Factors) -> float:
-    """Latency of one ring all-reduce: 2 (tp-1) steps (reduce-scatter, then all-gather), each paying
-    the fitted step latency."""
-    return 2 * (g.tp - 1) * f.allreduce_step_s if g.tp > 1 else 0.0
+def allreduce_latency_s(g: Geometry, f: Factors, tokens: float) -> float:
+    """Latency of one all-reduce of `tokens` hidden states: the one-shot kernel's, plus a ring's
+    2 (tp-1) steps (reduce-scatter, then all-gather) at the fitted step latency, in full from
+    ALLREDUCE_RING_FROM_BYTES on and scaled down linearly below it."""
+    if g.tp <= 1:
+        return 0.0
+    ramp = min(1.0, tokens * g.hidden * ACT_BYTES / ALLREDUCE_RING_FROM_BYTES)
+    return ALLREDUCE_ONESHOT_LATENCY_S + 2 * (g.tp - 1) * f.allreduce_step_s * ramp
 
 
 def comm_s(g: Geometry, b: float, f: Factors) -> float:
-    """Two ring all-reduces per layer of B hidden states: each its latency (2 (tp-1) steps) plus
-    2 (tp-1)/tp of the payload over NVLink at the fitted efficiency."""
+    """Two all-reduces per layer of B hidden states: each its latency plus 2 (tp-1)/tp of the payload
+    over NVLink at the fitted efficiency."""
     if g.tp <= 1:
         return 0.0
-    return 2 * g.layers * allreduce_latency_s(g, f) + allreduce_volume_s(g, b, f)
+    return 2 * g.layers * allreduce_latency_s(g, f, b) + allreduce_volume_s(g, b, f)
 
 
 def decode_step_s(g: Geometry, w: Workload, b: float, f: Factors) -> float:
@@ -329,9 +349,13 @@ def ttft_s(g: Geometry, w: Workload, b: float, f: Factors) -> float:
     bw = g.world * g.gpu.bandwidth_bytes_s * f.bandwidth
     chunks = math.ceil(w.isl / max(1, g.max_num_tokens))
     per_chunk = max(g.weights / bw, min(w.isl, g.max_num_tokens) * prefill_token_s(g, w, f))
-    step_latency = 2 * g.layers * allreduce_latency_s(g, f)
-    running = decode_step_s(g, w, max(0.0, b - 1), f) if b > 1 else step_latency
-    return chunks * (per_chunk + running)
+    others = max(0.0, b - 1)
+    # the step's all-reduces carry the chunk's and the running sequences' hidden states together
+    running = (
+        decode_step_s(g, w, others, f) - 2 * g.layers * allreduce_latency_s(g, f, others) if b > 1 else 0.0
+    )
+    step_latency = 2 * g.layers * allreduce_latency_s(g, f, min(w.isl, g.max_num_tokens) + others)
+    return chunks * (per_chunk + running + step_latency)
 
 
 def kv_batch(g: Geometry, w: Workload) -> int:

@@ -387,27 +387,34 @@ def test_tp_all_reduce_uses_the_architectures_link_efficiency():
     assert f.nvlink == stored["nvlink"]["Hopper"]
     step = stored["allreduce_step_latency_s"]
     assert f.allreduce_step_s == step
-    # b=100: 2 all-reduces x 2 layers of 100 x 1000 x 2 B, ring 2 (2-1)/2 = 1 of it: 8e5 B over 450e9 x eff,
-    # plus 4 all-reduces x 2 (2-1) = 2 ring steps of latency
-    want = 4 * 2 * step + 8e5 / (450e9 * f.nvlink)
-    assert predict.comm_s(g, 100, f) == pytest.approx(want, rel=1e-12)
+    # b=250: 2 all-reduces x 2 layers of 250 x 1000 x 2 B = 5e5 B each (the ring's full latency from 0.5 MB):
+    # ring 2 (2-1)/2 = 1 of the payload: 2e6 B over 450e9 x eff, plus 4 x (one-shot + 2 ring steps) of latency
+    lat = 4 * (predict.ALLREDUCE_ONESHOT_LATENCY_S + 2 * step)
+    assert predict.comm_s(g, 250, f) == pytest.approx(lat + 2e6 / (450e9 * f.nvlink), rel=1e-12)
     b200 = replace(g, gpu=replace(g.gpu, arch="Blackwell"))
     fb = predict.factors_for(b200.gpu, "nvfp4", stored)
     assert fb.nvlink == stored["nvlink"]["Blackwell"] != f.nvlink
-    assert predict.comm_s(b200, 100, fb) == pytest.approx(4 * 2 * step + 8e5 / (900e9 * fb.nvlink), rel=1e-12)
+    assert predict.comm_s(b200, 250, fb) == pytest.approx(lat + 2e6 / (900e9 * fb.nvlink), rel=1e-12)
 
 
-def test_all_reduce_latency_is_a_ring_of_2_tp_minus_1_steps():
-    """Hand-computed: the latency part of a step does not depend on the batch and grows as 2 (TP-1)."""
+def test_all_reduce_latency_is_a_ring_of_2_tp_minus_1_steps_past_the_one_shot_range():
+    """Hand-computed: from 0.5 MB on (250 hidden states of 1000 x 2 B) the latency of a step does not
+    depend on the batch and grows as 2 (TP-1) ring steps; below it the ring part falls linearly, down to
+    the one-shot kernel's latency alone."""
+    one = predict.ALLREDUCE_ONESHOT_LATENCY_S
     f = predict.Factors(1.0, 1.0, 1.0, 1.0, "test", True, 10e-6)
-    for tp, steps in ((1, 0), (2, 2), (4, 6), (8, 14)):
+    for tp, steps in ((2, 2), (4, 6), (8, 14)):
         g = _toy(tp=tp)  # 2 layers: 4 all-reduces a step
-        assert predict.allreduce_latency_s(g, f) == pytest.approx(steps * 10e-6, rel=1e-12)
-        latency = 4 * steps * 10e-6
-        assert predict.comm_s(g, 0, f) == pytest.approx(latency, rel=1e-12, abs=1e-15)
-        # b=100 adds only the volume: 2 (tp-1)/tp x 4 x 100 x 1000 x 2 B over 450 GB/s
-        volume = 2 * (tp - 1) / tp * 8e5 / 450e9
-        assert predict.comm_s(g, 100, f) == pytest.approx(latency + volume, rel=1e-12, abs=1e-15)
+        full = one + steps * 10e-6
+        for b in (250, 1000):
+            assert predict.allreduce_latency_s(g, f, b) == pytest.approx(full, rel=1e-12)
+        assert predict.allreduce_latency_s(g, f, 25) == pytest.approx(one + 0.1 * steps * 10e-6, rel=1e-12)
+        assert predict.allreduce_latency_s(g, f, 0) == pytest.approx(one, rel=1e-12)
+        # b=1000 adds the volume: 2 (tp-1)/tp x 4 x 1000 x 1000 x 2 B over 450 GB/s
+        volume = 2 * (tp - 1) / tp * 8e6 / 450e9
+        assert predict.comm_s(g, 1000, f) == pytest.approx(4 * full + volume, rel=1e-12)
+    g1 = _toy(tp=1)
+    assert predict.allreduce_latency_s(g1, f, 1000) == predict.comm_s(g1, 1000, f) == 0.0
 
 
 def test_calibration_without_a_fitted_step_latency_uses_the_default():
@@ -415,4 +422,6 @@ def test_calibration_without_a_fitted_step_latency_uses_the_default():
     del calib["allreduce_step_latency_s"]
     g = _toy(tp=2)
     f = predict.factors_for(g.gpu, "fp8", calib)
-    assert f.allreduce_step_s == predict.ALLREDUCE_STEP_LATENCY_DEFAULT_S == 4e-6
+    assert f.allreduce_step_s == predict.ALLREDUCE_STEP_LATENCY_DEFAULT_S == 2e-6
+    # the assumption before the step latency was fitted: 8 us for one all-reduce at TP2
+    assert predict.allreduce_latency_s(g, f, 10**6) == pytest.approx(8e-6, rel=1e-12)
