@@ -22,17 +22,17 @@ The model of one replica (TP x PP GPUs) in steady state, continuous (in-flight) 
   x min(1, m / 0.5 MB) + 2 (TP-1)/TP x m / NVLink_e), m = B x hidden x 2 bytes the message: the ring
   all-reduce cost model (2 (p-1) steps, each paying a latency alpha; Thakur, Rabenseifner & Gropp,
   "Optimization of collective communication operations in MPICH", IJHPCA 2005) for messages past the
-  one-shot kernel's range, and l_1 for a one-shot all-reduce. alpha is fitted (11 us): the published
-  rows at TP 2/4/8 want a per-step cost that does not grow with the batch (a fit of alpha x B^g finds
-  g = 0.07) and grows with TP, the mark of a latency; a fixed 8 us per all-reduce left 70B at TP4/8
-  and 128/4096 15-30 % too fast and the prefill-heavy rows at TP8 17-26 % too slow. It is larger
-  than the all-reduce kernels alone (AIConfigurator's measured TensorRT-LLM all-reduce at 8 GPUs:
-  ~25 us + bandwidth at decode-sized messages), so it also carries what else a TP step waits for.
-  Every published TP row has m >= 0.5 MB but two (B = 23 and 58 at TP2); below it the latency
-  falls linearly to l_1, so a batch of one is not charged a ring it does not run. Streaming the weights and the GEMMs' math are
-  added, not overlapped (a roofline's max): at the batches served (tens to hundreds of rows) a decode
-  GEMM sits near the ridge point, where neither the loads nor the tensor cores run at their own peak
-  alone. With max() the rows where both are comparable (70B FP8 on one H200, 128/2048: 17 ms of
+  one-shot kernel's range, and l_1 for a one-shot all-reduce. alpha is fitted (10.6 us): the
+  published rows at TP 2/4/8 want a per-step cost that does not grow with the batch (a fit of
+  alpha x B^g finds g = 0.07) and grows with TP, the mark of a latency; a fixed 8 us per all-reduce
+  left 70B at TP4/8 and 128/4096 15-30 % too fast and the prefill-heavy rows at TP8 17-26 % too slow.
+  It is larger than the all-reduce kernels alone (AIConfigurator's measured TensorRT-LLM all-reduce
+  at 8 GPUs: ~25 us + bandwidth at decode-sized messages), so it also carries what else a TP step
+  waits for. Every published TP row but one (B = 23 at TP2) has m >= 0.5 MB; below it the ring part
+  falls linearly to nothing, so a batch of one is not charged a ring it does not run. Streaming the
+  weights and the GEMMs' math are added, not overlapped (a roofline's max): at the batches served
+  (tens to hundreds of rows) a decode GEMM sits near the ridge point, where neither the loads nor the
+  tensor cores run at their own peak alone. With max() the rows where both are comparable (70B FP8 on one H200, 128/2048: 17 ms of
   weights, 23 ms of math per step) came out 23-39 % faster than NVIDIA measured;
 - prefill per token t_pf = (F + A(ISL/2)) / P_e (compute-bound, chunks of max_num_tokens);
 - each step also prefills the requests that replace finished ones: B ISL/OSL prompt tokens a step
