@@ -14,6 +14,8 @@ allocates Python objects all the time (as an engine loop does). `--mode` picks h
   segfaults, usually in whichever thread allocates next ("Fatal Python error: Segmentation fault").
 - hold: the same tensors, but the model keeps its list of them until send() returns, so the last reference
   is dropped by the model, with the GIL.
+- keep: as inline, but `keep = response.output_tensors()` before send() and `del keep` after: the same
+  cure for a model that builds its response elsewhere.
 - none: only the requested output is sent (nothing to prune).
 
 Prints one line per mode: responses received, whether and when the stub died, and what Triton said about it
@@ -88,6 +90,11 @@ class TritonPythonModel:
                     out = self._outputs(k)
                     sender.send(pb_utils.InferenceResponse(output_tensors=out))
                     del out
+                elif self.mode == "keep":
+                    response = pb_utils.InferenceResponse(output_tensors=self._outputs(k))
+                    keep = response.output_tensors()  # new owners of the same tensors
+                    sender.send(response)
+                    del keep
                 else:
                     sender.send(pb_utils.InferenceResponse(output_tensors=self._outputs(k)))
         finally:
@@ -199,14 +206,14 @@ def run(mode: str, args: argparse.Namespace, workdir: Path) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--mode", choices=("inline", "hold", "none", "all"), default="all")
+    ap.add_argument("--mode", choices=("inline", "hold", "keep", "none", "all"), default="all")
     ap.add_argument("--seconds", type=float, default=20.0, help="load per mode (default 20)")
     ap.add_argument("--clients", type=int, default=3)
     ap.add_argument("--responses", type=int, default=50, help="responses per stream")
     ap.add_argument("--extras", type=int, default=14, help="unrequested outputs per response")
     ap.add_argument("--shm-bytes", type=int, default=0, help="shm-default-byte-size (0: Triton's 1 MiB)")
     args = ap.parse_args()
-    modes = ("inline", "hold", "none") if args.mode == "all" else (args.mode,)
+    modes = ("inline", "hold", "keep", "none") if args.mode == "all" else (args.mode,)
     workdir = Path(tempfile.mkdtemp(prefix="tf-stub-repro-"))
     for mode in modes:
         print(run(mode, args, workdir), flush=True)
