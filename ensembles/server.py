@@ -498,13 +498,9 @@ def _stat(pid: int) -> tuple[str, str, int] | None:
     return comm, fields[0], int(fields[1])
 
 
-def stub_processes(server_pid: int) -> dict[int, str]:
-    """pid -> model instance name (e.g. `tensorrt_llm_0_0`) of the live Python stubs `server_pid` started.
-
-    The stub's argv (python_backend src/stub_launcher.cc, https://github.com/triton-inference-server/
-    python_backend): model path, shm region, shm sizes, parent pid, backend dir, IPC handle, then the
-    instance name. Linux only ({} elsewhere)."""
-    out: dict[int, str] = {}
+def _stub_argvs(server_pid: int) -> dict[int, list[str]]:
+    """pid -> argv of the live (not exited) Python stubs `server_pid` started; {} off Linux."""
+    out: dict[int, list[str]] = {}
     try:
         pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
     except OSError:
@@ -514,11 +510,32 @@ def stub_processes(server_pid: int) -> dict[int, str]:
         if st is None or st[0] != STUB_COMM or st[2] != server_pid or st[1] == "Z":
             continue
         try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        out[pid] = argv[8].decode(errors="replace") if len(argv) > 8 else "?"
+        out[pid] = [a.decode(errors="replace") for a in raw.split(b"\0")]
     return out
+
+
+def stub_processes(server_pid: int) -> dict[int, str]:
+    """pid -> model instance name (e.g. `tensorrt_llm_0_0`) of the live Python stubs `server_pid` started.
+
+    The stub's argv (python_backend src/stub_launcher.cc, https://github.com/triton-inference-server/
+    python_backend): model path, shm region, shm sizes, parent pid, backend dir, IPC handle, then the
+    instance name."""
+    return {pid: argv[8] if len(argv) > 8 else "?" for pid, argv in _stub_argvs(server_pid).items()}
+
+
+# The shared-memory region of one stub: the Python backend's default prefix plus a UUID (python_backend
+# src/stub_launcher.cc, `shared_memory_region_prefix + GenerateUUID()`); the launcher creates it under /dev/shm
+# and removes it when the model unloads, so a server that exits without unloading (its exit timeout expired
+# while requests hung, or a kill) leaves it behind, holding memory.
+SHM_DIR = Path("/dev/shm")
+SHM_REGION = re.compile(r"triton_python_backend_shm_region_[0-9a-f-]{36}")
+
+
+def _regions(argvs: dict[int, list[str]]) -> set[str]:
+    return {argv[2] for argv in argvs.values() if len(argv) > 2 and SHM_REGION.fullmatch(argv[2])}
 
 
 class TritonServer:
@@ -550,6 +567,7 @@ class TritonServer:
         self.proc: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
         self._stubs: dict[int, str] = {}
+        self._shm_regions: set[str] = set()  # of this server's stubs, removed by stop() if left behind
 
     @property
     def http_url(self) -> str:
@@ -619,6 +637,7 @@ class TritonServer:
             if self.proc is None or self.proc.poll() is not None:
                 raise UserError(f"tritonserver exited while loading: {self.failure_summary()}")
             if self.is_ready():
+                self.watch_stubs()
                 return time.monotonic() - t0
             if on_progress is not None:
                 try:
@@ -635,8 +654,11 @@ class TritonServer:
         raise UserError(f"tritonserver not ready after {timeout:.0f}s: {summary}")
 
     def watch_stubs(self) -> dict[int, str]:
-        """Remember this server's Python stubs (call once its models are ready); returns pid -> instance."""
-        self._stubs = stub_processes(self.proc.pid) if self.proc is not None else {}
+        """Remember this server's Python stubs (wait_ready does, once all models are ready; call again after
+        loading a model); returns pid -> instance name."""
+        argvs = _stub_argvs(self.proc.pid) if self.proc is not None else {}
+        self._stubs = {pid: argv[8] if len(argv) > 8 else "?" for pid, argv in argvs.items()}
+        self._shm_regions |= _regions(argvs)
         return dict(self._stubs)
 
     def dead_stubs(self) -> list[str]:
@@ -668,10 +690,12 @@ class TritonServer:
         return f"{text} (full log: {self.log_path})"
 
     def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM the server's process group (stubs included), then SIGKILL what is left."""
+        """SIGTERM the server's process group (stubs included), then SIGKILL what is left; then remove the
+        shared-memory regions of its stubs that it left behind."""
         if self.proc is None:
             return
         if self.proc.poll() is None:
+            self._shm_regions |= _regions(_stub_argvs(self.proc.pid))
             try:
                 os.killpg(self.proc.pid, signal.SIGTERM)
             except ProcessLookupError:
@@ -686,6 +710,9 @@ class TritonServer:
             pass
         if self.proc.poll() is None:
             self.proc.wait(timeout=5)
+        for name in sorted(self._shm_regions):
+            (SHM_DIR / name).unlink(missing_ok=True)
+        self._shm_regions = set()
         if self._log_file:
             self._log_file.close()
             self._log_file = None

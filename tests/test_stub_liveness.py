@@ -1,5 +1,6 @@
 """A Python model's stub that dies is seen: `TritonServer.dead_stubs()` names its instance (real Triton, real
-crash: the stub gets SIGSEGV), while the other model's stub is left alone and still answers."""
+crash: the stub gets SIGSEGV), while the other model's stub is left alone and still answers. A server killed
+before it could unload its models leaves its stubs' shared-memory regions in /dev/shm; `stop()` removes them."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tritonforge.ensembles.server import TritonServer, free_ports, stub_processes
+from tritonforge.ensembles.server import SHM_DIR, TritonServer, free_ports, stub_processes
 
 pytestmark = [
     pytest.mark.server,
@@ -60,11 +61,10 @@ def _infer(server: TritonServer, model: str, value: int) -> list[int]:
 def test_dead_stub_is_named(tmp_path: Path) -> None:
     repo = _repo(tmp_path / "repo")
     with TritonServer(repo, free_ports(), log_path=tmp_path / "triton.log") as server:
-        server.wait_ready(120)
-        assert server.dead_stubs() == []  # nothing watched yet
+        server.wait_ready(120)  # watches the stubs
+        assert server.dead_stubs() == []
         watched = server.watch_stubs()
         assert sorted(watched.values()) == ["bystander_0_0", "victim_0_0"]
-        assert server.dead_stubs() == []
         assert _infer(server, "victim", 7) == [7]
 
         victim = next(pid for pid, name in watched.items() if name == "victim_0_0")
@@ -76,3 +76,23 @@ def test_dead_stub_is_named(tmp_path: Path) -> None:
         assert server.proc is not None
         assert victim not in stub_processes(server.proc.pid)
         assert _infer(server, "bystander", 5) == [5]  # the other stub is untouched
+
+
+def test_stop_removes_regions_a_killed_server_left(tmp_path: Path) -> None:
+    repo = _repo(tmp_path / "repo")
+    server = TritonServer(repo, free_ports(), log_path=tmp_path / "triton.log")
+    with server:
+        server.wait_ready(120)
+        assert server.proc is not None
+        regions = sorted(
+            SHM_DIR / argv[2]
+            for argv in (
+                Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0") for pid in server.watch_stubs()
+            )
+        )
+        assert len(regions) == 2 and all(r.is_file() for r in regions)
+        os.killpg(server.proc.pid, signal.SIGKILL)  # nobody unloads: the regions stay behind
+        server.proc.wait(timeout=30)
+        time.sleep(0.5)  # the stubs die with the group; nothing else removes the files
+        assert [r for r in regions if r.is_file()] == regions
+    assert [r for r in regions if r.exists()] == []
