@@ -192,11 +192,11 @@ class Serving(Strict):
     enable_chunked_context: bool = False
     cpu_threads: int | None = Field(None, ge=1, le=4096, description="cpu-reference only: torch threads")
     stream_interval: int = Field(
-        1,
+        4,
         ge=1,
         le=256,
         description="cpu-reference only: streamed responses carry this many new tokens (the first token alone, "
-        "at once); fewer responses per stream, the same text",
+        "at once); fewer responses per stream, the same text; 1 sends every token as it is made",
     )
 
 

@@ -34,6 +34,7 @@ def server(tmp_path_factory, tf_cache):
     tier = data["tiers"][0]
     tier["model"] = "builtin:tiny"
     tier["draft"] = {"model": "builtin:tiny-draft", "num_draft_tokens": 4}
+    tier["serving"]["stream_interval"] = 1  # one streamed response per token, as these tests count them
     spec_path = d / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(data, sort_keys=False))
     files, _ = emit_files(load_spec(spec_path), d)
