@@ -9,10 +9,11 @@ over the attention mask, max 256 tokens, L2 normalization): vectors are float32 
 inner product = cosine similarity.
 
 `static` is another vector space: one vector per vocabulary token, distilled here once from the same
-weights (`distill_static`), and a text is the normalized sum of its tokens' rows (a bag of words, no
-model at run time, ~0.1 ms). Its similarities run higher than MiniLM's for the same pair, so it
-needs its own threshold; its vectors have STATIC_DIMS dimensions, so a store written by one space is
-never searched with the other. benchmarks/bench_embedder.py compares them all.
+weights (`distill_static`, about a minute of one core), and a text is the normalized sum of its
+tokens' rows (a bag of words, no model at run time, ~0.15 ms a text). Its scale differs from
+MiniLM's (a reworded request scores lower, a one-word edit higher), so it needs its own similarity
+threshold; its vectors have STATIC_DIMS dimensions, so a store written in one space is never searched
+with the other. benchmarks/bench_embedder.py compares them all.
 """
 
 from __future__ import annotations
