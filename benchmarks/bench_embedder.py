@@ -27,7 +27,9 @@ vectors: its similarities run higher, so it has its own list):
   --minilm-threshold) asked only when the static top candidate is above the gate: its recall on what
   MiniLM alone serves (pairs and retrieval; below 1.0 the gate loses hits), the true misses that pass
   it (MiniLM run for nothing), and, for novel prompts (asked against a cache holding only the other
-  prompt groups), the share that pass the gate.
+  prompt groups), the share that pass the gate; then the embedding cost of such a miss, per prompt,
+  gated (static, plus MiniLM when it passes) vs MiniLM alone, from the same two timings per prompt
+  (memos cleared; the static index search, ~0.1 ms at 100k entries in bench_cache, is not included).
 Prints figures; asserts nothing.
 """
 
@@ -281,7 +283,41 @@ def main() -> None:
                 f"{waste_p}/{int(unserved_pair.sum())}, retrieval {waste_r}/{int((~mini_served).sum())}; "
                 f"novel prompts through {novel_pass}/{len(texts)} ({novel_pass / len(texts):.1%})"
             )
+        if not a.no_latency:
+            gate_cost(embs["static"], embs[mini], texts, top_novel, a)
     print(f"load average {open('/proc/loadavg').read().split()[0]}")
+
+
+def gate_cost(static, mini, texts: list[str], top_novel: np.ndarray, a: argparse.Namespace) -> None:
+    """Embedding cost of a novel prompt's lookup, gated vs MiniLM alone (see the module docstring)."""
+    gates = [float(x) for x in a.gate_thresholds.split(",")]
+    res: dict[float, list[tuple[float, float, float, float]]] = {g: [] for g in gates}
+    for _ in range(a.repeats):
+        ts, tm = [], []
+        for t in texts:
+            static._memo.clear()
+            mini._memo.clear()
+            t1 = time.perf_counter()
+            static.embed(t)
+            t2 = time.perf_counter()
+            mini.embed(t)
+            ts.append(t2 - t1)
+            tm.append(time.perf_counter() - t2)
+        alone = np.array(tm)
+        for g in gates:
+            gated = np.array(ts) + np.where(top_novel >= g, alone, 0.0)
+            res[g].append(
+                (pct(list(gated), 50), float(gated.mean()), pct(list(alone), 50), float(alone.mean()))
+            )
+    print(f"novel-prompt lookup embedding cost, gated vs MiniLM alone ({a.repeats} repeats, median, spread):")
+    for g, rs in res.items():
+        p50, mean, alone50, alone_mean = (np.array([r[i] for r in rs]) * 1e3 for i in range(4))
+        print(
+            f"  gate @{g}: gated p50 {np.median(p50):.3f} ms ({p50.min():.3f}-{p50.max():.3f}), mean "
+            f"{np.median(mean):.3f} ms ({mean.min():.3f}-{mean.max():.3f}); MiniLM alone p50 "
+            f"{np.median(alone50):.3f} ms ({alone50.min():.3f}-{alone50.max():.3f}), mean "
+            f"{np.median(alone_mean):.3f} ms ({alone_mean.min():.3f}-{alone_mean.max():.3f})"
+        )
 
 
 if __name__ == "__main__":
