@@ -1,6 +1,6 @@
 """`llm` entry-model overhead through a real Triton (CPU), and in-process hit latency.
 
-    python benchmarks/bench_router.py [-n 200] [--repeats 3] [--base REF]
+    python benchmarks/bench_router.py [-n 200] [--repeats 3] [--base REF [--swap]] [--server-env K=V]
 
 One Triton serves a mock tier model (ensemble contract, answers at once), `llm` (heuristic router +
 memory cache with semantic matching) and `llm_route` (router only, cache off). Requests go one at a
@@ -19,7 +19,11 @@ and differences between paths are what the entry model adds on the server:
 `--base REF` also serves `llm_base`: the same entry model with its request-path files (llm.py,
 tf_policy/service.py, tf_policy/semantic_worker.py) taken from git REF and everything else from the
 working tree, and measures its bypass, miss and exact-hit paths interleaved with the current ones (an
-A/B of a change to the request path in one server, under the same load).
+A/B of a change to the request path in one server, under the same traffic; "A/B ... current - REF" lines
+give current minus REF per repeat). The two entry models are not equally fast even with the same code
+(on the 2-core host, identical bypass paths came out -0.1 to +0.3 ms apart at p50): `--swap` serves the
+current path as `llm_base` and REF's as `llm`; half the difference of the two runs' A/B figures is the
+change's effect, half their sum the slots'.
 
 Each repeat runs every path n times, interleaved; overheads vs direct and their ratio are printed
 per repeat and as median (spread min-max) over the repeats.
@@ -149,6 +153,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--base", metavar="REF", help="also serve llm_base: the request path from git REF")
     ap.add_argument(
+        "--swap",
+        action="store_true",
+        help="with --base: serve the current request path as `llm_base` and REF's as `llm` (one model "
+        "slot can be faster than the other; a pair of runs with and without --swap separates the two)",
+    )
+    ap.add_argument(
         "--server-env",
         action="append",
         default=[],
@@ -162,6 +172,10 @@ def main() -> None:
         repo = build_repo(d / "repo", cfg)
         if a.base:
             write_base_model(repo, cfg, a.base)
+            if a.swap:  # the current request path under the name `llm_base`, REF's under `llm`
+                write_llm_model(repo, cfg, name="llm_base")
+                write_base_model(repo, cfg, a.base, name="llm")
+        cur, ref = ("llm_base", "llm") if a.swap else ("llm", "llm_base")
         write_llm_model(repo, entry_config(cache={"enabled": False}), name="llm_route")
         env = dict(kv.split("=", 1) for kv in a.server_env)
         server = TritonServer(repo, free_ports(), log_path=d / "triton.log", env=env)
@@ -183,26 +197,26 @@ def main() -> None:
             "direct": lambda r, i: ("small_ensemble", {**body, "text_input": f"hello number {r}-{i}"}),
             "llm_route": lambda r, i: ("llm_route", {**body, "text_input": f"hello number {r}-{i}"}),
             "llm bypass": lambda r, i: (
-                "llm",
+                cur,
                 {**body, "text_input": f"hello number {r}-{i}", "cache": "bypass"},
             ),
             "llm miss": lambda r, i: (
-                "llm",
+                cur,
                 {**body, "text_input": f"a brand new question {r}-{i} about {i * 7}"},
             ),
-            "llm exact hit": lambda r, i: ("llm", {**body, "text_input": "What is the capital of France?"}),
+            "llm exact hit": lambda r, i: (cur, {**body, "text_input": "What is the capital of France?"}),
         }
         if a.base:
             paths["base bypass"] = lambda r, i: (
-                "llm_base",
+                ref,
                 {**body, "text_input": f"hello number {r}-{i}", "cache": "bypass"},
             )
             paths["base miss"] = lambda r, i: (
-                "llm_base",
+                ref,
                 {**body, "text_input": f"a brand new question {r}-{i} about {i * 7}"},
             )
             paths["base exact hit"] = lambda r, i: (
-                "llm_base",
+                ref,
                 {**body, "text_input": "What is the capital of France?"},
             )
             paths = {
@@ -282,7 +296,7 @@ def main() -> None:
             for path in ("bypass", "miss", "exact hit"):
                 d50 = [x[0] - y[0] for x, y in zip(rows[f"llm {path}"], rows[f"base {path}"], strict=True)]
                 d99 = [x[1] - y[1] for x, y in zip(rows[f"llm {path}"], rows[f"base {path}"], strict=True)]
-                print(f"  A/B {path:9s} llm - base: p50 {spread(d50)} ms, p99 {spread(d99)} ms")
+                print(f"  A/B {path:9s} current - {a.base}: p50 {spread(d50)} ms, p99 {spread(d99)} ms")
         server.stop()
         hit = in_process_hit(max(n, 200))
         print(
