@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+from tf_common.respond import send as send_response
 from tf_policy.config import parse_entry_config
 from tf_policy.factory import build_service
 from tf_policy.metrics import METRICS, Metrics
@@ -138,7 +139,11 @@ class TritonMetrics(Metrics):
 
     def close(self):
         self._stop.set()
+        self._thread.join(timeout=5)
         self.flush()
+        # Metrics before their families, while the stub still stands: one freed in its teardown segfaults it.
+        self._series.clear()
+        self._families.clear()
 
 
 class _Cancelled(Exception):
@@ -348,7 +353,7 @@ class TritonPythonModel:
                 ]
             )
             try:
-                sender.send(resp, flags=FINAL if reply.final else 0)
+                send_response(sender, resp, FINAL if reply.final else 0)
             except Exception:  # noqa: BLE001 - the client is gone
                 raise _Cancelled() from None
             done = reply.final

@@ -42,6 +42,7 @@ import traceback
 import numpy as np
 import triton_python_backend_utils as pb_utils
 from tf_common.inputs import RequestInputs, strings
+from tf_common.respond import send as send_response
 from tf_common.word_list import parse_word_list
 from tf_runtime.detok import ByteTable, IncrementalDetokenizer
 from tf_runtime.light_tokenizer import load_tokenizer
@@ -486,14 +487,14 @@ class TritonPythonModel:
         if stream:
             tail = detok.flush()
             if tail:
-                sender.send(self._response(tail, 0, drafted, accepted, [], args))
+                send_response(sender, self._response(tail, 0, drafted, accepted, [], args))
             sender.send(flags=FINAL)
             return
         text = self.table.decode(out)
         lps_all = list(out_lps)
         if not args["exclude_input"]:
             text = self.table.decode(prompt) + text
-        sender.send(self._response(text, len(out), drafted, accepted, lps_all, args), flags=FINAL)
+        send_response(sender, self._response(text, len(out), drafted, accepted, lps_all, args), FINAL)
 
     @staticmethod
     def _response(text, n_tokens, drafted, accepted, lps, args):

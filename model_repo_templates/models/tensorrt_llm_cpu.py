@@ -36,6 +36,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 from tf_common.inflight import InFlight, Replies
 from tf_common.inputs import RequestInputs
+from tf_common.respond import send as send_response
 from tf_common.word_list import parse_word_list
 from tf_runtime.engine import CpuEngine, EngineError, GenerationRequest
 
@@ -219,6 +220,7 @@ class TritonPythonModel:
         )
         self.live = InFlight()  # engine handle -> _Live
         self.metrics = self._make_metrics()
+        self._metric_values: dict = {}  # the value each metric was last set to
         self.watcher = self.live.watch(lambda: CANCEL_POLL_S, self._check_cancelled, self._update_metrics)
 
     # ------------------------------------------------------------------ requests
@@ -361,7 +363,7 @@ class TritonPythonModel:
             if last:
                 sender.send(flags=FINAL)
             return last
-        sender.send(self._response(live, chunk), flags=FINAL if last else 0)
+        send_response(sender, self._response(live, chunk), FINAL if last else 0)
         return last
 
     def _response(self, live, chunk):
@@ -437,8 +439,12 @@ class TritonPythonModel:
         if not self.metrics:
             return
         st = self.engine.stats()
+        last = self._metric_values
         for key, metric in self.metrics.items():
-            metric.set(float(st.get(key, 0)))
+            value = float(st.get(key, 0))
+            if last.get(key) != value:  # each set() is a round trip to the server: only what changed
+                metric.set(value)
+                last[key] = value
 
     def _check_cancelled(self, handle, live):
         if live.is_cancelled():
@@ -446,4 +452,9 @@ class TritonPythonModel:
 
     def finalize(self):
         self.live.stop()
+        self.watcher.join(timeout=5)  # it calls into the stub (metrics, is_cancelled)
         self.engine.shutdown()
+        # Metrics before their families, both while the stub still stands: one freed in the stub's own
+        # teardown segfaults it (python_backend README.md "Custom Metrics": the model manages their lifetime).
+        self.metrics = None
+        self._metric_families = None

@@ -41,6 +41,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 from tf_common.inflight import InFlight, Replies
 from tf_common.inputs import RequestInputs
+from tf_common.respond import send as send_response
 from tf_common.word_list import parse_word_list
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
@@ -375,7 +376,7 @@ class TritonPythonModel:
                     if final:
                         live.sender.send(flags=FINAL)
                 else:
-                    live.sender.send(self._response(live), flags=FINAL if final else 0)
+                    send_response(live.sender, self._response(live), FINAL if final else 0)
                     live.sent = len(live.tokens)
             except Exception:  # the client is gone: stop generating for it
                 live.abort()
@@ -436,6 +437,7 @@ class TritonPythonModel:
 
     def finalize(self):
         self.live.stop()
+        self.watcher.join(timeout=5)
         try:
             self.llm.shutdown()
         finally:
