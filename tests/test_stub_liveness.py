@@ -96,3 +96,41 @@ def test_stop_removes_regions_a_killed_server_left(tmp_path: Path) -> None:
         time.sleep(0.5)  # the stubs die with the group; nothing else removes the files
         assert [r for r in regions if r.is_file()] == regions
     assert [r for r in regions if r.exists()] == []
+
+
+def test_serve_stops_with_one_line_when_a_stub_dies(tmp_path: Path) -> None:
+    """`tritonforge serve` does not keep a server whose requests would hang: a dead stub ends it, exit 2,
+    one line naming the instance, and the server with its other stubs is gone."""
+    import subprocess
+
+    repo = _repo(tmp_path / "repo")
+    ports = free_ports()
+    ready = tmp_path / "ready.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tritonforge", "serve", str(repo), "--http-port", str(ports.http)]
+        + ["--grpc-port", str(ports.grpc), "--metrics-port", str(ports.metrics)]
+        + ["--ready-file", str(ready), "--log", str(tmp_path / "triton.log")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert ready.exists(), proc.communicate()[1] if proc.poll() is not None else "never READY"
+        server_pid = json.loads(ready.read_text())["pid"]
+        stubs = stub_processes(server_pid)
+        victim = next(pid for pid, name in stubs.items() if "victim" in name)
+        os.kill(victim, signal.SIGSEGV)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 2, err
+        last = err.strip().splitlines()[-1]
+        assert "victim_0_0" in last and "died" in last and "Traceback" not in err, err
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{server_pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not Path(f"/proc/{server_pid}").exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -320,9 +320,18 @@ def serve(
                     }
                 )
             )
+        ticks = 0
         while not stop["flag"]:
             if server.proc is None or server.proc.poll() is not None:
                 raise UserError(f"tritonserver exited: {server.failure_summary()}")
+            ticks += 1
+            if ticks % 5 == 0:  # about once a second: a dead stub leaves Triton "ready" with requests hanging
+                dead = server.dead_stubs()
+                if dead:
+                    raise UserError(
+                        f"the Python model process of {', '.join(dead)} died and Triton 2.51 neither restarts "
+                        f"it nor ends its requests; restart tritonforge serve (log: {server.log_path})"
+                    )
             time.sleep(0.2)
         click.echo("stopping tritonserver", err=True)
     finally:
