@@ -325,6 +325,13 @@ class Cache(Strict):
     semantic: bool = True
     # 0.92 served another question's answer to 1 request in 8 on bench_cache's workload; 0.95: 1 in 24.
     similarity_threshold: float = Field(0.95, gt=0, le=1)
+    gate_threshold: float = Field(
+        0.75,
+        ge=0,
+        le=1,
+        description="static-embedding gate before MiniLM: a prompt whose best static match scores below it "
+        "is a semantic miss without running MiniLM (memory backend; 0: off)",
+    )
     ttl_s: int = Field(3600, ge=1, le=INT32_MAX)
     capacity: int = Field(10_000, ge=1, le=INT32_MAX)
     cache_sampled: bool = Field(False, description="cache sampled requests that carry no seed")

@@ -2,6 +2,13 @@
 
 Degrades, never fails: a backend that is down or slow turns lookups into pass-through (`bypass`),
 a corrupt entry is a miss, and an embedding failure leaves exact matching only.
+
+With a static embedder and `cache.gate_threshold` > 0 (memory backend), the semantic layer has a gate:
+every entry is indexed by its static vector (a bag of token vectors, ~0.1 ms), a lookup searches that
+index first, and only a query whose best static match reaches the gate is embedded with MiniLM and
+confirmed as without the gate (MiniLM threshold, then verification) against the gate's candidates,
+whose MiniLM vectors are computed the first time a query lets them through and then kept. A novel
+prompt far from everything cached is a miss without running MiniLM.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .config import CacheConfig
-from .index import SemanticIndex
+from .index import GatedIndex, SemanticIndex
 from .metrics import Metrics
 from .params import GenRequest, exact_key, namespace, normalize_prompt
 from .router import estimate_tokens
@@ -31,6 +38,8 @@ log = logging.getLogger(__name__)
 
 # 2: the exact key is the prompt's bytes (1 normalized whitespace and NFKC); `prompt` is stored verbatim.
 ENTRY_VERSION = 2
+TOP_K = 3  # MiniLM candidates confirmed per lookup (verification may refuse the best)
+GATE_CANDIDATES = 5  # static candidates above the gate re-ranked by MiniLM (the static order differs)
 
 
 class BackendError(RuntimeError):
@@ -200,18 +209,37 @@ class ResponseCache:
         cfg: CacheConfig,
         backend: Backend,
         embed: Callable[[str], np.ndarray] | None = None,
-        index: SemanticIndex | None = None,
+        index: SemanticIndex | GatedIndex | None = None,
         metrics: Metrics | None = None,
         verifier: Callable[[str, str], str | None] | None = verify,
         embed_batch: Callable[[list[str]], Any] | None = None,
+        static: Any = None,
     ) -> None:
         """`verifier(query, cached_prompt)` returns why a semantic candidate may not answer (None: it may);
-        None turns verification off (benchmarks measure what it prevents)."""
+        None turns verification off (benchmarks measure what it prevents). `static`: the static embedder
+        (`embed`, `embed_batch`, `dim`) of the gate; the gate is on when `index` is a `GatedIndex`, the
+        backend is the memory one and `cfg.gate_threshold` > 0."""
         self.cfg, self.backend, self.embed, self.index = cfg, backend, embed, index
         self.verifier = verifier
         self.embed_batch = embed_batch
         self.metrics = metrics or Metrics()
         self.semantic = bool(cfg.semantic and embed is not None and index is not None)
+        self.static = static
+        self.gate: GatedIndex | None = None
+        if isinstance(index, GatedIndex):
+            if not (self.semantic and static is not None and cfg.gate_threshold > 0):
+                raise ValueError(
+                    "a GatedIndex needs the semantic layer, a static embedder and gate_threshold > 0"
+                )
+            if backend.name != "memory":
+                # other instances sync MiniLM vectors from a shared store, not static ones
+                raise ValueError(f"the static gate runs with the memory backend only, not {backend.name}")
+            if static.dim == index.dim or static.dim != index.static.dim:
+                raise ValueError(
+                    f"static vectors have {static.dim} dims; the gate needs {index.static.dim}, "
+                    f"unlike MiniLM's {index.dim}"
+                )
+            self.gate = index
         self._warned: dict[str, float] = {}
         # Entries written after their response but not yet in the backend (read-your-writes on this instance).
         self._pending: dict[str, CacheEntry] = {}
@@ -238,7 +266,8 @@ class ResponseCache:
         self.metrics.count("tf_cache_semantic_rejects_total", reason=reason)
 
     def vectors(self, texts: list[str]) -> list[np.ndarray | None]:
-        """Embeddings of several prompts in one batch (None for those the semantic layer skips)."""
+        """Embeddings of several prompts in one batch (None for those the semantic layer skips): what
+        `lookup_semantic` takes; with the gate, static vectors (MiniLM only for what passes the gate)."""
         ok = [
             i
             for i, t in enumerate(texts)
@@ -250,7 +279,10 @@ class ResponseCache:
             return out
         try:
             norm = [normalize_prompt(texts[i]) for i in ok]
-            vecs = self.embed_batch(norm) if self.embed_batch is not None else [embed(t) for t in norm]
+            if self.gate is not None:  # the gate's key: MiniLM runs only for what passes it
+                vecs = self.static.embed_batch(norm)
+            else:
+                vecs = self.embed_batch(norm) if self.embed_batch is not None else [embed(t) for t in norm]
         except Exception as exc:  # noqa: BLE001 - exact matching only
             self._warn("embedding", f"embedding failed ({exc}); exact matching only")
             return out
@@ -258,11 +290,13 @@ class ResponseCache:
             out[i] = np.asarray(v, dtype=np.float32)
         return out
 
-    def _vector(self, text: str) -> np.ndarray | None:
+    def _vector(self, text: str, dense: bool = False) -> np.ndarray | None:
+        """The prompt's lookup vector: static with the gate (unless `dense`), else MiniLM's."""
         if not self.semantic or self.embed is None or estimate_tokens(text) > self.cfg.semantic_max_tokens:
             return None  # a long prompt's tail would be truncated away: only exact matches are safe
+        embed = self.static.embed if self.gate is not None and not dense else self.embed
         try:
-            return self.embed(normalize_prompt(text))
+            return np.asarray(embed(normalize_prompt(text)), dtype=np.float32)
         except Exception as exc:  # noqa: BLE001 - exact matching only
             self._warn("embedding", f"embedding failed ({exc}); exact matching only")
             return None
@@ -347,18 +381,66 @@ class ResponseCache:
         return Lookup("miss", None, True, key, ns, semantic=semantic)
 
     def _semantic(self, req: GenRequest, res: Lookup, vec: np.ndarray | None = None) -> Lookup:
+        if self.gate is not None:
+            return self._gated(self.gate, req, res, vec)
         vec = vec if vec is not None else self._vector(req.text)
         index = self.index
         if vec is None or index is None:  # (semantic implies an index)
             return res
+        if not isinstance(index, SemanticIndex):
+            return res
+        return self._confirm(req, res, vec, index.search(res.ns, vec, k=TOP_K))
+
+    def _gated(self, gate: GatedIndex, req: GenRequest, res: Lookup, vec: np.ndarray | None) -> Lookup:
+        """The gate: static search first; MiniLM for the query and the candidates above the gate only."""
+        given = None if vec is None else np.asarray(vec, dtype=np.float32).reshape(-1)
+        svec = given if given is not None and given.shape[0] == gate.static.dim else self._vector(req.text)
+        if svec is None:
+            return res
+        cands = gate.candidates(res.ns, svec, GATE_CANDIDATES, self.cfg.gate_threshold)
+        if not cands:
+            self.metrics.count("tf_cache_gate_total", result="closed")
+            return Lookup("miss", None, True, res.key, res.ns, seconds=res.seconds, note=res.note)
+        self.metrics.count("tf_cache_gate_total", result="open")
+        dense = given if given is not None and given.shape[0] == gate.dim else None
+        known, todo = gate.dense_state([k for k, _ in cands])
+        # one MiniLM call: the query (unless given) and the candidates passing the gate for the first time
+        texts = ([] if dense is not None else [normalize_prompt(req.text)]) + list(todo.values())
+        if texts:
+            try:
+                embed = self.embed
+                if self.embed_batch is not None:
+                    vecs = [np.asarray(v, dtype=np.float32) for v in self.embed_batch(texts)]
+                else:
+                    assert embed is not None  # (semantic implies an embedder)
+                    vecs = [np.asarray(embed(t), dtype=np.float32) for t in texts]
+            except Exception as exc:  # noqa: BLE001 - exact matching only
+                self._warn("embedding", f"embedding failed ({exc}); exact matching only")
+                return res
+            if dense is None:
+                dense, vecs = vecs[0], vecs[1:]
+            for k, v in zip(todo, vecs, strict=True):
+                known[k] = v
+                gate.set_dense(k, v)  # kept: the next query through the gate on it embeds only itself
+        assert dense is not None
+        ranked = sorted(((k, float(v @ dense)) for k, v in known.items()), key=lambda kv: -kv[1])
+        return self._confirm(req, res, dense, ranked[:TOP_K])
+
+    def _confirm(
+        self, req: GenRequest, res: Lookup, vec: np.ndarray, found: list[tuple[str, float]]
+    ) -> Lookup:
+        """The first of `found` (MiniLM (key, cosine), best first) above the threshold that verification
+        lets answer, else a miss carrying `vec` (the insertion reuses it)."""
+        index = self.index
         miss = Lookup("miss", None, True, res.key, res.ns, vec, seconds=res.seconds, note=res.note)
         try:
-            for cand, sim in index.search(res.ns, vec, k=3):
+            for cand, sim in found:
                 if sim < self.cfg.similarity_threshold:
                     break
                 entry = self._get(cand)
                 if entry is None:  # evicted or expired elsewhere
-                    index.remove(cand)
+                    if index is not None:
+                        index.remove(cand)
                     continue
                 if entry.ns != res.ns:
                     continue
@@ -451,23 +533,43 @@ class ResponseCache:
             self._pending.pop(key, None)
 
     def wants_vector(self, entry: CacheEntry) -> bool:
-        """Whether `entry` should be embedded before `insert` (semantic on, prompt short enough)."""
+        """Whether `entry` should be embedded before `insert` (semantic on, prompt short enough); never
+        with the gate: `insert` adds the static vector itself (cheap), MiniLM waits for the gate."""
+        return entry.vector is None and self.gate is None and self._indexable(entry)
+
+    def _indexable(self, entry: CacheEntry) -> bool:
         return (
-            entry.vector is None
-            and self.semantic
+            self.semantic
             and not entry.exact_only
             and estimate_tokens(entry.prompt) <= self.cfg.semantic_max_tokens
         )
+
+    def _gate_add(self, gate: GatedIndex, key: str, entry: CacheEntry, vec: np.ndarray | None) -> None:
+        """Index `entry` by its static vector, keeping its MiniLM one when the lookup computed it (`vec`:
+        either, whatever the caller put in `entry.vector`)."""
+        dense = vec if vec is not None and vec.shape[0] == gate.dim else None
+        entry.vector = dense  # whoever filled `vector` from `vectors()` gave a static one
+        if not self._indexable(entry):
+            return
+        svec = vec if vec is not None and vec.shape[0] == gate.static.dim else self._vector(entry.prompt)
+        if svec is not None:
+            gate.add(entry.ns, key, svec, normalize_prompt(entry.prompt), dense)
 
     def insert(self, key: str, entry: CacheEntry, vector_only: bool = False) -> bool:
         """Write `entry` to the backend and its vector (if any) to the index. Never raises.
         `vector_only`: the entry was written already and has just been embedded: index it (and rewrite
         it where the backend shares vectors with other instances)."""
         if vector_only and self.backend.name == "memory":
-            if entry.vector is not None and self.index is not None:
+            if self.gate is not None:
+                self._gate_add(self.gate, key, entry, entry.vector)
+            elif entry.vector is not None and isinstance(self.index, SemanticIndex):
                 self.index.add(entry.ns, key, entry.vector)
+            if self.index is not None:
                 self.metrics.gauge("tf_cache_entries", float(len(self.index)))
             return True
+        gate, given = self.gate, entry.vector
+        if gate is not None and given is not None and given.shape[0] != gate.dim:
+            entry.vector = None  # a static vector is never stored (recomputed from the prompt)
         try:
             self.backend.put(key, entry)
         except BackendError as exc:
@@ -479,7 +581,13 @@ class ResponseCache:
         finally:
             self.release(key)
         vec = entry.vector
-        if vec is not None and self.index is not None and getattr(self.backend, "indexes_locally", True):
+        if gate is not None:
+            self._gate_add(gate, key, entry, given)
+        elif (
+            vec is not None
+            and isinstance(self.index, SemanticIndex)
+            and getattr(self.backend, "indexes_locally", True)
+        ):
             self.index.add(entry.ns, key, vec)
         if not vector_only:
             self.metrics.count("tf_cache_stores_total")

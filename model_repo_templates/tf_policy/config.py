@@ -240,6 +240,7 @@ class CacheConfig(_Schema):
     redis_url: str = "redis://127.0.0.1:6379/0"
     semantic: bool = True
     similarity_threshold: float = 0.95  # the spec default (builder/spec.py Cache); a test keeps them equal
+    gate_threshold: float = 0.75  # static-embedding gate before MiniLM (0: off); the spec default
     ttl_s: float = 3600.0
     capacity: int = 10_000
     cache_sampled: bool = False
@@ -254,6 +255,8 @@ class CacheConfig(_Schema):
             raise ConfigError(f"must be memory or redis, got {self.backend!r}", "backend")
         if not 0 < self.similarity_threshold <= 1:
             raise ConfigError(f"must be in (0, 1], got {self.similarity_threshold}", "similarity_threshold")
+        if not 0 <= self.gate_threshold <= 1:
+            raise ConfigError(f"must be in [0, 1] (0: no gate), got {self.gate_threshold}", "gate_threshold")
         if self.capacity < 1:
             raise ConfigError(f"must be >= 1, got {self.capacity}", "capacity")
         check_env_name(self.hmac_key_env, "hmac_key_env")

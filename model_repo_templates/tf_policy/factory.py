@@ -12,7 +12,7 @@ from .cache import ResponseCache
 from .classifier import LinearClassifier
 from .config import EntryConfig, resolve_path
 from .embedding import Embedder, EmbeddingError, load_embedder
-from .index import SemanticIndex, hnswlib
+from .index import GatedIndex, SemanticIndex, hnswlib
 from .memory_backend import MemoryBackend
 from .metrics import Metrics
 from .router import build_router
@@ -41,7 +41,7 @@ def load_classifier(cfg: EntryConfig, base_dir: str) -> LinearClassifier | None:
 
 # The one degradation signal of the entry: `tf_cache_degraded{reason}`, set here where the factory decides
 # to run without a layer (the `llm` model labels every tf_* series with its model name).
-DEGRADED_REASONS = ("redis", "embedding", "hnswlib")
+DEGRADED_REASONS = ("redis", "embedding", "hnswlib", "gate")
 
 
 def degraded(metrics: Metrics, reason: str, msg: str) -> None:
@@ -54,13 +54,37 @@ def degraded(metrics: Metrics, reason: str, msg: str) -> None:
     metrics.gauge("tf_cache_degraded", 1.0, reason=reason)
 
 
-def make_cache(cfg: EntryConfig, embedder: Embedder | None, metrics: Metrics) -> ResponseCache | None:
+def make_cache(
+    cfg: EntryConfig,
+    embedder: Embedder | None,
+    metrics: Metrics,
+    static: Embedder | None = None,
+    static_error: str | None = None,
+) -> ResponseCache | None:
+    """`static`: the static embedder of the gate in front of MiniLM (`static_error`: why it is missing)."""
     if not cfg.cache.enabled:
         return None
     for reason in DEGRADED_REASONS:  # 0 when fine: a dashboard tells "fine" from "not reporting"
         metrics.gauge("tf_cache_degraded", 0.0, reason=reason)
     c = cfg.cache
-    index = SemanticIndex(embedder.dim) if (embedder is not None and c.semantic) else None
+    index: SemanticIndex | GatedIndex | None = (
+        SemanticIndex(embedder.dim) if (embedder is not None and c.semantic) else None
+    )
+    if index is not None and c.gate_threshold > 0 and c.backend == "memory":
+        if static is not None and static.dim != index.dim:
+            index = GatedIndex(index.dim, static.dim)
+        elif static_error is not None:
+            degraded(
+                metrics,
+                "gate",
+                f"no static embedding table ({static_error}): every semantic lookup runs MiniLM "
+                "(cache.gate_threshold 0 turns the gate off)",
+            )
+        else:  # a caller's own embedder without a static one, or a static runtime already
+            log.info("cache: no static gate (semantic lookups embed with %s dims)", index.dim)
+    elif index is not None and c.gate_threshold > 0:
+        # instances share MiniLM vectors through Redis; static ones would have to be synced too
+        log.info("cache: no static gate with the %s backend (every semantic lookup runs MiniLM)", c.backend)
     if c.semantic and embedder is None:
         degraded(
             metrics,
@@ -96,7 +120,7 @@ def make_cache(cfg: EntryConfig, embedder: Embedder | None, metrics: Metrics) ->
             metrics=metrics,
             hmac_key_env=c.hmac_key_env,
         )
-        if index is not None:
+        if isinstance(index, SemanticIndex):
             backend.start_sync(index)
     if backend is None:
         backend = MemoryBackend(
@@ -109,6 +133,7 @@ def make_cache(cfg: EntryConfig, embedder: Embedder | None, metrics: Metrics) ->
         index,
         metrics,
         embed_batch=embedder.embed_batch if embedder is not None else None,
+        static=static if isinstance(index, GatedIndex) else None,
     )
 
 
@@ -149,10 +174,14 @@ def build_service(
     embedder: Embedder | None = None,
     embed_threads: int = 1,
     embed_device: str = "cpu",
+    static_embedder: Embedder | None = None,
     **kwargs: Any,
 ) -> EntryService:
-    """The service for the `llm` model; `base_dir` is the model version dir (relative paths)."""
+    """The service for the `llm` model; `base_dir` is the model version dir (relative paths). The static
+    embedder of the cache's gate is loaded here beside MiniLM, unless the caller gives `embedder`
+    (then the gate runs only with its `static_embedder`)."""
     metrics = metrics or Metrics()
+    own = embedder is None
     if embedder is None and needs_embedder(cfg):
         try:
             embedder = load_embedder(
@@ -163,6 +192,17 @@ def build_service(
                 "embedding model unavailable (%s): exact cache matching and heuristic routing only", exc
             )
             metrics.count("tf_cache_errors_total", kind="embedding")
+    static, static_error = static_embedder, None
+    c = cfg.cache
+    gated = c.enabled and c.semantic and c.gate_threshold > 0 and c.backend == "memory"
+    if static is None and own and embedder is not None and gated:
+        # The gate's table, loaded beside MiniLM at startup (its first distillation takes about a minute).
+        try:
+            static = load_embedder(
+                c.embedding_model, cfg.embedding_model_dir, threads=embed_threads, runtime="static"
+            )
+        except EmbeddingError as exc:
+            static_error = str(exc)
     gate = os.environ.get("TRITONFORGE_EMBED_GATE")
     if gate and embedder is not None:
         embedder = _GatedEmbedder(embedder, gate)  # type: ignore[assignment]
@@ -171,7 +211,7 @@ def build_service(
         classifier = load_classifier(cfg, base_dir)
     embed: Callable[[str], Any] | None = embedder.embed if embedder is not None else None
     router = build_router(cfg, classifier, embed)
-    cache = make_cache(cfg, embedder, metrics)
+    cache = make_cache(cfg, embedder, metrics, static, static_error)
     kwargs.setdefault("embed_workers", int(os.environ.get("TRITONFORGE_EMBED_WORKERS", "1")))
     kwargs.setdefault("embed_nice", int(os.environ.get("TRITONFORGE_EMBED_NICE", "10")))
     return EntryService(cfg, router, call_local, cache, metrics, **kwargs)

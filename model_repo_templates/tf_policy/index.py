@@ -205,3 +205,77 @@ class SemanticIndex:
             self._ns.clear()
             self._key.clear()
             self._label_key.clear()
+
+
+class GatedIndex:
+    """Two vector spaces over the same keys, for a semantic cache with a cheap first stage.
+
+    `static` holds every key's vector from the static (bag-of-tokens) embedding: searched first, it is
+    the gate. The dense (MiniLM) vector of a key is computed only when a query first lets that key
+    through the gate, then kept (`set_dense`); each key's normalized prompt is kept to compute it from.
+    Presents SemanticIndex's bookkeeping (len, in, remove, clear), so an eviction leaves both spaces.
+    """
+
+    def __init__(self, dense_dim: int, static_dim: int, prefer_hnsw: bool = True) -> None:
+        self.dim = dense_dim
+        self.static = SemanticIndex(static_dim, prefer_hnsw)
+        self._lock = threading.Lock()
+        self._text: dict[str, str] = {}
+        self._dense: dict[str, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.static)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.static
+
+    def add(
+        self, ns: str, key: str, static_vec: np.ndarray, text: str, dense: np.ndarray | None = None
+    ) -> None:
+        """Index `key` (normalized prompt `text`) by its static vector, with its dense one when known."""
+        self.static.add(ns, key, static_vec)
+        with self._lock:
+            self._text[key] = text
+            if dense is not None:
+                self._dense[key] = np.asarray(dense, dtype=np.float32).reshape(-1)
+            else:
+                self._dense.pop(key, None)
+
+    def set_dense(self, key: str, vec: np.ndarray) -> None:
+        """Keep the dense vector of `key` (ignored when `key` left the index meanwhile)."""
+        with self._lock:
+            if key in self._text:
+                self._dense[key] = np.asarray(vec, dtype=np.float32).reshape(-1)
+
+    def candidates(self, ns: str, vec: np.ndarray, k: int, gate: float) -> list[tuple[str, float]]:
+        """Up to k keys of namespace `ns` whose static cosine with `vec` is at least `gate`, best first."""
+        return [(key, s) for key, s in self.static.search(ns, vec, k) if s >= gate]
+
+    def dense_state(self, keys: list[str]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        """(the dense vectors known for `keys`, the texts of those still without one); keys gone are left out."""
+        known: dict[str, np.ndarray] = {}
+        todo: dict[str, str] = {}
+        with self._lock:
+            for key in keys:
+                vec = self._dense.get(key)
+                if vec is not None:
+                    known[key] = vec
+                elif key in self._text:
+                    todo[key] = self._text[key]
+        return known, todo
+
+    def dense_count(self) -> int:
+        with self._lock:
+            return len(self._dense)
+
+    def remove(self, key: str) -> None:
+        self.static.remove(key)
+        with self._lock:
+            self._text.pop(key, None)
+            self._dense.pop(key, None)
+
+    def clear(self) -> None:
+        self.static.clear()
+        with self._lock:
+            self._text.clear()
+            self._dense.clear()

@@ -32,10 +32,14 @@ METRICS: dict[str, tuple[str, str]] = {
         "Semantic candidates above the threshold refused by verification, by reason (numbers, words, ...)",
     ),
     "tf_cache_entries": ("gauge", "Entries in this instance's semantic index"),
+    "tf_cache_gate_total": (
+        "counter",
+        "Semantic lookups by the static gate's result (closed: a miss without MiniLM; open: MiniLM confirms)",
+    ),
     "tf_cache_degraded": (
         "gauge",
         "1 while a cache layer is off or weaker than configured (0 when fine), by reason (redis, embedding, "
-        "hnswlib)",
+        "hnswlib, gate)",
     ),
     "tf_cache_semantic_race_total": (
         "counter",
