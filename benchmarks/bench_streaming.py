@@ -238,7 +238,15 @@ def main(argv: list[str] | None = None) -> int:
             ports[label] = srv.ports.http
             assert srv.proc is not None
             pgids[srv.ports.http] = os.getpgid(srv.proc.pid)
-        ratios = run(next(iter(ports.values())), ports, pgids, args)
+        try:
+            ratios = run(next(iter(ports.values())), ports, pgids, args)
+        except SystemExit:  # a failed phase: show why before the temporary directory goes
+            for i in range(len(variants)):
+                log = (Path(tmp) / f"v{i}" / "triton.log").read_text(errors="replace").splitlines()
+                fatal = [j for j, line in enumerate(log) if "Fatal Python error" in line]
+                shown = log[fatal[0] : fatal[0] + 40] if fatal else log[-8:]  # a stub's crash, else the end
+                print(f"--- server {i} ({list(variants)[i]}), triton.log:", *shown, sep="\n")
+            raise
     for label in variants:
         values, cpu = ratios[label], ratios[f"{label} cpu"]
         print(
