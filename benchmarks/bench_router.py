@@ -62,9 +62,23 @@ REQUEST_PATH = {
 }
 
 
+def write_entry(repo: Path, cfg: dict, name: str) -> None:
+    """The entry model as the test helper writes it, plus the shared `tf_common` package the models
+    import (vendored beside model.py like tf_policy) where the helper does not copy it yet."""
+    write_llm_model(repo, cfg, name=name)
+    common = ROOT / "model_repo_templates" / "tf_common"
+    if common.is_dir():
+        shutil.copytree(
+            common,
+            repo / name / "1" / "tf_common",
+            ignore=shutil.ignore_patterns("__pycache__"),
+            dirs_exist_ok=True,
+        )
+
+
 def write_base_model(repo: Path, cfg: dict, ref: str, name: str = "llm_base") -> None:
     """`name`: the entry model with its request-path files from git `ref`."""
-    write_llm_model(repo, cfg, name=name)
+    write_entry(repo, cfg, name)
     for dest, src in REQUEST_PATH.items():
         text = subprocess.run(
             ["git", "show", f"{ref}:{src}"], cwd=ROOT, check=True, capture_output=True, text=True
@@ -170,13 +184,14 @@ def main() -> None:
     try:
         cfg = entry_config(router={"tier_timeout_s": 5.0})
         repo = build_repo(d / "repo", cfg)
+        write_entry(repo, cfg, "llm")
         if a.base:
             write_base_model(repo, cfg, a.base)
             if a.swap:  # the current request path under the name `llm_base`, REF's under `llm`
-                write_llm_model(repo, cfg, name="llm_base")
+                write_entry(repo, cfg, "llm_base")
                 write_base_model(repo, cfg, a.base, name="llm")
         cur, ref = ("llm_base", "llm") if a.swap else ("llm", "llm_base")
-        write_llm_model(repo, entry_config(cache={"enabled": False}), name="llm_route")
+        write_entry(repo, entry_config(cache={"enabled": False}), "llm_route")
         env = dict(kv.split("=", 1) for kv in a.server_env)
         server = TritonServer(repo, free_ports(), log_path=d / "triton.log", env=env)
         server.start()
