@@ -25,6 +25,7 @@ from tritonforge.ensembles.server import free_port
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "model_repo_templates" / "models" / "llm.py"
 POLICY = ROOT / "model_repo_templates" / "tf_policy"
+COMMON = ROOT / "model_repo_templates" / "tf_common"  # shared by the models (llm.py imports it)
 
 # A stand-in for a tier's ensemble. Prompt markers: "#fail-<model>" -> error response,
 # "#sleep-<model>=S" -> wait S seconds first. Output: " <model> call<N> w0 w1 ..." (max_tokens words).
@@ -110,6 +111,9 @@ def write_llm_model(repo: Path, entry_config: dict[str, Any], name: str = "llm")
     (d / "1" / "model.py").write_text(render_llm_py())
     shutil.copytree(
         POLICY, d / "1" / "tf_policy", ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True
+    )
+    shutil.copytree(
+        COMMON, d / "1" / "tf_common", ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True
     )
     outs = c.ENSEMBLE_OUTPUTS + c.LLM_EXTRA_OUTPUTS  # as tritonforge emit declares the entry
     cfg = (
