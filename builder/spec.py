@@ -192,7 +192,7 @@ class Serving(Strict):
     enable_chunked_context: bool = False
     cpu_threads: int | None = Field(None, ge=1, le=4096, description="cpu-reference only: torch threads")
     stream_interval: int = Field(
-        4,
+        8,
         ge=1,
         le=256,
         description="cpu-reference only: streamed responses carry this many new tokens (the first token alone, "

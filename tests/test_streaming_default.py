@@ -20,9 +20,9 @@ import requests
 
 from tests.conftest import tiny_variant
 
-DEFAULT_INTERVAL = 4  # the value chosen from benchmarks/bench_streaming.py (README: streaming figures)
+DEFAULT_INTERVAL = 8  # the value chosen from benchmarks/bench_streaming.py (README: streaming figures)
 PROMPTS = [f"def g{i}(a{i}, b):\n    return " for i in range(4)] + ["# héllo wörld, naïve café 日本語\n"]
-MAX_TOKENS = 23  # 1 + 5 * 4 + 2: the last response holds the remainder
+MAX_TOKENS = 23  # 1 + 2 * 8 + 6: the last response holds the remainder
 
 
 def _emit(out: Path, **serving: object) -> Path:
