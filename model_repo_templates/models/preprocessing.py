@@ -13,6 +13,7 @@ sys.path[0:0] = [
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # A crash of this model's process (the Python backend stub) prints every thread's Python stack to Triton's log.
 faulthandler.enable()
+
 # One prompt per call: a thread pool would only add a hand-off (tokenizers reads this variable,
 # https://github.com/huggingface/tokenizers, tokenizers/src/utils/parallelism.rs).
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
