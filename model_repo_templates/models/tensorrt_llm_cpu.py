@@ -457,4 +457,4 @@ class TritonPythonModel:
         # Metrics before their families, both while the stub still stands: one freed in the stub's own
         # teardown segfaults it (python_backend README.md "Custom Metrics": the model manages their lifetime).
         self.metrics = None
-        self._metric_families = None
+        self._metric_families = {}
