@@ -20,7 +20,27 @@ def tf_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     os.environ["TRITONFORGE_CACHE"] = str(path)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    _static_table(path)
     return path
+
+
+def _static_table(cache: Path) -> None:
+    """The semantic cache's static token table, distilled once per cache directory before any server starts:
+    an `llm` model with the cache's gate would distill it while loading (about a minute of one core on a cold
+    cache), which can outlast a test's readiness timeout."""
+    try:
+        from tritonforge.model_repo_templates.tf_policy.embedding import (
+            BUILTIN,
+            distill_static,
+            resolve_model_dir,
+            static_path,
+        )
+
+        model_dir = resolve_model_dir(BUILTIN)
+    except Exception:  # noqa: BLE001 - no packaged MiniLM: the tests that need it skip or say so
+        return
+    if not static_path(model_dir, cache).exists():
+        distill_static(model_dir, root=cache)
 
 
 def tiny_variant(example: str, out_dir: Path, **tier_overrides: object) -> Path:
