@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
+from tests.test_predict_loop import SYSTEM as LOOP_SYSTEM
 from tritonforge.builder import cpu_system
 from tritonforge.builder.predict import Workload
 
 # t_dec(b) = 10 + 2 b ms; t_pf(b) = 5 + b x 100 x 0.1 = 5 + 10 b ms (ISL 100); the stack's o = 4 ms
-SYSTEM = cpu_system.CpuSystem(
-    step_overhead_s=0.010,
-    per_sequence_s=0.002,
-    per_sequence_per_ctx_token_s=0.0,
-    prefill_fixed_s=0.005,
-    prefill_per_token_s=0.0001,
-    prefill_per_token_squared_s=0.0,
-    matmul_flops_per_token=1e6,
-    attn_flops_per_ctx_token=1e3,
-    measured="2026-01-01",
-    machine="test",
-    model="demo",
-    request_overhead_s=0.004,
-)
+SYSTEM = dataclasses.replace(LOOP_SYSTEM, request_overhead_s=0.004)
 NO_STACK = cpu_system.CpuSystem(**{**SYSTEM.__dict__, "request_overhead_s": 0.0})
 
 
