@@ -22,7 +22,10 @@ section; the engine's constants are kept): from load-test reports of the served 
 (`tritonforge loadtest --concurrency 1 --metrics-url ...`), Triton's own mean request durations of the
 preprocessing model, the LLM model's execute (it enqueues the request) and one postprocessing call, at
 c=1. Each is scaled from the share of a core the engine thread got in that run to the share in this file
-(the whole host is shared alike), and the median over the reports is kept. It also adds the served
+(the whole host is shared alike), and the median over the reports is kept. The same durations at the
+reports' levels with 2..max_batch users give the stack's extra time per request per other streaming user
+(`request_overhead_per_user_s`: (duration at b - duration at c=1 of the same report) / (b - 1), at the
+reference share; median over levels and reports, floored at 0). It also adds the served
 engine's time per running sequence per decode step beyond the in-process fit (`per_sequence_step_s`:
 streaming, the engine thread hands every sequence's token to Triton's response sender each step; the
 in-process callback costs nothing): from the reports' closed-loop levels with 2+ users, the measured ITL
@@ -177,27 +180,49 @@ def fit_prefill(points: list[dict]) -> dict:
 STACK_MODELS = ("preprocessing", "tensorrt_llm", "postprocessing")
 
 
-def serving_overhead(report: dict, reference_share: float | None) -> dict | None:
-    """The serving stack's seconds per request (first token's path) of a report's c=1 level, scaled to
-    `reference_share`; None when the report has no c=1 level with Triton's per-model metrics."""
+def stack_levels(report: dict, reference_share: float | None) -> dict[int, dict]:
+    """The serving stack's seconds per request (first token's path) of each closed-loop level of a report
+    with Triton's per-model metrics, by users, scaled to `reference_share`."""
     from tritonforge.loadtest.predicted import busy_share
 
+    out: dict[int, dict] = {}
     for lv in report.get("levels", []):
-        if lv.get("mode") != "concurrency" or lv.get("value") != 1:
+        users = lv.get("value")
+        if lv.get("mode") != "concurrency" or not isinstance(users, int) or users < 1:
             continue
         models = ((lv.get("server_metrics") or {}).get("models")) or {}
         us = [((models.get(m) or {}).get("avg_request_us")) for m in STACK_MODELS]
         if any(not isinstance(u, (int, float)) for u in us):
-            return None
+            continue
         seconds = sum(us) / 1e6  # type: ignore[arg-type]
         share = busy_share((lv.get("prediction") or {}).get("cpu_share"), lv.get("metrics") or {})
         scale = share / reference_share if share and reference_share else 1.0
-        return {
+        out[users] = {
             "measured_s": round(seconds, 6),
             "engine_share": round(share, 3) if share else None,
             "at_reference_s": round(seconds * scale, 6),
         }
-    return None
+    return out
+
+
+def serving_overhead(report: dict, reference_share: float | None) -> dict | None:
+    """The stack's time per request at c=1 (`stack_levels`); None when the report has no such level."""
+    return stack_levels(report, reference_share).get(1)
+
+
+def per_user_overhead(report: dict, reference_share: float | None, max_batch: int) -> list[float]:
+    """Per closed-loop level with 2..max_batch users: (the stack's time per request there - at c=1) /
+    (users - 1), at the reference share: what each other streaming user adds to a request's way through
+    the stack (its pre/postprocessing calls share the host with this request's)."""
+    levels = stack_levels(report, reference_share)
+    one = levels.get(1)
+    if one is None:
+        return []
+    return [
+        (x["at_reference_s"] - one["at_reference_s"]) / (b - 1)
+        for b, x in sorted(levels.items())
+        if 2 <= b <= max_batch
+    ]
 
 
 def per_sequence_excess(report: dict, system: dict) -> list[float]:
@@ -250,17 +275,26 @@ def add_serving(paths: list[str], out: Path) -> int:
         points.append({"report": f"{Path(p).parent.name}/{Path(p).name}", **got})
         reports.append(report)
     overhead = round(statistics.median(x["at_reference_s"] for x in points), 6)
+    mbs = system["limits"]["max_batch_size"]
+    per_user = [x for report in reports for x in per_user_overhead(report, ref, mbs)]
+    per_user_s = round(max(0.0, statistics.median(per_user)), 6) if per_user else 0.0
     # the closed loop's ITL depends on the stack's time per request: predict it with the one just fitted
-    system["serving"] = {**system.get("serving", {}), "request_overhead_s": overhead}
+    system["serving"] = {
+        **system.get("serving", {}),
+        "request_overhead_s": overhead,
+        "request_overhead_per_user_s": per_user_s,
+    }
     excess = [x for report in reports for x in per_sequence_excess(report, system)]
     system["serving"] = {
         "request_overhead_s": overhead,
+        "request_overhead_per_user_s": per_user_s,
+        "request_overhead_per_user_points_s": [round(x, 6) for x in per_user],
         "per_sequence_step_s": round(max(0.0, statistics.median(excess)), 6) if excess else 0.0,
         "per_sequence_step_points_s": [round(x, 6) for x in excess],
         "how": "bench_cpu_system.py --serving-report: Triton's mean request durations of "
         + ", ".join(STACK_MODELS)
-        + " at c=1, scaled to machine.cpu_share; the served ITL beyond the predicted one per sequence at 2+ users; "
-        "medians over the reports",
+        + " at c=1, scaled to machine.cpu_share; their growth per other user at 2+ users over c=1 of the same "
+        "report; the served ITL beyond the predicted one per sequence at 2+ users; medians over the reports",
         "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "points": points,
     }

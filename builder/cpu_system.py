@@ -12,27 +12,34 @@ A served request also crosses the serving stack before its first token: Triton's
 Python backend process of its own. Their time per request (`request_overhead_s`, the `serving` section,
 measured by Triton itself: `bench_cpu_system.py --serving-report` reads the per-model request durations of
 a load test's c=1 level) is on the first token's path only: TTFT = o + the engine's part below. At c=1 it
-is ~12 % of TTFT on this 2-core host; at c=4 and c=8 the batched prefill dwarfs it. Served with streaming,
-the engine thread also hands each running sequence's token to Triton's response sender every step, which the
-in-process measurement does not pay: t_dec(b) gains b e (`per_sequence_step_s`, same section, the served
-ITL at 2+ users beyond what this model predicts without it, per sequence).
+is ~12 % of TTFT on this 2-core host. With b users streaming, the stack's processes also run the other
+users' preprocessing, enqueues and postprocessing of their streamed chunks beside this request's, on the
+same cores, so its time per request grows: o(b) = o1 + (b - 1) u, u (`request_overhead_per_user_s`) from
+the same Triton durations at the reports' c=4 and c=8 levels over their c=1 level, per other user (b: the
+users streaming, at most max_batch_size). Served with streaming, the engine thread also hands each running
+sequence's token to Triton's response sender every step, which the in-process measurement does not pay:
+t_dec(b) gains b e (`per_sequence_step_s`, same section, the served ITL at 2+ users beyond what this model
+predicts without it, per sequence).
 
 The engine's step (tritonforge.model_repo_templates.tf_runtime.engine) runs the decode batch, then the prompts admitted that
 step. In steady state with b users in a closed loop, each request's decode steps also carry the
 prefills of the other b - 1 users' next requests, one per OSL steps each, so
     ITL  = t_dec(b) + (b - 1) / OSL * t_pf(ISL)
-    TTFT = o + t_pf(ISL) + [b > 1] (t_dec(b - 1) + ITL / 2)     (wait for the running step, then one step)
+    TTFT = o(b) + t_pf(ISL) + [b > 1] (t_dec(b - 1) + ITL / 2)     (wait for the running step, then one step)
     latency = TTFT + (OSL - 1) ITL,   output tokens/s = users x OSL / latency.
 A closed loop whose requests all have the same ISL and OSL moves in cohorts instead: requests that finish
 in the same step are re-sent together, but the serving stack hands them to the engine one at a time (its
 processes share what the engine thread leaves of the host, so each request takes o of it: the i-th of a
-cohort arrives about (i + 1) o after the step that finished it). A step starts with what has arrived, so an
+cohort arrives about (i + 1) o after the step that finished it, and its client waited the i o behind the
+others). The handover is o1 per request; the others' share, o(b) - o1, only lengthens each request's own
+path (their work runs in other processes beside it). A step starts with what has arrived, so an
 idle engine prefills the first arrival alone and the rest join the next step, beside the first one's decode:
 the users split into cohorts a step or more apart, and a cohort's prefill step also holds the others'
 decodes. This is simulated step by step (`_Costs.closed_loop`: step = t_dec(decoding rows) + t_pf(rows
-admitted); TTFT = step end - arrival + o). The stack's time per request varies (its processes share the
-host), which decides how the users split: it is drawn exponential with mean o, and the prediction is the
-mean of `LOOP_RUNS` seeded runs. With a fixed o of 0 it is plain lockstep: ITL = t_dec(b), TTFT = t_pf(b).
+admitted); TTFT = step end - arrival + the wait behind the others + o(b)). The stack's time per request
+varies (its processes share the host), which decides how the users split: it is drawn exponential with
+mean o1, and the prediction is the mean of `LOOP_RUNS` seeded runs. With a fixed o of 0 it is plain
+lockstep: ITL = t_dec(b), TTFT = t_pf(b).
 Beyond max_batch_size, users queue (Little's law gives the time in the system); with a request rate R
 the concurrency solves L = R x latency(L), as for GPU tiers. Another model than the one measured is
 predicted by scaling the per-token terms by its matmul / attention FLOPs per token (fixed costs kept).
@@ -78,6 +85,7 @@ class CpuSystem:
     cpu_share: float | None = None  # share of one core the engine got while measured (None: not recorded)
     request_overhead_s: float = 0.0  # serving stack's time on the first token's path, at `cpu_share`
     per_sequence_step_s: float = 0.0  # served engine's extra time per running sequence per decode step
+    request_overhead_per_user_s: float = 0.0  # the stack's extra time per request per other streaming user
 
     @classmethod
     def from_dict(cls, d: dict) -> CpuSystem:
@@ -99,6 +107,7 @@ class CpuSystem:
             mach.get("cpu_share"),
             float(d.get("serving", {}).get("request_overhead_s", 0.0)),
             float(d.get("serving", {}).get("per_sequence_step_s", 0.0)),
+            float(d.get("serving", {}).get("request_overhead_per_user_s", 0.0)),
         )
 
 
@@ -168,11 +177,16 @@ class _Costs:
             + rows * (s.prefill_per_token_s * n * self.lin + s.prefill_per_token_squared_s * n * n * self.att)
         )
 
+    def stack(self, b: float) -> float:
+        """The serving stack's time per request with b users streaming (module doc): o(b) = o1 + (b - 1) u."""
+        s = self.sysm
+        return self.slowdown * (s.request_overhead_s + max(0.0, b - 1) * s.request_overhead_per_user_s)
+
     def itl(self, b: float) -> float:
         return self.decode(b) + max(0.0, b - 1) / self.w.osl * self.prefill()
 
     def ttft(self, b: float) -> float:
-        stack = self.slowdown * self.sysm.request_overhead_s  # pre/postprocessing, enqueue (module doc)
+        stack = self.stack(b)  # pre/postprocessing, enqueue (module doc)
         if b <= 1:
             return stack + self.prefill()
         # a fraction of a second user (request-rate levels) shares steps that often
@@ -186,17 +200,20 @@ class _Costs:
     ) -> LoopResult:
         """Step-by-step run of `users` closed-loop users sending fixed-length requests (module doc): mean
         TTFT, ITL, request latency over every request, and output tokens/s over the whole run. The stack
-        takes o per request, or an exponential time of mean o drawn from `rng`."""
+        hands requests over one at a time, o1 each, or an exponential time of mean o1 drawn from `rng`; the
+        other streaming users' share of the stack, o(b) - o1, lengthens each request's first token's path."""
         osl = self.w.osl
-        o = self.slowdown * self.sysm.request_overhead_s
-        arrivals: list[tuple[float, int, int]] = []  # (arrival at the engine, order, user)
+        o = self.stack(1)
+        contention = self.stack(min(users, max_batch)) - o
+        arrivals: list[tuple[float, int, int, float]] = []  # (arrival at the engine, order, user, wait)
         stack_free = 0.0  # when the serving stack has handed over the requests released so far
         order = itertools.count()
 
         def release(user: int, at: float) -> None:
             nonlocal stack_free
-            stack_free = max(at, stack_free) + (rng.expovariate(1 / o) if rng and o > 0 else o)
-            heapq.heappush(arrivals, (stack_free, next(order), user))
+            start = max(at, stack_free)  # behind the cohort-mates released before it
+            stack_free = start + (rng.expovariate(1 / o) if rng and o > 0 else o)
+            heapq.heappush(arrivals, (stack_free, next(order), user, start - at))
 
         for u in range(users):  # the users start together
             release(u, 0.0)
@@ -209,8 +226,8 @@ class _Costs:
             if not (waiting or running):
                 t = max(t, arrivals[0][0])  # idle until the next arrival
             while arrivals and arrivals[0][0] <= t:
-                at, _, u = heapq.heappop(arrivals)
-                waiting.append(_Req(u, at))
+                at, _, u, wait = heapq.heappop(arrivals)
+                waiting.append(_Req(u, at, wait))
             admitted = [waiting.popleft() for _ in range(min(len(waiting), max_batch - len(running)))]
             decoding = list(running)
             t += (self.decode(len(decoding)) if decoding else 0.0) + (
@@ -224,8 +241,10 @@ class _Costs:
                 if r.tokens < osl:
                     continue
                 running.remove(r)
-                ttft.append(r.first - r.arrival + o)
-                latency.append(t - r.arrival + o)
+                # the client's path: its wait behind cohort-mates, its own o (the mean), the others' share
+                stack = r.wait + o + contention
+                ttft.append(r.first - r.arrival + stack)
+                latency.append(t - r.arrival + stack)
                 itl.append((t - r.first) / (osl - 1) if osl > 1 else self.decode(1))
                 sent[r.user] += 1
                 end = t
@@ -253,6 +272,7 @@ class Exponential(Protocol):
 class _Req:
     user: int
     arrival: float
+    wait: float  # in the stack behind the requests handed over before it
     first: float = 0.0
     tokens: int = 0
 

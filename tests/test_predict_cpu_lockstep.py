@@ -24,19 +24,21 @@ def test_two_users_handed_over_one_at_a_time() -> None:
     r = loop(SYSTEM, 2, 3)
     # arrivals at 4 and 8 ms. 4: prefill u0 alone (15) -> 19. 19: decode u0 (12) + prefill u1 (15) -> 46.
     # 46: decode both (14) -> 60, u0 done. 60: decode u1 (12) -> 72, u1 done.
-    # u0: TTFT 19 - 4 + 4 = 19, latency 60, ITL (60 - 19) / 2; u1: TTFT 46 - 8 + 4 = 42, latency 68, ITL 13
-    assert r.ttft_s == pytest.approx((0.019 + 0.042) / 2)
+    # u0: TTFT 19 - 4 + 4 = 19, latency 60, ITL (60 - 19) / 2; u1 also waited 4 ms behind u0 in the stack:
+    # TTFT 46 - 8 + 4 + 4 = 46, latency 72, ITL 13
+    assert r.ttft_s == pytest.approx((0.019 + 0.046) / 2)
     assert r.itl_s == pytest.approx((0.0205 + 0.013) / 2)
-    assert r.latency_s == pytest.approx((0.060 + 0.068) / 2)
+    assert r.latency_s == pytest.approx((0.060 + 0.072) / 2)
     assert r.output_tokens_per_s == pytest.approx(2 * 3 / 0.072)
 
 
 def test_first_arrival_alone_the_rest_join_the_next_step() -> None:
     r = loop(SYSTEM, 4, 11)
     # arrivals 4, 8, 12, 16. 4: prefill u0 -> 19. 19: decode u0 + prefill 3 (12 + 35) -> 66. Then 9 steps of
-    # 4 (18 ms) -> 228: u0 has 11 tokens; one step of 3 (16) -> 244: u1..u3 done.
-    ttft = [19, 66 - 8 + 4, 66 - 12 + 4, 66 - 16 + 4]
-    latency = [228, 244 - 8 + 4, 244 - 12 + 4, 244 - 16 + 4]
+    # 4 (18 ms) -> 228: u0 has 11 tokens; one step of 3 (16) -> 244: u1..u3 done. u1..u3 waited 4, 8, 12 ms
+    # in the stack behind the ones before them (on the client's path, as their own 4 ms are)
+    ttft = [19, 66 - 8 + 4 + 4, 66 - 12 + 4 + 8, 66 - 16 + 4 + 12]
+    latency = [228, 244 - 8 + 4 + 4, 244 - 12 + 4 + 8, 244 - 16 + 4 + 12]
     itl = [(228 - 19) / 10] + 3 * [(244 - 66) / 10]
     assert r.ttft_s * 1e3 == pytest.approx(sum(ttft) / 4)
     assert r.latency_s * 1e3 == pytest.approx(sum(latency) / 4)
@@ -104,9 +106,10 @@ def test_stack_time_per_request_is_drawn() -> None:
     r = cpu_system._Costs(SYSTEM, None, Workload(100, 3, concurrency=2)).closed_loop(2, 8, 1, draws)
     assert draws.rates == [250.0, 250.0]  # mean o = 4 ms
     # arrivals at 2 and 12 ms. 2: prefill u0 -> 17. 17: decode u0 + prefill u1 (27) -> 44. 44: decode 2 -> 58,
-    # u0 done; 58: decode u1 -> 70. TTFT 17 - 2 + 4 and 44 - 12 + 4 (the mean o on the client's path)
-    assert r.ttft_s * 1e3 == pytest.approx((19 + 36) / 2)
-    assert r.latency_s * 1e3 == pytest.approx((60 + 62) / 2)
+    # u0 done; 58: decode u1 -> 70. TTFT 17 - 2 + 4 and 44 - 12 + 4 + 2 (the mean o on the client's path;
+    # u1 waited 2 ms behind u0)
+    assert r.ttft_s * 1e3 == pytest.approx((19 + 38) / 2)
+    assert r.latency_s * 1e3 == pytest.approx((60 + 64) / 2)
     assert r.itl_s * 1e3 == pytest.approx((20.5 + 13) / 2)
     assert r.output_tokens_per_s == pytest.approx(6 / 0.070)
 
@@ -118,3 +121,30 @@ def test_seeded_mean_is_reproducible_and_plain_lockstep_without_stack_time() -> 
     assert flat.ttft_s == pytest.approx(0.085) and flat.itl_s == pytest.approx(
         0.026
     )  # 5 + 8 x 10; 10 + 8 x 2
+
+
+# the stack's time per request grows by 1 ms per other streaming user: o(b) = 4 + (b - 1) ms
+LOADED = dataclasses.replace(SYSTEM, request_overhead_per_user_s=0.001)
+
+
+def test_other_users_lengthen_the_stack_path_not_the_handover() -> None:
+    r = loop(LOADED, 2, 3)
+    # the handover is o1 = 4 ms as in the two-user run above (same steps: 19, 46, 60, 72); each request's
+    # first token's path gains o(2) - o1 = 1 ms: TTFT 19 + 1 and 46 + 1, latency 60 + 1 and 72 + 1
+    assert r.ttft_s == pytest.approx((0.020 + 0.047) / 2)
+    assert r.latency_s == pytest.approx((0.061 + 0.073) / 2)
+    assert r.itl_s == pytest.approx((0.0205 + 0.013) / 2)
+    assert r.output_tokens_per_s == pytest.approx(2 * 3 / 0.072)
+
+
+def test_stack_time_grows_with_the_users_up_to_the_batch() -> None:
+    costs = cpu_system._Costs(LOADED, None, Workload(100, 11, concurrency=4))
+    assert costs.stack(1) == pytest.approx(0.004) and costs.stack(4) == pytest.approx(0.007)
+    # closed form at 4 users: o(4) = 7 ms + t_pf(1) 15 + t_dec(3) 16 + ITL(4) / 2, ITL(4) = 18 + 3/11 x 15
+    itl = 18 + 3 / 11 * 15
+    assert costs.ttft(4) * 1e3 == pytest.approx(7 + 15 + 16 + itl / 2)
+    # 12 users, batch 8: the stack carries the 8 that stream, o(8) = 11 ms, 4 + 11 - 4 = 11 ms on each path
+    r = cpu_system._Costs(LOADED, None, Workload(100, 3, concurrency=12)).closed_loop(12, 8, 1)
+    flat = cpu_system._Costs(SYSTEM, None, Workload(100, 3, concurrency=12)).closed_loop(12, 8, 1)
+    assert r.ttft_s - flat.ttft_s == pytest.approx(0.007)
+    assert r.itl_s == pytest.approx(flat.itl_s)

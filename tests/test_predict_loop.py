@@ -355,6 +355,8 @@ def test_serving_stack_overhead_is_on_the_first_tokens_path_only() -> None:
 def test_system_file_reads_the_serving_section(tmp_path: Path) -> None:
     d = json.loads(cpu_system.SYSTEM_FILE.read_text())
     assert cpu_system.CpuSystem.from_dict(d).request_overhead_s == d["serving"]["request_overhead_s"] > 0
+    per_user = cpu_system.CpuSystem.from_dict(d).request_overhead_per_user_s
+    assert per_user == d["serving"]["request_overhead_per_user_s"] > 0
     d.pop("serving")
     assert cpu_system.CpuSystem.from_dict(d).request_overhead_s == 0.0  # a file measured before: none
 
@@ -366,3 +368,44 @@ def test_served_engine_pays_per_sequence_per_step() -> None:
     assert four.itl_ms == pytest.approx(22.0) and four.ttft_ms == pytest.approx(45.0)
     d = json.loads(cpu_system.SYSTEM_FILE.read_text())
     assert cpu_system.CpuSystem.from_dict(d).per_sequence_step_s == d["serving"]["per_sequence_step_s"]
+
+
+def _stack_level(users: int, ms_each: float) -> dict:
+    """A closed-loop level whose three stack models each took `ms_each` per request (Triton's metrics)."""
+    models = {
+        m: {"avg_request_us": ms_each * 1e3} for m in ("preprocessing", "tensorrt_llm", "postprocessing")
+    }
+    return {
+        "label": f"c={users}",
+        "mode": "concurrency",
+        "value": users,
+        "server_metrics": {"models": models},
+    }
+
+
+def test_serving_report_fits_the_stack_time_per_other_user(tmp_path: Path) -> None:
+    system = json.loads(cpu_system.SYSTEM_FILE.read_text())
+    system.pop("serving")
+    out = tmp_path / "system.json"
+    out.write_text(json.dumps(system))
+    # report a: 3 ms at c=1, 6 at c=4, 10 at c=8: +1 ms per other user at both; report b: 4 ms, 10 at c=4: +2
+    a = {"levels": [_stack_level(1, 1.0), _stack_level(4, 2.0), _stack_level(8, 10 / 3)]}
+    b = {"levels": [_stack_level(1, 4 / 3), _stack_level(4, 10 / 3)]}
+    paths = []
+    for name, report in (("a", a), ("b", b)):
+        (tmp_path / name).mkdir()
+        paths.append(tmp_path / name / "report.json")
+        paths[-1].write_text(json.dumps(report))
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_cpu_system.py"
+    run = subprocess.run(
+        [sys.executable, str(bench), "--serving-report", *map(str, paths), "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    serving = json.loads(out.read_text())["serving"]
+    assert serving["request_overhead_s"] == pytest.approx(0.0035)  # median of 3 and 4 ms
+    assert serving["request_overhead_per_user_points_s"] == pytest.approx([0.001, 0.001, 0.002], abs=1e-6)
+    assert serving["request_overhead_per_user_s"] == pytest.approx(0.001)
+    sysm = cpu_system.CpuSystem.from_dict(json.loads(out.read_text()))
+    assert cpu_system._Costs(sysm, None, Workload(100, 11, concurrency=8)).stack(8) == pytest.approx(0.0105)
