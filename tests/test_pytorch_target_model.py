@@ -55,10 +55,13 @@ def _fake_pb_utils() -> types.ModuleType:
 
     class InferenceResponse:
         def __init__(self, output_tensors=None, error=None):
-            self.output_tensors, self.error = output_tensors or [], error
+            self._tensors, self.error = output_tensors or [], error
+
+        def output_tensors(self):
+            return self._tensors
 
         def tensor(self, name):
-            return next(t.as_numpy() for t in self.output_tensors if t.name() == name)
+            return next(t.as_numpy() for t in self._tensors if t.name() == name)
 
     class TritonModelException(Exception):
         pass
